@@ -1,0 +1,1059 @@
+//! The room core: rooms, participants, up tracks, down tracks and forwarding decisions.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use medsfu_codec::Codec;
+
+use crate::keyframe::KeyframeRequester;
+use crate::munger::Munger;
+use crate::rtp::{RtpHeader, RtpPacket};
+use crate::rtx_cache::RtxCache;
+use crate::{CoreError, DownTrackId, MediaKind, ParticipantId, Role, TrackId, TrackSource};
+
+/// Tunables of the room core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Minimum time between two keyframe requests to one publisher.
+    pub keyframe_request_interval: Duration,
+    /// A subscriber still waiting for a keyframe this long after the last request asks again.
+    pub keyframe_retry_interval: Duration,
+    /// A participant with no sign of life for this long is removed.
+    pub participant_timeout: Duration,
+    /// How long the tracks of a replaced session wait for the same identity to republish.
+    pub republish_grace: Duration,
+    /// Packets kept per video track for retransmission.
+    pub rtx_cache_video: usize,
+    /// Packets kept per audio track for retransmission.
+    pub rtx_cache_audio: usize,
+    /// Granularity of the core's timers.
+    pub tick: Duration,
+    /// Seed for initial sequence numbers and timestamps (deterministic in tests).
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            keyframe_request_interval: Duration::from_millis(200),
+            keyframe_retry_interval: Duration::from_millis(1000),
+            participant_timeout: Duration::from_secs(15),
+            republish_grace: Duration::from_secs(10),
+            rtx_cache_video: 1024,
+            rtx_cache_audio: 64,
+            tick: Duration::from_millis(50),
+            seed: 0x6d65_6473_6675,
+        }
+    }
+}
+
+/// Why a participant left its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaveReason {
+    /// It said so (signalling `leave`, WHIP/WHEP `DELETE`, connection closed).
+    Left,
+    /// Nothing was heard from it for `participant_timeout`.
+    Timeout,
+    /// The same identity joined again; this older session was ended.
+    Replaced,
+}
+
+impl LeaveReason {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::Replaced => "replaced",
+        }
+    }
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    /// Session id.
+    pub id: ParticipantId,
+    /// Who it is (from its token).
+    pub identity: String,
+    /// Its role in the room.
+    pub role: Role,
+}
+
+/// A published track as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    /// Track id.
+    pub id: TrackId,
+    /// The participant currently publishing it.
+    pub publisher: ParticipantId,
+    /// The publisher's identity (kept across its reconnects).
+    pub publisher_identity: String,
+    /// What the track carries.
+    pub source: TrackSource,
+    /// The codec it is sent in.
+    pub codec: Codec,
+}
+
+impl TrackInfo {
+    /// Audio or video.
+    pub fn kind(&self) -> MediaKind {
+        self.source.kind()
+    }
+}
+
+/// Something to tell the participants of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// A participant is in the room.
+    ParticipantJoined(ParticipantInfo),
+    /// A participant left the room.
+    ParticipantLeft {
+        /// Who left.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A track is (or is again) published.
+    TrackPublished(TrackInfo),
+    /// A track is gone.
+    TrackUnpublished {
+        /// The track.
+        track: TrackId,
+    },
+}
+
+/// A receiver report of one subscriber about one down track.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ReceptionReport {
+    /// Fraction of packets lost since the last report, 0..=1.
+    pub fraction_lost: f32,
+    /// Packets lost since the start (may be negative with duplicates).
+    pub cumulative_lost: i32,
+    /// Interarrival jitter in RTP timestamp units.
+    pub jitter: u32,
+}
+
+/// Counters and the last receiver report of one down track.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DownTrackStats {
+    /// RTP packets forwarded (retransmissions included).
+    pub packets: u64,
+    /// Payload bytes forwarded.
+    pub payload_bytes: u64,
+    /// Packets re-sent from the retransmission cache.
+    pub retransmissions: u64,
+    /// Last receiver report, if any.
+    pub last_report: Option<ReceptionReport>,
+}
+
+/// An RTP packet to send to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpOut {
+    /// The down track it belongs to.
+    pub down: DownTrackId,
+    /// The subscriber.
+    pub subscriber: ParticipantId,
+    /// The rewritten header.
+    pub header: RtpHeader,
+    /// The payload, shared with every other subscriber.
+    pub payload: Bytes,
+    /// Whether this answers a NACK.
+    pub retransmission: bool,
+}
+
+/// What the core asks its shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this packet to this subscriber.
+    Rtp(RtpOut),
+    /// Ask the publisher of a track for a keyframe (PLI).
+    RequestKeyframe {
+        /// The track.
+        track: TrackId,
+        /// Its publisher.
+        publisher: ParticipantId,
+        /// The publisher's SSRC.
+        media_ssrc: u32,
+    },
+    /// Ask the publisher to retransmit packets not in the cache (NACK).
+    Nack {
+        /// The track.
+        track: TrackId,
+        /// Its publisher.
+        publisher: ParticipantId,
+        /// The publisher's SSRC.
+        media_ssrc: u32,
+        /// Publisher sequence numbers.
+        seqs: Vec<u16>,
+    },
+    /// A down track was created: set up a sender for it, then call
+    /// [`Sfu::bind_down_track`].
+    SubscriptionAdded {
+        /// The down track.
+        down: DownTrackId,
+        /// The subscriber.
+        subscriber: ParticipantId,
+        /// The track subscribed to.
+        track: TrackInfo,
+    },
+    /// A down track was removed: remove its sender.
+    SubscriptionRemoved {
+        /// The down track.
+        down: DownTrackId,
+        /// The subscriber.
+        subscriber: ParticipantId,
+        /// The track it carried.
+        track: TrackId,
+    },
+    /// Tell one participant about something in its room.
+    Notify {
+        /// Recipient.
+        to: ParticipantId,
+        /// What happened.
+        event: RoomEvent,
+    },
+    /// The core removed a participant on its own (timeout, replaced): close its sessions.
+    ParticipantRemoved {
+        /// Who.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+}
+
+#[derive(Debug)]
+struct Participant {
+    info: ParticipantInfo,
+    room: String,
+    auto_subscribe: bool,
+    last_activity: Instant,
+    published: Vec<TrackId>,
+    subscribed: Vec<(TrackId, DownTrackId)>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    participants: Vec<ParticipantId>,
+    tracks: Vec<TrackId>,
+}
+
+#[derive(Debug)]
+struct UpTrack {
+    info: TrackInfo,
+    room: String,
+    /// Set while the publisher was replaced and the same identity may take the track over.
+    orphaned_until: Option<Instant>,
+    ssrc: Option<u32>,
+    /// Increments whenever the publisher's stream restarts (new SSRC or new publisher).
+    epoch: u32,
+    cache: RtxCache,
+    keyframe: KeyframeRequester,
+    downs: Vec<DownTrack>,
+}
+
+#[derive(Debug)]
+struct DownTrack {
+    id: DownTrackId,
+    subscriber: ParticipantId,
+    /// `None` until the shell bound the down track to a negotiated sender.
+    munger: Option<Munger>,
+    initial: (u16, u32),
+    stats: DownTrackStats,
+}
+
+/// All rooms of one server: the sans-IO forwarding core.
+#[derive(Debug)]
+pub struct Sfu {
+    cfg: CoreConfig,
+    rooms: HashMap<String, Room>,
+    participants: HashMap<ParticipantId, Participant>,
+    tracks: HashMap<TrackId, UpTrack>,
+    down_index: HashMap<DownTrackId, TrackId>,
+    next_id: u64,
+    next_tick: Option<Instant>,
+    out: VecDeque<Output>,
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Sfu {
+    /// An empty server.
+    pub fn new(cfg: CoreConfig) -> Sfu {
+        Sfu {
+            cfg,
+            rooms: HashMap::new(),
+            participants: HashMap::new(),
+            tracks: HashMap::new(),
+            down_index: HashMap::new(),
+            next_id: 1,
+            next_tick: None,
+            out: VecDeque::with_capacity(1024),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn arm_timer(&mut self, now: Instant) {
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.cfg.tick);
+        }
+    }
+
+    // ----- queries -------------------------------------------------------------------------
+
+    /// Number of rooms with anyone or anything in them.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Number of participants in all rooms.
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// The participant's public info.
+    pub fn participant(&self, id: ParticipantId) -> Option<&ParticipantInfo> {
+        self.participants.get(&id).map(|p| &p.info)
+    }
+
+    /// The room a participant is in.
+    pub fn participant_room(&self, id: ParticipantId) -> Option<&str> {
+        self.participants.get(&id).map(|p| p.room.as_str())
+    }
+
+    /// The participants of a room.
+    pub fn room_participants(&self, room: &str) -> Vec<ParticipantInfo> {
+        self.rooms
+            .get(room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter_map(|p| self.participants.get(p).map(|p| p.info.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The tracks published in a room.
+    pub fn room_tracks(&self, room: &str) -> Vec<TrackInfo> {
+        self.rooms
+            .get(room)
+            .map(|r| {
+                r.tracks
+                    .iter()
+                    .filter_map(|t| self.tracks.get(t).map(|t| t.info.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A published track.
+    pub fn track(&self, id: TrackId) -> Option<&TrackInfo> {
+        self.tracks.get(&id).map(|t| &t.info)
+    }
+
+    /// Counters of a down track.
+    pub fn down_track_stats(&self, id: DownTrackId) -> Option<DownTrackStats> {
+        let t = self.down_index.get(&id)?;
+        let up = self.tracks.get(t)?;
+        up.downs.iter().find(|d| d.id == id).map(|d| d.stats)
+    }
+
+    // ----- membership ----------------------------------------------------------------------
+
+    /// Adds a participant to a room (creating the room) and returns its session id.
+    ///
+    /// An identity already in the room is replaced: the older session is removed and its
+    /// tracks wait `republish_grace` for the new session to publish the same sources, so
+    /// that subscribers see one continuous stream across the reconnect.
+    #[must_use = "the participant id is needed for every later call"]
+    pub fn join(
+        &mut self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        auto_subscribe: bool,
+        now: Instant,
+    ) -> ParticipantId {
+        self.arm_timer(now);
+        let existing: Vec<ParticipantId> = self
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        self.participants
+                            .get(p)
+                            .is_some_and(|p| p.info.identity == identity)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for old in existing {
+            self.remove_participant(old, LeaveReason::Replaced, now);
+            self.out.push_back(Output::ParticipantRemoved {
+                participant: old,
+                reason: LeaveReason::Replaced,
+            });
+        }
+
+        let id = ParticipantId(self.id());
+        let info = ParticipantInfo {
+            id,
+            identity: identity.to_owned(),
+            role,
+        };
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        let others = r.participants.clone();
+        let tracks = r.tracks.clone();
+        r.participants.push(id);
+        self.participants.insert(
+            id,
+            Participant {
+                info: info.clone(),
+                room: room.to_owned(),
+                auto_subscribe,
+                last_activity: now,
+                published: Vec::new(),
+                subscribed: Vec::new(),
+            },
+        );
+        for o in &others {
+            if let Some(p) = self.participants.get(o) {
+                self.out.push_back(Output::Notify {
+                    to: id,
+                    event: RoomEvent::ParticipantJoined(p.info.clone()),
+                });
+            }
+            self.out.push_back(Output::Notify {
+                to: *o,
+                event: RoomEvent::ParticipantJoined(info.clone()),
+            });
+        }
+        for t in &tracks {
+            if let Some(up) = self.tracks.get(t) {
+                self.out.push_back(Output::Notify {
+                    to: id,
+                    event: RoomEvent::TrackPublished(up.info.clone()),
+                });
+            }
+        }
+        if auto_subscribe {
+            for t in tracks {
+                // Refusals are expected here (roles that may not receive some sources).
+                let _ = self.subscribe(id, t, now);
+            }
+        }
+        id
+    }
+
+    /// Removes a participant at its own request.
+    pub fn leave(&mut self, id: ParticipantId, now: Instant) -> Result<(), CoreError> {
+        if !self.participants.contains_key(&id) {
+            return Err(CoreError::UnknownParticipant(id));
+        }
+        self.remove_participant(id, LeaveReason::Left, now);
+        Ok(())
+    }
+
+    /// Records a sign of life from a participant (e.g. an ICE consent check).
+    pub fn handle_activity(&mut self, id: ParticipantId, now: Instant) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.last_activity = now;
+        }
+    }
+
+    fn remove_participant(&mut self, id: ParticipantId, reason: LeaveReason, now: Instant) {
+        let Some(p) = self.participants.remove(&id) else {
+            return;
+        };
+        for (track, down) in p.subscribed {
+            self.down_index.remove(&down);
+            if let Some(up) = self.tracks.get_mut(&track) {
+                up.downs.retain(|d| d.id != down);
+            }
+        }
+        for t in p.published {
+            if reason == LeaveReason::Replaced {
+                if let Some(up) = self.tracks.get_mut(&t) {
+                    up.orphaned_until = Some(now + self.cfg.republish_grace);
+                }
+            } else {
+                self.remove_track(t);
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.participants.retain(|x| *x != id);
+            for o in r.participants.clone() {
+                self.out.push_back(Output::Notify {
+                    to: o,
+                    event: RoomEvent::ParticipantLeft {
+                        participant: id,
+                        reason,
+                    },
+                });
+            }
+        }
+        self.drop_room_if_empty(&p.room);
+    }
+
+    fn drop_room_if_empty(&mut self, room: &str) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.participants.is_empty() && r.tracks.is_empty())
+        {
+            self.rooms.remove(room);
+        }
+    }
+
+    // ----- publishing ----------------------------------------------------------------------
+
+    /// Publishes a track; permitted participants with auto-subscribe get a down track.
+    #[must_use = "the track id is needed to feed its packets"]
+    pub fn publish(
+        &mut self,
+        publisher: ParticipantId,
+        source: TrackSource,
+        codec: Codec,
+        now: Instant,
+    ) -> Result<TrackId, CoreError> {
+        let p = self
+            .participants
+            .get(&publisher)
+            .ok_or(CoreError::UnknownParticipant(publisher))?;
+        if !p.info.role.may_publish(source) {
+            return Err(CoreError::PublishForbidden {
+                role: p.info.role,
+                track_source: source,
+            });
+        }
+        if codec.is_video() != (source.kind() == MediaKind::Video) {
+            return Err(CoreError::CodecMismatch {
+                codec: codec.mime(),
+                track_source: source,
+            });
+        }
+        let room = p.room.clone();
+        let identity = p.info.identity.clone();
+
+        // Take over the track of a replaced session of the same identity, if any.
+        let orphan = self.rooms.get(&room).and_then(|r| {
+            r.tracks.iter().copied().find(|t| {
+                self.tracks.get(t).is_some_and(|up| {
+                    up.orphaned_until.is_some()
+                        && up.info.publisher_identity == identity
+                        && up.info.source == source
+                        && up.info.codec == codec
+                })
+            })
+        });
+        let id = if let Some(t) = orphan {
+            if let Some(up) = self.tracks.get_mut(&t) {
+                up.orphaned_until = None;
+                up.info.publisher = publisher;
+                up.ssrc = None;
+                up.epoch = up.epoch.wrapping_add(1);
+                up.keyframe = KeyframeRequester::default();
+                let info = up.info.clone();
+                self.notify_room(&room, &RoomEvent::TrackPublished(info));
+            }
+            t
+        } else {
+            let id = TrackId(self.id());
+            let info = TrackInfo {
+                id,
+                publisher,
+                publisher_identity: identity,
+                source,
+                codec,
+            };
+            let cap = if codec.is_video() {
+                self.cfg.rtx_cache_video
+            } else {
+                self.cfg.rtx_cache_audio
+            };
+            self.tracks.insert(
+                id,
+                UpTrack {
+                    info: info.clone(),
+                    room: room.clone(),
+                    orphaned_until: None,
+                    ssrc: None,
+                    epoch: 0,
+                    cache: RtxCache::new(cap),
+                    keyframe: KeyframeRequester::default(),
+                    downs: Vec::new(),
+                },
+            );
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.tracks.push(id);
+            }
+            self.notify_room(&room, &RoomEvent::TrackPublished(info));
+            let members = self
+                .rooms
+                .get(&room)
+                .map(|r| r.participants.clone())
+                .unwrap_or_default();
+            for m in members {
+                if self.participants.get(&m).is_some_and(|p| p.auto_subscribe) {
+                    // Refusals are expected (own track, roles that may not receive it).
+                    let _ = self.subscribe(m, id, now);
+                }
+            }
+            id
+        };
+        if let Some(p) = self.participants.get_mut(&publisher) {
+            p.published.push(id);
+        }
+        Ok(id)
+    }
+
+    /// Withdraws a track; its subscribers' down tracks are removed.
+    pub fn unpublish(&mut self, track: TrackId) -> Result<(), CoreError> {
+        let up = self
+            .tracks
+            .get(&track)
+            .ok_or(CoreError::UnknownTrack(track))?;
+        let publisher = up.info.publisher;
+        if let Some(p) = self.participants.get_mut(&publisher) {
+            p.published.retain(|t| *t != track);
+        }
+        self.remove_track(track);
+        Ok(())
+    }
+
+    fn remove_track(&mut self, track: TrackId) {
+        let Some(up) = self.tracks.remove(&track) else {
+            return;
+        };
+        for d in &up.downs {
+            self.down_index.remove(&d.id);
+            if let Some(p) = self.participants.get_mut(&d.subscriber) {
+                p.subscribed.retain(|(_, x)| *x != d.id);
+            }
+            self.out.push_back(Output::SubscriptionRemoved {
+                down: d.id,
+                subscriber: d.subscriber,
+                track,
+            });
+        }
+        if let Some(r) = self.rooms.get_mut(&up.room) {
+            r.tracks.retain(|t| *t != track);
+        }
+        self.notify_room(&up.room, &RoomEvent::TrackUnpublished { track });
+        self.drop_room_if_empty(&up.room);
+    }
+
+    fn notify_room(&mut self, room: &str, event: &RoomEvent) {
+        if let Some(r) = self.rooms.get(room) {
+            for p in &r.participants {
+                self.out.push_back(Output::Notify {
+                    to: *p,
+                    event: event.clone(),
+                });
+            }
+        }
+    }
+
+    // ----- subscribing ---------------------------------------------------------------------
+
+    /// Subscribes a participant to a track of its room; returns the (new or existing)
+    /// down track.
+    pub fn subscribe(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        _now: Instant,
+    ) -> Result<DownTrackId, CoreError> {
+        let p = self
+            .participants
+            .get(&subscriber)
+            .ok_or(CoreError::UnknownParticipant(subscriber))?;
+        let up = self
+            .tracks
+            .get(&track)
+            .filter(|t| t.room == p.room)
+            .ok_or(CoreError::UnknownTrack(track))?;
+        if up.info.publisher == subscriber {
+            return Err(CoreError::OwnTrack);
+        }
+        if !p.info.role.may_receive(up.info.source) {
+            return Err(CoreError::SubscribeForbidden {
+                role: p.info.role,
+                track_source: up.info.source,
+            });
+        }
+        if let Some((_, d)) = p.subscribed.iter().find(|(t, _)| *t == track) {
+            return Ok(*d);
+        }
+        let info = up.info.clone();
+        let id = DownTrackId(self.id());
+        let r = splitmix64(self.cfg.seed ^ id.0);
+        let initial = ((r >> 16) as u16 & 0x7fff, (r >> 32) as u32);
+        if let Some(up) = self.tracks.get_mut(&track) {
+            up.downs.push(DownTrack {
+                id,
+                subscriber,
+                munger: None,
+                initial,
+                stats: DownTrackStats::default(),
+            });
+        }
+        if let Some(p) = self.participants.get_mut(&subscriber) {
+            p.subscribed.push((track, id));
+        }
+        self.down_index.insert(id, track);
+        self.out.push_back(Output::SubscriptionAdded {
+            down: id,
+            subscriber,
+            track: info,
+        });
+        Ok(id)
+    }
+
+    /// Ends a subscription.
+    pub fn unsubscribe(&mut self, down: DownTrackId) -> Result<(), CoreError> {
+        let track = self
+            .down_index
+            .remove(&down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let mut subscriber = None;
+        if let Some(up) = self.tracks.get_mut(&track) {
+            if let Some(i) = up.downs.iter().position(|d| d.id == down) {
+                subscriber = Some(up.downs.swap_remove(i).subscriber);
+            }
+        }
+        if let Some(s) = subscriber {
+            if let Some(p) = self.participants.get_mut(&s) {
+                p.subscribed.retain(|(_, d)| *d != down);
+            }
+            self.out.push_back(Output::SubscriptionRemoved {
+                down,
+                subscriber: s,
+                track,
+            });
+        }
+        Ok(())
+    }
+
+    /// The shell negotiated a sender for a down track: forwarding starts (for video, at
+    /// the next keyframe, which is requested now).
+    pub fn bind_down_track(
+        &mut self,
+        down: DownTrackId,
+        ssrc: u32,
+        payload_type: u8,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        let track = *self
+            .down_index
+            .get(&down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let up = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let d = up
+            .downs
+            .iter_mut()
+            .find(|d| d.id == down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        d.munger = Some(Munger::new(ssrc, payload_type));
+        if up.info.codec.is_video() {
+            self.request_keyframe(track, now);
+        }
+        Ok(())
+    }
+
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+        let iv = self.cfg.keyframe_request_interval;
+        let Some(up) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if up.orphaned_until.is_some() {
+            return;
+        }
+        // Without an SSRC nothing was received yet; the stream's first frame is a keyframe.
+        let Some(ssrc) = up.ssrc else {
+            return;
+        };
+        if up.keyframe.request(now, iv) {
+            self.out.push_back(Output::RequestKeyframe {
+                track,
+                publisher: up.info.publisher,
+                media_ssrc: ssrc,
+            });
+        }
+    }
+
+    // ----- the per-packet path -------------------------------------------------------------
+
+    /// Forwards one RTP packet of a published track to its subscribers.
+    ///
+    /// Allocation-free in steady state: the payload buffer is shared, headers are rewritten
+    /// into the output queue, whose capacity is reused.
+    pub fn handle_rtp(
+        &mut self,
+        track: TrackId,
+        packet: RtpPacket,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        let up = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(CoreError::UnknownTrack(track))?;
+        let h = packet.header;
+        let mut restarted = false;
+        if up.ssrc != Some(h.ssrc) {
+            if up.ssrc.is_some() {
+                up.epoch = up.epoch.wrapping_add(1);
+                restarted = true;
+            }
+            up.ssrc = Some(h.ssrc);
+        }
+        up.cache.insert(h, &packet.payload);
+        let codec = up.info.codec;
+        let epoch = up.epoch;
+        let mut keyframe: Option<bool> = None;
+        let mut waiting = false;
+        for d in &mut up.downs {
+            let Some(m) = d.munger.as_mut() else {
+                continue;
+            };
+            if !m.is_anchored_in(epoch) {
+                if codec.is_video() {
+                    let k = *keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
+                    if !k {
+                        m.reset_anchor();
+                        waiting = true;
+                        continue;
+                    }
+                }
+                m.anchor(epoch, &h, codec.clock_rate(), d.initial, now);
+            }
+            if let Some(header) = m.rewrite(&h, now) {
+                d.stats.packets += 1;
+                d.stats.payload_bytes += packet.payload.len() as u64;
+                self.out.push_back(Output::Rtp(RtpOut {
+                    down: d.id,
+                    subscriber: d.subscriber,
+                    header,
+                    payload: packet.payload.clone(),
+                    retransmission: false,
+                }));
+            }
+        }
+        if keyframe == Some(true) {
+            up.keyframe.keyframe_received();
+        }
+        if restarted && waiting {
+            self.request_keyframe(track, now);
+        }
+        Ok(())
+    }
+
+    // ----- feedback from subscribers -------------------------------------------------------
+
+    /// A subscriber asked for a keyframe (PLI or FIR): aggregated and throttled upstream.
+    pub fn handle_keyframe_request(
+        &mut self,
+        down: DownTrackId,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        let track = *self
+            .down_index
+            .get(&down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        self.request_keyframe(track, now);
+        Ok(())
+    }
+
+    /// A subscriber reported lost packets (NACK, in its own sequence numbers): answered from
+    /// the cache, and what the cache lacks is asked of the publisher.
+    pub fn handle_nack(
+        &mut self,
+        down: DownTrackId,
+        lost: &[u16],
+        _now: Instant,
+    ) -> Result<(), CoreError> {
+        let track = *self
+            .down_index
+            .get(&down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let up = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let Some(d) = up.downs.iter_mut().find(|d| d.id == down) else {
+            return Err(CoreError::UnknownDownTrack(down));
+        };
+        let Some(m) = d.munger.as_ref() else {
+            return Ok(());
+        };
+        let mut missing = Vec::new();
+        for &seq_out in lost {
+            let Some((ssrc, seq_in)) = m.original_seq(seq_out) else {
+                continue;
+            };
+            match up.cache.get(ssrc, seq_in) {
+                Some((h, payload)) => {
+                    let mut header = *h;
+                    header.sequence_number = seq_out;
+                    header.timestamp = m.timestamp_for(h.timestamp);
+                    header.ssrc = m.ssrc_out;
+                    header.payload_type = m.pt_out;
+                    d.stats.packets += 1;
+                    d.stats.retransmissions += 1;
+                    d.stats.payload_bytes += payload.len() as u64;
+                    self.out.push_back(Output::Rtp(RtpOut {
+                        down,
+                        subscriber: d.subscriber,
+                        header,
+                        payload: payload.clone(),
+                        retransmission: true,
+                    }));
+                }
+                None => missing.push(seq_in),
+            }
+        }
+        if let (false, Some(ssrc)) = (missing.is_empty(), up.ssrc) {
+            self.out.push_back(Output::Nack {
+                track,
+                publisher: up.info.publisher,
+                media_ssrc: ssrc,
+                seqs: missing,
+            });
+        }
+        Ok(())
+    }
+
+    /// A subscriber's receiver report: kept for this leg's statistics, not relayed.
+    pub fn handle_receiver_report(
+        &mut self,
+        down: DownTrackId,
+        report: ReceptionReport,
+    ) -> Result<(), CoreError> {
+        let track = *self
+            .down_index
+            .get(&down)
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let d = self
+            .tracks
+            .get_mut(&track)
+            .and_then(|up| up.downs.iter_mut().find(|d| d.id == down))
+            .ok_or(CoreError::UnknownDownTrack(down))?;
+        d.stats.last_report = Some(report);
+        Ok(())
+    }
+
+    // ----- timers and output ---------------------------------------------------------------
+
+    /// When [`Sfu::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// Runs due timers: participant timeouts, orphaned tracks, deferred and repeated
+    /// keyframe requests.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.next_tick {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        self.next_tick = if self.participants.is_empty() && self.tracks.is_empty() {
+            None
+        } else {
+            Some(now + self.cfg.tick)
+        };
+
+        let timeout = self.cfg.participant_timeout;
+        let mut dead: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_activity) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        dead.sort();
+        for id in dead {
+            self.remove_participant(id, LeaveReason::Timeout, now);
+            self.out.push_back(Output::ParticipantRemoved {
+                participant: id,
+                reason: LeaveReason::Timeout,
+            });
+        }
+
+        let mut expired: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.orphaned_until.is_some_and(|u| now >= u))
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort();
+        for t in expired {
+            self.remove_track(t);
+        }
+
+        let iv = self.cfg.keyframe_request_interval;
+        let retry = self.cfg.keyframe_retry_interval;
+        let mut ids: Vec<TrackId> = self.tracks.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let Some(up) = self.tracks.get_mut(&id) else {
+                continue;
+            };
+            let Some(ssrc) = up.ssrc else { continue };
+            if up.orphaned_until.is_some() {
+                continue;
+            }
+            let mut send = up.keyframe.handle_timeout(now, iv);
+            let epoch = up.epoch;
+            let waiting = up.info.codec.is_video()
+                && up
+                    .downs
+                    .iter()
+                    .any(|d| d.munger.as_ref().is_some_and(|m| !m.is_anchored_in(epoch)));
+            if !send && waiting && up.keyframe.last_sent().is_none_or(|t| now >= t + retry) {
+                send = up.keyframe.request(now, iv);
+            }
+            if send {
+                self.out.push_back(Output::RequestKeyframe {
+                    track: id,
+                    publisher: up.info.publisher,
+                    media_ssrc: ssrc,
+                });
+            }
+        }
+    }
+
+    /// The next thing the shell must do, if any.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;

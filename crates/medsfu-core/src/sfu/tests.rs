@@ -1,0 +1,417 @@
+//! Deterministic tests of the room core on a virtual clock.
+
+use super::*;
+
+const VP8_KEY: [u8; 3] = [0x10, 0x00, 0x9d];
+const VP8_DELTA: [u8; 3] = [0x10, 0x01, 0x9d];
+
+struct Clock(Instant);
+impl Clock {
+    fn advance(&mut self, ms: u64) -> Instant {
+        self.0 += Duration::from_millis(ms);
+        self.0
+    }
+}
+
+fn pkt(ssrc: u32, seq: u16, ts: u32, payload: &[u8]) -> RtpPacket {
+    RtpPacket {
+        header: RtpHeader {
+            payload_type: 96,
+            marker: true,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+        },
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+fn drain(sfu: &mut Sfu) -> Vec<Output> {
+    std::iter::from_fn(|| sfu.poll_output()).collect()
+}
+
+fn rtp_to(out: &[Output], who: ParticipantId) -> Vec<RtpOut> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Rtp(r) if r.subscriber == who => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn keyframe_requests(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::RequestKeyframe { .. }))
+        .count()
+}
+
+fn added_down(out: &[Output], who: ParticipantId) -> Option<DownTrackId> {
+    out.iter().find_map(|o| match o {
+        Output::SubscriptionAdded {
+            down, subscriber, ..
+        } if *subscriber == who => Some(*down),
+        _ => None,
+    })
+}
+
+/// A room with a team publisher of VP8 video and one bound subscriber.
+fn room_with_video(
+    sfu: &mut Sfu,
+    now: Instant,
+) -> (ParticipantId, TrackId, ParticipantId, DownTrackId) {
+    let a = sfu.join("r", "alice", Role::Team, true, now);
+    let b = sfu.join("r", "bob", Role::Consultant, true, now);
+    let t = sfu
+        .publish(a, TrackSource::Camera, Codec::Vp8, now)
+        .expect("team may publish a camera");
+    let out = drain(sfu);
+    let d = added_down(&out, b).expect("bob auto-subscribed");
+    sfu.bind_down_track(d, 0xB0B, 100, now).expect("bind");
+    drain(sfu);
+    (a, t, b, d)
+}
+
+#[test]
+fn joiners_learn_about_each_other() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let a = sfu.join("r", "alice", Role::Lead, true, now);
+    drain(&mut sfu);
+    let b = sfu.join("r", "bob", Role::Dispatcher, true, now);
+    let out = drain(&mut sfu);
+    assert!(out.contains(&Output::Notify {
+        to: b,
+        event: RoomEvent::ParticipantJoined(ParticipantInfo {
+            id: a,
+            identity: "alice".into(),
+            role: Role::Lead
+        })
+    }));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Notify { to, event: RoomEvent::ParticipantJoined(p) } if *to == a && p.id == b)));
+    assert_eq!(sfu.room_participants("r").len(), 2);
+    assert_eq!(sfu.room_participants("other").len(), 0);
+}
+
+#[test]
+fn roles_are_enforced_on_publish_and_subscribe() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let d = sfu.join("r", "disp", Role::Dispatcher, false, now);
+    let rec = sfu.join("r", "rec", Role::Recorder, false, now);
+    let v = sfu.join("r", "amb1", Role::Vehicle, false, now);
+    let g = sfu.join("r", "glasses", Role::Glasses, false, now);
+    assert_eq!(
+        sfu.publish(d, TrackSource::Camera, Codec::H264, now),
+        Err(CoreError::PublishForbidden {
+            role: Role::Dispatcher,
+            track_source: TrackSource::Camera
+        })
+    );
+    assert!(sfu.publish(d, TrackSource::Microphone, Codec::Opus, now).is_ok());
+    assert_eq!(
+        sfu.publish(rec, TrackSource::Microphone, Codec::Opus, now)
+            .map_err(|e| e.code()),
+        Err("publish_forbidden")
+    );
+    assert_eq!(
+        sfu.publish(v, TrackSource::RoofCamera, Codec::Opus, now)
+            .map_err(|e| e.code()),
+        Err("codec_mismatch")
+    );
+    let cam = sfu
+        .publish(v, TrackSource::RoofCamera, Codec::H265, now)
+        .expect("vehicle publishes the roof camera");
+    assert!(sfu.subscribe(rec, cam, now).is_ok());
+    assert_eq!(
+        sfu.subscribe(g, cam, now).map_err(|e| e.code()),
+        Err("subscribe_forbidden"),
+        "glasses receive room audio only"
+    );
+    assert_eq!(sfu.subscribe(v, cam, now), Err(CoreError::OwnTrack));
+    let cabin = sfu
+        .publish(v, TrackSource::CabinAudio, Codec::Opus, now)
+        .expect("cabin audio");
+    assert!(sfu.subscribe(g, cabin, now).is_ok());
+}
+
+#[test]
+fn auto_subscribe_covers_permitted_participants_only() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let lead = sfu.join("r", "lead", Role::Lead, true, now);
+    let veh = sfu.join("r", "amb", Role::Vehicle, true, now);
+    let glasses = sfu.join("r", "gl", Role::Glasses, true, now);
+    drain(&mut sfu);
+    let _cam = sfu.publish(veh, TrackSource::RoofCamera, Codec::H265, now);
+    let out = drain(&mut sfu);
+    assert!(added_down(&out, lead).is_some());
+    assert!(added_down(&out, veh).is_none());
+    assert!(added_down(&out, glasses).is_none());
+    // A late joiner is subscribed to what is already published.
+    let late = sfu.join("r", "late", Role::Consultant, true, now);
+    let out = drain(&mut sfu);
+    assert!(added_down(&out, late).is_some());
+}
+
+#[test]
+fn a_new_subscriber_waits_for_a_keyframe_and_asks_for_one() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, b, _d) = room_with_video(&mut sfu, clock.0);
+    // The first packet (a delta frame) teaches the core the SSRC; nothing is forwarded yet.
+    let now = clock.advance(10);
+    sfu.handle_rtp(t, pkt(7, 100, 1000, &VP8_DELTA), now).unwrap();
+    let out = drain(&mut sfu);
+    assert!(rtp_to(&out, b).is_empty(), "gated until a keyframe");
+    // The retry timer asks the publisher for a keyframe.
+    let now = clock.advance(60);
+    sfu.handle_timeout(now);
+    let out = drain(&mut sfu);
+    assert_eq!(keyframe_requests(&out), 1);
+    sfu.handle_rtp(t, pkt(7, 101, 4000, &VP8_DELTA), now).unwrap();
+    assert!(rtp_to(&drain(&mut sfu), b).is_empty());
+    sfu.handle_rtp(t, pkt(7, 102, 7000, &VP8_KEY), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 103, 7000, &VP8_DELTA[1..]), now).unwrap();
+    let got = rtp_to(&drain(&mut sfu), b);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header.ssrc, 0xB0B);
+    assert_eq!(got[0].header.payload_type, 100);
+    assert_eq!(
+        got[1].header.sequence_number,
+        got[0].header.sequence_number.wrapping_add(1)
+    );
+    assert_eq!(got[0].payload.as_ptr(), got[0].payload.as_ptr());
+}
+
+#[test]
+fn many_joiners_at_once_cause_one_keyframe_request() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
+    let now = clock.advance(10);
+    sfu.handle_rtp(t, pkt(7, 1, 0, &VP8_KEY), now).unwrap();
+    drain(&mut sfu);
+    let now = clock.advance(500);
+    let mut downs = Vec::new();
+    for i in 0..20 {
+        let p = sfu.join("r", &format!("c{i}"), Role::Consultant, true, now);
+        let out = drain(&mut sfu);
+        downs.push(added_down(&out, p).unwrap());
+    }
+    let mut requests = 0;
+    for d in downs {
+        sfu.bind_down_track(d, 1, 96, now).unwrap();
+        requests += keyframe_requests(&drain(&mut sfu));
+    }
+    assert_eq!(requests, 1, "twenty joiners, one PLI");
+    // A subscriber's own PLI within the interval is merged into one deferred request.
+    let now = clock.advance(50);
+    sfu.handle_keyframe_request(_d, now).unwrap();
+    assert_eq!(keyframe_requests(&drain(&mut sfu)), 0);
+    let now = clock.advance(150);
+    sfu.handle_timeout(now);
+    assert_eq!(keyframe_requests(&drain(&mut sfu)), 1);
+    sfu.handle_timeout(clock.advance(60));
+    assert_eq!(keyframe_requests(&drain(&mut sfu)), 0);
+}
+
+#[test]
+fn nack_is_answered_from_the_cache_or_forwarded_upstream() {
+    let cfg = CoreConfig {
+        rtx_cache_video: 16,
+        ..CoreConfig::default()
+    };
+    let now = Instant::now();
+    let mut sfu = Sfu::new(cfg);
+    let (a, t, b, d) = room_with_video(&mut sfu, now);
+    sfu.handle_rtp(t, pkt(7, 1000, 0, &VP8_KEY), now).unwrap();
+    for seq in 1001..1010u16 {
+        sfu.handle_rtp(t, pkt(7, seq, 0, &[0x00, seq as u8]), now).unwrap();
+    }
+    let sent = rtp_to(&drain(&mut sfu), b);
+    let lost = sent[4].clone();
+    sfu.handle_nack(d, &[lost.header.sequence_number], now).unwrap();
+    let out = drain(&mut sfu);
+    let again = rtp_to(&out, b);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].retransmission);
+    assert_eq!(again[0].header, lost.header);
+    assert_eq!(again[0].payload, lost.payload);
+    assert!(!out.iter().any(|o| matches!(o, Output::Nack { .. })));
+
+    // Push the first packets out of the 16-slot cache; a NACK for them goes upstream
+    // with the publisher's sequence numbers.
+    for seq in 1010..1030u16 {
+        sfu.handle_rtp(t, pkt(7, seq, 0, &[0x00]), now).unwrap();
+    }
+    drain(&mut sfu);
+    sfu.handle_nack(d, &[sent[1].header.sequence_number], now).unwrap();
+    let out = drain(&mut sfu);
+    assert_eq!(
+        out,
+        vec![Output::Nack {
+            track: t,
+            publisher: a,
+            media_ssrc: 7,
+            seqs: vec![1001]
+        }]
+    );
+    let stats = sfu.down_track_stats(d).unwrap();
+    assert_eq!(stats.retransmissions, 1);
+}
+
+#[test]
+fn receiver_reports_are_terminated_not_relayed() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, _t, _b, d) = room_with_video(&mut sfu, now);
+    let rr = ReceptionReport {
+        fraction_lost: 0.25,
+        cumulative_lost: 3,
+        jitter: 90,
+    };
+    sfu.handle_receiver_report(d, rr).unwrap();
+    assert!(drain(&mut sfu).is_empty(), "nothing goes to the publisher");
+    assert_eq!(sfu.down_track_stats(d).unwrap().last_report, Some(rr));
+}
+
+#[test]
+fn a_publisher_restart_is_one_continuous_stream_for_the_subscriber() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, b, _d) = room_with_video(&mut sfu, clock.0);
+    let now = clock.0;
+    sfu.handle_rtp(t, pkt(7, 60000, 5000, &VP8_KEY), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 60001, 8000, &VP8_DELTA), now).unwrap();
+    let before = rtp_to(&drain(&mut sfu), b);
+    // The encoder restarts: new SSRC, new numbering; first a delta (gated), then a keyframe.
+    let now = clock.advance(100);
+    sfu.handle_rtp(t, pkt(99, 3, 77, &VP8_DELTA), now).unwrap();
+    let out = drain(&mut sfu);
+    assert!(rtp_to(&out, b).is_empty());
+    assert_eq!(keyframe_requests(&out), 1, "the restart asks for a keyframe");
+    sfu.handle_rtp(t, pkt(99, 4, 77, &VP8_KEY), now).unwrap();
+    let after = rtp_to(&drain(&mut sfu), b);
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0].header.sequence_number,
+        before[1].header.sequence_number.wrapping_add(1)
+    );
+    assert_eq!(after[0].header.ssrc, before[1].header.ssrc);
+    let dt = after[0].header.timestamp.wrapping_sub(before[1].header.timestamp);
+    assert_eq!(dt, 9000, "100 ms at 90 kHz");
+}
+
+#[test]
+fn a_reconnecting_publisher_takes_its_track_over() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (a, t, b, _d) = room_with_video(&mut sfu, clock.0);
+    sfu.handle_rtp(t, pkt(7, 10, 0, &VP8_KEY), clock.0).unwrap();
+    let before = rtp_to(&drain(&mut sfu), b);
+    let now = clock.advance(2000);
+    let a2 = sfu.join("r", "alice", Role::Team, true, now);
+    let out = drain(&mut sfu);
+    assert!(out.contains(&Output::ParticipantRemoved {
+        participant: a,
+        reason: LeaveReason::Replaced
+    }));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::SubscriptionRemoved { .. })),
+        "subscribers keep their down tracks during the grace period"
+    );
+    let t2 = sfu.publish(a2, TrackSource::Camera, Codec::Vp8, now).unwrap();
+    assert_eq!(t2, t, "same track, new publisher");
+    drain(&mut sfu);
+    sfu.handle_rtp(t, pkt(1234, 500, 99, &VP8_KEY), now).unwrap();
+    let after = rtp_to(&drain(&mut sfu), b);
+    assert_eq!(
+        after[0].header.sequence_number,
+        before[0].header.sequence_number.wrapping_add(1)
+    );
+}
+
+#[test]
+fn an_orphaned_track_is_unpublished_after_the_grace_period() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, b, d) = room_with_video(&mut sfu, clock.0);
+    let now = clock.advance(100);
+    let _a2 = sfu.join("r", "alice", Role::Team, true, now);
+    drain(&mut sfu);
+    for _ in 0..220 {
+        let now = clock.advance(50);
+        sfu.handle_activity(b, now);
+        sfu.handle_activity(_a2, now);
+        sfu.handle_timeout(now);
+    }
+    let out = drain(&mut sfu);
+    assert!(out.contains(&Output::SubscriptionRemoved {
+        down: d,
+        subscriber: b,
+        track: t
+    }));
+    assert!(sfu.track(t).is_none());
+}
+
+#[test]
+fn a_silent_participant_times_out_and_others_are_told() {
+    let mut clock = Clock(Instant::now());
+    let cfg = CoreConfig {
+        participant_timeout: Duration::from_secs(2),
+        ..CoreConfig::default()
+    };
+    let mut sfu = Sfu::new(cfg);
+    let (a, t, b, d) = room_with_video(&mut sfu, clock.0);
+    let mut removed_at = None;
+    for i in 0..100 {
+        let now = clock.advance(50);
+        sfu.handle_activity(b, now); // only bob is alive
+        sfu.handle_timeout(now);
+        let out = drain(&mut sfu);
+        if out.contains(&Output::ParticipantRemoved {
+            participant: a,
+            reason: LeaveReason::Timeout,
+        }) {
+            assert!(out.contains(&Output::SubscriptionRemoved {
+                down: d,
+                subscriber: b,
+                track: t
+            }));
+            assert!(out.contains(&Output::Notify {
+                to: b,
+                event: RoomEvent::TrackUnpublished { track: t }
+            }));
+            assert!(out.contains(&Output::Notify {
+                to: b,
+                event: RoomEvent::ParticipantLeft {
+                    participant: a,
+                    reason: LeaveReason::Timeout
+                }
+            }));
+            removed_at = Some(i);
+            break;
+        }
+    }
+    let i = removed_at.expect("alice timed out");
+    assert!((39..=41).contains(&i), "after 2 s, at tick {i}");
+    assert!(sfu.participant(b).is_some());
+    assert!(sfu.handle_rtp(t, pkt(7, 1, 0, &VP8_KEY), clock.0).is_err());
+}
+
+#[test]
+fn leaving_and_unsubscribing_clean_up() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (a, t, b, d) = room_with_video(&mut sfu, now);
+    sfu.unsubscribe(d).unwrap();
+    assert_eq!(sfu.unsubscribe(d), Err(CoreError::UnknownDownTrack(d)));
+    sfu.handle_rtp(t, pkt(7, 1, 0, &VP8_KEY), now).unwrap();
+    assert!(rtp_to(&drain(&mut sfu), b).is_empty());
+    sfu.leave(a, now).unwrap();
+    sfu.leave(b, now).unwrap();
+    assert_eq!(sfu.room_count(), 0);
+    assert_eq!(sfu.participant_count(), 0);
+    assert_eq!(sfu.leave(a, now), Err(CoreError::UnknownParticipant(a)));
+}
