@@ -1,0 +1,59 @@
+//! HTTP errors: a status and a JSON body `{ "code", "message" }` with a stable code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use medsfu_webrtc::MediaError;
+
+use crate::TokenError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    }
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> ApiError {
+        let status = match &e {
+            MediaError::BadSdp(_) => StatusCode::BAD_REQUEST,
+            MediaError::Core(c) if c.code().ends_with("_forbidden") => StatusCode::FORBIDDEN,
+            MediaError::Core(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            MediaError::UnknownSession => StatusCode::NOT_FOUND,
+            MediaError::NoTracks => StatusCode::NOT_FOUND,
+            MediaError::NoPendingOffer => StatusCode::CONFLICT,
+            MediaError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}

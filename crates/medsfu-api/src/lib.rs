@@ -1,0 +1,81 @@
+//! medsfu's HTTP shell: the consultation page, WebSocket signalling, WHIP and WHEP, and
+//! access tokens. Handlers check the caller's token and role, then hand the media work to
+//! the WebRTC shell through its [`MediaHandle`].
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod signalling;
+pub mod token;
+mod web;
+mod whip;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use medsfu_webrtc::MediaHandle;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use error::ApiError;
+pub use signalling::MAX_MESSAGE_BYTES;
+pub use token::{Grant, TokenError, TokenKey};
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    media: MediaHandle,
+    tokens: TokenKey,
+    sessions: whip::Sessions,
+}
+
+impl AppState {
+    /// State over a running media server and a token key.
+    pub fn new(media: MediaHandle, tokens: TokenKey) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                media,
+                tokens,
+                sessions: whip::Sessions::default(),
+            }),
+        }
+    }
+}
+
+/// The whole HTTP surface of medsfu.
+pub fn router(state: AppState) -> Router {
+    use axum::http::{header, HeaderName, Method};
+    // WHIP/WHEP players often run on another origin; they need these headers.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            HeaderName::from_static("accept-patch"),
+        ]);
+    Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::style))
+        .route("/healthz", get(web::healthz))
+        .route("/ws", get(signalling::upgrade))
+        .route("/whip/{room}", post(whip::create_whip).options(whip::options))
+        .route("/whep/{room}", post(whip::create_whep).options(whip::options))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(whip::patch).delete(whip::delete).options(whip::options),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(whip::patch).delete(whip::delete).options(whip::options),
+        )
+        .layer(cors)
+        .with_state(state)
+}

@@ -1,0 +1,368 @@
+//! The WebSocket signalling protocol of the consultation app (see `docs/signalling.md`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use medsfu_core::{LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource};
+use medsfu_webrtc::{MediaError, SessionEvent, SessionKind};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::AppState;
+
+/// Largest signalling message accepted; larger ones get an error and are ignored.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Frames beyond this close the socket (the transport refuses to buffer them).
+const MAX_FRAME_BYTES: usize = 1024 * 1024;
+const PING_EVERY: Duration = Duration::from_secs(10);
+const DEAD_AFTER: Duration = Duration::from_secs(30);
+
+/// A message from the client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Join {
+        token: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Publish {
+        sdp: String,
+        #[serde(default)]
+        sources: HashMap<String, String>,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Answer {
+        sdp: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Subscribe {
+        track: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Unsubscribe {
+        track: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Candidate {
+        target: Target,
+        candidate: String,
+        #[serde(default)]
+        sdp_mid: Option<String>,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Leave {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Ping {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Target {
+    Publisher,
+    Subscriber,
+}
+
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| session(state, socket))
+}
+
+fn error(code: &str, message: impl Into<String>, id: Option<Value>) -> Value {
+    json!({ "type": "error", "code": code, "message": message.into(), "id": id })
+}
+
+fn parse_track(s: &str) -> Option<TrackId> {
+    s.strip_prefix('T')?.parse().ok().map(TrackId)
+}
+
+fn event_json(ev: &SessionEvent) -> Value {
+    match ev {
+        SessionEvent::Room(RoomEvent::ParticipantJoined(p)) => json!({
+            "type": "participant_joined", "participant": p.id.to_string(),
+            "identity": p.identity, "role": p.role.as_str(),
+        }),
+        SessionEvent::Room(RoomEvent::ParticipantLeft { participant, reason }) => json!({
+            "type": "participant_left", "participant": participant.to_string(),
+            "reason": reason.as_str(),
+        }),
+        SessionEvent::Room(RoomEvent::TrackPublished(t)) => json!({
+            "type": "track_published", "track": t.id.to_string(),
+            "publisher": t.publisher.to_string(), "identity": t.publisher_identity,
+            "source": t.source.as_str(),
+            "kind": if t.codec.is_video() { "video" } else { "audio" },
+            "codec": t.codec.mime(),
+        }),
+        SessionEvent::Room(RoomEvent::TrackUnpublished { track }) => json!({
+            "type": "track_unpublished", "track": track.to_string(),
+        }),
+        SessionEvent::Offer { sdp, tracks } => json!({
+            "type": "offer", "sdp": sdp,
+            "tracks": tracks.iter().map(|(mid, t)| json!({"mid": mid, "track": t.to_string()})).collect::<Vec<_>>(),
+        }),
+        SessionEvent::Removed(reason) => json!({ "type": "left", "reason": reason.as_str() }),
+        SessionEvent::Error { code, message } => error(code, message.clone(), None),
+        _ => json!({ "type": "unknown_event" }),
+    }
+}
+
+async fn send(socket: &mut WebSocket, v: &Value) -> bool {
+    socket
+        .send(Message::Text(Utf8Bytes::from(v.to_string())))
+        .await
+        .is_ok()
+}
+
+/// Reads the next text message, answering oversize or binary frames with an error.
+enum Incoming {
+    Text(String),
+    Closed,
+    Other,
+}
+
+async fn next(socket: &mut WebSocket, last_seen: &mut Instant) -> Incoming {
+    match socket.recv().await {
+        Some(Ok(msg)) => {
+            *last_seen = Instant::now();
+            match msg {
+                Message::Text(t) if t.len() > MAX_MESSAGE_BYTES => {
+                    let e = error(
+                        "message_too_large",
+                        format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+                        None,
+                    );
+                    if send(socket, &e).await {
+                        Incoming::Other
+                    } else {
+                        Incoming::Closed
+                    }
+                }
+                Message::Text(t) => Incoming::Text(t.to_string()),
+                Message::Binary(_) => {
+                    let e = error("bad_message", "messages are JSON text", None);
+                    if send(socket, &e).await {
+                        Incoming::Other
+                    } else {
+                        Incoming::Closed
+                    }
+                }
+                Message::Close(_) => Incoming::Closed,
+                _ => Incoming::Other,
+            }
+        }
+        _ => Incoming::Closed,
+    }
+}
+
+fn parse(text: &str) -> Result<ClientMessage, Value> {
+    serde_json::from_str::<ClientMessage>(text).map_err(|e| {
+        let known = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
+        let id = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("id").cloned());
+        match known {
+            Some(t)
+                if ![
+                    "join", "publish", "answer", "subscribe", "unsubscribe", "candidate",
+                    "leave", "ping",
+                ]
+                .contains(&t.as_str()) =>
+            {
+                error("unknown_message", format!("unknown message type {t:?}"), id)
+            }
+            _ => error("bad_message", e.to_string(), id),
+        }
+    })
+}
+
+async fn session(state: AppState, mut socket: WebSocket) {
+    let s = &state.inner;
+    let mut last_seen = Instant::now();
+    // The first message must be a join with a valid token.
+    let (grant, join_id) = loop {
+        let text = match next(&mut socket, &mut last_seen).await {
+            Incoming::Text(t) => t,
+            Incoming::Other => continue,
+            Incoming::Closed => return,
+        };
+        match parse(&text) {
+            Ok(ClientMessage::Join { token, id }) => {
+                match s.tokens.verify(&token, SystemTime::now()) {
+                    Ok(g) => break (g, id),
+                    Err(e) => {
+                        if !send(&mut socket, &error(e.code(), e.to_string(), id)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(_) => {
+                if !send(&mut socket, &error("not_joined", "send join first", None)).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                if !send(&mut socket, &e).await {
+                    return;
+                }
+            }
+        }
+    };
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let joined = match s
+        .media
+        .join(&grant.room, &grant.identity, grant.role, SessionKind::Signalling, tx)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = send(&mut socket, &error(e.code(), e.to_string(), join_id)).await;
+            return;
+        }
+    };
+    let me = joined.participant;
+    info!(participant = %me, role = grant.role.as_str(), "signalling session joined");
+    let may_publish: Vec<&str> = TrackSource::ALL
+        .iter()
+        .filter(|src| grant.role.may_publish(**src))
+        .map(|src| src.as_str())
+        .collect();
+    let hello = json!({
+        "type": "joined", "id": join_id, "participant": me.to_string(),
+        "identity": grant.identity, "role": grant.role.as_str(), "room": grant.room,
+        "may_publish": may_publish,
+    });
+    let mut ended_by_server = false;
+    if send(&mut socket, &hello).await {
+        ended_by_server = run(&state, &mut socket, &mut events, me, grant.role, last_seen).await;
+    }
+    if !ended_by_server {
+        s.media.leave(me).await;
+    }
+    debug!(participant = %me, "signalling session closed");
+}
+
+/// Serves a joined session until either side ends it; true when the server ended it.
+async fn run(
+    state: &AppState,
+    socket: &mut WebSocket,
+    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+    me: ParticipantId,
+    role: Role,
+    mut last_seen: Instant,
+) -> bool {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { return true };
+                let removed = matches!(ev, SessionEvent::Removed(_));
+                if !send(socket, &event_json(&ev)).await || removed {
+                    return removed;
+                }
+            }
+            incoming = next(socket, &mut last_seen) => match incoming {
+                Incoming::Closed => return false,
+                Incoming::Other => {}
+                Incoming::Text(text) => {
+                    let reply = match parse(&text) {
+                        Ok(msg) => handle(state, me, role, msg).await,
+                        Err(e) => Some(e),
+                    };
+                    let leaving = reply.as_ref().is_some_and(|r| r["type"] == "left");
+                    if let Some(r) = reply {
+                        if !send(socket, &r).await {
+                            return false;
+                        }
+                    }
+                    if leaving {
+                        return true;
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if last_seen.elapsed() > DEAD_AFTER {
+                    return false;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn media_error(e: MediaError, id: Option<Value>) -> Value {
+    error(e.code(), e.to_string(), id)
+}
+
+async fn handle(state: &AppState, me: ParticipantId, role: Role, msg: ClientMessage) -> Option<Value> {
+    let media = &state.inner.media;
+    match msg {
+        ClientMessage::Join { id, .. } => Some(error("already_joined", "this session already joined", id)),
+        ClientMessage::Publish { sdp, sources, id } => {
+            let mut parsed = HashMap::new();
+            for (mid, src) in sources {
+                match src.parse::<TrackSource>() {
+                    Ok(s) => {
+                        parsed.insert(mid, s);
+                    }
+                    Err(e) => return Some(error("bad_message", e, id)),
+                }
+            }
+            let _ = role;
+            Some(match media.publish(me, sdp, parsed).await {
+                Ok(answer) => json!({ "type": "publish_answer", "sdp": answer, "id": id }),
+                Err(e) => media_error(e, id),
+            })
+        }
+        ClientMessage::Answer { sdp, id } => match media.subscriber_answer(me, sdp).await {
+            Ok(()) => None,
+            Err(e) => Some(media_error(e, id)),
+        },
+        ClientMessage::Subscribe { track, id } | ClientMessage::Unsubscribe { track, id }
+            if parse_track(&track).is_none() =>
+        {
+            Some(error("bad_message", format!("{track:?} is not a track id"), id))
+        }
+        ClientMessage::Subscribe { track, id } => {
+            let t = parse_track(&track)?;
+            media.subscribe(me, t, true).await.err().map(|e| media_error(e, id))
+        }
+        ClientMessage::Unsubscribe { track, id } => {
+            let t = parse_track(&track)?;
+            media.subscribe(me, t, false).await.err().map(|e| media_error(e, id))
+        }
+        ClientMessage::Candidate { target, candidate, sdp_mid, id } => {
+            let publisher = target == Target::Publisher;
+            media
+                .candidate(me, publisher, sdp_mid, candidate)
+                .await
+                .err()
+                .map(|e| media_error(e, id))
+        }
+        ClientMessage::Leave { id } => {
+            media.leave(me).await;
+            Some(json!({ "type": "left", "reason": LeaveReason::Left.as_str(), "id": id }))
+        }
+        ClientMessage::Ping { id } => Some(json!({ "type": "pong", "id": id })),
+    }
+}

@@ -1,0 +1,258 @@
+//! WHIP (RFC 9725) publishing and WHEP subscribing over plain HTTP.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use medsfu_core::ParticipantId;
+use medsfu_webrtc::sdp::sdpfrag_candidates;
+use medsfu_webrtc::{SessionEvent, SessionKind};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::{ApiError, AppState, TokenError};
+
+/// Live WHIP/WHEP sessions by their URL id. Touched per HTTP request, never per packet.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    room: String,
+    participant: ParticipantId,
+    etag: String,
+    publisher: bool,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Option<Session> {
+        self.map.lock().ok()?.get(id).cloned()
+    }
+    fn insert(&self, id: String, s: Session) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(id, s);
+        }
+    }
+    fn remove(&self, id: &str) -> Option<Session> {
+        self.map.lock().ok()?.remove(id)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(TokenError::Missing)
+}
+
+fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            "the offer must be sent as application/sdp",
+        ));
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "SDP is not UTF-8"))
+}
+
+pub async fn create_whip(
+    state: State<AppState>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(state, room, headers, body, SessionKind::Whip).await
+}
+
+pub async fn create_whep(
+    state: State<AppState>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(state, room, headers, body, SessionKind::Whep).await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: SessionKind,
+) -> Result<Response, ApiError> {
+    let s = &state.inner;
+    let grant = s
+        .tokens
+        .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
+    let offer = sdp_body(&headers, &body)?;
+    // Reject bad SDP before the participant appears to anyone.
+    medsfu_webrtc::sdp::media_sections(&offer)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string()))?;
+    if kind == SessionKind::Whip
+        && !medsfu_core::TrackSource::ALL
+            .iter()
+            .any(|src| grant.role.may_publish(*src))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_forbidden",
+            format!("role {} may not publish", grant.role),
+        ));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let joined = s
+        .media
+        .join(&room, &grant.identity, grant.role, kind, tx)
+        .await?;
+    let participant = joined.participant;
+    let answer = match kind {
+        SessionKind::Whip => s.media.publish(participant, offer, HashMap::new()).await,
+        _ => s.media.whep_offer(participant, offer).await,
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            s.media.leave(participant).await;
+            return Err(e.into());
+        }
+    };
+    let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    let etag = format!("\"{}\"", Alphanumeric.sample_string(&mut rand::rng(), 12));
+    s.sessions.insert(
+        id.clone(),
+        Session {
+            room: room.clone(),
+            participant,
+            etag: etag.clone(),
+            publisher: kind == SessionKind::Whip,
+        },
+    );
+    // Forget the session when the server ends it (timeout, replaced by a reconnect).
+    let st = state.clone();
+    let sid = id.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let SessionEvent::Removed(_) = ev {
+                break;
+            }
+        }
+        st.inner.sessions.remove(&sid);
+    });
+    let path = match kind {
+        SessionKind::Whip => "whip",
+        _ => "whep",
+    };
+    info!(%participant, kind = path, "WHIP/WHEP session created");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, format!("/{path}/{room}/{id}")),
+            (header::ETAG, etag),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag".to_owned(),
+            ),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+fn session_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    id: &str,
+) -> Result<Session, ApiError> {
+    state
+        .inner
+        .tokens
+        .verify_for_room(bearer(headers)?, room, SystemTime::now())?;
+    state
+        .inner
+        .sessions
+        .get(id)
+        .filter(|s| s.room == room)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session"))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let session = session_for(&state, &headers, &room, &id)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/trickle-ice-sdpfrag") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            "PATCH takes application/trickle-ice-sdpfrag",
+        ));
+    }
+    if let Some(m) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        if m != "*" && m != session.etag {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "etag_mismatch",
+                "If-Match does not match the session's ETag",
+            ));
+        }
+    }
+    let frag = String::from_utf8_lossy(&body);
+    let publisher = session.publisher;
+    for (mid, cand) in sdpfrag_candidates(&frag) {
+        // With ICE-lite the server learns the client's address from its checks; a
+        // candidate it cannot use is not an error for the client.
+        let _ = state
+            .inner
+            .media
+            .candidate(session.participant, publisher, mid, cand)
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = session_for(&state, &headers, &room, &id)?;
+    state.inner.sessions.remove(&id);
+    state.inner.media.leave(session.participant).await;
+    Ok(StatusCode::OK.into_response())
+}
+
+pub async fn options() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::HeaderName::from_static("accept-post"), "application/sdp"),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag",
+            ),
+        ],
+    )
+}

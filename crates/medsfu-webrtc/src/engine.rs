@@ -1,0 +1,1169 @@
+//! The media event loop: socket, peer connections and room core in one task.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use medsfu_core::{
+    Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId,
+    ReceptionReport, Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::demux::{classify, stun_server_ufrag, DatagramKind};
+use crate::peer::{self, Direction};
+use crate::sdp::{accept_bundle_only, media_sections};
+use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
+
+type PeerId = u64;
+
+struct Session {
+    kind: SessionKind,
+    role: Role,
+    room: String,
+    events: mpsc::UnboundedSender<SessionEvent>,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+}
+
+struct Sender {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    track: TrackId,
+    codec: RTCRtpCodec,
+    bound: bool,
+}
+
+struct Peer {
+    pc: RTCPeerConnection,
+    participant: ParticipantId,
+    direction: Direction,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    deadline: Option<Instant>,
+    // Publishing side.
+    sources: HashMap<String, TrackSource>,
+    track_by_ssrc: HashMap<u32, TrackId>,
+    track_by_msid: HashMap<String, TrackId>,
+    receiver_of: HashMap<TrackId, RTCRtpReceiverId>,
+    // Subscribing side.
+    senders: HashMap<DownTrackId, Sender>,
+    down_by_ssrc: HashMap<u32, DownTrackId>,
+    offer_pending: bool,
+    needs_offer: bool,
+}
+
+impl Peer {
+    fn new(
+        pc: RTCPeerConnection,
+        participant: ParticipantId,
+        direction: Direction,
+        ufrag: String,
+    ) -> Peer {
+        Peer {
+            pc,
+            participant,
+            direction,
+            ufrag,
+            addrs: Vec::new(),
+            deadline: None,
+            sources: HashMap::new(),
+            track_by_ssrc: HashMap::new(),
+            track_by_msid: HashMap::new(),
+            receiver_of: HashMap::new(),
+            senders: HashMap::new(),
+            down_by_ssrc: HashMap::new(),
+            offer_pending: false,
+            needs_offer: false,
+        }
+    }
+}
+
+pub(crate) struct Engine {
+    socket: UdpSocket,
+    announce: SocketAddr,
+    sfu: Sfu,
+    stats: Arc<MediaStats>,
+    sessions: HashMap<ParticipantId, Session>,
+    peers: HashMap<PeerId, Peer>,
+    next_peer: PeerId,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    timers: BTreeSet<(Instant, PeerId)>,
+    /// Codec each published track was negotiated with, offered to its subscribers as is.
+    track_codecs: HashMap<TrackId, RTCRtpCodec>,
+    scratch_events: Vec<RTCPeerConnectionEvent>,
+    scratch_msgs: Vec<RTCMessage>,
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> MediaError {
+    MediaError::WebRtc(e.to_string())
+}
+
+fn sdp_err(e: impl std::fmt::Display) -> MediaError {
+    MediaError::BadSdp(e.to_string())
+}
+
+impl Engine {
+    pub fn new(
+        socket: UdpSocket,
+        announce: SocketAddr,
+        core: CoreConfig,
+        stats: Arc<MediaStats>,
+    ) -> Engine {
+        Engine {
+            socket,
+            announce,
+            sfu: Sfu::new(core),
+            stats,
+            sessions: HashMap::new(),
+            peers: HashMap::new(),
+            next_peer: 1,
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BTreeSet::new(),
+            track_codecs: HashMap::new(),
+            scratch_events: Vec::new(),
+            scratch_msgs: Vec::new(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let peer = self.timers.first().map(|(t, _)| *t);
+        match (peer, self.sfu.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        info!(addr = %self.announce, "media server listening");
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, src)) => self.on_datagram(&buf[..n], src, Instant::now()),
+                    Err(e) => debug!(error = %e, "media socket receive error"),
+                },
+                c = commands.recv() => match c {
+                    Some(c) => self.on_command(c, Instant::now()),
+                    None => break,
+                },
+                () = sleep => self.on_timeout(Instant::now()),
+            }
+        }
+        info!("media server stopped");
+    }
+
+    // ----- datagrams -----------------------------------------------------------------------
+
+    fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        MediaStats::inc(&self.stats.datagrams_in);
+        let pid = match classify(data) {
+            DatagramKind::Stun => {
+                let by_name = stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied());
+                match by_name {
+                    Some(pid) => {
+                        if let Some(p) = self.peers.get_mut(&pid) {
+                            if !p.addrs.contains(&src) {
+                                p.addrs.push(src);
+                                self.by_addr.insert(src, pid);
+                            }
+                            self.sfu.handle_activity(p.participant, now);
+                        }
+                        Some(pid)
+                    }
+                    None => self.by_addr.get(&src).copied(),
+                }
+            }
+            DatagramKind::Dtls | DatagramKind::Srtp => self.by_addr.get(&src).copied(),
+            DatagramKind::Unknown => None,
+        };
+        let Some(pid) = pid else {
+            MediaStats::inc(&self.stats.datagrams_unknown);
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            MediaStats::inc(&self.stats.datagrams_unknown);
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.announce,
+                peer_addr: src,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if peer.pc.handle_read(msg).is_err() {
+            MediaStats::inc(&self.stats.datagrams_malformed);
+        }
+        self.process_peer(pid, now);
+        self.drain_core(now);
+    }
+
+    /// Drains a peer connection's events and messages, then its outgoing datagrams.
+    fn process_peer(&mut self, pid: PeerId, now: Instant) {
+        let mut events = std::mem::take(&mut self.scratch_events);
+        let mut msgs = std::mem::take(&mut self.scratch_msgs);
+        if let Some(p) = self.peers.get_mut(&pid) {
+            while let Some(e) = p.pc.poll_event() {
+                events.push(e);
+            }
+            while let Some(m) = p.pc.poll_read() {
+                msgs.push(m.message);
+            }
+        }
+        for e in events.drain(..) {
+            self.on_peer_event(pid, e, now);
+        }
+        for m in msgs.drain(..) {
+            self.on_peer_message(pid, m, now);
+        }
+        self.scratch_events = events;
+        self.scratch_msgs = msgs;
+        self.flush(pid);
+    }
+
+    /// Sends what a peer connection wants sent and re-arms its timer.
+    fn flush(&mut self, pid: PeerId) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        while let Some(out) = p.pc.poll_write() {
+            match self.socket.try_send_to(&out.message, out.transport.peer_addr) {
+                Ok(_) => MediaStats::inc(&self.stats.datagrams_out),
+                Err(_) => MediaStats::inc(&self.stats.send_errors),
+            }
+        }
+        let next = p.pc.poll_timeout();
+        if next != p.deadline {
+            if let Some(old) = p.deadline {
+                self.timers.remove(&(old, pid));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, pid));
+            }
+            p.deadline = next;
+        }
+    }
+
+    fn on_peer_event(&mut self, pid: PeerId, event: RTCPeerConnectionEvent, now: Instant) {
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_track_open(pid, init, now);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(msid)) => {
+                let track = self
+                    .peers
+                    .get_mut(&pid)
+                    .and_then(|p| p.track_by_msid.remove(&msid));
+                if let Some(t) = track {
+                    // The track may already be gone with its participant.
+                    let _ = self.sfu.unpublish(t);
+                    self.track_codecs.remove(&t);
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(p) = self.peers.get(&pid) else { return };
+                let participant = p.participant;
+                debug!(peer = pid, %state, "peer connection state");
+                if matches!(
+                    state,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
+                    let kind = self.sessions.get(&participant).map(|s| s.kind);
+                    match kind {
+                        Some(SessionKind::Whip | SessionKind::Whep) => {
+                            // A WHIP/WHEP session is its one connection.
+                            let _ = self.sfu.leave(participant, now);
+                            self.end_session(participant, Some(LeaveReason::Timeout));
+                        }
+                        Some(SessionKind::Signalling) => {
+                            self.tell(
+                                participant,
+                                SessionEvent::Error {
+                                    code: "connection_failed",
+                                    message: format!("media connection {state}"),
+                                },
+                            );
+                        }
+                        None => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_track_open(&mut self, pid: PeerId, init: RTCTrackEventInit, now: Instant) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if p.direction != Direction::Publish || p.track_by_ssrc.contains_key(&init.ssrc) {
+            return;
+        }
+        let participant = p.participant;
+        let tid: usize = init.receiver_id.into();
+        let mid = p
+            .pc
+            .rtp_transceiver(tid)
+            .and_then(|t| t.mid().clone())
+            .unwrap_or_default();
+        let Some((kind, codec)) = p.pc.rtp_receiver(init.receiver_id).and_then(|r| {
+            let t = r.track();
+            let kind = t.kind();
+            t.codec(init.ssrc).cloned().map(|c| (kind, c))
+        }) else {
+            warn!(peer = pid, "track opened without a negotiated codec");
+            return;
+        };
+        let Some(core_codec) = Codec::from_mime(&codec.mime_type) else {
+            warn!(peer = pid, mime = %codec.mime_type, "track in a codec medsfu does not forward");
+            return;
+        };
+        let role = self.sessions.get(&participant).map(|s| s.role);
+        let Some(role) = role else { return };
+        let media_kind = if kind == RtpCodecKind::Video {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        };
+        let source = p
+            .sources
+            .get(&mid)
+            .copied()
+            .unwrap_or_else(|| TrackSource::default_for(role, media_kind));
+        match self.sfu.publish(participant, source, core_codec, now) {
+            Ok(track) => {
+                if let Some(p) = self.peers.get_mut(&pid) {
+                    p.track_by_ssrc.insert(init.ssrc, track);
+                    p.track_by_msid.insert(init.track_id, track);
+                    p.receiver_of.insert(track, init.receiver_id);
+                }
+                self.track_codecs.insert(track, codec);
+                info!(%participant, %track, %source, codec = core_codec.mime(), "track published");
+            }
+            Err(e) => {
+                self.tell(
+                    participant,
+                    SessionEvent::Error {
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_peer_message(&mut self, pid: PeerId, msg: RTCMessage, now: Instant) {
+        match msg {
+            RTCMessage::RtpPacket(_, pkt) => {
+                let Some(p) = self.peers.get(&pid) else { return };
+                let Some(&track) = p.track_by_ssrc.get(&pkt.header.ssrc) else {
+                    MediaStats::inc(&self.stats.rtp_dropped);
+                    return;
+                };
+                MediaStats::inc(&self.stats.rtp_in);
+                let h = &pkt.header;
+                let packet = RtpPacket {
+                    header: RtpHeader {
+                        payload_type: h.payload_type,
+                        marker: h.marker,
+                        sequence_number: h.sequence_number,
+                        timestamp: h.timestamp,
+                        ssrc: h.ssrc,
+                    },
+                    payload: pkt.payload,
+                };
+                if self.sfu.handle_rtp(track, packet, now).is_err() {
+                    MediaStats::inc(&self.stats.rtp_dropped);
+                }
+            }
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(pid, &packets, now),
+            _ => {}
+        }
+    }
+
+    /// Feedback from a subscriber about our down tracks; terminated here, per leg.
+    fn on_rtcp(&mut self, pid: PeerId, packets: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
+        use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtcp::receiver_report::ReceiverReport;
+        use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let Some(p) = self.peers.get(&pid) else { return };
+        if p.direction != Direction::Subscribe {
+            return;
+        }
+        let mut keyframes: Vec<DownTrackId> = Vec::new();
+        let mut nacks: Vec<(DownTrackId, Vec<u16>)> = Vec::new();
+        let mut reports: Vec<(DownTrackId, ReceptionReport)> = Vec::new();
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                keyframes.extend(p.down_by_ssrc.get(&pli.media_ssrc));
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                keyframes.extend(fir.fir.iter().filter_map(|e| p.down_by_ssrc.get(&e.ssrc)));
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                if let Some(d) = p.down_by_ssrc.get(&nack.media_ssrc) {
+                    let seqs = nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                    nacks.push((*d, seqs));
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for r in &rr.reports {
+                    if let Some(d) = p.down_by_ssrc.get(&r.ssrc) {
+                        reports.push((
+                            *d,
+                            ReceptionReport {
+                                fraction_lost: f32::from(r.fraction_lost) / 256.0,
+                                // 24-bit signed field carried in a u32.
+                                cumulative_lost: ((r.total_lost << 8) as i32) >> 8,
+                                jitter: r.jitter,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        // Feedback about down tracks removed a moment ago is stale, not an error.
+        for d in keyframes {
+            let _ = self.sfu.handle_keyframe_request(d, now);
+        }
+        for (d, seqs) in nacks {
+            let _ = self.sfu.handle_nack(d, &seqs, now);
+        }
+        for (d, r) in reports {
+            let _ = self.sfu.handle_receiver_report(d, r);
+        }
+    }
+
+    // ----- what the core decided -----------------------------------------------------------
+
+    fn drain_core(&mut self, now: Instant) {
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                Output::Rtp(r) => self.send_rtp(r, now),
+                Output::RequestKeyframe {
+                    track,
+                    publisher,
+                    media_ssrc,
+                } => {
+                    use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                    };
+                    if self.write_feedback(publisher, track, Box::new(pli), now) {
+                        MediaStats::inc(&self.stats.keyframe_requests);
+                    }
+                }
+                Output::Nack {
+                    track,
+                    publisher,
+                    media_ssrc,
+                    seqs,
+                } => {
+                    use rtcp::transport_feedbacks::transport_layer_nack::{
+                        nack_pairs_from_sequence_numbers, TransportLayerNack,
+                    };
+                    let nack = TransportLayerNack {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                        nacks: nack_pairs_from_sequence_numbers(&seqs),
+                    };
+                    self.write_feedback(publisher, track, Box::new(nack), now);
+                }
+                Output::SubscriptionAdded {
+                    down,
+                    subscriber,
+                    track,
+                } => {
+                    let is_signalling = self
+                        .sessions
+                        .get(&subscriber)
+                        .is_some_and(|s| s.kind == SessionKind::Signalling);
+                    if is_signalling {
+                        if let Err(e) = self.add_sender(subscriber, down, track.id, now) {
+                            self.tell(
+                                subscriber,
+                                SessionEvent::Error {
+                                    code: e.code(),
+                                    message: e.to_string(),
+                                },
+                            );
+                        }
+                    }
+                }
+                Output::SubscriptionRemoved {
+                    down, subscriber, ..
+                } => self.remove_sender(subscriber, down),
+                Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
+                Output::ParticipantRemoved {
+                    participant,
+                    reason,
+                } => {
+                    info!(%participant, reason = reason.as_str(), "participant removed");
+                    self.end_session(participant, Some(reason));
+                }
+                _ => {}
+            }
+        }
+        self.send_offers(now);
+    }
+
+    fn send_rtp(&mut self, r: medsfu_core::RtpOut, now: Instant) {
+        let Some(pid) = self.sessions.get(&r.subscriber).and_then(|s| s.subscriber) else {
+            MediaStats::inc(&self.stats.rtp_dropped);
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Some(s) = p.senders.get(&r.down) else {
+            MediaStats::inc(&self.stats.rtp_dropped);
+            return;
+        };
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: r.header.marker,
+                payload_type: r.header.payload_type,
+                sequence_number: r.header.sequence_number,
+                timestamp: r.header.timestamp,
+                ssrc: r.header.ssrc,
+                ..Default::default()
+            },
+            payload: r.payload,
+        };
+        let ok = p
+            .pc
+            .rtp_sender(s.sender)
+            .is_some_and(|mut sender| sender.write_rtp(now, packet).is_ok());
+        if ok {
+            MediaStats::inc(&self.stats.rtp_forwarded);
+        } else {
+            MediaStats::inc(&self.stats.rtp_dropped);
+        }
+        self.flush(pid);
+    }
+
+    fn write_feedback(
+        &mut self,
+        publisher: ParticipantId,
+        track: TrackId,
+        packet: Box<dyn rtcp::packet::Packet>,
+        now: Instant,
+    ) -> bool {
+        let Some(pid) = self.sessions.get(&publisher).and_then(|s| s.publisher) else {
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return false;
+        };
+        let Some(&rid) = p.receiver_of.get(&track) else {
+            return false;
+        };
+        let ok = p
+            .pc
+            .rtp_receiver(rid)
+            .is_some_and(|mut r| r.write_rtcp(now, vec![packet]).is_ok());
+        self.flush(pid);
+        ok
+    }
+
+    fn tell(&self, participant: ParticipantId, event: SessionEvent) {
+        if let Some(s) = self.sessions.get(&participant) {
+            // A closed receiver means the session is going away; its removal follows.
+            let _ = s.events.send(event);
+        }
+    }
+
+    // ----- peers ---------------------------------------------------------------------------
+
+    fn new_peer(
+        &mut self,
+        participant: ParticipantId,
+        direction: Direction,
+        now: Instant,
+    ) -> Result<PeerId, MediaError> {
+        let (ufrag, pwd) = peer::ice_credentials();
+        let pc = peer::build(direction, &ufrag, &pwd, self.announce, now).map_err(rtc_err)?;
+        let pid = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), pid);
+        self.peers
+            .insert(pid, Peer::new(pc, participant, direction, ufrag));
+        Ok(pid)
+    }
+
+    fn close_peer(&mut self, pid: PeerId) {
+        let Some(mut p) = self.peers.remove(&pid) else {
+            return;
+        };
+        // Closing queues a DTLS close_notify; send it, errors are moot now.
+        let _ = p.pc.close();
+        while let Some(out) = p.pc.poll_write() {
+            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+        }
+        self.by_ufrag.remove(&p.ufrag);
+        for a in &p.addrs {
+            self.by_addr.remove(a);
+        }
+        if let Some(d) = p.deadline {
+            self.timers.remove(&(d, pid));
+        }
+    }
+
+    fn end_session(&mut self, participant: ParticipantId, reason: Option<LeaveReason>) {
+        let Some(s) = self.sessions.remove(&participant) else {
+            return;
+        };
+        if let Some(reason) = reason {
+            // The session may already have hung up.
+            let _ = s.events.send(SessionEvent::Removed(reason));
+        }
+        for pid in [s.publisher, s.subscriber].into_iter().flatten() {
+            self.close_peer(pid);
+        }
+    }
+
+    fn add_sender(
+        &mut self,
+        subscriber: ParticipantId,
+        down: DownTrackId,
+        track: TrackId,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let codec = self
+            .track_codecs
+            .get(&track)
+            .cloned()
+            .ok_or(MediaError::Core(medsfu_core::CoreError::UnknownTrack(track)))?;
+        let pid = match self.sessions.get(&subscriber).and_then(|s| s.subscriber) {
+            Some(pid) => pid,
+            None => {
+                let pid = self.new_peer(subscriber, Direction::Subscribe, now)?;
+                if let Some(s) = self.sessions.get_mut(&subscriber) {
+                    s.subscriber = Some(pid);
+                }
+                pid
+            }
+        };
+        let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
+        let (sender, ssrc) = attach_track(&mut p.pc, track, &codec)?;
+        p.senders.insert(
+            down,
+            Sender {
+                sender,
+                ssrc,
+                track,
+                codec,
+                bound: false,
+            },
+        );
+        p.down_by_ssrc.insert(ssrc, down);
+        p.needs_offer = true;
+        Ok(())
+    }
+
+    fn remove_sender(&mut self, subscriber: ParticipantId, down: DownTrackId) {
+        let Some(pid) = self.sessions.get(&subscriber).and_then(|s| s.subscriber) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if let Some(s) = p.senders.remove(&down) {
+            p.down_by_ssrc.remove(&s.ssrc);
+            if p.pc.remove_track(s.sender).is_ok() {
+                p.needs_offer = true;
+            }
+        }
+    }
+
+    /// Sends a (re)offer on every signalling subscriber connection whose tracks changed and
+    /// that is not waiting for an answer already.
+    fn send_offers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.needs_offer && !p.offer_pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for pid in due {
+            let Some(p) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            p.needs_offer = false;
+            let participant = p.participant;
+            let offer = p
+                .pc
+                .create_offer(None)
+                .and_then(|o| p.pc.set_local_description(now, o));
+            let sdp = p.pc.local_description().map(|d| d.sdp.clone());
+            match (offer, sdp) {
+                (Ok(()), Some(sdp)) => {
+                    p.offer_pending = true;
+                    let mut tracks = Vec::new();
+                    for s in p.senders.values() {
+                        let tid: usize = s.sender.into();
+                        if let Some(mid) = p.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone()) {
+                            tracks.push((mid, s.track));
+                        }
+                    }
+                    self.tell(participant, SessionEvent::Offer { sdp, tracks });
+                }
+                (Err(e), _) => warn!(peer = pid, error = %e, "could not create an offer"),
+                (Ok(()), None) => warn!(peer = pid, "offer has no local description"),
+            }
+            self.flush(pid);
+        }
+    }
+
+    /// Binds every negotiated but unbound sender of a subscriber connection to its down
+    /// track, with the payload type the subscriber chose.
+    fn bind_senders(&mut self, pid: PeerId, now: Instant) -> Vec<TrackId> {
+        let mut unsupported = Vec::new();
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return unsupported;
+        };
+        let mut binds = Vec::new();
+        for (down, s) in p.senders.iter_mut().filter(|(_, s)| !s.bound) {
+            let pt = p.pc.rtp_sender(s.sender).and_then(|mut snd| {
+                snd.get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .iter()
+                    .find(|c| {
+                        c.rtp_codec.mime_type.eq_ignore_ascii_case(&s.codec.mime_type)
+                            && fmtp_compatible(&c.rtp_codec, &s.codec)
+                    })
+                    .map(|c| c.payload_type)
+            });
+            match pt {
+                Some(pt) => {
+                    s.bound = true;
+                    binds.push((*down, s.ssrc, pt));
+                }
+                None => unsupported.push(s.track),
+            }
+        }
+        for (down, ssrc, pt) in binds {
+            // The down track may have gone while the offer was out.
+            let _ = self.sfu.bind_down_track(down, ssrc, pt, now);
+        }
+        unsupported
+    }
+
+    // ----- commands ------------------------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Join {
+                room,
+                identity,
+                role,
+                kind,
+                events,
+                reply,
+            } => {
+                let participant =
+                    self.sfu
+                        .join(&room, &identity, role, kind == SessionKind::Signalling, now);
+                self.sessions.insert(
+                    participant,
+                    Session {
+                        kind,
+                        role,
+                        room,
+                        events,
+                        publisher: None,
+                        subscriber: None,
+                    },
+                );
+                // The joiner may have given up waiting.
+                let _ = reply.send(Joined { participant });
+            }
+            Command::Publish {
+                participant,
+                offer,
+                sources,
+                reply,
+            } => {
+                let r = self.publish(participant, &offer, sources, now);
+                let _ = reply.send(r);
+            }
+            Command::SubscriberAnswer {
+                participant,
+                answer,
+                reply,
+            } => {
+                let r = self.subscriber_answer(participant, answer, now);
+                let _ = reply.send(r);
+            }
+            Command::WhepOffer {
+                participant,
+                offer,
+                reply,
+            } => {
+                let r = self.whep_offer(participant, &offer, now);
+                let _ = reply.send(r);
+            }
+            Command::Subscribe {
+                participant,
+                track,
+                subscribe,
+                reply,
+            } => {
+                let r = if subscribe {
+                    self.sfu.subscribe(participant, track, now).map(|_| ())
+                } else {
+                    self.unsubscribe(participant, track)
+                };
+                let _ = reply.send(r.map_err(MediaError::from));
+            }
+            Command::Candidate {
+                participant,
+                publisher,
+                mid,
+                candidate,
+                reply,
+            } => {
+                let r = self.add_candidate(participant, publisher, mid, candidate);
+                let _ = reply.send(r);
+            }
+            Command::Leave { participant } => {
+                // Already gone (timed out, replaced) is fine.
+                let _ = self.sfu.leave(participant, now);
+                self.end_session(participant, None);
+            }
+            Command::Rooms { reply } => {
+                let _ = reply.send((self.sfu.room_count(), self.sfu.participant_count()));
+            }
+        }
+        self.drain_core(now);
+    }
+
+    fn unsubscribe(
+        &mut self,
+        participant: ParticipantId,
+        track: TrackId,
+    ) -> Result<(), medsfu_core::CoreError> {
+        let down = self
+            .sessions
+            .get(&participant)
+            .and_then(|s| s.subscriber)
+            .and_then(|pid| self.peers.get(&pid))
+            .and_then(|p| p.senders.iter().find(|(_, s)| s.track == track))
+            .map(|(d, _)| *d)
+            .ok_or(medsfu_core::CoreError::UnknownTrack(track))?;
+        self.sfu.unsubscribe(down)
+    }
+
+    fn publish(
+        &mut self,
+        participant: ParticipantId,
+        offer: &str,
+        sources: HashMap<String, TrackSource>,
+        now: Instant,
+    ) -> Result<String, MediaError> {
+        let session = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
+        let role = session.role;
+        // Refuse what the role may not publish before any negotiation happens.
+        for m in media_sections(offer).map_err(sdp_err)? {
+            let (Some(kind), true) = (m.kind, m.offerer_sends) else {
+                continue;
+            };
+            let source = m
+                .mid
+                .as_ref()
+                .and_then(|mid| sources.get(mid))
+                .copied()
+                .unwrap_or_else(|| TrackSource::default_for(role, kind));
+            if !role.may_publish(source) {
+                return Err(MediaError::Core(medsfu_core::CoreError::PublishForbidden {
+                    role,
+                    track_source: source,
+                }));
+            }
+        }
+        let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
+        let (pid, fresh) = match session.publisher {
+            Some(pid) => (pid, false),
+            None => (self.new_peer(participant, Direction::Publish, now)?, true),
+        };
+        let result = (|| {
+            let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
+            p.sources.extend(sources);
+            p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+            let answer = p.pc.create_answer(None).map_err(sdp_err)?;
+            p.pc.set_local_description(now, answer).map_err(rtc_err)?;
+            p.pc
+                .local_description()
+                .map(|d| d.sdp.clone())
+                .ok_or_else(|| MediaError::WebRtc("no local description".into()))
+        })();
+        match &result {
+            Ok(_) => {
+                if let Some(s) = self.sessions.get_mut(&participant) {
+                    s.publisher = Some(pid);
+                }
+                self.flush(pid);
+            }
+            Err(_) if fresh => self.close_peer(pid),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn subscriber_answer(
+        &mut self,
+        participant: ParticipantId,
+        answer: String,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let pid = self
+            .sessions
+            .get(&participant)
+            .and_then(|s| s.subscriber)
+            .ok_or(MediaError::NoPendingOffer)?;
+        let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
+        if !p.offer_pending {
+            return Err(MediaError::NoPendingOffer);
+        }
+        let desc = RTCSessionDescription::answer(answer).map_err(sdp_err)?;
+        p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+        p.offer_pending = false;
+        let unsupported = self.bind_senders(pid, now);
+        for t in unsupported {
+            self.tell(
+                participant,
+                SessionEvent::Error {
+                    code: "codec_unsupported",
+                    message: format!("your answer accepts no codec of track {t}"),
+                },
+            );
+        }
+        self.process_peer(pid, now);
+        Ok(())
+    }
+
+    fn whep_offer(
+        &mut self,
+        participant: ParticipantId,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, MediaError> {
+        let session = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
+        let (role, room) = (session.role, session.room.clone());
+        let sections = media_sections(offer).map_err(sdp_err)?;
+        let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
+        // One room track per receiving m-section of the same kind, in publication order.
+        let mut available: Vec<_> = self
+            .sfu
+            .room_tracks(&room)
+            .into_iter()
+            .filter(|t| t.publisher != participant && role.may_receive(t.source))
+            .collect();
+        let mut chosen = Vec::new();
+        for m in sections.iter().filter(|m| m.offerer_receives) {
+            if let Some(i) = available.iter().position(|t| Some(t.kind()) == m.kind) {
+                chosen.push(available.remove(i));
+            }
+        }
+        if chosen.is_empty() {
+            return Err(MediaError::NoTracks);
+        }
+        let pid = self.new_peer(participant, Direction::Subscribe, now)?;
+        if let Some(s) = self.sessions.get_mut(&participant) {
+            s.subscriber = Some(pid);
+        }
+        let result = (|| {
+            let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
+            p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+            let mut attached = Vec::new();
+            for t in &chosen {
+                let Some(codec) = self.track_codecs.get(&t.id) else {
+                    continue;
+                };
+                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, t.id, codec) {
+                    attached.push((t.id, sender, ssrc, codec.clone()));
+                }
+            }
+            let answer = p.pc.create_answer(None).map_err(sdp_err)?;
+            p.pc.set_local_description(now, answer).map_err(rtc_err)?;
+            let sdp = p
+                .pc
+                .local_description()
+                .map(|d| d.sdp.clone())
+                .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
+            Ok((sdp, attached))
+        })();
+        let (sdp, attached) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(s) = self.sessions.get_mut(&participant) {
+                    s.subscriber = None;
+                }
+                self.close_peer(pid);
+                return Err(e);
+            }
+        };
+        for (track, sender, ssrc, codec) in attached {
+            let down = self.sfu.subscribe(participant, track, now)?;
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.senders.insert(
+                    down,
+                    Sender {
+                        sender,
+                        ssrc,
+                        track,
+                        codec,
+                        bound: false,
+                    },
+                );
+                p.down_by_ssrc.insert(ssrc, down);
+            }
+        }
+        let _ = self.bind_senders(pid, now);
+        self.flush(pid);
+        Ok(sdp)
+    }
+
+    fn add_candidate(
+        &mut self,
+        participant: ParticipantId,
+        publisher: bool,
+        mid: Option<String>,
+        candidate: String,
+    ) -> Result<(), MediaError> {
+        let s = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
+        let pid = if publisher { s.publisher } else { s.subscriber };
+        let pid = pid.ok_or(MediaError::NoPendingOffer)?;
+        let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
+        p.pc
+            .add_remote_candidate(RTCIceCandidateInit {
+                candidate,
+                sdp_mid: mid,
+                ..Default::default()
+            })
+            .map_err(sdp_err)
+    }
+
+    // ----- timers --------------------------------------------------------------------------
+
+    fn on_timeout(&mut self, now: Instant) {
+        while let Some(&(t, pid)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, pid));
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.deadline = None;
+                // Errors here are the peer's own (e.g. ICE failed) and surface as events.
+                let _ = p.pc.handle_timeout(now);
+            }
+            self.process_peer(pid, now);
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            // A signalling session is alive while its WebSocket is open.
+            let alive: Vec<ParticipantId> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.kind == SessionKind::Signalling)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in alive {
+                self.sfu.handle_activity(p, now);
+            }
+            self.sfu.handle_timeout(now);
+        }
+        self.drain_core(now);
+    }
+}
+
+/// Adds a send-only track for `track` in `codec` with a fresh SSRC.
+fn attach_track(
+    pc: &mut RTCPeerConnection,
+    track: TrackId,
+    codec: &RTCRtpCodec,
+) -> Result<(RTCRtpSenderId, u32), MediaError> {
+    let ssrc: u32 = rand::random();
+    let kind = if codec.mime_type.to_ascii_lowercase().starts_with("video/") {
+        RtpCodecKind::Video
+    } else {
+        RtpCodecKind::Audio
+    };
+    let id = track.to_string();
+    let t = MediaStreamTrack::new(
+        format!("medsfu-{id}"),
+        id.clone(),
+        id,
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.clone(),
+            active: true,
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(t).map_err(rtc_err)?;
+    Ok((sender, ssrc))
+}
+
+/// Whether two codec descriptions of the same MIME type are interchangeable (H.264 must
+/// agree on profile and packetization mode; others match loosely).
+fn fmtp_compatible(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
+    if !a.mime_type.eq_ignore_ascii_case("video/h264") {
+        return true;
+    }
+    let param = |c: &RTCRtpCodec, key: &str| {
+        c.sdp_fmtp_line
+            .split(';')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let profile = |c: &RTCRtpCodec| param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>());
+    param(a, "packetization-mode") == param(b, "packetization-mode") && profile(a) == profile(b)
+}

@@ -1,0 +1,366 @@
+//! medsfu's WebRTC shell.
+//!
+//! One tokio task ([`MediaServer`]) owns the media UDP socket, every peer connection
+//! (webrtc-rs `rtc`, sans-IO) and the room core ([`medsfu_core::Sfu`]). It reads a
+//! datagram, finds its peer (STUN username, then source address), hands it to that peer
+//! connection, gives the RTP that comes out to the core, and writes what the core decides.
+//! Signalling reaches it through [`MediaHandle`] commands; nothing else touches its state,
+//! so the per-packet path takes no lock.
+
+#![forbid(unsafe_code)]
+
+pub mod demux;
+mod engine;
+mod peer;
+pub mod sdp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use medsfu_core::{CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource};
+use tokio::sync::{mpsc, oneshot};
+
+pub use peer::codec_table;
+
+/// Settings of the media server.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Where the media UDP socket binds.
+    pub listen: SocketAddr,
+    /// The address put in ICE candidates (for 1:1 NAT); the bound address when `None`.
+    pub announce: Option<SocketAddr>,
+    /// Room-core tunables.
+    pub core: CoreConfig,
+}
+
+/// Why a media operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// The SDP could not be used.
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    /// The room core refused (role, unknown track, ...).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The session does not exist (left, timed out, replaced).
+    #[error("no such session")]
+    UnknownSession,
+    /// Nothing in the room can be sent to this subscriber.
+    #[error("the room has no track this participant may receive")]
+    NoTracks,
+    /// An answer arrived while no offer was outstanding.
+    #[error("no offer is awaiting an answer")]
+    NoPendingOffer,
+    /// webrtc-rs reported an error.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    /// The media server has stopped.
+    #[error("media server stopped")]
+    Stopped,
+}
+
+impl MediaError {
+    /// Stable code for the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MediaError::BadSdp(_) => "bad_sdp",
+            MediaError::Core(e) => e.code(),
+            MediaError::UnknownSession => "unknown_session",
+            MediaError::NoTracks => "no_tracks",
+            MediaError::NoPendingOffer => "no_pending_offer",
+            MediaError::WebRtc(_) => "webrtc",
+            MediaError::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the client is at fault (4xx) rather than the server (5xx).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, MediaError::WebRtc(_) | MediaError::Stopped)
+    }
+}
+
+/// How a participant reached the server, which decides how it is kept alive and how new
+/// subscriptions reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// The WebSocket signalling protocol: alive while the socket is; the server offers.
+    Signalling,
+    /// A WHIP publisher: alive while ICE consent checks arrive.
+    Whip,
+    /// A WHEP subscriber: alive while ICE consent checks arrive; tracks fixed at creation.
+    Whep,
+}
+
+/// Something the media server tells one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// Something happened in the room.
+    Room(RoomEvent),
+    /// A new subscriber offer: answer it with [`MediaHandle::subscriber_answer`].
+    Offer {
+        /// SDP offer.
+        sdp: String,
+        /// Which track each m-section carries.
+        tracks: Vec<(String, TrackId)>,
+    },
+    /// The server ended the session.
+    Removed(LeaveReason),
+    /// Something went wrong that the client should know about.
+    Error {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// What a participant learns on joining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its session id.
+    pub participant: ParticipantId,
+}
+
+/// Counters of the media server (read without locking).
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    /// Datagrams received on the media port.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams dropped because no peer owns their source (or STUN username).
+    pub datagrams_unknown: AtomicU64,
+    /// Datagrams a peer connection could not process.
+    pub datagrams_malformed: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_out: AtomicU64,
+    /// Datagrams the socket refused to send.
+    pub send_errors: AtomicU64,
+    /// RTP packets received from publishers.
+    pub rtp_in: AtomicU64,
+    /// RTP packets forwarded to subscribers.
+    pub rtp_forwarded: AtomicU64,
+    /// Packets the core or a sender refused to forward.
+    pub rtp_dropped: AtomicU64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests: AtomicU64,
+}
+
+impl MediaStats {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) enum Command {
+    Join {
+        room: String,
+        identity: String,
+        role: Role,
+        kind: SessionKind,
+        events: mpsc::UnboundedSender<SessionEvent>,
+        reply: oneshot::Sender<Joined>,
+    },
+    Publish {
+        participant: ParticipantId,
+        offer: String,
+        sources: HashMap<String, TrackSource>,
+        reply: oneshot::Sender<Result<String, MediaError>>,
+    },
+    SubscriberAnswer {
+        participant: ParticipantId,
+        answer: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    WhepOffer {
+        participant: ParticipantId,
+        offer: String,
+        reply: oneshot::Sender<Result<String, MediaError>>,
+    },
+    Subscribe {
+        participant: ParticipantId,
+        track: TrackId,
+        subscribe: bool,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    Candidate {
+        participant: ParticipantId,
+        publisher: bool,
+        mid: Option<String>,
+        candidate: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    Leave {
+        participant: ParticipantId,
+    },
+    Rooms {
+        reply: oneshot::Sender<(usize, usize)>,
+    },
+}
+
+/// A cheap, cloneable handle to the media server task.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<MediaStats>,
+    local_addr: SocketAddr,
+}
+
+/// The media server task.
+pub struct MediaServer;
+
+impl MediaServer {
+    /// Binds the media socket and starts the server task on the current tokio runtime.
+    pub async fn start(cfg: MediaConfig) -> std::io::Result<MediaHandle> {
+        let socket = tokio::net::UdpSocket::bind(cfg.listen).await?;
+        let local_addr = socket.local_addr()?;
+        let announce = cfg.announce.unwrap_or(local_addr);
+        let stats = Arc::new(MediaStats::default());
+        let (tx, rx) = mpsc::channel(1024);
+        let engine = engine::Engine::new(socket, announce, cfg.core, stats.clone());
+        tokio::spawn(engine.run(rx));
+        Ok(MediaHandle {
+            tx,
+            stats,
+            local_addr,
+        })
+    }
+}
+
+impl MediaHandle {
+    /// The bound media socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &MediaStats {
+        &self.stats
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)
+    }
+
+    /// Adds a participant to a room; room events and offers arrive on `events`.
+    pub async fn join(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        kind: SessionKind,
+        events: mpsc::UnboundedSender<SessionEvent>,
+    ) -> Result<Joined, MediaError> {
+        self.ask(|reply| Command::Join {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            role,
+            kind,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    /// Negotiates (or renegotiates) the participant's publishing connection; returns the
+    /// SDP answer. `sources` names the source of each offered m-section by mid.
+    pub async fn publish(
+        &self,
+        participant: ParticipantId,
+        offer: String,
+        sources: HashMap<String, TrackSource>,
+    ) -> Result<String, MediaError> {
+        self.ask(|reply| Command::Publish {
+            participant,
+            offer,
+            sources,
+            reply,
+        })
+        .await?
+    }
+
+    /// Applies the answer to the last subscriber offer.
+    pub async fn subscriber_answer(
+        &self,
+        participant: ParticipantId,
+        answer: String,
+    ) -> Result<(), MediaError> {
+        self.ask(|reply| Command::SubscriberAnswer {
+            participant,
+            answer,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers a WHEP offer with the room's tracks mapped onto its receive m-sections.
+    pub async fn whep_offer(
+        &self,
+        participant: ParticipantId,
+        offer: String,
+    ) -> Result<String, MediaError> {
+        self.ask(|reply| Command::WhepOffer {
+            participant,
+            offer,
+            reply,
+        })
+        .await?
+    }
+
+    /// Subscribes to (or, with `subscribe = false`, unsubscribes from) a track.
+    pub async fn subscribe(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        subscribe: bool,
+    ) -> Result<(), MediaError> {
+        self.ask(|reply| Command::Subscribe {
+            participant,
+            track,
+            subscribe,
+            reply,
+        })
+        .await?
+    }
+
+    /// Adds a remote ICE candidate to the publishing or subscribing connection.
+    pub async fn candidate(
+        &self,
+        participant: ParticipantId,
+        publisher: bool,
+        mid: Option<String>,
+        candidate: String,
+    ) -> Result<(), MediaError> {
+        self.ask(|reply| Command::Candidate {
+            participant,
+            publisher,
+            mid,
+            candidate,
+            reply,
+        })
+        .await?
+    }
+
+    /// Removes a participant (fire and forget).
+    pub async fn leave(&self, participant: ParticipantId) {
+        // A stopped server has no participants left to remove.
+        let _ = self.tx.send(Command::Leave { participant }).await;
+    }
+
+    /// Number of rooms and participants.
+    pub async fn counts(&self) -> Result<(usize, usize), MediaError> {
+        self.ask(|reply| Command::Rooms { reply }).await
+    }
+}

@@ -1,0 +1,284 @@
+//! Layered configuration: defaults < file < environment (`MEDSFU_...`) < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything `medsfu serve` can be told; `config/medsfu.toml` documents each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener (page, signalling, WHIP/WHEP).
+    pub http: Http,
+    /// WebRTC media.
+    pub webrtc: WebRtc,
+    /// Where state lives.
+    pub data: Data,
+    /// Access tokens.
+    pub auth: Auth,
+    /// Room-core tunables.
+    pub core: Core,
+    /// Logging.
+    pub log: Log,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+}
+
+/// WebRTC settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtc {
+    /// The one UDP port all WebRTC media uses.
+    pub listen: SocketAddr,
+    /// Address announced in ICE candidates when it differs from `listen` (1:1 NAT).
+    pub announce: Option<SocketAddr>,
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Data {
+    /// Directory for state (token secret, later journals and recordings).
+    pub dir: PathBuf,
+}
+
+/// Token settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// File holding the token signing secret, relative to `data.dir`; created if missing.
+    pub secret_file: PathBuf,
+    /// Lifetime of tokens printed by `medsfu token`, in seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// Room-core settings (see `medsfu_core::CoreConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Core {
+    /// Minimum time between keyframe requests to one publisher.
+    pub keyframe_request_interval_ms: u64,
+    /// A subscriber still waiting for a keyframe re-asks after this long.
+    pub keyframe_retry_interval_ms: u64,
+    /// A participant silent this long (no ICE consent, no WebSocket) is removed.
+    pub participant_timeout_ms: u64,
+    /// How long a reconnecting identity may take its old tracks over.
+    pub republish_grace_ms: u64,
+    /// Video packets kept per track for retransmission.
+    pub rtx_cache_video: usize,
+    /// Audio packets kept per track for retransmission.
+    pub rtx_cache_audio: usize,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `medsfu_webrtc=debug`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: Http::default(),
+            webrtc: WebRtc::default(),
+            data: Data::default(),
+            auth: Auth::default(),
+            core: Core::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: ([127, 0, 0, 1], 8080).into(),
+        }
+    }
+}
+
+impl Default for WebRtc {
+    fn default() -> Self {
+        WebRtc {
+            listen: ([127, 0, 0, 1], 50000).into(),
+            announce: None,
+        }
+    }
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data {
+            dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            secret_file: PathBuf::from("token.secret"),
+            token_ttl_secs: 12 * 3600,
+        }
+    }
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        let c = medsfu_core::CoreConfig::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        Core {
+            keyframe_request_interval_ms: ms(c.keyframe_request_interval),
+            keyframe_retry_interval_ms: ms(c.keyframe_retry_interval),
+            participant_timeout_ms: ms(c.participant_timeout),
+            republish_grace_ms: ms(c.republish_grace),
+            rtx_cache_video: c.rtx_cache_video,
+            rtx_cache_audio: c.rtx_cache_audio,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Core {
+    /// The room core's configuration.
+    pub fn to_core(&self) -> medsfu_core::CoreConfig {
+        medsfu_core::CoreConfig {
+            keyframe_request_interval: Duration::from_millis(self.keyframe_request_interval_ms),
+            keyframe_retry_interval: Duration::from_millis(self.keyframe_retry_interval_ms),
+            participant_timeout: Duration::from_millis(self.participant_timeout_ms),
+            republish_grace: Duration::from_millis(self.republish_grace_ms),
+            rtx_cache_video: self.rtx_cache_video,
+            rtx_cache_audio: self.rtx_cache_audio,
+            ..medsfu_core::CoreConfig::default()
+        }
+    }
+}
+
+/// Command-line overrides, applied last.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `http.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// `webrtc.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webrtc_listen: Option<SocketAddr>,
+    /// `data.dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `log.format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+/// Loads the configuration: defaults, then `file` (if given; it must exist), then
+/// `MEDSFU_SECTION__KEY` environment variables, then flags. Unknown keys are errors.
+pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, figment::Error> {
+    let mut f = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(figment::Error::from(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        f = f.merge(Toml::file(path));
+    }
+    f = f.merge(Env::prefixed("MEDSFU_").split("__"));
+    if let Some(a) = flags.http_listen {
+        f = f.merge(("http.listen", a));
+    }
+    if let Some(a) = flags.webrtc_listen {
+        f = f.merge(("webrtc.listen", a));
+    }
+    if let Some(d) = &flags.data_dir {
+        f = f.merge(("data.dir", d));
+    }
+    if let Some(l) = &flags.log_format {
+        f = f.merge(("log.format", l));
+    }
+    f.extract()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_need_no_file() {
+        Jail::expect_with(|_| {
+            let c = load(None, &Overrides::default())?;
+            assert_eq!(c, Config::default());
+            assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.webrtc.listen.to_string(), "127.0.0.1:50000");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "m.toml",
+                "[http]\nlisten = \"127.0.0.1:9000\"\n[webrtc]\nlisten = \"127.0.0.1:51000\"\n[core]\nparticipant_timeout_ms = 5000\n",
+            )?;
+            jail.set_env("MEDSFU_WEBRTC__LISTEN", "127.0.0.1:52000");
+            let flags = Overrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Overrides::default()
+            };
+            let c = load(Some(Path::new("m.toml")), &flags)?;
+            assert_eq!(c.http.listen.port(), 9000, "file");
+            assert_eq!(c.webrtc.listen.port(), 52000, "env beats file");
+            assert_eq!(c.core.participant_timeout_ms, 5000);
+            assert_eq!(c.data.dir, PathBuf::from("/tmp/x"), "flag");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[http]\nlisten = \"127.0.0.1:9000\"\nlistne = 1\n")?;
+            let e = load(Some(Path::new("m.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("listne"), "{e}");
+            jail.set_env("MEDSFU_HTTP__PORT", "1");
+            let e = load(None, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("port"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_documented_file_matches_the_defaults() {
+        Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/medsfu.toml");
+            let c = load(Some(&path), &Overrides::default())?;
+            assert_eq!(c, Config::default());
+            Ok(())
+        });
+    }
+}
