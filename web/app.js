@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, me: null, participants: new Map(), tracks: new Map(),
   pubPc: null, subPc: null, midToTrack: new Map(), pending: [], published: new Map(),
-  subscribedAt: new Map(), errors: [],
+  subscribedAt: new Map(), firstFrameAt: new Map(), errors: [],
 };
 window.medsfu = state; // read by the end-to-end tests
 
@@ -111,6 +111,9 @@ function addTile(id, stream, label, muted) {
   const div = document.createElement('div'); div.className = 'tile'; div.dataset.track = id;
   const v = document.createElement('video'); v.autoplay = true; v.playsInline = true; v.muted = true;
   v.srcObject = stream; div.appendChild(v);
+  if (!muted && v.requestVideoFrameCallback) {
+    v.requestVideoFrameCallback(() => { if (!state.firstFrameAt.has(id)) state.firstFrameAt.set(id, performance.now()); });
+  }
   const l = document.createElement('span'); l.className = 'label'; l.textContent = label; div.appendChild(l);
   $('tiles').appendChild(div);
 }

@@ -70,6 +70,8 @@ struct Peer {
     down_by_ssrc: HashMap<u32, DownTrackId>,
     offer_pending: bool,
     needs_offer: bool,
+    /// DTLS is up: media written now reaches the peer.
+    connected: bool,
 }
 
 impl Peer {
@@ -94,6 +96,7 @@ impl Peer {
             down_by_ssrc: HashMap::new(),
             offer_pending: false,
             needs_offer: false,
+            connected: false,
         }
     }
 }
@@ -296,6 +299,14 @@ impl Engine {
                 let Some(p) = self.peers.get(&pid) else { return };
                 let participant = p.participant;
                 debug!(peer = pid, %state, "peer connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    if let Some(p) = self.peers.get_mut(&pid) {
+                        p.connected = true;
+                    }
+                    // Senders negotiated before the connection was up start now, so the
+                    // keyframe they ask for is not written into a connection without keys.
+                    let _ = self.bind_senders(pid, now);
+                }
                 if matches!(
                     state,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
@@ -755,6 +766,7 @@ impl Engine {
         let Some(p) = self.peers.get_mut(&pid) else {
             return unsupported;
         };
+        let connected = p.connected;
         let mut binds = Vec::new();
         for (down, s) in p.senders.iter_mut().filter(|(_, s)| !s.bound) {
             let pt = p.pc.rtp_sender(s.sender).and_then(|mut snd| {
@@ -769,10 +781,11 @@ impl Engine {
                     .map(|c| c.payload_type)
             });
             match pt {
-                Some(pt) => {
+                Some(pt) if connected => {
                     s.bound = true;
                     binds.push((*down, s.ssrc, pt));
                 }
+                Some(_) => {}
                 None => unsupported.push(s.track),
             }
         }

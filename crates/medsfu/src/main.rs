@@ -134,7 +134,9 @@ fn token(a: TokenArgs) -> Result<()> {
 fn init_logging(cfg: &Config) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.filter)
         .with_context(|| format!("log.filter {:?}", cfg.log.filter))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log.format.as_str() {
         "json" => builder.json().init(),
         "text" => builder.init(),

@@ -1,0 +1,351 @@
+//! Test support: the real `medsfu` binary on loopback, tokens, and headless Chromium
+//! driven over the DevTools protocol.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "medsfu-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `medsfu serve` on ephemeral loopback ports.
+pub struct Server {
+    child: Child,
+    pub http: String,
+    pub data: TempDir,
+    pub stderr_log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_medsfu")
+}
+
+impl Server {
+    /// Starts the server with extra `MEDSFU_...` environment settings.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let data = TempDir::new("srv");
+        let stderr_log = data.0.join("stderr.log");
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--http-listen", "127.0.0.1:0", "--webrtc-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data.0)
+            .env("MEDSFU_LOG__FILTER", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn medsfu");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("read banner");
+        // "medsfu listening on http://127.0.0.1:PORT/ (media on udp ...)"
+        let http = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in banner {line:?}"))
+            .trim_end_matches('/')
+            .to_owned();
+        Server {
+            child,
+            http,
+            data,
+            stderr_log,
+        }
+    }
+
+    /// A token signed with this server's secret.
+    pub fn token(&self, room: &str, identity: &str, role: &str) -> String {
+        token_with(&self.data.0, room, identity, role, None)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.http.replace("http://", "ws://"))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+pub fn token_with(data: &std::path::Path, room: &str, identity: &str, role: &str, ttl: Option<u64>) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["token", "--room", room, "--identity", identity, "--role", role])
+        .arg("--data-dir")
+        .arg(data);
+    if let Some(t) = ttl {
+        cmd.args(["--ttl", &t.to_string()]);
+    }
+    let out = cmd.output().expect("medsfu token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A signalling client over a real WebSocket.
+pub struct Ws {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(server: &Server) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .expect("websocket connect");
+        Ws { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(t.into()))
+            .await
+            .expect("ws send");
+    }
+
+    /// The next JSON message (10 s at most).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("socket open")
+                .expect("ws read");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                return serde_json::from_str(&t).expect("JSON");
+            }
+        }
+    }
+
+    /// Skips messages until one of type `ty` arrives.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+}
+
+/// Headless Chromium with fake camera and microphone, driven over CDP.
+pub struct Browser {
+    child: Child,
+    _profile: TempDir,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+/// One tab.
+#[derive(Clone)]
+pub struct Page {
+    pub session: String,
+}
+
+pub fn chromium_path() -> String {
+    std::env::var("MEDSFU_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+impl Browser {
+    pub async fn launch() -> Browser {
+        let profile = TempDir::new("chromium");
+        let mut child = Command::new(chromium_path())
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chromium (apt install chromium)");
+        // Chromium prints "DevTools listening on ws://..." on stderr once it is ready.
+        let err = child.stderr.take().expect("stderr");
+        let url = tokio::task::spawn_blocking(move || {
+            let mut r = BufReader::new(err);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).expect("chromium stderr") == 0 {
+                    panic!("chromium exited before DevTools came up");
+                }
+                if let Some(i) = line.find("ws://") {
+                    let url = line[i..].trim().to_owned();
+                    // Keep draining so Chromium never blocks on a full pipe.
+                    std::thread::spawn(move || {
+                        let mut sink = String::new();
+                        while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                            sink.clear();
+                        }
+                    });
+                    return url;
+                }
+            }
+        })
+        .await
+        .expect("devtools url");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("CDP connect");
+        Browser {
+            child,
+            _profile: profile,
+            ws,
+            next_id: 1,
+        }
+    }
+
+    /// Sends a CDP command and waits for its result, panicking on a CDP error.
+    pub async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        match self.try_call(session, method, &params).await {
+            Ok(v) => v,
+            Err(e) => panic!("CDP {method} failed: {e}"),
+        }
+    }
+
+    /// Sends a CDP command and waits for its result or error.
+    pub async fn try_call(&mut self, session: Option<&str>, method: &str, params: &Value) -> Result<Value, Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(msg.to_string().into()))
+            .await
+            .expect("CDP send");
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .expect("CDP reply within 60 s")
+                .expect("CDP open")
+                .expect("CDP read");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).expect("CDP JSON");
+                if v["id"] == id {
+                    if let Some(e) = v.get("error") {
+                        return Err(e.clone());
+                    }
+                    return Ok(v["result"].clone());
+                }
+            }
+        }
+    }
+
+    /// Opens a tab at `url`.
+    pub async fn open(&mut self, url: &str) -> Page {
+        let t = self
+            .call(None, "Target.createTarget", json!({ "url": url }))
+            .await;
+        let target = t["targetId"].as_str().expect("targetId").to_owned();
+        let a = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target, "flatten": true }),
+            )
+            .await;
+        let page = Page {
+            session: a["sessionId"].as_str().expect("sessionId").to_owned(),
+        };
+        // Wait until the tab shows our page rather than the initial blank document.
+        let expr = "(async () => { while (!(window.medsfu && document.readyState === 'complete')) await new Promise(r => setTimeout(r, 20)); return true; })()";
+        self.eval(&page, expr).await;
+        page
+    }
+
+    /// Evaluates an expression (awaiting a promise) in a tab and returns its value.
+    ///
+    /// Retries while the tab is still navigating (its execution context is replaced).
+    pub async fn eval(&mut self, page: &Page, expr: &str) -> Value {
+        let params = json!({ "expression": expr, "awaitPromise": true, "returnByValue": true });
+        let mut attempts = 0;
+        let r = loop {
+            match self.try_call(Some(&page.session), "Runtime.evaluate", &params).await {
+                Ok(r) => break r,
+                Err(e) if attempts < 50 && e["message"].as_str().is_some_and(|m| m.contains("context")) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("Runtime.evaluate failed: {e}"),
+            }
+        };
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("page threw: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Waits inside the page until `cond` (a JS expression, may be async) is truthy;
+    /// returns its value, or panics with `what` after `timeout`.
+    pub async fn wait_for(&mut self, page: &Page, cond: &str, timeout: Duration, what: &str) -> Value {
+        let ms = timeout.as_millis();
+        let expr = format!(
+            "(async () => {{ const end = performance.now() + {ms};
+               while (performance.now() < end) {{
+                 try {{ const v = await (async () => ({cond}))(); if (v) return {{ ok: true, v }}; }} catch (e) {{}}
+                 await new Promise(r => setTimeout(r, 50));
+               }}
+               return {{ ok: false, state: JSON.stringify({{ errors: window.medsfu && window.medsfu.errors }}) }};
+             }})()"
+        );
+        let r = self.eval(page, &expr).await;
+        assert!(r["ok"] == true, "timed out waiting for {what}: {r}");
+        r["v"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
