@@ -6,7 +6,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, me: null, participants: new Map(), tracks: new Map(),
   pubPc: null, subPc: null, midToTrack: new Map(), pending: [], published: new Map(),
-  subscribedAt: new Map(), firstFrameAt: new Map(), errors: [],
+  subscribedAt: new Map(), firstFrameAt: new Map(), errors: [], publishing: Promise.resolve(),
+  answerWaiter: null,
 };
 window.medsfu = state; // read by the end-to-end tests
 
@@ -43,8 +44,15 @@ async function onMessage(m) {
     case 'track_published': state.tracks.set(m.track, m); break;
     case 'track_unpublished': removeTile(m.track); state.tracks.delete(m.track); break;
     case 'offer': await onServerOffer(m); break;
-    case 'publish_answer': await state.pubPc.setRemoteDescription({ type: 'answer', sdp: m.sdp }); break;
-    case 'error': showError(`${m.code}: ${m.message}`); break;
+    case 'publish_answer':
+      await state.pubPc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+      if (state.answerWaiter) { state.answerWaiter(); state.answerWaiter = null; }
+      break;
+    case 'error':
+      showError(`${m.code}: ${m.message}`);
+      // A refused publish must not block the next one.
+      if (state.answerWaiter) { state.answerWaiter(); state.answerWaiter = null; }
+      break;
     case 'left': setConn('closed'); showError(`left: ${m.reason}`); break;
     default: break;
   }
@@ -68,7 +76,13 @@ function newPc() {
   return pc;
 }
 
-async function publish(source) {
+// Publishes one at a time: each offer waits for the previous answer (no glare with ourselves).
+function publish(source) {
+  state.publishing = state.publishing.then(() => publishOne(source));
+  return state.publishing;
+}
+
+async function publishOne(source) {
   try {
     const constraints = source === 'camera'
       ? { video: { width: 640, height: 360 }, audio: false } : { audio: true, video: false };
@@ -82,7 +96,9 @@ async function publish(source) {
     await state.pubPc.setLocalDescription(offer);
     const sources = {};
     for (const [s, t] of state.published) sources[t.mid] = s;
+    const answered = new Promise((resolve) => { state.answerWaiter = resolve; });
     send({ type: 'publish', sdp: state.pubPc.localDescription.sdp, sources });
+    await answered;
   } catch (e) { showError(`publish ${source}: ${e}`); }
 }
 

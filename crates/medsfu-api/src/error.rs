@@ -32,7 +32,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"medsfu\""),
+            );
+        }
+        r
     }
 }
 
@@ -50,6 +57,7 @@ impl From<MediaError> for ApiError {
             MediaError::Core(_) => StatusCode::UNPROCESSABLE_ENTITY,
             MediaError::UnknownSession => StatusCode::NOT_FOUND,
             MediaError::NoTracks => StatusCode::NOT_FOUND,
+            MediaError::NoCodec => StatusCode::NOT_ACCEPTABLE,
             MediaError::NoPendingOffer => StatusCode::CONFLICT,
             MediaError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,19 +31,29 @@ struct Inner {
     media: MediaHandle,
     tokens: TokenKey,
     sessions: whip::Sessions,
+    metrics: prometheus::Registry,
 }
 
 impl AppState {
-    /// State over a running media server and a token key.
-    pub fn new(media: MediaHandle, tokens: TokenKey) -> AppState {
+    /// State over a running media server, a token key and the metrics registry.
+    pub fn new(media: MediaHandle, tokens: TokenKey, metrics: prometheus::Registry) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 media,
                 tokens,
                 sessions: whip::Sessions::default(),
+                metrics,
             }),
         }
     }
+}
+
+/// Whether a room name is safe in URLs, paths and logs: 1-64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The whole HTTP surface of medsfu.
@@ -57,7 +67,6 @@ pub fn router(state: AppState) -> Router {
         .expose_headers([
             header::LOCATION,
             header::ETAG,
-            header::LINK,
             HeaderName::from_static("accept-patch"),
         ]);
     Router::new()
@@ -65,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
         .route("/healthz", get(web::healthz))
+        .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
         .route("/whip/{room}", post(whip::create_whip).options(whip::options))
         .route("/whep/{room}", post(whip::create_whep).options(whip::options))

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use medsfu_core::{LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource};
+use medsfu_core::{LeaveReason, ParticipantId, RoomEvent, TrackId, TrackSource};
 use medsfu_webrtc::{MediaError, SessionEvent, SessionKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,6 +21,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
+const JOIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// A message from the client.
 #[derive(Debug, Deserialize)]
@@ -56,8 +57,16 @@ enum ClientMessage {
     Candidate {
         target: Target,
         candidate: String,
-        #[serde(default)]
+        #[serde(default, alias = "sdpMid")]
         sdp_mid: Option<String>,
+        /// Accepted for compatibility with browser candidate objects; unused.
+        #[serde(default, alias = "sdpMLineIndex")]
+        #[allow(dead_code)]
+        sdp_mline_index: Option<u32>,
+        /// Accepted for compatibility with browser candidate objects; unused.
+        #[serde(default, alias = "usernameFragment")]
+        #[allow(dead_code)]
+        username_fragment: Option<String>,
         #[serde(default)]
         id: Option<Value>,
     },
@@ -196,16 +205,29 @@ fn parse(text: &str) -> Result<ClientMessage, Value> {
 async fn session(state: AppState, mut socket: WebSocket) {
     let s = &state.inner;
     let mut last_seen = Instant::now();
-    // The first message must be a join with a valid token.
+    // The first message must be a join with a valid token, within JOIN_WITHIN.
+    let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
     let (grant, join_id) = loop {
-        let text = match next(&mut socket, &mut last_seen).await {
-            Incoming::Text(t) => t,
-            Incoming::Other => continue,
-            Incoming::Closed => return,
+        let incoming = tokio::time::timeout_at(deadline, next(&mut socket, &mut last_seen)).await;
+        let text = match incoming {
+            Ok(Incoming::Text(t)) => t,
+            Ok(Incoming::Other) => continue,
+            Ok(Incoming::Closed) => return,
+            Err(_) => {
+                let _ = send(&mut socket, &error("join_timeout", "no join within 10 s", None)).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
         };
         match parse(&text) {
             Ok(ClientMessage::Join { token, id }) => {
                 match s.tokens.verify(&token, SystemTime::now()) {
+                    Ok(g) if !crate::valid_room(&g.room) => {
+                        let e = error("bad_room", "room names are 1-64 characters of A-Z a-z 0-9 . _ -", id);
+                        if !send(&mut socket, &e).await {
+                            return;
+                        }
+                    }
                     Ok(g) => break (g, id),
                     Err(e) => {
                         if !send(&mut socket, &error(e.code(), e.to_string(), id)).await {
@@ -252,8 +274,10 @@ async fn session(state: AppState, mut socket: WebSocket) {
     });
     let mut ended_by_server = false;
     if send(&mut socket, &hello).await {
-        ended_by_server = run(&state, &mut socket, &mut events, me, grant.role, last_seen).await;
+        ended_by_server = run(&state, &mut socket, &mut events, me, last_seen).await;
     }
+    // A proper close frame, so clients see a normal closure rather than a dropped link.
+    let _ = socket.send(Message::Close(None)).await;
     if !ended_by_server {
         s.media.leave(me).await;
     }
@@ -266,7 +290,6 @@ async fn run(
     socket: &mut WebSocket,
     events: &mut mpsc::UnboundedReceiver<SessionEvent>,
     me: ParticipantId,
-    role: Role,
     mut last_seen: Instant,
 ) -> bool {
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -284,7 +307,7 @@ async fn run(
                 Incoming::Other => {}
                 Incoming::Text(text) => {
                     let reply = match parse(&text) {
-                        Ok(msg) => handle(state, me, role, msg).await,
+                        Ok(msg) => handle(state, me, msg).await,
                         Err(e) => Some(e),
                     };
                     let leaving = reply.as_ref().is_some_and(|r| r["type"] == "left");
@@ -314,7 +337,7 @@ fn media_error(e: MediaError, id: Option<Value>) -> Value {
     error(e.code(), e.to_string(), id)
 }
 
-async fn handle(state: &AppState, me: ParticipantId, role: Role, msg: ClientMessage) -> Option<Value> {
+async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Option<Value> {
     let media = &state.inner.media;
     match msg {
         ClientMessage::Join { id, .. } => Some(error("already_joined", "this session already joined", id)),
@@ -328,7 +351,6 @@ async fn handle(state: &AppState, me: ParticipantId, role: Role, msg: ClientMess
                     Err(e) => return Some(error("bad_message", e, id)),
                 }
             }
-            let _ = role;
             Some(match media.publish(me, sdp, parsed).await {
                 Ok(answer) => json!({ "type": "publish_answer", "sdp": answer, "id": id }),
                 Err(e) => media_error(e, id),
@@ -351,7 +373,7 @@ async fn handle(state: &AppState, me: ParticipantId, role: Role, msg: ClientMess
             let t = parse_track(&track)?;
             media.subscribe(me, t, false).await.err().map(|e| media_error(e, id))
         }
-        ClientMessage::Candidate { target, candidate, sdp_mid, id } => {
+        ClientMessage::Candidate { target, candidate, sdp_mid, id, .. } => {
             let publisher = target == Target::Publisher;
             media
                 .candidate(me, publisher, sdp_mid, candidate)

@@ -27,6 +27,7 @@ pub struct Sessions {
 struct Session {
     room: String,
     participant: ParticipantId,
+    identity: String,
     etag: String,
     publisher: bool,
 }
@@ -96,6 +97,13 @@ async fn create(
     kind: SessionKind,
 ) -> Result<Response, ApiError> {
     let s = &state.inner;
+    if !crate::valid_room(&room) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+            "room names are 1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
     let grant = s
         .tokens
         .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
@@ -138,6 +146,7 @@ async fn create(
         Session {
             room: room.clone(),
             participant,
+            identity: grant.identity.clone(),
             etag: etag.clone(),
             publisher: kind == SessionKind::Whip,
         },
@@ -180,16 +189,25 @@ fn session_for(
     room: &str,
     id: &str,
 ) -> Result<Session, ApiError> {
-    state
+    let grant = state
         .inner
         .tokens
         .verify_for_room(bearer(headers)?, room, SystemTime::now())?;
-    state
+    let session = state
         .inner
         .sessions
         .get(id)
         .filter(|s| s.room == room)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session"))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session"))?;
+    // Only the session's own identity may change or end it.
+    if session.identity != grant.identity {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_session",
+            "this session belongs to another identity",
+        ));
+    }
+    Ok(session)
 }
 
 pub async fn patch(

@@ -7,6 +7,7 @@
 
 mod h264;
 mod h265;
+pub mod h265_rtp;
 mod vp8;
 
 pub use h264::is_keyframe_start as h264_is_keyframe_start;

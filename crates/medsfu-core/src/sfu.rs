@@ -470,10 +470,20 @@ impl Sfu {
 
     /// Removes a participant at its own request.
     pub fn leave(&mut self, id: ParticipantId, now: Instant) -> Result<(), CoreError> {
+        self.disconnect(id, LeaveReason::Left, now)
+    }
+
+    /// Removes a participant whose connection the shell saw end, telling others why.
+    pub fn disconnect(
+        &mut self,
+        id: ParticipantId,
+        reason: LeaveReason,
+        now: Instant,
+    ) -> Result<(), CoreError> {
         if !self.participants.contains_key(&id) {
             return Err(CoreError::UnknownParticipant(id));
         }
-        self.remove_participant(id, LeaveReason::Left, now);
+        self.remove_participant(id, reason, now);
         Ok(())
     }
 
@@ -696,7 +706,8 @@ impl Sfu {
             .get(&track)
             .filter(|t| t.room == p.room)
             .ok_or(CoreError::UnknownTrack(track))?;
-        if up.info.publisher == subscriber {
+        // By identity, not session: a reconnected client must not get its own media back.
+        if up.info.publisher == subscriber || up.info.publisher_identity == p.info.identity {
             return Err(CoreError::OwnTrack);
         }
         if !p.info.role.may_receive(up.info.source) {

@@ -315,7 +315,7 @@ impl Engine {
                     match kind {
                         Some(SessionKind::Whip | SessionKind::Whep) => {
                             // A WHIP/WHEP session is its one connection.
-                            let _ = self.sfu.leave(participant, now);
+                            let _ = self.sfu.disconnect(participant, LeaveReason::Timeout, now);
                             self.end_session(participant, Some(LeaveReason::Timeout));
                         }
                         Some(SessionKind::Signalling) => {
@@ -706,7 +706,12 @@ impl Engine {
     }
 
     fn remove_sender(&mut self, subscriber: ParticipantId, down: DownTrackId) {
-        let Some(pid) = self.sessions.get(&subscriber).and_then(|s| s.subscriber) else {
+        let Some(session) = self.sessions.get(&subscriber) else {
+            return;
+        };
+        // WHEP has no renegotiation channel: the m-section just falls silent.
+        let renegotiate = session.kind == SessionKind::Signalling;
+        let Some(pid) = session.subscriber else {
             return;
         };
         let Some(p) = self.peers.get_mut(&pid) else {
@@ -714,7 +719,7 @@ impl Engine {
         };
         if let Some(s) = p.senders.remove(&down) {
             p.down_by_ssrc.remove(&s.ssrc);
-            if p.pc.remove_track(s.sender).is_ok() {
+            if renegotiate && p.pc.remove_track(s.sender).is_ok() {
                 p.needs_offer = true;
             }
         }
@@ -924,6 +929,12 @@ impl Engine {
                 .and_then(|mid| sources.get(mid))
                 .copied()
                 .unwrap_or_else(|| TrackSource::default_for(role, kind));
+            if source.kind() != kind {
+                return Err(MediaError::Core(medsfu_core::CoreError::CodecMismatch {
+                    codec: if kind == MediaKind::Video { "video" } else { "audio" },
+                    track_source: source,
+                }));
+            }
             if !role.may_publish(source) {
                 return Err(MediaError::Core(medsfu_core::CoreError::PublishForbidden {
                     role,
@@ -1046,6 +1057,13 @@ impl Engine {
                 .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
             Ok((sdp, attached))
         })();
+        let result = result.and_then(|(sdp, attached)| {
+            if attached.is_empty() {
+                Err(MediaError::NoCodec)
+            } else {
+                Ok((sdp, attached))
+            }
+        });
         let (sdp, attached) = match result {
             Ok(r) => r,
             Err(e) => {

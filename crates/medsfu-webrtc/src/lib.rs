@@ -16,13 +16,14 @@ pub mod sdp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use prometheus::{IntCounter, Registry};
 
 use medsfu_core::{CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource};
 use tokio::sync::{mpsc, oneshot};
 
-pub use peer::codec_table;
+pub use peer::{codec_table, DeliverRtcp};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ pub enum MediaError {
     /// Nothing in the room can be sent to this subscriber.
     #[error("the room has no track this participant may receive")]
     NoTracks,
+    /// The offer accepts none of the codecs the room's tracks are in.
+    #[error("the offer accepts no codec of the tracks this participant may receive")]
+    NoCodec,
     /// An answer arrived while no offer was outstanding.
     #[error("no offer is awaiting an answer")]
     NoPendingOffer,
@@ -70,15 +74,11 @@ impl MediaError {
             MediaError::Core(e) => e.code(),
             MediaError::UnknownSession => "unknown_session",
             MediaError::NoTracks => "no_tracks",
+            MediaError::NoCodec => "no_codec",
             MediaError::NoPendingOffer => "no_pending_offer",
             MediaError::WebRtc(_) => "webrtc",
             MediaError::Stopped => "stopped",
         }
-    }
-
-    /// Whether the client is at fault (4xx) rather than the server (5xx).
-    pub fn is_client_error(&self) -> bool {
-        !matches!(self, MediaError::WebRtc(_) | MediaError::Stopped)
     }
 }
 
@@ -125,37 +125,54 @@ pub struct Joined {
     pub participant: ParticipantId,
 }
 
-/// Counters of the media server (read without locking).
-#[derive(Debug, Default)]
+/// Counters of the media server, registered as Prometheus metrics.
+///
+/// Each is an atomic: counting on the per-packet path takes no lock.
+#[derive(Debug, Clone)]
 pub struct MediaStats {
     /// Datagrams received on the media port.
-    pub datagrams_in: AtomicU64,
+    pub datagrams_in: IntCounter,
     /// Datagrams dropped because no peer owns their source (or STUN username).
-    pub datagrams_unknown: AtomicU64,
+    pub datagrams_unknown: IntCounter,
     /// Datagrams a peer connection could not process.
-    pub datagrams_malformed: AtomicU64,
+    pub datagrams_malformed: IntCounter,
     /// Datagrams sent.
-    pub datagrams_out: AtomicU64,
+    pub datagrams_out: IntCounter,
     /// Datagrams the socket refused to send.
-    pub send_errors: AtomicU64,
+    pub send_errors: IntCounter,
     /// RTP packets received from publishers.
-    pub rtp_in: AtomicU64,
+    pub rtp_in: IntCounter,
     /// RTP packets forwarded to subscribers.
-    pub rtp_forwarded: AtomicU64,
+    pub rtp_forwarded: IntCounter,
     /// Packets the core or a sender refused to forward.
-    pub rtp_dropped: AtomicU64,
+    pub rtp_dropped: IntCounter,
     /// Keyframe requests sent to publishers.
-    pub keyframe_requests: AtomicU64,
+    pub keyframe_requests: IntCounter,
 }
 
 impl MediaStats {
-    pub(crate) fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    /// Creates the counters and registers them.
+    pub fn new(registry: &Registry) -> prometheus::Result<MediaStats> {
+        let c = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(MediaStats {
+            datagrams_in: c("medsfu_media_datagrams_received_total", "UDP datagrams received on the WebRTC media port")?,
+            datagrams_unknown: c("medsfu_media_datagrams_unknown_total", "Datagrams dropped: no peer owns their source or STUN username")?,
+            datagrams_malformed: c("medsfu_media_datagrams_malformed_total", "Datagrams a peer connection could not process")?,
+            datagrams_out: c("medsfu_media_datagrams_sent_total", "UDP datagrams sent from the media port")?,
+            send_errors: c("medsfu_media_send_errors_total", "Datagrams the socket refused to send")?,
+            rtp_in: c("medsfu_media_rtp_received_packets_total", "RTP packets received from publishers")?,
+            rtp_forwarded: c("medsfu_media_rtp_forwarded_packets_total", "RTP packets sent to subscribers")?,
+            rtp_dropped: c("medsfu_media_rtp_dropped_packets_total", "RTP packets not forwarded (unknown track, unbound sender, write error)")?,
+            keyframe_requests: c("medsfu_media_keyframe_requests_total", "Keyframe requests (PLI) sent to publishers")?,
+        })
     }
 
-    /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+    pub(crate) fn inc(c: &IntCounter) {
+        c.inc();
     }
 }
 
@@ -217,12 +234,13 @@ pub struct MediaHandle {
 pub struct MediaServer;
 
 impl MediaServer {
-    /// Binds the media socket and starts the server task on the current tokio runtime.
-    pub async fn start(cfg: MediaConfig) -> std::io::Result<MediaHandle> {
+    /// Binds the media socket and starts the server task on the current tokio runtime;
+    /// its counters are registered in `registry`.
+    pub async fn start(cfg: MediaConfig, registry: &Registry) -> std::io::Result<MediaHandle> {
         let socket = tokio::net::UdpSocket::bind(cfg.listen).await?;
         let local_addr = socket.local_addr()?;
         let announce = cfg.announce.unwrap_or(local_addr);
-        let stats = Arc::new(MediaStats::default());
+        let stats = Arc::new(MediaStats::new(registry).map_err(std::io::Error::other)?);
         let (tx, rx) = mpsc::channel(1024);
         let engine = engine::Engine::new(socket, announce, cfg.core, stats.clone());
         tokio::spawn(engine.run(rx));

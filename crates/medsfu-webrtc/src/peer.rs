@@ -99,7 +99,7 @@ pub fn codec_table() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
 /// Hands inbound RTCP (PLI, FIR, NACK, receiver reports) to medsfu, which terminates it
 /// per leg instead of letting it reach the other side.
 #[derive(Default)]
-struct DeliverRtcp {
+pub struct DeliverRtcp {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }

@@ -162,11 +162,15 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let media = MediaServer::start(MediaConfig {
-            listen: cfg.webrtc.listen,
-            announce: cfg.webrtc.announce,
-            core: cfg.core.to_core(),
-        })
+        let registry = prometheus::Registry::new();
+        let media = MediaServer::start(
+            MediaConfig {
+                listen: cfg.webrtc.listen,
+                announce: cfg.webrtc.announce,
+                core: cfg.core.to_core(),
+            },
+            &registry,
+        )
         .await
         .with_context(|| format!("binding WebRTC media on {}", cfg.webrtc.listen))?;
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -186,7 +190,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             println!("  lead doctor (watches, talks):       http://{http}/?room=demo&token={lead}&publish=microphone");
             println!("Stop with Ctrl-C.");
         }
-        let app = medsfu_api::router(AppState::new(media, key));
+        let app = medsfu_api::router(AppState::new(media, key, registry));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown())
             .await

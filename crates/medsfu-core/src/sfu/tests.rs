@@ -313,6 +313,7 @@ fn a_reconnecting_publisher_takes_its_track_over() {
     let now = clock.advance(2000);
     let a2 = sfu.join("r", "alice", Role::Team, true, now);
     let out = drain(&mut sfu);
+    assert_eq!(added_down(&out, a2), None, "no echo of one's own orphaned track");
     assert!(out.contains(&Output::ParticipantRemoved {
         participant: a,
         reason: LeaveReason::Replaced
@@ -325,7 +326,9 @@ fn a_reconnecting_publisher_takes_its_track_over() {
     assert_eq!(t2, t, "same track, new publisher");
     drain(&mut sfu);
     sfu.handle_rtp(t, pkt(1234, 500, 99, &VP8_KEY), now).unwrap();
-    let after = rtp_to(&drain(&mut sfu), b);
+    let out = drain(&mut sfu);
+    assert!(rtp_to(&out, a2).is_empty(), "the publisher does not receive itself");
+    let after = rtp_to(&out, b);
     assert_eq!(
         after[0].header.sequence_number,
         before[0].header.sequence_number.wrapping_add(1)

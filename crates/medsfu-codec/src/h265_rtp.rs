@@ -1,0 +1,277 @@
+//! H.265 over RTP (RFC 7798): Annex-B splitting, a payloader and a depacketizer.
+//!
+//! The payloader sends each NAL unit as a single-NAL packet when it fits the MTU and as
+//! fragmentation units (FU) otherwise; the depacketizer accepts single NAL, aggregation
+//! (AP) and FU packets and rebuilds Annex-B access units. DONL is not used (the default
+//! `sprop-max-don-diff=0`).
+
+use crate::h265::NalType;
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+const FU_TYPE: u8 = 49;
+
+/// The NAL units of an Annex-B byte stream, without start codes.
+pub fn annexb_nal_units(stream: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= stream.len() {
+        if stream[i] == 0 && stream[i + 1] == 0 && stream[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &s) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(stream.len(), |&n| n - 3);
+        // Trailing zero bytes belong to the next (4-byte) start code.
+        while end > s && stream[end - 1] == 0 {
+            end -= 1;
+        }
+        if end > s + 1 {
+            out.push(&stream[s..end]);
+        }
+    }
+    out
+}
+
+fn nal_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |b| (b >> 1) & 0x3F)
+}
+
+fn is_vcl(nal: &[u8]) -> bool {
+    nal_type(nal) < 32
+}
+
+/// Groups NAL units into access units (one picture each).
+///
+/// A new access unit starts at a parameter set, AUD or prefix SEI, or at a slice whose
+/// `first_slice_segment_in_pic_flag` is set, once the current one already has a slice.
+pub fn access_units<'a>(nals: &[&'a [u8]]) -> Vec<Vec<&'a [u8]>> {
+    let mut out: Vec<Vec<&[u8]>> = Vec::new();
+    let mut cur: Vec<&[u8]> = Vec::new();
+    let mut has_vcl = false;
+    for &nal in nals {
+        let t = nal_type(nal);
+        let starts_au = if is_vcl(nal) {
+            nal.get(2).is_some_and(|b| b & 0x80 != 0)
+        } else {
+            matches!(t, 32..=35 | 39)
+        };
+        if starts_au && has_vcl {
+            out.push(std::mem::take(&mut cur));
+            has_vcl = false;
+        }
+        has_vcl |= is_vcl(nal);
+        cur.push(nal);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// RTP payloads for one access unit; the last one carries the marker bit.
+pub fn payload_access_unit(au: &[&[u8]], mtu: usize) -> Vec<Vec<u8>> {
+    let mtu = mtu.max(16);
+    let mut out = Vec::new();
+    for nal in au {
+        if nal.len() < 3 {
+            continue;
+        }
+        if nal.len() <= mtu {
+            out.push(nal.to_vec());
+            continue;
+        }
+        let t = nal_type(nal);
+        // PayloadHdr: the NAL's F, LayerId and TID with type FU; then the FU header.
+        let hdr0 = (nal[0] & 0x81) | (FU_TYPE << 1);
+        let hdr1 = nal[1];
+        let body = &nal[2..];
+        let chunk = mtu - 3;
+        let n = body.len().div_ceil(chunk);
+        for (i, part) in body.chunks(chunk).enumerate() {
+            let mut fu = t;
+            if i == 0 {
+                fu |= 0x80;
+            }
+            if i + 1 == n {
+                fu |= 0x40;
+            }
+            let mut p = Vec::with_capacity(part.len() + 3);
+            p.extend_from_slice(&[hdr0, hdr1, fu]);
+            p.extend_from_slice(part);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Why a payload could not be depacketized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DepacketizeError {
+    /// Shorter than a NAL unit header.
+    #[error("payload shorter than a NAL unit header")]
+    TooShort,
+    /// An aggregation unit's size runs past the payload.
+    #[error("aggregation unit overruns the packet")]
+    BadAggregation,
+    /// A middle or end fragment arrived without its start (loss).
+    #[error("fragment without its start")]
+    OrphanFragment,
+    /// PACI packets (type 50) are not supported.
+    #[error("unsupported payload type {0}")]
+    Unsupported(u8),
+}
+
+/// Rebuilds Annex-B access units from RTP payloads.
+#[derive(Debug, Default)]
+pub struct Depacketizer {
+    au: Vec<u8>,
+    fragment: Option<Vec<u8>>,
+}
+
+impl Depacketizer {
+    /// A depacketizer with nothing buffered.
+    pub fn new() -> Depacketizer {
+        Depacketizer::default()
+    }
+
+    fn push_nal(&mut self, nal: &[u8]) {
+        self.au.extend_from_slice(&START_CODE);
+        self.au.extend_from_slice(nal);
+    }
+
+    /// Adds one RTP payload; with `marker`, returns the finished access unit.
+    pub fn push(&mut self, payload: &[u8], marker: bool) -> Result<Option<Vec<u8>>, DepacketizeError> {
+        if payload.len() < 3 {
+            return Err(DepacketizeError::TooShort);
+        }
+        match NalType::from_header_byte(payload[0]) {
+            NalType::Aggregation => {
+                let mut rest = &payload[2..];
+                while !rest.is_empty() {
+                    if rest.len() < 2 {
+                        return Err(DepacketizeError::BadAggregation);
+                    }
+                    let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                    let nal = rest.get(2..2 + size).ok_or(DepacketizeError::BadAggregation)?;
+                    self.push_nal(nal);
+                    rest = &rest[2 + size..];
+                }
+            }
+            NalType::Fragment => {
+                let fu = payload[2];
+                let body = &payload[3..];
+                if fu & 0x80 != 0 {
+                    let t = fu & 0x3F;
+                    let mut nal = vec![(payload[0] & 0x81) | (t << 1), payload[1]];
+                    nal.extend_from_slice(body);
+                    self.fragment = Some(nal);
+                } else {
+                    let frag = self.fragment.as_mut().ok_or(DepacketizeError::OrphanFragment)?;
+                    frag.extend_from_slice(body);
+                }
+                if fu & 0x40 != 0 {
+                    if let Some(nal) = self.fragment.take() {
+                        self.push_nal(&nal);
+                    }
+                }
+            }
+            NalType::Other(t) if t == 50 => return Err(DepacketizeError::Unsupported(t)),
+            _ => self.push_nal(payload),
+        }
+        if marker && !self.au.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.au)));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AP_TYPE: u8 = 48;
+
+    fn nal(t: u8, first_slice: bool, len: usize) -> Vec<u8> {
+        let mut v = vec![t << 1, 1];
+        v.push(if first_slice { 0x80 } else { 0x00 });
+        v.extend((0..len).map(|i| (i % 200 + 1) as u8));
+        v
+    }
+
+    #[test]
+    fn splits_annexb_with_three_and_four_byte_start_codes() {
+        let mut s = vec![0, 0, 0, 1];
+        s.extend(nal(32, false, 5));
+        s.extend([0, 0, 1]);
+        s.extend(nal(33, false, 5));
+        s.extend([0, 0, 0, 1]);
+        s.extend(nal(19, true, 5));
+        let n = annexb_nal_units(&s);
+        assert_eq!(n.len(), 3);
+        assert_eq!(nal_type(n[0]), 32);
+        assert_eq!(n[1].len(), 8);
+        assert_eq!(nal_type(n[2]), 19);
+    }
+
+    #[test]
+    fn groups_access_units() {
+        let (vps, sps, pps) = (nal(32, false, 4), nal(33, false, 4), nal(34, false, 4));
+        let (idr, p1a, p1b, p2) = (nal(19, true, 9), nal(1, true, 9), nal(1, false, 9), nal(1, true, 9));
+        let nals: Vec<&[u8]> = vec![&vps, &sps, &pps, &idr, &p1a, &p1b, &p2];
+        let aus = access_units(&nals);
+        assert_eq!(aus.len(), 3);
+        assert_eq!(aus[0].len(), 4);
+        assert_eq!(aus[1].len(), 2, "two slices of one picture");
+    }
+
+    #[test]
+    fn payloads_round_trip_through_the_depacketizer() {
+        let (vps, big) = (nal(32, false, 10), nal(19, true, 5000));
+        let au: Vec<&[u8]> = vec![&vps, &big];
+        let packets = payload_access_unit(&au, 1200);
+        assert!(packets.len() >= 6);
+        assert!(packets.iter().all(|p| p.len() <= 1200));
+        assert!(crate::h265_is_keyframe_start(&packets[0]));
+        assert!(crate::h265_is_keyframe_start(&packets[1]), "FU start of an IDR");
+        let mut d = Depacketizer::new();
+        let mut out = None;
+        for (i, p) in packets.iter().enumerate() {
+            out = d.push(p, i + 1 == packets.len()).unwrap();
+        }
+        let mut want = vec![0, 0, 0, 1];
+        want.extend(&vps);
+        want.extend([0, 0, 0, 1]);
+        want.extend(&big);
+        assert_eq!(out.unwrap(), want);
+    }
+
+    #[test]
+    fn aggregation_packets_are_unpacked() {
+        let (a, b) = (nal(32, false, 3), nal(33, false, 4));
+        let mut ap = vec![AP_TYPE << 1, 1];
+        for n in [&a, &b] {
+            ap.extend((n.len() as u16).to_be_bytes());
+            ap.extend(n.iter());
+        }
+        let mut d = Depacketizer::new();
+        let au = d.push(&ap, true).unwrap().unwrap();
+        assert_eq!(annexb_nal_units(&au), vec![&a[..], &b[..]]);
+        let mut bad = ap.clone();
+        bad[3] = 200;
+        assert_eq!(d.push(&bad, true), Err(DepacketizeError::BadAggregation));
+    }
+
+    #[test]
+    fn a_lost_fragment_start_is_an_error_not_garbage() {
+        let big = nal(1, true, 3000);
+        let packets = payload_access_unit(&[&big], 1000);
+        let mut d = Depacketizer::new();
+        assert_eq!(d.push(&packets[1], false), Err(DepacketizeError::OrphanFragment));
+        assert_eq!(d.push(&[1], false), Err(DepacketizeError::TooShort));
+    }
+}

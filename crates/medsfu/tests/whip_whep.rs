@@ -1,0 +1,178 @@
+//! WHIP and WHEP with a client that is not our page (webrtc-rs), carrying real H.265 from
+//! libx265 through the real `medsfu` binary; the subscriber's stream is decoded by ffmpeg.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use medsfu_client::{whep, whip, CodecSpec, State};
+use medsfu_codec::h265_rtp::{access_units, annexb_nal_units, payload_access_unit, Depacketizer};
+use support::{Server, TempDir, Ws};
+
+/// 90 frames of 640x360 H.265 (a keyframe every 30, parameter sets before each).
+fn encode_h265(dir: &TempDir) -> Vec<u8> {
+    let path = dir.0.join("src.h265");
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args(["-frames:v", "90", "-c:v", "libx265", "-preset", "ultrafast"])
+        .args(["-x265-params", "keyint=30:min-keyint=30:bframes=0:repeat-headers=1:log-level=error"])
+        .args(["-f", "hevc"])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg (apt install ffmpeg)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(&path).expect("encoded file")
+}
+
+fn is_irap(au: &[&[u8]]) -> bool {
+    au.iter().any(|n| (16..=23).contains(&((n[0] >> 1) & 0x3F)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
+    let dir = TempDir::new("h265");
+    let stream = encode_h265(&dir);
+    let nals = annexb_nal_units(&stream);
+    let aus = access_units(&nals);
+    assert_eq!(aus.len(), 90, "one access unit per frame");
+    let keyframes: Vec<usize> = (0..aus.len()).filter(|&i| is_irap(&aus[i])).collect();
+    assert_eq!(keyframes, vec![0, 30, 60]);
+
+    let server = Server::start(&[]);
+    let amb = server.token("amb-7", "ambulance-7", "vehicle");
+    let doc = server.token("amb-7", "dr-house", "consultant");
+
+    let mut publisher = whip(&server.http, "amb-7", &amb, CodecSpec::h265()).await.expect("WHIP");
+    assert!(publisher.location.starts_with("/whip/amb-7/"), "{}", publisher.location);
+    assert_eq!(publisher.connected().await, State::Connected);
+
+    // The "camera": paces access units at 30 fps and, like an encoder, answers a keyframe
+    // request by jumping to the next IRAP picture.
+    let packets: Vec<Vec<Vec<u8>>> = aus.iter().map(|au| payload_access_unit(au, 1200)).collect();
+    let plis = publisher.keyframe_requests.clone();
+    let publisher = std::sync::Arc::new(publisher);
+    let cam = publisher.clone();
+    let camera = tokio::spawn(async move {
+        let mut seq: u16 = 1000;
+        let mut frame = 0usize;
+        let mut seen_plis = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(33));
+        for n in 0..240u32 {
+            tick.tick().await;
+            let requested = *plis.borrow();
+            if requested > seen_plis {
+                seen_plis = requested;
+                frame = keyframes.iter().copied().find(|&k| k >= frame).unwrap_or(0);
+            }
+            let au = &packets[frame % packets.len()];
+            for (i, p) in au.iter().enumerate() {
+                cam.send(medsfu_client::packet(seq, n * 3000, i + 1 == au.len(), Bytes::from(p.clone())));
+                seq = seq.wrapping_add(1);
+            }
+            frame = (frame + 1) % packets.len();
+        }
+        seen_plis
+    });
+
+    // Wait until the track is published (first packet reached the server), then subscribe.
+    let mut viewer = loop {
+        match whep(&server.http, "amb-7", &doc, &[CodecSpec::h265()]).await {
+            Ok(v) => break v,
+            Err(medsfu_client::ClientError::Refused { status: 404, .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("WHEP: {e}"),
+        }
+    };
+    assert_eq!(viewer.connected().await, State::Connected);
+    let subscribed = Instant::now();
+
+    let mut depack = Depacketizer::new();
+    let mut annexb = Vec::new();
+    let mut pictures = 0;
+    let mut first_au: Option<Vec<u8>> = None;
+    let mut first_at = None;
+    let mut last_seq: Option<u16> = None;
+    let mut gaps = 0;
+    while pictures < 60 {
+        let r = tokio::time::timeout(Duration::from_secs(10), viewer.received.recv())
+            .await
+            .expect("media within 10 s")
+            .expect("session open");
+        let h = &r.packet.header;
+        if let Some(l) = last_seq {
+            if h.sequence_number != l.wrapping_add(1) {
+                gaps += 1;
+            }
+        }
+        last_seq = Some(h.sequence_number);
+        if let Some(au) = depack.push(&r.packet.payload, h.marker).expect("valid RFC 7798 payload") {
+            if first_au.is_none() {
+                first_au = Some(au.clone());
+                first_at = Some(r.at);
+            }
+            annexb.extend_from_slice(&au);
+            pictures += 1;
+        }
+    }
+    let first = first_au.expect("a picture");
+    let first_nals = annexb_nal_units(&first);
+    assert!(is_irap(&first_nals), "the subscriber's first picture is a keyframe");
+    assert!(
+        first_nals.iter().any(|n| (n[0] >> 1) & 0x3F == 32),
+        "with its parameter sets"
+    );
+    assert_eq!(gaps, 0, "no sequence gaps on loopback");
+    let first_ms = first_at.expect("time").saturating_duration_since(subscribed).as_millis();
+    eprintln!("WHEP: first H.265 picture {first_ms} ms after the connection was up");
+
+    // ffmpeg decodes everything the subscriber received.
+    let recv = dir.0.join("recv.h265");
+    std::fs::write(&recv, &annexb).expect("write");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "csv=p=0"])
+        .arg(&recv)
+        .output()
+        .expect("ffprobe");
+    let probe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && out.stderr.is_empty(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(probe, "hevc,640,360,60", "decoded stream");
+
+    let plis = camera.await.expect("camera task");
+    assert!(plis >= 1, "the server asked the publisher for a keyframe");
+    // DELETE ends the WHIP session; the viewer's media stops.
+    let publisher = std::sync::Arc::try_unwrap(publisher).ok().expect("sole owner");
+    assert_eq!(publisher.delete().await.expect("DELETE"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_vanishes_is_timed_out_and_subscribers_are_told() {
+    let server = Server::start(&[("MEDSFU_CORE__PARTICIPANT_TIMEOUT_MS", "2000")]);
+    let amb = server.token("amb-9", "ambulance-9", "vehicle");
+    let lead = server.token("amb-9", "dr-lead", "lead");
+    let mut ws = Ws::connect(&server).await;
+    ws.send(serde_json::json!({ "type": "join", "token": lead })).await;
+    ws.recv_type("joined").await;
+
+    let mut publisher = whip(&server.http, "amb-9", &amb, CodecSpec::opus()).await.expect("WHIP");
+    assert_eq!(publisher.connected().await, State::Connected);
+    let joined = ws.recv_type("participant_joined").await;
+    assert_eq!(joined["identity"], "ambulance-9");
+    for i in 0..5u16 {
+        publisher.send(medsfu_client::packet(i, u32::from(i) * 960, false, Bytes::from_static(&[0xfc, 0xff, 0xfe])));
+    }
+    let published = ws.recv_type("track_published").await;
+    assert_eq!(published["source"], "cabin_audio");
+    let vanished_at = Instant::now();
+    publisher.vanish(); // no DELETE, no more ICE consent checks
+
+    let unpublished = ws.recv_type("track_unpublished").await;
+    assert_eq!(unpublished["track"], published["track"]);
+    let left = ws.recv_type("participant_left").await;
+    assert_eq!(left["reason"], "timeout");
+    let after = vanished_at.elapsed();
+    assert!(after >= Duration::from_millis(1500) && after < Duration::from_secs(6), "after {after:?}");
+}
