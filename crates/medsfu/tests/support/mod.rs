@@ -39,6 +39,7 @@ impl Drop for TempDir {
 pub struct Server {
     child: Child,
     pub http: String,
+    pub media: String,
     pub data: TempDir,
     pub stderr_log: PathBuf,
 }
@@ -73,9 +74,15 @@ impl Server {
             .unwrap_or_else(|| panic!("no address in banner {line:?}"))
             .trim_end_matches('/')
             .to_owned();
+        let media = line
+            .split("udp ")
+            .nth(1)
+            .map(|m| m.trim().trim_end_matches(')').to_owned())
+            .unwrap_or_default();
         Server {
             child,
             http,
+            media,
             data,
             stderr_log,
         }
@@ -84,6 +91,11 @@ impl Server {
     /// A token signed with this server's secret.
     pub fn token(&self, room: &str, identity: &str, role: &str) -> String {
         token_with(&self.data.0, room, identity, role, None)
+    }
+
+    /// The media UDP address.
+    pub fn media_addr(&self) -> std::net::SocketAddr {
+        self.media.parse().expect("media address in banner")
     }
 
     pub fn ws_url(&self) -> String {
