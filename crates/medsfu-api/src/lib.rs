@@ -62,8 +62,18 @@ pub fn router(state: AppState) -> Router {
     // WHIP/WHEP players often run on another origin; they need these headers.
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
         .expose_headers([
             header::LOCATION,
             header::ETAG,
@@ -76,15 +86,25 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(web::healthz))
         .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
-        .route("/whip/{room}", post(whip::create_whip).options(whip::options))
-        .route("/whep/{room}", post(whip::create_whep).options(whip::options))
+        .route(
+            "/whip/{room}",
+            post(whip::create_whip).options(whip::options),
+        )
+        .route(
+            "/whep/{room}",
+            post(whip::create_whep).options(whip::options),
+        )
         .route(
             "/whip/{room}/{session}",
-            axum::routing::patch(whip::patch).delete(whip::delete).options(whip::options),
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
         )
         .route(
             "/whep/{room}/{session}",
-            axum::routing::patch(whip::patch).delete(whip::delete).options(whip::options),
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
         )
         .layer(cors)
         .with_state(state)

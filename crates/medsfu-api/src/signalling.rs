@@ -107,7 +107,10 @@ fn event_json(ev: &SessionEvent) -> Value {
             "type": "participant_joined", "participant": p.id.to_string(),
             "identity": p.identity, "role": p.role.as_str(),
         }),
-        SessionEvent::Room(RoomEvent::ParticipantLeft { participant, reason }) => json!({
+        SessionEvent::Room(RoomEvent::ParticipantLeft {
+            participant,
+            reason,
+        }) => json!({
             "type": "participant_left", "participant": participant.to_string(),
             "reason": reason.as_str(),
         }),
@@ -190,8 +193,14 @@ fn parse(text: &str) -> Result<ClientMessage, Value> {
         match known {
             Some(t)
                 if ![
-                    "join", "publish", "answer", "subscribe", "unsubscribe", "candidate",
-                    "leave", "ping",
+                    "join",
+                    "publish",
+                    "answer",
+                    "subscribe",
+                    "unsubscribe",
+                    "candidate",
+                    "leave",
+                    "ping",
                 ]
                 .contains(&t.as_str()) =>
             {
@@ -214,7 +223,11 @@ async fn session(state: AppState, mut socket: WebSocket) {
             Ok(Incoming::Other) => continue,
             Ok(Incoming::Closed) => return,
             Err(_) => {
-                let _ = send(&mut socket, &error("join_timeout", "no join within 10 s", None)).await;
+                let _ = send(
+                    &mut socket,
+                    &error("join_timeout", "no join within 10 s", None),
+                )
+                .await;
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }
@@ -223,7 +236,11 @@ async fn session(state: AppState, mut socket: WebSocket) {
             Ok(ClientMessage::Join { token, id }) => {
                 match s.tokens.verify(&token, SystemTime::now()) {
                     Ok(g) if !crate::valid_room(&g.room) => {
-                        let e = error("bad_room", "room names are 1-64 characters of A-Z a-z 0-9 . _ -", id);
+                        let e = error(
+                            "bad_room",
+                            "room names are 1-64 characters of A-Z a-z 0-9 . _ -",
+                            id,
+                        );
                         if !send(&mut socket, &e).await {
                             return;
                         }
@@ -251,7 +268,13 @@ async fn session(state: AppState, mut socket: WebSocket) {
     let (tx, mut events) = mpsc::unbounded_channel();
     let joined = match s
         .media
-        .join(&grant.room, &grant.identity, grant.role, SessionKind::Signalling, tx)
+        .join(
+            &grant.room,
+            &grant.identity,
+            grant.role,
+            SessionKind::Signalling,
+            tx,
+        )
         .await
     {
         Ok(j) => j,
@@ -340,7 +363,9 @@ fn media_error(e: MediaError, id: Option<Value>) -> Value {
 async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Option<Value> {
     let media = &state.inner.media;
     match msg {
-        ClientMessage::Join { id, .. } => Some(error("already_joined", "this session already joined", id)),
+        ClientMessage::Join { id, .. } => {
+            Some(error("already_joined", "this session already joined", id))
+        }
         ClientMessage::Publish { sdp, sources, id } => {
             let mut parsed = HashMap::new();
             for (mid, src) in sources {
@@ -363,17 +388,35 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
         ClientMessage::Subscribe { track, id } | ClientMessage::Unsubscribe { track, id }
             if parse_track(&track).is_none() =>
         {
-            Some(error("bad_message", format!("{track:?} is not a track id"), id))
+            Some(error(
+                "bad_message",
+                format!("{track:?} is not a track id"),
+                id,
+            ))
         }
         ClientMessage::Subscribe { track, id } => {
             let t = parse_track(&track)?;
-            media.subscribe(me, t, true).await.err().map(|e| media_error(e, id))
+            media
+                .subscribe(me, t, true)
+                .await
+                .err()
+                .map(|e| media_error(e, id))
         }
         ClientMessage::Unsubscribe { track, id } => {
             let t = parse_track(&track)?;
-            media.subscribe(me, t, false).await.err().map(|e| media_error(e, id))
+            media
+                .subscribe(me, t, false)
+                .await
+                .err()
+                .map(|e| media_error(e, id))
         }
-        ClientMessage::Candidate { target, candidate, sdp_mid, id, .. } => {
+        ClientMessage::Candidate {
+            target,
+            candidate,
+            sdp_mid,
+            id,
+            ..
+        } => {
             let publisher = target == Target::Publisher;
             media
                 .candidate(me, publisher, sdp_mid, candidate)

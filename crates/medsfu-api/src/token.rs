@@ -187,7 +187,13 @@ mod tests {
         );
         let f = other.issue("r", "x", Role::Team, now, Duration::from_secs(60));
         assert_eq!(k.verify(&f, now), Err(TokenError::Foreign));
-        assert_eq!(k.verify("not.a.jwt", now).map_err(|e| e.code()), Err("token_malformed"));
-        assert_eq!(k.verify("", now).map_err(|e| e.code()), Err("token_malformed"));
+        assert_eq!(
+            k.verify("not.a.jwt", now).map_err(|e| e.code()),
+            Err("token_malformed")
+        );
+        assert_eq!(
+            k.verify("", now).map_err(|e| e.code()),
+            Err("token_malformed")
+        );
     }
 }

@@ -198,7 +198,9 @@ fn session_for(
         .sessions
         .get(id)
         .filter(|s| s.room == room)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session"))?;
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session")
+        })?;
     // Only the session's own identity may change or end it.
     if session.identity != grant.identity {
         return Err(ApiError::new(
@@ -266,7 +268,10 @@ pub async fn options() -> impl IntoResponse {
     (
         StatusCode::NO_CONTENT,
         [
-            (header::HeaderName::from_static("accept-post"), "application/sdp"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
             (
                 header::HeaderName::from_static("accept-patch"),
                 "application/trickle-ice-sdpfrag",

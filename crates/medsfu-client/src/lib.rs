@@ -105,8 +105,14 @@ impl CodecSpec {
     fn rtc(&self) -> RTCRtpCodec {
         let fb = if self.kind() == RtpCodecKind::Video {
             vec![
-                RTCPFeedback { typ: "nack".into(), parameter: String::new() },
-                RTCPFeedback { typ: "nack".into(), parameter: "pli".into() },
+                RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: String::new(),
+                },
+                RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: "pli".into(),
+                },
             ]
         } else {
             vec![]
@@ -211,7 +217,11 @@ impl Drop for Session {
     }
 }
 
-fn build_pc(codecs: &[CodecSpec], local: SocketAddr, now: Instant) -> Result<RTCPeerConnection, ClientError> {
+fn build_pc(
+    codecs: &[CodecSpec],
+    local: SocketAddr,
+    now: Instant,
+) -> Result<RTCPeerConnection, ClientError> {
     let mut media = MediaEngine::default();
     for c in codecs {
         media
@@ -219,15 +229,16 @@ fn build_pc(codecs: &[CodecSpec], local: SocketAddr, now: Instant) -> Result<RTC
                 RTCRtpCodecParameters {
                     rtp_codec: c.rtc(),
                     payload_type: c.payload_type,
-                    ..Default::default()
                 },
                 c.kind(),
             )
             .map_err(rtc_err)?;
     }
     // Keyframe requests from the server must reach the publisher's "encoder".
-    let registry = configure_rtcp_reports(rtc::interceptor::Registry::new())
-        .with(rtc::interceptor::Slot::from(14_000), medsfu_webrtc::DeliverRtcp::default());
+    let registry = configure_rtcp_reports(rtc::interceptor::Registry::new()).with(
+        rtc::interceptor::Slot::from(14_000),
+        medsfu_webrtc::DeliverRtcp::default(),
+    );
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
@@ -274,7 +285,12 @@ async fn exchange(url: &str, token: &str, offer: String) -> Result<(String, Stri
 }
 
 /// Publishes one track with WHIP to `{base}/whip/{room}`.
-pub async fn whip(base: &str, room: &str, token: &str, codec: CodecSpec) -> Result<Session, ClientError> {
+pub async fn whip(
+    base: &str,
+    room: &str,
+    token: &str,
+    codec: CodecSpec,
+) -> Result<Session, ClientError> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let local = socket.local_addr()?;
     let now = Instant::now();
@@ -299,21 +315,49 @@ pub async fn whip(base: &str, room: &str, token: &str, codec: CodecSpec) -> Resu
         )
         .map_err(rtc_err)?;
     let offer = pc.create_offer(None).map_err(rtc_err)?;
-    pc.set_local_description(Instant::now(), offer).map_err(rtc_err)?;
-    let sdp = pc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
-    let (location, answer) = exchange(&format!("{base}/whip/{room}"), token, sdp).await?;
-    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer).map_err(rtc_err)?)
+    pc.set_local_description(Instant::now(), offer)
         .map_err(rtc_err)?;
+    let sdp = pc
+        .local_description()
+        .map(|d| d.sdp.clone())
+        .unwrap_or_default();
+    let (location, answer) = exchange(&format!("{base}/whip/{room}"), token, sdp).await?;
+    pc.set_remote_description(
+        Instant::now(),
+        RTCSessionDescription::answer(answer).map_err(rtc_err)?,
+    )
+    .map_err(rtc_err)?;
     let sender = RTCRtpSenderId::from(tid);
     let payload_type = pc
         .rtp_sender(sender)
-        .and_then(|mut s| s.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type))
+        .and_then(|mut s| {
+            s.get_parameters()
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.payload_type)
+        })
         .unwrap_or(codec.payload_type);
-    Ok(spawn(pc, socket, local, Some(sender), base, token, location, payload_type, ssrc))
+    Ok(spawn(
+        pc,
+        socket,
+        local,
+        Some(sender),
+        base,
+        token,
+        location,
+        payload_type,
+        ssrc,
+    ))
 }
 
 /// Subscribes with WHEP to `{base}/whep/{room}`, receiving one track per codec given.
-pub async fn whep(base: &str, room: &str, token: &str, codecs: &[CodecSpec]) -> Result<Session, ClientError> {
+pub async fn whep(
+    base: &str,
+    room: &str,
+    token: &str,
+    codecs: &[CodecSpec],
+) -> Result<Session, ClientError> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let local = socket.local_addr()?;
     let mut pc = build_pc(codecs, local, Instant::now())?;
@@ -335,11 +379,18 @@ pub async fn whep(base: &str, room: &str, token: &str, codecs: &[CodecSpec]) -> 
         .map_err(rtc_err)?;
     }
     let offer = pc.create_offer(None).map_err(rtc_err)?;
-    pc.set_local_description(Instant::now(), offer).map_err(rtc_err)?;
-    let sdp = pc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
-    let (location, answer) = exchange(&format!("{base}/whep/{room}"), token, sdp).await?;
-    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer).map_err(rtc_err)?)
+    pc.set_local_description(Instant::now(), offer)
         .map_err(rtc_err)?;
+    let sdp = pc
+        .local_description()
+        .map(|d| d.sdp.clone())
+        .unwrap_or_default();
+    let (location, answer) = exchange(&format!("{base}/whep/{room}"), token, sdp).await?;
+    pc.set_remote_description(
+        Instant::now(),
+        RTCSessionDescription::answer(answer).map_err(rtc_err)?,
+    )
+    .map_err(rtc_err)?;
     Ok(spawn(pc, socket, local, None, base, token, location, 0, 0))
 }
 
@@ -368,7 +419,9 @@ fn spawn(
     let (state_tx, state) = watch::channel(State::Connecting);
     let (pli_tx, keyframe_requests) = watch::channel(0u64);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(drive(pc, socket, local, sender, rtp_rx, recv_tx, state_tx, pli_tx, stop_rx));
+    tokio::spawn(drive(
+        pc, socket, local, sender, rtp_rx, recv_tx, state_tx, pli_tx, stop_rx,
+    ));
     Session {
         location,
         base: base.to_owned(),

@@ -145,7 +145,11 @@ impl Depacketizer {
     }
 
     /// Adds one RTP payload; with `marker`, returns the finished access unit.
-    pub fn push(&mut self, payload: &[u8], marker: bool) -> Result<Option<Vec<u8>>, DepacketizeError> {
+    pub fn push(
+        &mut self,
+        payload: &[u8],
+        marker: bool,
+    ) -> Result<Option<Vec<u8>>, DepacketizeError> {
         if payload.len() < 3 {
             return Err(DepacketizeError::TooShort);
         }
@@ -157,7 +161,9 @@ impl Depacketizer {
                         return Err(DepacketizeError::BadAggregation);
                     }
                     let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                    let nal = rest.get(2..2 + size).ok_or(DepacketizeError::BadAggregation)?;
+                    let nal = rest
+                        .get(2..2 + size)
+                        .ok_or(DepacketizeError::BadAggregation)?;
                     self.push_nal(nal);
                     rest = &rest[2 + size..];
                 }
@@ -171,7 +177,10 @@ impl Depacketizer {
                     nal.extend_from_slice(body);
                     self.fragment = Some(nal);
                 } else {
-                    let frag = self.fragment.as_mut().ok_or(DepacketizeError::OrphanFragment)?;
+                    let frag = self
+                        .fragment
+                        .as_mut()
+                        .ok_or(DepacketizeError::OrphanFragment)?;
                     frag.extend_from_slice(body);
                 }
                 if fu & 0x40 != 0 {
@@ -221,7 +230,12 @@ mod tests {
     #[test]
     fn groups_access_units() {
         let (vps, sps, pps) = (nal(32, false, 4), nal(33, false, 4), nal(34, false, 4));
-        let (idr, p1a, p1b, p2) = (nal(19, true, 9), nal(1, true, 9), nal(1, false, 9), nal(1, true, 9));
+        let (idr, p1a, p1b, p2) = (
+            nal(19, true, 9),
+            nal(1, true, 9),
+            nal(1, false, 9),
+            nal(1, true, 9),
+        );
         let nals: Vec<&[u8]> = vec![&vps, &sps, &pps, &idr, &p1a, &p1b, &p2];
         let aus = access_units(&nals);
         assert_eq!(aus.len(), 3);
@@ -237,7 +251,10 @@ mod tests {
         assert!(packets.len() >= 6);
         assert!(packets.iter().all(|p| p.len() <= 1200));
         assert!(crate::h265_is_keyframe_start(&packets[0]));
-        assert!(crate::h265_is_keyframe_start(&packets[1]), "FU start of an IDR");
+        assert!(
+            crate::h265_is_keyframe_start(&packets[1]),
+            "FU start of an IDR"
+        );
         let mut d = Depacketizer::new();
         let mut out = None;
         for (i, p) in packets.iter().enumerate() {
@@ -271,7 +288,10 @@ mod tests {
         let big = nal(1, true, 3000);
         let packets = payload_access_unit(&[&big], 1000);
         let mut d = Depacketizer::new();
-        assert_eq!(d.push(&packets[1], false), Err(DepacketizeError::OrphanFragment));
+        assert_eq!(
+            d.push(&packets[1], false),
+            Err(DepacketizeError::OrphanFragment)
+        );
         assert_eq!(d.push(&[1], false), Err(DepacketizeError::TooShort));
     }
 }

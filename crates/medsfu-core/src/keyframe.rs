@@ -62,6 +62,7 @@ impl KeyframeRequester {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a virtual clock still needs an arbitrary origin
 mod tests {
     use super::*;
 

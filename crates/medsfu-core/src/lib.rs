@@ -22,6 +22,6 @@ pub use medsfu_codec::Codec;
 pub use role::{MediaKind, Role, TrackSource};
 pub use rtp::{seq_is_newer, RtpHeader, RtpPacket};
 pub use sfu::{
-    CoreConfig, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport,
-    RoomEvent, RtpOut, Sfu, TrackInfo,
+    CoreConfig, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport, RoomEvent,
+    RtpOut, Sfu, TrackInfo,
 };

@@ -1,5 +1,6 @@
 //! Proves that forwarding a packet allocates nothing in steady state.
 #![allow(unsafe_code)] // a counting global allocator needs `unsafe impl GlobalAlloc`
+#![allow(clippy::disallowed_methods)] // the virtual clock needs an arbitrary origin
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,8 @@ fn forwarding_to_a_hundred_subscribers_allocates_nothing() {
         .collect();
     assert_eq!(downs.len(), 100);
     for (i, d) in downs.iter().enumerate() {
-        sfu.bind_down_track(*d, 1000 + i as u32, 96, t0).expect("bind");
+        sfu.bind_down_track(*d, 1000 + i as u32, 96, t0)
+            .expect("bind");
     }
     // One payload buffer (an H.265 IDR slice NAL), shared by every packet below.
     let mut body = vec![0u8; 1200];
@@ -73,7 +75,8 @@ fn forwarding_to_a_hundred_subscribers_allocates_nothing() {
     let mut now = t0;
     for seq in 0..2000u16 {
         now += Duration::from_micros(300);
-        sfu.handle_rtp(track, packet(seq), now).expect("known track");
+        sfu.handle_rtp(track, packet(seq), now)
+            .expect("known track");
         while let Some(o) = sfu.poll_output() {
             drop(o);
         }
@@ -82,7 +85,8 @@ fn forwarding_to_a_hundred_subscribers_allocates_nothing() {
     let mut forwarded = 0u64;
     for seq in 2000..4000u16 {
         now += Duration::from_micros(300);
-        sfu.handle_rtp(track, packet(seq), now).expect("known track");
+        sfu.handle_rtp(track, packet(seq), now)
+            .expect("known track");
         while let Some(o) = sfu.poll_output() {
             if matches!(o, Output::Rtp(_)) {
                 forwarded += 1;
@@ -91,5 +95,8 @@ fn forwarding_to_a_hundred_subscribers_allocates_nothing() {
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(forwarded, 2000 * 100);
-    assert_eq!(allocations, 0, "allocations while forwarding {forwarded} packets");
+    assert_eq!(
+        allocations, 0,
+        "allocations while forwarding {forwarded} packets"
+    );
 }

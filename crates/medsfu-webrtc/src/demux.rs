@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(stun_server_ufrag(&long_attr), None, "attribute beyond body");
         assert_eq!(stun_server_ufrag(&stun(&[(ATTR_USERNAME, b":x")])), None);
         assert_eq!(stun_server_ufrag(&stun(&[])), None);
-        assert_eq!(stun_server_ufrag(&stun(&[(ATTR_USERNAME, &[0xff, 0xfe])])), None);
+        assert_eq!(
+            stun_server_ufrag(&stun(&[(ATTR_USERNAME, &[0xff, 0xfe])])),
+            None
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use medsfu_core::{
-    Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId,
-    ReceptionReport, Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
+    Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId, ReceptionReport,
+    Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -262,7 +262,10 @@ impl Engine {
             return;
         };
         while let Some(out) = p.pc.poll_write() {
-            match self.socket.try_send_to(&out.message, out.transport.peer_addr) {
+            match self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr)
+            {
                 Ok(_) => MediaStats::inc(&self.stats.datagrams_out),
                 Err(_) => MediaStats::inc(&self.stats.send_errors),
             }
@@ -296,7 +299,9 @@ impl Engine {
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                let Some(p) = self.peers.get(&pid) else { return };
+                let Some(p) = self.peers.get(&pid) else {
+                    return;
+                };
                 let participant = p.participant;
                 debug!(peer = pid, %state, "peer connection state");
                 if state == RTCPeerConnectionState::Connected {
@@ -344,11 +349,10 @@ impl Engine {
         }
         let participant = p.participant;
         let tid: usize = init.receiver_id.into();
-        let mid = p
-            .pc
-            .rtp_transceiver(tid)
-            .and_then(|t| t.mid().clone())
-            .unwrap_or_default();
+        let mid =
+            p.pc.rtp_transceiver(tid)
+                .and_then(|t| t.mid().clone())
+                .unwrap_or_default();
         let Some((kind, codec)) = p.pc.rtp_receiver(init.receiver_id).and_then(|r| {
             let t = r.track();
             let kind = t.kind();
@@ -398,7 +402,9 @@ impl Engine {
     fn on_peer_message(&mut self, pid: PeerId, msg: RTCMessage, now: Instant) {
         match msg {
             RTCMessage::RtpPacket(_, pkt) => {
-                let Some(p) = self.peers.get(&pid) else { return };
+                let Some(p) = self.peers.get(&pid) else {
+                    return;
+                };
                 let Some(&track) = p.track_by_ssrc.get(&pkt.header.ssrc) else {
                     MediaStats::inc(&self.stats.rtp_dropped);
                     return;
@@ -430,7 +436,9 @@ impl Engine {
         use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
         use rtcp::receiver_report::ReceiverReport;
         use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-        let Some(p) = self.peers.get(&pid) else { return };
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
         if p.direction != Direction::Subscribe {
             return;
         }
@@ -574,10 +582,9 @@ impl Engine {
             },
             payload: r.payload,
         };
-        let ok = p
-            .pc
-            .rtp_sender(s.sender)
-            .is_some_and(|mut sender| sender.write_rtp(now, packet).is_ok());
+        let ok =
+            p.pc.rtp_sender(s.sender)
+                .is_some_and(|mut sender| sender.write_rtp(now, packet).is_ok());
         if ok {
             MediaStats::inc(&self.stats.rtp_forwarded);
         } else {
@@ -602,10 +609,9 @@ impl Engine {
         let Some(&rid) = p.receiver_of.get(&track) else {
             return false;
         };
-        let ok = p
-            .pc
-            .rtp_receiver(rid)
-            .is_some_and(|mut r| r.write_rtcp(now, vec![packet]).is_ok());
+        let ok =
+            p.pc.rtp_receiver(rid)
+                .is_some_and(|mut r| r.write_rtcp(now, vec![packet]).is_ok());
         self.flush(pid);
         ok
     }
@@ -642,7 +648,9 @@ impl Engine {
         // Closing queues a DTLS close_notify; send it, errors are moot now.
         let _ = p.pc.close();
         while let Some(out) = p.pc.poll_write() {
-            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+            let _ = self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
         }
         self.by_ufrag.remove(&p.ufrag);
         for a in &p.addrs {
@@ -677,7 +685,9 @@ impl Engine {
             .track_codecs
             .get(&track)
             .cloned()
-            .ok_or(MediaError::Core(medsfu_core::CoreError::UnknownTrack(track)))?;
+            .ok_or(MediaError::Core(medsfu_core::CoreError::UnknownTrack(
+                track,
+            )))?;
         let pid = match self.sessions.get(&subscriber).and_then(|s| s.subscriber) {
             Some(pid) => pid,
             None => {
@@ -740,10 +750,9 @@ impl Engine {
             };
             p.needs_offer = false;
             let participant = p.participant;
-            let offer = p
-                .pc
-                .create_offer(None)
-                .and_then(|o| p.pc.set_local_description(now, o));
+            let offer =
+                p.pc.create_offer(None)
+                    .and_then(|o| p.pc.set_local_description(now, o));
             let sdp = p.pc.local_description().map(|d| d.sdp.clone());
             match (offer, sdp) {
                 (Ok(()), Some(sdp)) => {
@@ -780,7 +789,9 @@ impl Engine {
                     .codecs
                     .iter()
                     .find(|c| {
-                        c.rtp_codec.mime_type.eq_ignore_ascii_case(&s.codec.mime_type)
+                        c.rtp_codec
+                            .mime_type
+                            .eq_ignore_ascii_case(&s.codec.mime_type)
                             && fmtp_compatible(&c.rtp_codec, &s.codec)
                     })
                     .map(|c| c.payload_type)
@@ -931,7 +942,11 @@ impl Engine {
                 .unwrap_or_else(|| TrackSource::default_for(role, kind));
             if source.kind() != kind {
                 return Err(MediaError::Core(medsfu_core::CoreError::CodecMismatch {
-                    codec: if kind == MediaKind::Video { "video" } else { "audio" },
+                    codec: if kind == MediaKind::Video {
+                        "video"
+                    } else {
+                        "audio"
+                    },
                     track_source: source,
                 }));
             }
@@ -953,8 +968,7 @@ impl Engine {
             p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
             p.pc.set_local_description(now, answer).map_err(rtc_err)?;
-            p.pc
-                .local_description()
+            p.pc.local_description()
                 .map(|d| d.sdp.clone())
                 .ok_or_else(|| MediaError::WebRtc("no local description".into()))
         })();
@@ -1050,11 +1064,10 @@ impl Engine {
             }
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
             p.pc.set_local_description(now, answer).map_err(rtc_err)?;
-            let sdp = p
-                .pc
-                .local_description()
-                .map(|d| d.sdp.clone())
-                .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
+            let sdp =
+                p.pc.local_description()
+                    .map(|d| d.sdp.clone())
+                    .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
             Ok((sdp, attached))
         })();
         let result = result.and_then(|(sdp, attached)| {
@@ -1109,13 +1122,12 @@ impl Engine {
         let pid = if publisher { s.publisher } else { s.subscriber };
         let pid = pid.ok_or(MediaError::NoPendingOffer)?;
         let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
-        p.pc
-            .add_remote_candidate(RTCIceCandidateInit {
-                candidate,
-                sdp_mid: mid,
-                ..Default::default()
-            })
-            .map_err(sdp_err)
+        p.pc.add_remote_candidate(RTCIceCandidateInit {
+            candidate,
+            sdp_mid: mid,
+            ..Default::default()
+        })
+        .map_err(sdp_err)
     }
 
     // ----- timers --------------------------------------------------------------------------
@@ -1195,6 +1207,8 @@ fn fmtp_compatible(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.to_ascii_lowercase())
     };
-    let profile = |c: &RTCRtpCodec| param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>());
+    let profile = |c: &RTCRtpCodec| {
+        param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>())
+    };
     param(a, "packetization-mode") == param(b, "packetization-mode") && profile(a) == profile(b)
 }

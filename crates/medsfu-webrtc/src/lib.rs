@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use prometheus::{IntCounter, Registry};
 
-use medsfu_core::{CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource};
+use medsfu_core::{
+    CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use peer::{codec_table, DeliverRtcp};
@@ -159,15 +161,42 @@ impl MediaStats {
             Ok(c)
         };
         Ok(MediaStats {
-            datagrams_in: c("medsfu_media_datagrams_received_total", "UDP datagrams received on the WebRTC media port")?,
-            datagrams_unknown: c("medsfu_media_datagrams_unknown_total", "Datagrams dropped: no peer owns their source or STUN username")?,
-            datagrams_malformed: c("medsfu_media_datagrams_malformed_total", "Datagrams a peer connection could not process")?,
-            datagrams_out: c("medsfu_media_datagrams_sent_total", "UDP datagrams sent from the media port")?,
-            send_errors: c("medsfu_media_send_errors_total", "Datagrams the socket refused to send")?,
-            rtp_in: c("medsfu_media_rtp_received_packets_total", "RTP packets received from publishers")?,
-            rtp_forwarded: c("medsfu_media_rtp_forwarded_packets_total", "RTP packets sent to subscribers")?,
-            rtp_dropped: c("medsfu_media_rtp_dropped_packets_total", "RTP packets not forwarded (unknown track, unbound sender, write error)")?,
-            keyframe_requests: c("medsfu_media_keyframe_requests_total", "Keyframe requests (PLI) sent to publishers")?,
+            datagrams_in: c(
+                "medsfu_media_datagrams_received_total",
+                "UDP datagrams received on the WebRTC media port",
+            )?,
+            datagrams_unknown: c(
+                "medsfu_media_datagrams_unknown_total",
+                "Datagrams dropped: no peer owns their source or STUN username",
+            )?,
+            datagrams_malformed: c(
+                "medsfu_media_datagrams_malformed_total",
+                "Datagrams a peer connection could not process",
+            )?,
+            datagrams_out: c(
+                "medsfu_media_datagrams_sent_total",
+                "UDP datagrams sent from the media port",
+            )?,
+            send_errors: c(
+                "medsfu_media_send_errors_total",
+                "Datagrams the socket refused to send",
+            )?,
+            rtp_in: c(
+                "medsfu_media_rtp_received_packets_total",
+                "RTP packets received from publishers",
+            )?,
+            rtp_forwarded: c(
+                "medsfu_media_rtp_forwarded_packets_total",
+                "RTP packets sent to subscribers",
+            )?,
+            rtp_dropped: c(
+                "medsfu_media_rtp_dropped_packets_total",
+                "RTP packets not forwarded (unknown track, unbound sender, write error)",
+            )?,
+            keyframe_requests: c(
+                "medsfu_media_keyframe_requests_total",
+                "Keyframe requests (PLI) sent to publishers",
+            )?,
         })
     }
 
@@ -268,7 +297,10 @@ impl MediaHandle {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, MediaError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| MediaError::Stopped)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
     }
 

@@ -56,7 +56,6 @@ pub fn codec_table() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
                     rtcp_feedback: video_feedback(),
                 },
                 payload_type: pt,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )
@@ -72,7 +71,6 @@ pub fn codec_table() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
                     rtcp_feedback: vec![],
                 },
                 payload_type: 111,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         ),

@@ -153,8 +153,14 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\na=mid:1\r
     #[test]
     fn refuses_what_is_not_sdp() {
         assert!(matches!(media_sections("hello"), Err(SdpError::NotSdp(_))));
-        assert!(matches!(media_sections("v=0\r\nbogus\r\n"), Err(SdpError::NotSdp(_))));
-        assert!(matches!(media_sections("v=0\r\ns=-\r\n"), Err(SdpError::NotSdp(_))));
+        assert!(matches!(
+            media_sections("v=0\r\nbogus\r\n"),
+            Err(SdpError::NotSdp(_))
+        ));
+        assert!(matches!(
+            media_sections("v=0\r\ns=-\r\n"),
+            Err(SdpError::NotSdp(_))
+        ));
         let big = format!("v=0\r\n{}", "a=x\r\n".repeat(20_000));
         assert_eq!(media_sections(&big), Err(SdpError::TooLarge(MAX_SDP_BYTES)));
     }

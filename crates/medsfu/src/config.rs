@@ -9,7 +9,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Everything `medsfu serve` can be told; `config/medsfu.toml` documents each key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HTTP listener (page, signalling, WHIP/WHEP).
@@ -88,19 +88,6 @@ pub struct Log {
     pub format: String,
     /// A tracing filter such as `info` or `medsfu_webrtc=debug`.
     pub filter: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: Http::default(),
-            webrtc: WebRtc::default(),
-            data: Data::default(),
-            auth: Auth::default(),
-            core: Core::default(),
-            log: Log::default(),
-        }
-    }
 }
 
 impl Default for Http {
@@ -195,14 +182,14 @@ pub struct Overrides {
 
 /// Loads the configuration: defaults, then `file` (if given; it must exist), then
 /// `MEDSFU_SECTION__KEY` environment variables, then flags. Unknown keys are errors.
-pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, figment::Error> {
+pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Box<figment::Error>> {
     let mut f = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(figment::Error::from(format!(
+            return Err(Box::new(figment::Error::from(format!(
                 "config file {} does not exist",
                 path.display()
-            )));
+            ))));
         }
         f = f.merge(Toml::file(path));
     }
@@ -219,10 +206,11 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, figment::E
     if let Some(l) = &flags.log_format {
         f = f.merge(("log.format", l));
     }
-    f.extract()
+    f.extract().map_err(Box::new)
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its (large) error type
 mod tests {
     use super::*;
     use figment::Jail;
@@ -230,7 +218,7 @@ mod tests {
     #[test]
     fn defaults_need_no_file() {
         Jail::expect_with(|_| {
-            let c = load(None, &Overrides::default())?;
+            let c = load(None, &Overrides::default()).map_err(|e| *e)?;
             assert_eq!(c, Config::default());
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(c.webrtc.listen.to_string(), "127.0.0.1:50000");
@@ -250,7 +238,7 @@ mod tests {
                 data_dir: Some("/tmp/x".into()),
                 ..Overrides::default()
             };
-            let c = load(Some(Path::new("m.toml")), &flags)?;
+            let c = load(Some(Path::new("m.toml")), &flags).map_err(|e| *e)?;
             assert_eq!(c.http.listen.port(), 9000, "file");
             assert_eq!(c.webrtc.listen.port(), 52000, "env beats file");
             assert_eq!(c.core.participant_timeout_ms, 5000);
@@ -262,7 +250,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "[http]\nlisten = \"127.0.0.1:9000\"\nlistne = 1\n")?;
+            jail.create_file(
+                "m.toml",
+                "[http]\nlisten = \"127.0.0.1:9000\"\nlistne = 1\n",
+            )?;
             let e = load(Some(Path::new("m.toml")), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains("listne"), "{e}");
             jail.set_env("MEDSFU_HTTP__PORT", "1");
@@ -276,7 +267,7 @@ mod tests {
     fn the_documented_file_matches_the_defaults() {
         Jail::expect_with(|_| {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/medsfu.toml");
-            let c = load(Some(&path), &Overrides::default())?;
+            let c = load(Some(&path), &Overrides::default()).map_err(|e| *e)?;
             assert_eq!(c, Config::default());
             Ok(())
         });

@@ -101,7 +101,11 @@ fn token_key(cfg: &Config) -> Result<TokenKey> {
     }
     let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let secret = secret.trim_ascii();
-    anyhow::ensure!(secret.len() >= 32, "{} holds fewer than 32 bytes", path.display());
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "{} holds fewer than 32 bytes",
+        path.display()
+    );
     Ok(TokenKey::new(secret))
 }
 
@@ -156,6 +160,12 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
         },
     )?;
     init_logging(&cfg)?;
+    anyhow::ensure!(
+        !cfg.webrtc.listen.ip().is_unspecified() || cfg.webrtc.announce.is_some(),
+        "webrtc.listen {} is a wildcard address, which cannot be put in ICE candidates: \
+         set webrtc.announce (MEDSFU_WEBRTC__ANNOUNCE) to the address clients reach",
+        cfg.webrtc.listen
+    );
     let key = token_key(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

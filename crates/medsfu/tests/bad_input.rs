@@ -14,7 +14,13 @@ a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 
 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
 a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
 
-async fn post(server: &Server, path: &str, token: Option<&str>, ct: &str, body: &str) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+async fn post(
+    server: &Server,
+    path: &str,
+    token: Option<&str>,
+    ct: &str,
+    body: &str,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
     let mut r = reqwest::Client::new()
         .post(format!("{}{path}", server.http))
         .header("content-type", ct)
@@ -26,7 +32,11 @@ async fn post(server: &Server, path: &str, token: Option<&str>, ct: &str, body: 
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(json!(text)), headers)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(json!(text)),
+        headers,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,15 +49,36 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
     assert!(h.get("www-authenticate").is_some());
 
     let expired = token_with(&server.data.0, "r1", "tab", "team", Some(0));
-    let (s, b, _) = post(&server, "/whip/r1", Some(&expired), "application/sdp", OFFER).await;
+    let (s, b, _) = post(
+        &server,
+        "/whip/r1",
+        Some(&expired),
+        "application/sdp",
+        OFFER,
+    )
+    .await;
     assert_eq!((s, b["code"].as_str()), (401, Some("token_expired")));
 
     let foreign_dir = support::TempDir::new("foreign");
     let foreign = token_with(&foreign_dir.0, "r1", "tab", "team", None);
-    let (s, b, _) = post(&server, "/whip/r1", Some(&foreign), "application/sdp", OFFER).await;
+    let (s, b, _) = post(
+        &server,
+        "/whip/r1",
+        Some(&foreign),
+        "application/sdp",
+        OFFER,
+    )
+    .await;
     assert_eq!((s, b["code"].as_str()), (401, Some("token_foreign")));
 
-    let (s, b, _) = post(&server, "/whip/other", Some(&team), "application/sdp", OFFER).await;
+    let (s, b, _) = post(
+        &server,
+        "/whip/other",
+        Some(&team),
+        "application/sdp",
+        OFFER,
+    )
+    .await;
     assert_eq!((s, b["code"].as_str()), (401, Some("token_wrong_room")));
 
     let (s, b, _) = post(&server, "/whip/r1", Some(&team), "text/plain", OFFER).await;
@@ -57,7 +88,14 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
     assert_eq!((s, b["code"].as_str()), (400, Some("bad_sdp")));
     assert!(b["message"].as_str().unwrap_or("").contains("v=0"), "{b}");
 
-    let (s, b, _) = post(&server, "/whip/r1", Some(&team), "application/sdp", &OFFER.replace("a=mid:0", "a=mid:0\r\nm=bogus")).await;
+    let (s, b, _) = post(
+        &server,
+        "/whip/r1",
+        Some(&team),
+        "application/sdp",
+        &OFFER.replace("a=mid:0", "a=mid:0\r\nm=bogus"),
+    )
+    .await;
     assert_eq!((s, b["code"].as_str()), (400, Some("bad_sdp")), "{b}");
 
     let rec = server.token("r1", "archive", "recorder");
@@ -66,16 +104,32 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
 
     // A dispatcher may publish audio but not video.
     let disp = server.token("r1", "disp", "dispatcher");
-    let video = OFFER.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=video 9 UDP/TLS/RTP/SAVPF 96").replace("opus/48000/2", "VP8/90000");
+    let video = OFFER
+        .replace(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        )
+        .replace("opus/48000/2", "VP8/90000");
     let (s, b, _) = post(&server, "/whip/r1", Some(&disp), "application/sdp", &video).await;
-    assert_eq!((s, b["code"].as_str()), (403, Some("publish_forbidden")), "{b}");
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("publish_forbidden")),
+        "{b}"
+    );
 
     let doc = server.token("r1", "doc", "consultant");
     let (s, b, _) = post(&server, "/whep/r1", Some(&doc), "application/sdp", OFFER).await;
     assert_eq!((s, b["code"].as_str()), (404, Some("no_tracks")));
 
     let bad_room = server.token("a/b", "doc", "consultant");
-    let (s, _, _) = post(&server, "/whep/a%2Fb", Some(&bad_room), "application/sdp", OFFER).await;
+    let (s, _, _) = post(
+        &server,
+        "/whep/a%2Fb",
+        Some(&bad_room),
+        "application/sdp",
+        OFFER,
+    )
+    .await;
     assert_eq!(s, 400);
 
     // CORS: a player on another origin may use WHIP/WHEP.
@@ -83,7 +137,10 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
         .request(reqwest::Method::OPTIONS, format!("{}/whep/r1", server.http))
         .header("origin", "https://player.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .expect("preflight");
@@ -98,7 +155,9 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
         .expect("delete");
     assert_eq!(del.status().as_u16(), 404);
 
-    let health = reqwest::get(format!("{}/healthz", server.http)).await.expect("healthz");
+    let health = reqwest::get(format!("{}/healthz", server.http))
+        .await
+        .expect("healthz");
     assert_eq!(health.status().as_u16(), 200);
     assert!(!server.logs().contains("panicked"));
 }
@@ -117,7 +176,8 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     assert_eq!(ws.recv().await["code"], "token_expired");
 
     let ok = server.token("r2", "me", "lead");
-    ws.send(json!({ "type": "join", "token": ok, "id": 1 })).await;
+    ws.send(json!({ "type": "join", "token": ok, "id": 1 }))
+        .await;
     let joined = ws.recv_type("joined").await;
     assert_eq!(joined["id"], 1);
     assert_eq!(joined["role"], "lead");
@@ -127,17 +187,34 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     assert_eq!(ws.recv().await["code"], "bad_message");
     ws.send(json!({ "type": "teleport", "id": 7 })).await;
     let e = ws.recv().await;
-    assert_eq!((e["code"].as_str(), e["id"].as_i64()), (Some("unknown_message"), Some(7)));
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("unknown_message"), Some(7))
+    );
     ws.send(json!({ "type": "ping", "extra": 1 })).await;
-    assert_eq!(ws.recv().await["code"], "bad_message", "unknown fields are refused");
-    ws.send_text(format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70 * 1024))).await;
+    assert_eq!(
+        ws.recv().await["code"],
+        "bad_message",
+        "unknown fields are refused"
+    );
+    ws.send_text(format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70 * 1024)
+    ))
+    .await;
     assert_eq!(ws.recv().await["code"], "message_too_large");
-    ws.send(json!({ "type": "publish", "sdp": "nonsense", "id": 2 })).await;
+    ws.send(json!({ "type": "publish", "sdp": "nonsense", "id": 2 }))
+        .await;
     let e = ws.recv().await;
-    assert_eq!((e["code"].as_str(), e["id"].as_i64()), (Some("bad_sdp"), Some(2)));
-    ws.send(json!({ "type": "subscribe", "track": "T999", "id": 3 })).await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("bad_sdp"), Some(2))
+    );
+    ws.send(json!({ "type": "subscribe", "track": "T999", "id": 3 }))
+        .await;
     assert_eq!(ws.recv().await["code"], "unknown_track");
-    ws.send(json!({ "type": "subscribe", "track": "camera" })).await;
+    ws.send(json!({ "type": "subscribe", "track": "camera" }))
+        .await;
     assert_eq!(ws.recv().await["code"], "bad_message");
     ws.send(json!({ "type": "answer", "sdp": "v=0" })).await;
     assert_eq!(ws.recv().await["code"], "no_pending_offer");
@@ -145,7 +222,10 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     // Still usable after all that.
     ws.send(json!({ "type": "ping", "id": 9 })).await;
     let pong = ws.recv().await;
-    assert_eq!((pong["type"].as_str(), pong["id"].as_i64()), (Some("pong"), Some(9)));
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_i64()),
+        (Some("pong"), Some(9))
+    );
     ws.send(json!({ "type": "leave" })).await;
     assert_eq!(ws.recv().await["type"], "left");
     assert!(!server.logs().contains("panicked"));
@@ -200,6 +280,8 @@ async fn garbage_on_the_media_port_is_counted_and_dropped() {
     // Zero-length datagrams may not be delivered by the kernel as reads; all others are.
     assert!(received >= sent - 7, "received {received} of {sent}");
     assert_eq!(unknown, received, "every one of them dropped as unknown");
-    let health = reqwest::get(format!("{}/healthz", server.http)).await.expect("healthz");
+    let health = reqwest::get(format!("{}/healthz", server.http))
+        .await
+        .expect("healthz");
     assert_eq!(health.status().as_u16(), 200);
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use support::{Browser, Page, Server};
 
 fn page_url(server: &Server, room: &str, token: &str, publish: &str) -> String {
-    format!("{}/?room={room}&token={token}&publish={publish}", server.http)
+    format!(
+        "{}/?room={room}&token={token}&publish={publish}",
+        server.http
+    )
 }
 
 /// The frames decoded per received video track, keyed by track id.
@@ -21,7 +24,12 @@ async fn decoded_from(b: &mut Browser, page: &Page, identity: &str, at_least: u6
             if (info && info.identity === '{identity}' && v.framesDecoded >= {at_least}) return t; }} return null; }})()"
     );
     let t = b
-        .wait_for(page, &cond, Duration::from_secs(30), &format!("{at_least} frames of {identity}"))
+        .wait_for(
+            page,
+            &cond,
+            Duration::from_secs(30),
+            &format!("{at_least} frames of {identity}"),
+        )
         .await;
     t.as_str().expect("track id").to_owned()
 }
@@ -34,8 +42,12 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
     let bob = server.token("er", "bob", "team");
     let carol = server.token("er", "carol", "consultant");
 
-    let pa = b.open(&page_url(&server, "er", &alice, "camera,microphone")).await;
-    let pb = b.open(&page_url(&server, "er", &bob, "camera,microphone")).await;
+    let pa = b
+        .open(&page_url(&server, "er", &alice, "camera,microphone"))
+        .await;
+    let pb = b
+        .open(&page_url(&server, "er", &bob, "camera,microphone"))
+        .await;
 
     // Each decodes the other's camera.
     let a_track = decoded_from(&mut b, &pb, "alice", 30).await;
@@ -43,8 +55,13 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
     assert_ne!(a_track, b_track);
 
     // Audio arrives too: each page has an audio element for the other's microphone.
-    b.wait_for(&pa, "document.querySelectorAll('audio').length >= 1", Duration::from_secs(10), "audio element")
-        .await;
+    b.wait_for(
+        &pa,
+        "document.querySelectorAll('audio').length >= 1",
+        Duration::from_secs(10),
+        "audio element",
+    )
+    .await;
 
     // A late joiner decodes its first frame of each camera within 500 ms of subscribing.
     let pc = b.open(&page_url(&server, "er", &carol, "")).await;
@@ -63,7 +80,10 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
             .await;
         let ms = delay.as_f64().expect("a number");
         eprintln!("late joiner: first frame of {t} {ms:.0} ms after subscribing");
-        assert!(ms < 500.0, "first frame of {t} took {ms:.0} ms after subscribing");
+        assert!(
+            ms < 500.0,
+            "first frame of {t} took {ms:.0} ms after subscribing"
+        );
     }
 
     // Participants see each other with their roles.
@@ -78,7 +98,8 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
     assert_eq!(roles, "consultant,team,team");
 
     // Alice leaves; Bob and Carol see her go and her camera tile disappear.
-    b.eval(&pa, "document.getElementById('leave').click()").await;
+    b.eval(&pa, "document.getElementById('leave').click()")
+        .await;
     for p in [&pb, &pc] {
         b.wait_for(
             p,
@@ -90,7 +111,10 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
     }
     // Bob's camera keeps flowing to Carol after Alice left.
     let before = b
-        .eval(&pc, &format!("(async () => (await {STATS})['{t2}'].framesDecoded)()"))
+        .eval(
+            &pc,
+            &format!("(async () => (await {STATS})['{t2}'].framesDecoded)()"),
+        )
         .await
         .as_u64()
         .expect("frames");
@@ -111,13 +135,25 @@ async fn a_dispatcher_page_cannot_publish_a_camera() {
     let mut b = Browser::launch().await;
     let d = server.token("er2", "disp", "dispatcher");
     let p = b.open(&page_url(&server, "er2", &d, "")).await;
-    b.wait_for(&p, "window.medsfu.me", Duration::from_secs(10), "joined").await;
-    let hidden = b.eval(&p, "document.getElementById('publish-cam').hidden").await;
+    b.wait_for(&p, "window.medsfu.me", Duration::from_secs(10), "joined")
+        .await;
+    let hidden = b
+        .eval(&p, "document.getElementById('publish-cam').hidden")
+        .await;
     assert_eq!(hidden, true, "the page offers no camera to a dispatcher");
     // Forcing it anyway is refused by the server with a reason.
-    b.eval(&p, "window.medsfu_publish_forced = true; document.getElementById('publish-cam').click()").await;
+    b.eval(
+        &p,
+        "window.medsfu_publish_forced = true; document.getElementById('publish-cam').click()",
+    )
+    .await;
     let err = b
-        .wait_for(&p, "window.medsfu.errors.find(e => e.startsWith('publish_forbidden'))", Duration::from_secs(10), "refusal")
+        .wait_for(
+            &p,
+            "window.medsfu.errors.find(e => e.startsWith('publish_forbidden'))",
+            Duration::from_secs(10),
+            "refusal",
+        )
         .await;
     assert!(err.as_str().unwrap_or("").contains("dispatcher"), "{err}");
 }

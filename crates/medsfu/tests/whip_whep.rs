@@ -15,14 +15,29 @@ use support::{Server, TempDir, Ws};
 fn encode_h265(dir: &TempDir) -> Vec<u8> {
     let path = dir.0.join("src.h265");
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=30",
+        ])
         .args(["-frames:v", "90", "-c:v", "libx265", "-preset", "ultrafast"])
-        .args(["-x265-params", "keyint=30:min-keyint=30:bframes=0:repeat-headers=1:log-level=error"])
+        .args([
+            "-x265-params",
+            "keyint=30:min-keyint=30:bframes=0:repeat-headers=1:log-level=error",
+        ])
         .args(["-f", "hevc"])
         .arg(&path)
         .output()
         .expect("ffmpeg (apt install ffmpeg)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(&path).expect("encoded file")
 }
 
@@ -44,8 +59,14 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     let amb = server.token("amb-7", "ambulance-7", "vehicle");
     let doc = server.token("amb-7", "dr-house", "consultant");
 
-    let mut publisher = whip(&server.http, "amb-7", &amb, CodecSpec::h265()).await.expect("WHIP");
-    assert!(publisher.location.starts_with("/whip/amb-7/"), "{}", publisher.location);
+    let mut publisher = whip(&server.http, "amb-7", &amb, CodecSpec::h265())
+        .await
+        .expect("WHIP");
+    assert!(
+        publisher.location.starts_with("/whip/amb-7/"),
+        "{}",
+        publisher.location
+    );
     assert_eq!(publisher.connected().await, State::Connected);
 
     // The "camera": paces access units at 30 fps and, like an encoder, answers a keyframe
@@ -68,7 +89,12 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
             }
             let au = &packets[frame % packets.len()];
             for (i, p) in au.iter().enumerate() {
-                cam.send(medsfu_client::packet(seq, n * 3000, i + 1 == au.len(), Bytes::from(p.clone())));
+                cam.send(medsfu_client::packet(
+                    seq,
+                    n * 3000,
+                    i + 1 == au.len(),
+                    Bytes::from(p.clone()),
+                ));
                 seq = seq.wrapping_add(1);
             }
             frame = (frame + 1) % packets.len();
@@ -108,7 +134,10 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
             }
         }
         last_seq = Some(h.sequence_number);
-        if let Some(au) = depack.push(&r.packet.payload, h.marker).expect("valid RFC 7798 payload") {
+        if let Some(au) = depack
+            .push(&r.packet.payload, h.marker)
+            .expect("valid RFC 7798 payload")
+        {
             if first_au.is_none() {
                 first_au = Some(au.clone());
                 first_at = Some(r.at);
@@ -119,13 +148,19 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     }
     let first = first_au.expect("a picture");
     let first_nals = annexb_nal_units(&first);
-    assert!(is_irap(&first_nals), "the subscriber's first picture is a keyframe");
+    assert!(
+        is_irap(&first_nals),
+        "the subscriber's first picture is a keyframe"
+    );
     assert!(
         first_nals.iter().any(|n| (n[0] >> 1) & 0x3F == 32),
         "with its parameter sets"
     );
     assert_eq!(gaps, 0, "no sequence gaps on loopback");
-    let first_ms = first_at.expect("time").saturating_duration_since(subscribed).as_millis();
+    let first_ms = first_at
+        .expect("time")
+        .saturating_duration_since(subscribed)
+        .as_millis();
     eprintln!("WHEP: first H.265 picture {first_ms} ms after the connection was up");
 
     // ffmpeg decodes everything the subscriber received.
@@ -133,18 +168,29 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     std::fs::write(&recv, &annexb).expect("write");
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&recv)
         .output()
         .expect("ffprobe");
     let probe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success() && out.stderr.is_empty(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(probe, "hevc,640,360,60", "decoded stream");
 
     let plis = camera.await.expect("camera task");
     assert!(plis >= 1, "the server asked the publisher for a keyframe");
     // DELETE ends the WHIP session; the viewer's media stops.
-    let publisher = std::sync::Arc::try_unwrap(publisher).ok().expect("sole owner");
+    let publisher = std::sync::Arc::try_unwrap(publisher)
+        .ok()
+        .expect("sole owner");
     assert_eq!(publisher.delete().await.expect("DELETE"), 200);
 }
 
@@ -154,15 +200,23 @@ async fn a_publisher_that_vanishes_is_timed_out_and_subscribers_are_told() {
     let amb = server.token("amb-9", "ambulance-9", "vehicle");
     let lead = server.token("amb-9", "dr-lead", "lead");
     let mut ws = Ws::connect(&server).await;
-    ws.send(serde_json::json!({ "type": "join", "token": lead })).await;
+    ws.send(serde_json::json!({ "type": "join", "token": lead }))
+        .await;
     ws.recv_type("joined").await;
 
-    let mut publisher = whip(&server.http, "amb-9", &amb, CodecSpec::opus()).await.expect("WHIP");
+    let mut publisher = whip(&server.http, "amb-9", &amb, CodecSpec::opus())
+        .await
+        .expect("WHIP");
     assert_eq!(publisher.connected().await, State::Connected);
     let joined = ws.recv_type("participant_joined").await;
     assert_eq!(joined["identity"], "ambulance-9");
     for i in 0..5u16 {
-        publisher.send(medsfu_client::packet(i, u32::from(i) * 960, false, Bytes::from_static(&[0xfc, 0xff, 0xfe])));
+        publisher.send(medsfu_client::packet(
+            i,
+            u32::from(i) * 960,
+            false,
+            Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+        ));
     }
     let published = ws.recv_type("track_published").await;
     assert_eq!(published["source"], "cabin_audio");
@@ -174,5 +228,8 @@ async fn a_publisher_that_vanishes_is_timed_out_and_subscribers_are_told() {
     let left = ws.recv_type("participant_left").await;
     assert_eq!(left["reason"], "timeout");
     let after = vanished_at.elapsed();
-    assert!(after >= Duration::from_millis(1500) && after < Duration::from_secs(6), "after {after:?}");
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(6),
+        "after {after:?}"
+    );
 }

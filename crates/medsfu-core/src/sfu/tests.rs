@@ -108,7 +108,9 @@ fn roles_are_enforced_on_publish_and_subscribe() {
             track_source: TrackSource::Camera
         })
     );
-    assert!(sfu.publish(d, TrackSource::Microphone, Codec::Opus, now).is_ok());
+    assert!(sfu
+        .publish(d, TrackSource::Microphone, Codec::Opus, now)
+        .is_ok());
     assert_eq!(
         sfu.publish(rec, TrackSource::Microphone, Codec::Opus, now)
             .map_err(|e| e.code()),
@@ -161,7 +163,8 @@ fn a_new_subscriber_waits_for_a_keyframe_and_asks_for_one() {
     let (_a, t, b, _d) = room_with_video(&mut sfu, clock.0);
     // The first packet (a delta frame) teaches the core the SSRC; nothing is forwarded yet.
     let now = clock.advance(10);
-    sfu.handle_rtp(t, pkt(7, 100, 1000, &VP8_DELTA), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 100, 1000, &VP8_DELTA), now)
+        .unwrap();
     let out = drain(&mut sfu);
     assert!(rtp_to(&out, b).is_empty(), "gated until a keyframe");
     // The retry timer asks the publisher for a keyframe.
@@ -169,10 +172,12 @@ fn a_new_subscriber_waits_for_a_keyframe_and_asks_for_one() {
     sfu.handle_timeout(now);
     let out = drain(&mut sfu);
     assert_eq!(keyframe_requests(&out), 1);
-    sfu.handle_rtp(t, pkt(7, 101, 4000, &VP8_DELTA), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 101, 4000, &VP8_DELTA), now)
+        .unwrap();
     assert!(rtp_to(&drain(&mut sfu), b).is_empty());
     sfu.handle_rtp(t, pkt(7, 102, 7000, &VP8_KEY), now).unwrap();
-    sfu.handle_rtp(t, pkt(7, 103, 7000, &VP8_DELTA[1..]), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 103, 7000, &VP8_DELTA[1..]), now)
+        .unwrap();
     let got = rtp_to(&drain(&mut sfu), b);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].header.ssrc, 0xB0B);
@@ -227,11 +232,13 @@ fn nack_is_answered_from_the_cache_or_forwarded_upstream() {
     let (a, t, b, d) = room_with_video(&mut sfu, now);
     sfu.handle_rtp(t, pkt(7, 1000, 0, &VP8_KEY), now).unwrap();
     for seq in 1001..1010u16 {
-        sfu.handle_rtp(t, pkt(7, seq, 0, &[0x00, seq as u8]), now).unwrap();
+        sfu.handle_rtp(t, pkt(7, seq, 0, &[0x00, seq as u8]), now)
+            .unwrap();
     }
     let sent = rtp_to(&drain(&mut sfu), b);
     let lost = sent[4].clone();
-    sfu.handle_nack(d, &[lost.header.sequence_number], now).unwrap();
+    sfu.handle_nack(d, &[lost.header.sequence_number], now)
+        .unwrap();
     let out = drain(&mut sfu);
     let again = rtp_to(&out, b);
     assert_eq!(again.len(), 1);
@@ -246,7 +253,8 @@ fn nack_is_answered_from_the_cache_or_forwarded_upstream() {
         sfu.handle_rtp(t, pkt(7, seq, 0, &[0x00]), now).unwrap();
     }
     drain(&mut sfu);
-    sfu.handle_nack(d, &[sent[1].header.sequence_number], now).unwrap();
+    sfu.handle_nack(d, &[sent[1].header.sequence_number], now)
+        .unwrap();
     let out = drain(&mut sfu);
     assert_eq!(
         out,
@@ -282,15 +290,21 @@ fn a_publisher_restart_is_one_continuous_stream_for_the_subscriber() {
     let mut sfu = Sfu::new(CoreConfig::default());
     let (_a, t, b, _d) = room_with_video(&mut sfu, clock.0);
     let now = clock.0;
-    sfu.handle_rtp(t, pkt(7, 60000, 5000, &VP8_KEY), now).unwrap();
-    sfu.handle_rtp(t, pkt(7, 60001, 8000, &VP8_DELTA), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 60000, 5000, &VP8_KEY), now)
+        .unwrap();
+    sfu.handle_rtp(t, pkt(7, 60001, 8000, &VP8_DELTA), now)
+        .unwrap();
     let before = rtp_to(&drain(&mut sfu), b);
     // The encoder restarts: new SSRC, new numbering; first a delta (gated), then a keyframe.
     let now = clock.advance(100);
     sfu.handle_rtp(t, pkt(99, 3, 77, &VP8_DELTA), now).unwrap();
     let out = drain(&mut sfu);
     assert!(rtp_to(&out, b).is_empty());
-    assert_eq!(keyframe_requests(&out), 1, "the restart asks for a keyframe");
+    assert_eq!(
+        keyframe_requests(&out),
+        1,
+        "the restart asks for a keyframe"
+    );
     sfu.handle_rtp(t, pkt(99, 4, 77, &VP8_KEY), now).unwrap();
     let after = rtp_to(&drain(&mut sfu), b);
     assert_eq!(after.len(), 1);
@@ -299,7 +313,10 @@ fn a_publisher_restart_is_one_continuous_stream_for_the_subscriber() {
         before[1].header.sequence_number.wrapping_add(1)
     );
     assert_eq!(after[0].header.ssrc, before[1].header.ssrc);
-    let dt = after[0].header.timestamp.wrapping_sub(before[1].header.timestamp);
+    let dt = after[0]
+        .header
+        .timestamp
+        .wrapping_sub(before[1].header.timestamp);
     assert_eq!(dt, 9000, "100 ms at 90 kHz");
 }
 
@@ -313,21 +330,32 @@ fn a_reconnecting_publisher_takes_its_track_over() {
     let now = clock.advance(2000);
     let a2 = sfu.join("r", "alice", Role::Team, true, now);
     let out = drain(&mut sfu);
-    assert_eq!(added_down(&out, a2), None, "no echo of one's own orphaned track");
+    assert_eq!(
+        added_down(&out, a2),
+        None,
+        "no echo of one's own orphaned track"
+    );
     assert!(out.contains(&Output::ParticipantRemoved {
         participant: a,
         reason: LeaveReason::Replaced
     }));
     assert!(
-        !out.iter().any(|o| matches!(o, Output::SubscriptionRemoved { .. })),
+        !out.iter()
+            .any(|o| matches!(o, Output::SubscriptionRemoved { .. })),
         "subscribers keep their down tracks during the grace period"
     );
-    let t2 = sfu.publish(a2, TrackSource::Camera, Codec::Vp8, now).unwrap();
+    let t2 = sfu
+        .publish(a2, TrackSource::Camera, Codec::Vp8, now)
+        .unwrap();
     assert_eq!(t2, t, "same track, new publisher");
     drain(&mut sfu);
-    sfu.handle_rtp(t, pkt(1234, 500, 99, &VP8_KEY), now).unwrap();
+    sfu.handle_rtp(t, pkt(1234, 500, 99, &VP8_KEY), now)
+        .unwrap();
     let out = drain(&mut sfu);
-    assert!(rtp_to(&out, a2).is_empty(), "the publisher does not receive itself");
+    assert!(
+        rtp_to(&out, a2).is_empty(),
+        "the publisher does not receive itself"
+    );
     let after = rtp_to(&out, b);
     assert_eq!(
         after[0].header.sequence_number,

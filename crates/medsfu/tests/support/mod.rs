@@ -54,19 +54,27 @@ impl Server {
         let data = TempDir::new("srv");
         let stderr_log = data.0.join("stderr.log");
         let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--http-listen", "127.0.0.1:0", "--webrtc-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data.0)
-            .env("MEDSFU_LOG__FILTER", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).expect("log file"));
+        cmd.args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--webrtc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data.0)
+        .env("MEDSFU_LOG__FILTER", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_log).expect("log file"));
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn medsfu");
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("read banner");
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read banner");
         // "medsfu listening on http://127.0.0.1:PORT/ (media on udp ...)"
         let http = line
             .split_whitespace()
@@ -107,17 +115,38 @@ impl Server {
     }
 }
 
-pub fn token_with(data: &std::path::Path, room: &str, identity: &str, role: &str, ttl: Option<u64>) -> String {
+pub fn token_with(
+    data: &std::path::Path,
+    room: &str,
+    identity: &str,
+    role: &str,
+    ttl: Option<u64>,
+) -> String {
     let mut cmd = Command::new(bin());
-    cmd.args(["token", "--room", room, "--identity", identity, "--role", role])
-        .arg("--data-dir")
-        .arg(data);
+    cmd.args([
+        "token",
+        "--room",
+        room,
+        "--identity",
+        identity,
+        "--role",
+        role,
+    ])
+    .arg("--data-dir")
+    .arg(data);
     if let Some(t) = ttl {
         cmd.args(["--ttl", &t.to_string()]);
     }
     let out = cmd.output().expect("medsfu token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 impl Drop for Server {
@@ -245,7 +274,9 @@ impl Browser {
         })
         .await
         .expect("devtools url");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("CDP connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("CDP connect");
         Browser {
             child,
             _profile: profile,
@@ -263,7 +294,12 @@ impl Browser {
     }
 
     /// Sends a CDP command and waits for its result or error.
-    pub async fn try_call(&mut self, session: Option<&str>, method: &str, params: &Value) -> Result<Value, Value> {
+    pub async fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -271,7 +307,9 @@ impl Browser {
             msg["sessionId"] = json!(s);
         }
         self.ws
-            .send(tokio_tungstenite::tungstenite::Message::Text(msg.to_string().into()))
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                msg.to_string().into(),
+            ))
             .await
             .expect("CDP send");
         loop {
@@ -321,9 +359,15 @@ impl Browser {
         let params = json!({ "expression": expr, "awaitPromise": true, "returnByValue": true });
         let mut attempts = 0;
         let r = loop {
-            match self.try_call(Some(&page.session), "Runtime.evaluate", &params).await {
+            match self
+                .try_call(Some(&page.session), "Runtime.evaluate", &params)
+                .await
+            {
                 Ok(r) => break r,
-                Err(e) if attempts < 50 && e["message"].as_str().is_some_and(|m| m.contains("context")) => {
+                Err(e)
+                    if attempts < 50
+                        && e["message"].as_str().is_some_and(|m| m.contains("context")) =>
+                {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -338,7 +382,13 @@ impl Browser {
 
     /// Waits inside the page until `cond` (a JS expression, may be async) is truthy;
     /// returns its value, or panics with `what` after `timeout`.
-    pub async fn wait_for(&mut self, page: &Page, cond: &str, timeout: Duration, what: &str) -> Value {
+    pub async fn wait_for(
+        &mut self,
+        page: &Page,
+        cond: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> Value {
         let ms = timeout.as_millis();
         let expr = format!(
             "(async () => {{ const end = performance.now() + {ms};

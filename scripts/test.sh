@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of medsfu. Installs what the tests need first (Debian packages chromium
+# and ffmpeg, when missing), so it works on a fresh Debian machine with a Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "== installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "medsfu needs a Rust toolchain (https://rustup.rs): cargo was not found" >&2
+  exit 1
+fi
+
+echo "== format"
+cargo fmt --all -- --check
+echo "== lints (also a compile check of benches and the load generator)"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== tests"
+cargo test --locked --workspace
