@@ -24,9 +24,19 @@ pub(crate) struct Munger {
 struct Anchor {
     epoch: u32,
     ssrc_in: u32,
-    start_seq_in: u16,
+    /// Highest publisher sequence number seen, and its position counted from the anchor
+    /// packet (0) without wrapping, so that streams longer than 2^15 packets stay ordered.
+    highest_seq_in: u16,
+    highest_ext: i64,
     seq_offset: u16,
     ts_offset: u32,
+}
+
+impl Anchor {
+    /// Position of `seq` relative to the anchor packet (negative: before it).
+    fn extend(&self, seq: u16) -> i64 {
+        self.highest_ext + i64::from(seq.wrapping_sub(self.highest_seq_in) as i16)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +90,8 @@ impl Munger {
         self.anchor = Some(Anchor {
             epoch,
             ssrc_in: first.ssrc,
-            start_seq_in: first.sequence_number,
+            highest_seq_in: first.sequence_number,
+            highest_ext: 0,
             seq_offset: seq_out.wrapping_sub(first.sequence_number),
             ts_offset: ts_out.wrapping_sub(first.timestamp),
         });
@@ -88,10 +99,19 @@ impl Munger {
 
     /// Rewrites a packet of the anchored epoch; `None` when it predates the anchor.
     pub fn rewrite(&mut self, h: &RtpHeader, now: Instant) -> Option<RtpHeader> {
-        let a = self.anchor?;
-        if h.ssrc != a.ssrc_in || seq_is_newer(a.start_seq_in, h.sequence_number) {
+        let a = self.anchor.as_mut()?;
+        if h.ssrc != a.ssrc_in {
             return None;
         }
+        let ext = a.extend(h.sequence_number);
+        if ext < 0 {
+            return None;
+        }
+        if ext > a.highest_ext {
+            a.highest_ext = ext;
+            a.highest_seq_in = h.sequence_number;
+        }
+        let a = *a;
         let seq = h.sequence_number.wrapping_add(a.seq_offset);
         let ts = h.timestamp.wrapping_add(a.ts_offset);
         if self.last_out.is_none_or(|l| seq_is_newer(seq, l.seq)) {
@@ -111,7 +131,7 @@ impl Munger {
     pub fn original_seq(&self, seq_out: u16) -> Option<(u32, u16)> {
         let a = self.anchor?;
         let seq_in = seq_out.wrapping_sub(a.seq_offset);
-        if seq_is_newer(a.start_seq_in, seq_in) {
+        if a.extend(seq_in) < 0 {
             return None;
         }
         Some((a.ssrc_in, seq_in))
@@ -178,6 +198,23 @@ mod tests {
         assert_eq!(next.sequence_number, 12);
         assert_eq!(next.timestamp, 3000 + 45_000);
         assert_eq!(next.ssrc, 9);
+    }
+
+    #[test]
+    fn long_streams_keep_flowing_past_every_wrap() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(1, 96);
+        m.anchor(0, &h(5, 100, 0), 90_000, (0, 0), t0);
+        for i in 0..200_000u32 {
+            let seq = 100u16.wrapping_add(i as u16);
+            let out = m.rewrite(&h(5, seq, i), t0).expect("in order, never dropped");
+            assert_eq!(out.sequence_number, i as u16);
+        }
+        // A late packet from just before the current position is still forwarded...
+        let late = 100u16.wrapping_add(199_990u32 as u16);
+        assert!(m.rewrite(&h(5, late, 0), t0).is_some());
+        // ...and NACKs map back near the head of a long stream.
+        assert!(m.original_seq((199_000u32) as u16).is_some());
     }
 
     #[test]
