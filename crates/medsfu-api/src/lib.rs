@@ -18,7 +18,7 @@ use medsfu_webrtc::MediaHandle;
 use tower_http::cors::{Any, CorsLayer};
 
 pub use error::ApiError;
-pub use signalling::MAX_MESSAGE_BYTES;
+pub use signalling::{parse_client_message, MAX_MESSAGE_BYTES};
 pub use token::{Grant, TokenError, TokenKey};
 
 /// Everything the handlers share.

@@ -182,6 +182,23 @@ async fn next(socket: &mut WebSocket, last_seen: &mut Instant) -> Incoming {
     }
 }
 
+/// Parses one client message; returns its type, or the error message that would be sent.
+pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
+    match parse(text) {
+        Ok(m) => Ok(match m {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Leave { .. } => "leave",
+            ClientMessage::Ping { .. } => "ping",
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse(text: &str) -> Result<ClientMessage, Value> {
     serde_json::from_str::<ClientMessage>(text).map_err(|e| {
         let known = serde_json::from_str::<Value>(text)

@@ -207,7 +207,9 @@ mod tests {
         m.anchor(0, &h(5, 100, 0), 90_000, (0, 0), t0);
         for i in 0..200_000u32 {
             let seq = 100u16.wrapping_add(i as u16);
-            let out = m.rewrite(&h(5, seq, i), t0).expect("in order, never dropped");
+            let out = m
+                .rewrite(&h(5, seq, i), t0)
+                .expect("in order, never dropped");
             assert_eq!(out.sequence_number, i as u16);
         }
         // A late packet from just before the current position is still forwarded...
