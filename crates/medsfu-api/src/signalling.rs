@@ -182,7 +182,8 @@ async fn next(socket: &mut WebSocket, last_seen: &mut Instant) -> Incoming {
     }
 }
 
-/// Parses one client message; returns its type, or the error message that would be sent.
+/// Parses one client message (size limits aside); returns its type, or the JSON error
+/// message that would be sent back, as text.
 pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
     match parse(text) {
         Ok(m) => Ok(match m {
@@ -297,6 +298,7 @@ async fn session(state: AppState, mut socket: WebSocket) {
         Ok(j) => j,
         Err(e) => {
             let _ = send(&mut socket, &error(e.code(), e.to_string(), join_id)).await;
+            let _ = socket.send(Message::Close(None)).await;
             return;
         }
     };

@@ -108,19 +108,12 @@ async fn create(
         .tokens
         .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
     let offer = sdp_body(&headers, &body)?;
-    // Reject bad SDP before the participant appears to anyone.
-    medsfu_webrtc::sdp::media_sections(&offer)
+    // Reject bad SDP and forbidden media before the participant appears to anyone.
+    let sections = medsfu_webrtc::sdp::media_sections(&offer)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string()))?;
-    if kind == SessionKind::Whip
-        && !medsfu_core::TrackSource::ALL
-            .iter()
-            .any(|src| grant.role.may_publish(*src))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "publish_forbidden",
-            format!("role {} may not publish", grant.role),
-        ));
+    if kind == SessionKind::Whip {
+        medsfu_webrtc::sdp::check_publish(grant.role, &sections, &HashMap::new())
+            .map_err(medsfu_webrtc::MediaError::from)?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let joined = s

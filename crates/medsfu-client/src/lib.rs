@@ -358,6 +358,18 @@ pub async fn whep(
     token: &str,
     codecs: &[CodecSpec],
 ) -> Result<Session, ClientError> {
+    whep_with(base, room, token, codecs, |sdp| sdp).await
+}
+
+/// Like [`whep`], with the offer passed through `edit` before it is sent (to imitate what
+/// other clients put in their offers).
+pub async fn whep_with(
+    base: &str,
+    room: &str,
+    token: &str,
+    codecs: &[CodecSpec],
+    edit: impl FnOnce(String) -> String,
+) -> Result<Session, ClientError> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let local = socket.local_addr()?;
     let mut pc = build_pc(codecs, local, Instant::now())?;
@@ -385,7 +397,7 @@ pub async fn whep(
         .local_description()
         .map(|d| d.sdp.clone())
         .unwrap_or_default();
-    let (location, answer) = exchange(&format!("{base}/whep/{room}"), token, sdp).await?;
+    let (location, answer) = exchange(&format!("{base}/whep/{room}"), token, edit(sdp)).await?;
     pc.set_remote_description(
         Instant::now(),
         RTCSessionDescription::answer(answer).map_err(rtc_err)?,

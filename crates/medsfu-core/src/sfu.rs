@@ -52,9 +52,10 @@ impl Default for CoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LeaveReason {
-    /// It said so (signalling `leave`, WHIP/WHEP `DELETE`, connection closed).
+    /// It said so (signalling `leave` or a closed WebSocket, WHIP/WHEP `DELETE`).
     Left,
-    /// Nothing was heard from it for `participant_timeout`.
+    /// Its connection was lost: nothing heard for `participant_timeout`, or its media
+    /// connection failed.
     Timeout,
     /// The same identity joined again; this older session was ended.
     Replaced,

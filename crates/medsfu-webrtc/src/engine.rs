@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::demux::{classify, stun_server_ufrag, DatagramKind};
 use crate::peer::{self, Direction};
-use crate::sdp::{accept_bundle_only, media_sections};
+use crate::sdp::{accept_bundle_only, check_publish, media_sections};
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
 
 type PeerId = u64;
@@ -930,33 +930,20 @@ impl Engine {
             .ok_or(MediaError::UnknownSession)?;
         let role = session.role;
         // Refuse what the role may not publish before any negotiation happens.
-        for m in media_sections(offer).map_err(sdp_err)? {
-            let (Some(kind), true) = (m.kind, m.offerer_sends) else {
-                continue;
-            };
-            let source = m
-                .mid
-                .as_ref()
-                .and_then(|mid| sources.get(mid))
-                .copied()
-                .unwrap_or_else(|| TrackSource::default_for(role, kind));
-            if source.kind() != kind {
-                return Err(MediaError::Core(medsfu_core::CoreError::CodecMismatch {
-                    codec: if kind == MediaKind::Video {
-                        "video"
-                    } else {
-                        "audio"
-                    },
-                    track_source: source,
-                }));
-            }
-            if !role.may_publish(source) {
-                return Err(MediaError::Core(medsfu_core::CoreError::PublishForbidden {
-                    role,
-                    track_source: source,
-                }));
-            }
-        }
+        let sections = media_sections(offer).map_err(sdp_err)?;
+        let mut all_sources = self
+            .sessions
+            .get(&participant)
+            .and_then(|s| s.publisher)
+            .and_then(|pid| self.peers.get(&pid))
+            .map(|p| p.sources.clone())
+            .unwrap_or_default();
+        all_sources.extend(sources.iter().map(|(k, v)| (k.clone(), *v)));
+        check_publish(role, &sections, &all_sources)?;
+        let session = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
         let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
         let (pid, fresh) = match session.publisher {
             Some(pid) => (pid, false),
@@ -1028,6 +1015,11 @@ impl Engine {
             .get(&participant)
             .ok_or(MediaError::UnknownSession)?;
         let (role, room) = (session.role, session.room.clone());
+        let identity = self
+            .sfu
+            .participant(participant)
+            .map(|p| p.identity.clone())
+            .unwrap_or_default();
         let sections = media_sections(offer).map_err(sdp_err)?;
         let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
         // One room track per receiving m-section of the same kind, in publication order.
@@ -1035,7 +1027,7 @@ impl Engine {
             .sfu
             .room_tracks(&room)
             .into_iter()
-            .filter(|t| t.publisher != participant && role.may_receive(t.source))
+            .filter(|t| t.publisher_identity != identity && role.may_receive(t.source))
             .collect();
         let mut chosen = Vec::new();
         for m in sections.iter().filter(|m| m.offerer_receives) {
@@ -1088,7 +1080,11 @@ impl Engine {
             }
         };
         for (track, sender, ssrc, codec) in attached {
-            let down = self.sfu.subscribe(participant, track, now)?;
+            // Chosen from the same room state a moment ago: refusal is not expected, and a
+            // refused track just stays silent.
+            let Ok(down) = self.sfu.subscribe(participant, track, now) else {
+                continue;
+            };
             if let Some(p) = self.peers.get_mut(&pid) {
                 p.senders.insert(
                     down,

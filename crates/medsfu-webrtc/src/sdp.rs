@@ -1,6 +1,8 @@
 //! The little SDP reading the shell does itself, before webrtc-rs sees an offer.
 
-use medsfu_core::MediaKind;
+use std::collections::HashMap;
+
+use medsfu_core::{CoreError, MediaKind, Role, TrackSource};
 
 /// One m-section of an offer, as far as medsfu needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,43 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
     Ok(out)
 }
 
+/// Checks that `role` may publish every m-section the offerer sends on, with the source
+/// named for its mid in `sources` (or the role's default for its kind).
+pub fn check_publish(
+    role: Role,
+    sections: &[MediaSection],
+    sources: &HashMap<String, TrackSource>,
+) -> Result<(), CoreError> {
+    for m in sections {
+        let (Some(kind), true) = (m.kind, m.offerer_sends) else {
+            continue;
+        };
+        let source = m
+            .mid
+            .as_ref()
+            .and_then(|mid| sources.get(mid))
+            .copied()
+            .unwrap_or_else(|| TrackSource::default_for(role, kind));
+        if source.kind() != kind {
+            return Err(CoreError::CodecMismatch {
+                codec: if kind == MediaKind::Video {
+                    "video"
+                } else {
+                    "audio"
+                },
+                track_source: source,
+            });
+        }
+        if !role.may_publish(source) {
+            return Err(CoreError::PublishForbidden {
+                role,
+                track_source: source,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Gives `a=bundle-only` m-sections (port 0 in an offer, RFC 8843) the discard port, so
 /// that they are negotiated on the BUNDLE transport instead of being read as rejected.
 pub fn accept_bundle_only(sdp: &str) -> String {
@@ -148,6 +187,26 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\na=mid:1\r
         assert!(s[0].offerer_sends && !s[0].offerer_receives);
         assert_eq!(s[1].kind, Some(MediaKind::Video));
         assert!(!s[1].offerer_sends && s[1].offerer_receives);
+    }
+
+    #[test]
+    fn publishing_is_checked_against_the_role() {
+        let s = media_sections(OFFER).unwrap();
+        let none = HashMap::new();
+        assert!(
+            check_publish(Role::Dispatcher, &s, &none).is_ok(),
+            "audio: microphone"
+        );
+        assert_eq!(
+            check_publish(Role::Recorder, &s, &none).map_err(|e| e.code()),
+            Err("publish_forbidden")
+        );
+        let cam = HashMap::from([("0".to_owned(), TrackSource::Camera)]);
+        assert_eq!(
+            check_publish(Role::Team, &s, &cam).map_err(|e| e.code()),
+            Err("codec_mismatch"),
+            "an audio section declared as a camera"
+        );
     }
 
     #[test]

@@ -125,6 +125,10 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn token(a: TokenArgs) -> Result<()> {
+    anyhow::ensure!(
+        medsfu_api::valid_room(&a.room),
+        "room names are 1-64 characters of A-Z a-z 0-9 . _ -"
+    );
     let cfg = load(&a.common, Overrides::default())?;
     let key = token_key(&cfg)?;
     let ttl = Duration::from_secs(a.ttl.unwrap_or(cfg.auth.token_ttl_secs));

@@ -121,16 +121,24 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
     let (s, b, _) = post(&server, "/whep/r1", Some(&doc), "application/sdp", OFFER).await;
     assert_eq!((s, b["code"].as_str()), (404, Some("no_tracks")));
 
-    let bad_room = server.token("a/b", "doc", "consultant");
-    let (s, _, _) = post(
-        &server,
-        "/whep/a%2Fb",
-        Some(&bad_room),
-        "application/sdp",
-        OFFER,
-    )
-    .await;
-    assert_eq!(s, 400);
+    let (s, b, _) = post(&server, "/whep/a%2Fb", Some(&doc), "application/sdp", OFFER).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("bad_room")));
+    // `medsfu token` refuses such rooms too.
+    let out = std::process::Command::new(support::bin())
+        .args([
+            "token",
+            "--room",
+            "a/b",
+            "--identity",
+            "x",
+            "--role",
+            "lead",
+            "--data-dir",
+        ])
+        .arg(&server.data.0)
+        .output()
+        .expect("medsfu token");
+    assert!(!out.status.success());
 
     // CORS: a player on another origin may use WHIP/WHEP.
     let pre = reqwest::Client::new()

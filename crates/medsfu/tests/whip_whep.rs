@@ -194,6 +194,101 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     assert_eq!(publisher.delete().await.expect("DELETE"), 200);
 }
 
+/// Marks every m-section after the first `a=bundle-only` with port 0, as browsers do with
+/// `bundlePolicy: "max-bundle"` offers (RFC 8843).
+fn bundle_only(sdp: String) -> String {
+    let mut out = String::new();
+    let mut sections = 0;
+    for line in sdp.split_inclusive("\r\n") {
+        if let Some(rest) = line.strip_prefix("m=") {
+            sections += 1;
+            if sections > 1 {
+                let mut parts = rest.splitn(3, ' ');
+                let (media, _port, tail) = (
+                    parts.next().unwrap_or(""),
+                    parts.next(),
+                    parts.next().unwrap_or(""),
+                );
+                out.push_str(&format!("m={media} 0 {tail}"));
+                out.push_str("a=bundle-only\r\n");
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_offer_with_bundle_only_sections_and_h265_fmtp_gets_every_track() {
+    let server = Server::start(&[]);
+    let amb = server.token("amb-8", "ambulance-8", "vehicle");
+    let crew = server.token("amb-8", "crew-8", "team");
+    let doc = server.token("amb-8", "dr-8", "lead");
+    // An H.265 publisher that states profile, tier and level, as hardware encoders do.
+    let mut h265 = CodecSpec::h265();
+    h265.fmtp = "level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST".into();
+    let mut cam = whip(&server.http, "amb-8", &amb, h265)
+        .await
+        .expect("WHIP camera");
+    let mut mic = whip(&server.http, "amb-8", &crew, CodecSpec::opus())
+        .await
+        .expect("WHIP mic");
+    assert_eq!(cam.connected().await, State::Connected);
+    assert_eq!(mic.connected().await, State::Connected);
+    let idr = Bytes::from_static(&[19 << 1, 1, 0xAF, 0x01, 0x02]);
+    let opus = Bytes::from_static(&[0xfc, 0xff, 0xfe]);
+    cam.send(medsfu_client::packet(1, 0, true, idr.clone()));
+    mic.send(medsfu_client::packet(1, 0, false, opus.clone()));
+    // The viewer's offer: H.265 without fmtp, audio in a bundle-only section.
+    let mut viewer = loop {
+        match medsfu_client::whep_with(
+            &server.http,
+            "amb-8",
+            &doc,
+            &[CodecSpec::h265(), CodecSpec::opus()],
+            bundle_only,
+        )
+        .await
+        {
+            Ok(v) => break v,
+            Err(medsfu_client::ClientError::Refused { status: 404, .. }) => {
+                cam.send(medsfu_client::packet(1, 0, true, idr.clone()));
+                mic.send(medsfu_client::packet(1, 0, false, opus.clone()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("WHEP: {e}"),
+        }
+    };
+    assert_eq!(viewer.connected().await, State::Connected);
+    let (mut video, mut audio) = (false, false);
+    let mut seq = 2u16;
+    while !(video && audio) {
+        cam.send(medsfu_client::packet(
+            seq,
+            u32::from(seq) * 3000,
+            true,
+            idr.clone(),
+        ));
+        mic.send(medsfu_client::packet(
+            seq,
+            u32::from(seq) * 960,
+            false,
+            opus.clone(),
+        ));
+        seq += 1;
+        while let Ok(r) = viewer.received.try_recv() {
+            video |= r.packet.payload == idr;
+            audio |= r.packet.payload == opus;
+        }
+        assert!(
+            seq < 500,
+            "video {video}, audio {audio} after {seq} packets"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_that_vanishes_is_timed_out_and_subscribers_are_told() {
     let server = Server::start(&[("MEDSFU_CORE__PARTICIPANT_TIMEOUT_MS", "2000")]);
