@@ -7,7 +7,7 @@ const state = {
   ws: null, me: null, participants: new Map(), tracks: new Map(),
   pubPc: null, subPc: null, midToTrack: new Map(), pending: [], published: new Map(),
   subscribedAt: new Map(), firstFrameAt: new Map(), errors: [], publishing: Promise.resolve(),
-  answerWaiter: null,
+  answerWaiter: null, speaker: null, speakers: [],
 };
 window.medsfu = state; // read by the end-to-end tests
 
@@ -43,6 +43,7 @@ async function onMessage(m) {
     case 'participant_left': state.participants.delete(m.participant); renderParticipants(); break;
     case 'track_published': state.tracks.set(m.track, m); break;
     case 'track_unpublished': removeTile(m.track); state.tracks.delete(m.track); break;
+    case 'active_speaker': state.speaker = m.participant; state.speakers.push(m.participant); renderParticipants(); break;
     case 'offer': await onServerOffer(m); break;
     case 'publish_answer':
       await state.pubPc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
@@ -64,6 +65,7 @@ function renderParticipants() {
   for (const p of state.participants.values()) {
     const li = document.createElement('li');
     li.dataset.participant = p.participant;
+    if (p.participant === state.speaker) li.className = 'speaking';
     li.textContent = p.identity;
     const r = document.createElement('span'); r.className = 'role'; r.textContent = p.role;
     li.appendChild(r); ul.appendChild(li);

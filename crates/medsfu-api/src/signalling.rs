@@ -124,6 +124,9 @@ fn event_json(ev: &SessionEvent) -> Value {
         SessionEvent::Room(RoomEvent::TrackUnpublished { track }) => json!({
             "type": "track_unpublished", "track": track.to_string(),
         }),
+        SessionEvent::Room(RoomEvent::ActiveSpeaker { participant }) => json!({
+            "type": "active_speaker", "participant": participant.to_string(),
+        }),
         SessionEvent::Offer { sdp, tracks } => json!({
             "type": "offer", "sdp": sdp,
             "tracks": tracks.iter().map(|(mid, t)| json!({"mid": mid, "track": t.to_string()})).collect::<Vec<_>>(),

@@ -29,6 +29,8 @@ pub struct CoreConfig {
     pub rtx_cache_audio: usize,
     /// Granularity of the core's timers.
     pub tick: Duration,
+    /// How often the active speaker of each room is re-evaluated.
+    pub speaker_interval: Duration,
     /// Seed for initial sequence numbers and timestamps (deterministic in tests).
     pub seed: u64,
 }
@@ -43,6 +45,7 @@ impl Default for CoreConfig {
             rtx_cache_video: 1024,
             rtx_cache_audio: 64,
             tick: Duration::from_millis(50),
+            speaker_interval: Duration::from_millis(300),
             seed: 0x6d65_6473_6675,
         }
     }
@@ -124,6 +127,11 @@ pub enum RoomEvent {
     TrackUnpublished {
         /// The track.
         track: TrackId,
+    },
+    /// The loudest participant of the room changed.
+    ActiveSpeaker {
+        /// Who speaks now.
+        participant: ParticipantId,
     },
 }
 
@@ -241,6 +249,9 @@ struct Participant {
 struct Room {
     participants: Vec<ParticipantId>,
     tracks: Vec<TrackId>,
+    /// Who is speaking now, and who has been loudest in recent evaluations.
+    speaker: Option<ParticipantId>,
+    speaker_candidate: Option<(ParticipantId, u8)>,
 }
 
 #[derive(Debug)]
@@ -255,6 +266,9 @@ struct UpTrack {
     cache: RtxCache,
     keyframe: KeyframeRequester,
     downs: Vec<DownTrack>,
+    /// Smoothed loudness (127 - RFC 6464 level) of an audio track, and when last heard.
+    loudness: f32,
+    loud_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -277,6 +291,7 @@ pub struct Sfu {
     down_index: HashMap<DownTrackId, TrackId>,
     next_id: u64,
     next_tick: Option<Instant>,
+    next_speaker_eval: Option<Instant>,
     out: VecDeque<Output>,
 }
 
@@ -298,6 +313,7 @@ impl Sfu {
             down_index: HashMap::new(),
             next_id: 1,
             next_tick: None,
+            next_speaker_eval: None,
             out: VecDeque::with_capacity(1024),
         }
     }
@@ -616,6 +632,8 @@ impl Sfu {
                     cache: RtxCache::new(cap),
                     keyframe: KeyframeRequester::default(),
                     downs: Vec::new(),
+                    loudness: 0.0,
+                    loud_at: None,
                 },
             );
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -887,6 +905,59 @@ impl Sfu {
         Ok(())
     }
 
+    /// Records the audio level of a packet of an audio track (RFC 6464: 0 is the loudest,
+    /// 127 silence, in -dBov), for choosing the room's active speaker.
+    pub fn handle_audio_level(&mut self, track: TrackId, level: u8, now: Instant) {
+        if let Some(up) = self.tracks.get_mut(&track) {
+            let loud = f32::from(127u8.saturating_sub(level.min(127)));
+            up.loudness = 0.8 * up.loudness + 0.2 * loud;
+            up.loud_at = Some(now);
+        }
+    }
+
+    /// Picks each room's loudest recent speaker; a change needs two evaluations in a row,
+    /// so that a cough does not flip the view.
+    fn evaluate_speakers(&mut self, now: Instant) {
+        // Quieter than -50 dBov, or silent for a second, is not speaking.
+        const MIN_LOUDNESS: f32 = 127.0 - 50.0;
+        let recent = Duration::from_secs(1);
+        let mut changes = Vec::new();
+        for (name, room) in &mut self.rooms {
+            let best = room
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t))
+                .filter(|t| {
+                    t.info.source.kind() == MediaKind::Audio
+                        && t.orphaned_until.is_none()
+                        && t.loud_at
+                            .is_some_and(|at| now.saturating_duration_since(at) < recent)
+                        && t.loudness >= MIN_LOUDNESS
+                })
+                .max_by(|a, b| a.loudness.total_cmp(&b.loudness))
+                .map(|t| t.info.publisher);
+            let Some(best) = best else { continue };
+            if room.speaker == Some(best) {
+                room.speaker_candidate = None;
+                continue;
+            }
+            let count = match room.speaker_candidate {
+                Some((p, n)) if p == best => n.saturating_add(1),
+                _ => 1,
+            };
+            if count >= 2 || room.speaker.is_none() {
+                room.speaker = Some(best);
+                room.speaker_candidate = None;
+                changes.push((name.clone(), best));
+            } else {
+                room.speaker_candidate = Some((best, count));
+            }
+        }
+        for (room, participant) in changes {
+            self.notify_room(&room, &RoomEvent::ActiveSpeaker { participant });
+        }
+    }
+
     // ----- feedback from subscribers -------------------------------------------------------
 
     /// A subscriber asked for a keyframe (PLI or FIR): aggregated and throttled upstream.
@@ -1027,6 +1098,11 @@ impl Sfu {
         expired.sort();
         for t in expired {
             self.remove_track(t);
+        }
+
+        if self.next_speaker_eval.is_none_or(|t| now >= t) {
+            self.next_speaker_eval = Some(now + self.cfg.speaker_interval);
+            self.evaluate_speakers(now);
         }
 
         let iv = self.cfg.keyframe_request_interval;

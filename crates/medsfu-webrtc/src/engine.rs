@@ -36,6 +36,9 @@ use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
 
 type PeerId = u64;
 
+/// Source addresses remembered per peer connection (ICE candidate pairs it may use).
+const MAX_ADDRS_PER_PEER: usize = 8;
+
 struct Session {
     kind: SessionKind,
     role: Role,
@@ -63,6 +66,8 @@ struct Peer {
     // Publishing side.
     sources: HashMap<String, TrackSource>,
     track_by_ssrc: HashMap<u32, TrackId>,
+    /// Negotiated id of the audio-level header extension, per publishing SSRC.
+    audio_level_ext: HashMap<u32, u8>,
     track_by_msid: HashMap<String, TrackId>,
     receiver_of: HashMap<TrackId, RTCRtpReceiverId>,
     // Subscribing side.
@@ -90,6 +95,7 @@ impl Peer {
             deadline: None,
             sources: HashMap::new(),
             track_by_ssrc: HashMap::new(),
+            audio_level_ext: HashMap::new(),
             track_by_msid: HashMap::new(),
             receiver_of: HashMap::new(),
             senders: HashMap::new(),
@@ -195,6 +201,14 @@ impl Engine {
                     Some(pid) => {
                         if let Some(p) = self.peers.get_mut(&pid) {
                             if !p.addrs.contains(&src) {
+                                // Bounded: checks from ever-new addresses (a peer roaming,
+                                // or a flood with a leaked ufrag) cannot grow the maps.
+                                if p.addrs.len() >= MAX_ADDRS_PER_PEER {
+                                    let old = p.addrs.remove(0);
+                                    if self.by_addr.get(&old) == Some(&pid) {
+                                        self.by_addr.remove(&old);
+                                    }
+                                }
                                 p.addrs.push(src);
                                 self.by_addr.insert(src, pid);
                             }
@@ -353,6 +367,17 @@ impl Engine {
             p.pc.rtp_transceiver(tid)
                 .and_then(|t| t.mid().clone())
                 .unwrap_or_default();
+        let level_ext = p.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {
+            r.get_parameters()
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == peer::AUDIO_LEVEL_URI)
+                .and_then(|e| u8::try_from(e.id).ok())
+        });
+        if let Some(id) = level_ext {
+            p.audio_level_ext.insert(init.ssrc, id);
+        }
         let Some((kind, codec)) = p.pc.rtp_receiver(init.receiver_id).and_then(|r| {
             let t = r.track();
             let kind = t.kind();
@@ -410,6 +435,17 @@ impl Engine {
                     return;
                 };
                 MediaStats::inc(&self.stats.rtp_in);
+                if let Some(&id) = p.audio_level_ext.get(&pkt.header.ssrc) {
+                    // RFC 6464: V bit, then the level in -dBov (0 loudest .. 127 silence).
+                    if let Some(&b) = pkt
+                        .header
+                        .get_extension(id)
+                        .as_deref()
+                        .and_then(|e| e.first())
+                    {
+                        self.sfu.handle_audio_level(track, b & 0x7F, now);
+                    }
+                }
                 let h = &pkt.header;
                 let packet = RtpPacket {
                     header: RtpHeader {

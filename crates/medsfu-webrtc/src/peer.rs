@@ -18,8 +18,11 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+
+/// RFC 6464 client-to-mixer audio level, used to pick the active speaker.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error as RtcError;
 
@@ -169,9 +172,19 @@ pub fn build(
     }
     let registry =
         configure_rtcp_reports(Registry::new()).with(Slot::from(14_000), DeliverRtcp::default());
-    // Transport-wide congestion feedback lets publishing browsers ramp their bitrate up.
+    // Transport-wide congestion feedback lets publishing browsers ramp their bitrate up;
+    // audio levels tell who speaks.
     let registry = match direction {
-        Direction::Publish => configure_twcc_receiver_only(registry, &mut media)?,
+        Direction::Publish => {
+            media.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )?;
+            configure_twcc_receiver_only(registry, &mut media)?
+        }
         Direction::Subscribe => registry,
     };
     let mut pc = RTCPeerConnectionBuilder::new()

@@ -86,6 +86,22 @@ async fn browsers_see_each_other_late_joiner_is_fast_and_leaving_is_seen() {
         );
     }
 
+    // Chromium's fake microphones beep: someone becomes the active speaker.
+    let speaker = b
+        .wait_for(
+            &pc,
+            "window.medsfu.speakers.length > 0 && window.medsfu.participants.get(window.medsfu.speakers[0]).identity",
+            Duration::from_secs(10),
+            "an active speaker",
+        )
+        .await;
+    assert!(speaker == "alice" || speaker == "bob", "speaker {speaker}");
+
+    // For people: what the late joiner sees (target/screenshots/late-joiner.png).
+    let shot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../screenshots/late-joiner.png");
+    b.screenshot(&pc, &shot).await;
+
     // Participants see each other with their roles.
     let roles = b
         .wait_for(

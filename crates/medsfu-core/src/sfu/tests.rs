@@ -446,3 +446,46 @@ fn leaving_and_unsubscribing_clean_up() {
     assert_eq!(sfu.participant_count(), 0);
     assert_eq!(sfu.leave(a, now), Err(CoreError::UnknownParticipant(a)));
 }
+
+#[test]
+fn the_loudest_voice_becomes_the_active_speaker_without_flapping() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let t = clock.0;
+    let a = sfu.join("r", "alice", Role::Lead, true, t);
+    let b = sfu.join("r", "bob", Role::Consultant, true, t);
+    let ta = sfu
+        .publish(a, TrackSource::Microphone, Codec::Opus, t)
+        .unwrap();
+    let tb = sfu
+        .publish(b, TrackSource::Microphone, Codec::Opus, t)
+        .unwrap();
+    drain(&mut sfu);
+    let speakers = |out: &[Output]| -> Vec<ParticipantId> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Notify {
+                    to,
+                    event: RoomEvent::ActiveSpeaker { participant },
+                } if *to == a => Some(*participant),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    // One second of Alice speaking (-20 dBov), Bob quiet (-90 dBov): Alice speaks.
+    // Then Bob is loud for 250 ms while Alice pauses (a cough: one evaluation), then Alice
+    // again: no flip.
+    // Then Bob speaks for a second: Bob.
+    let script: [(u64, u8, u8); 4] = [(1000, 20, 90), (250, 90, 5), (500, 20, 90), (1000, 90, 15)];
+    for (ms, la, lb) in script {
+        for _ in 0..ms / 20 {
+            let now = clock.advance(20);
+            sfu.handle_audio_level(ta, la, now);
+            sfu.handle_audio_level(tb, lb, now);
+            sfu.handle_timeout(now);
+            seen.extend(speakers(&drain(&mut sfu)));
+        }
+    }
+    assert_eq!(seen, vec![a, b], "Alice, then Bob; the cough did not count");
+}
