@@ -284,6 +284,27 @@ async fn exchange(url: &str, token: &str, offer: String) -> Result<(String, Stri
     Ok((location, body))
 }
 
+/// Offers, POSTs the offer (after `edit`) to `url`, applies the answer; returns `Location`.
+async fn negotiate(
+    pc: &mut RTCPeerConnection,
+    url: &str,
+    token: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Result<String, ClientError> {
+    let offer = pc.create_offer(None).map_err(rtc_err)?;
+    pc.set_local_description(Instant::now(), offer)
+        .map_err(rtc_err)?;
+    let sdp = pc
+        .local_description()
+        .map(|d| d.sdp.clone())
+        .unwrap_or_default();
+    let (location, answer) = exchange(url, token, edit(sdp)).await?;
+    let answer = RTCSessionDescription::answer(answer).map_err(rtc_err)?;
+    pc.set_remote_description(Instant::now(), answer)
+        .map_err(rtc_err)?;
+    Ok(location)
+}
+
 /// Publishes one track with WHIP to `{base}/whip/{room}`.
 pub async fn whip(
     base: &str,
@@ -314,19 +335,7 @@ pub async fn whip(
             }),
         )
         .map_err(rtc_err)?;
-    let offer = pc.create_offer(None).map_err(rtc_err)?;
-    pc.set_local_description(Instant::now(), offer)
-        .map_err(rtc_err)?;
-    let sdp = pc
-        .local_description()
-        .map(|d| d.sdp.clone())
-        .unwrap_or_default();
-    let (location, answer) = exchange(&format!("{base}/whip/{room}"), token, sdp).await?;
-    pc.set_remote_description(
-        Instant::now(),
-        RTCSessionDescription::answer(answer).map_err(rtc_err)?,
-    )
-    .map_err(rtc_err)?;
+    let location = negotiate(&mut pc, &format!("{base}/whip/{room}"), token, |sdp| sdp).await?;
     let sender = RTCRtpSenderId::from(tid);
     let payload_type = pc
         .rtp_sender(sender)
@@ -390,19 +399,7 @@ pub async fn whep_with(
         )
         .map_err(rtc_err)?;
     }
-    let offer = pc.create_offer(None).map_err(rtc_err)?;
-    pc.set_local_description(Instant::now(), offer)
-        .map_err(rtc_err)?;
-    let sdp = pc
-        .local_description()
-        .map(|d| d.sdp.clone())
-        .unwrap_or_default();
-    let (location, answer) = exchange(&format!("{base}/whep/{room}"), token, edit(sdp)).await?;
-    pc.set_remote_description(
-        Instant::now(),
-        RTCSessionDescription::answer(answer).map_err(rtc_err)?,
-    )
-    .map_err(rtc_err)?;
+    let location = negotiate(&mut pc, &format!("{base}/whep/{room}"), token, edit).await?;
     Ok(spawn(pc, socket, local, None, base, token, location, 0, 0))
 }
 

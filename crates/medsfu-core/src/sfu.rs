@@ -797,24 +797,27 @@ impl Sfu {
         payload_type: u8,
         now: Instant,
     ) -> Result<(), CoreError> {
-        let track = *self
-            .down_index
-            .get(&down)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        let up = self
-            .tracks
-            .get_mut(&track)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        let d = up
-            .downs
-            .iter_mut()
-            .find(|d| d.id == down)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
+        let (track, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
+        let d = &mut up.downs[i];
         d.munger = Some(Munger::new(ssrc, payload_type));
         if up.info.codec.is_video() {
             self.request_keyframe(track, now);
         }
         Ok(())
+    }
+
+    /// The track carrying a down track, its up track, and the down track's index there.
+    /// (Over the two maps rather than `self`, so the output queue stays borrowable.)
+    fn find_down<'a>(
+        down_index: &HashMap<DownTrackId, TrackId>,
+        tracks: &'a mut HashMap<TrackId, UpTrack>,
+        down: DownTrackId,
+    ) -> Result<(TrackId, &'a mut UpTrack, usize), CoreError> {
+        let missing = CoreError::UnknownDownTrack(down);
+        let track = *down_index.get(&down).ok_or(missing.clone())?;
+        let up = tracks.get_mut(&track).ok_or(missing.clone())?;
+        let i = up.downs.iter().position(|d| d.id == down).ok_or(missing)?;
+        Ok((track, up, i))
     }
 
     fn request_keyframe(&mut self, track: TrackId, now: Instant) {
@@ -982,17 +985,8 @@ impl Sfu {
         lost: &[u16],
         _now: Instant,
     ) -> Result<(), CoreError> {
-        let track = *self
-            .down_index
-            .get(&down)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        let up = self
-            .tracks
-            .get_mut(&track)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        let Some(d) = up.downs.iter_mut().find(|d| d.id == down) else {
-            return Err(CoreError::UnknownDownTrack(down));
-        };
+        let (track, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
+        let d = &mut up.downs[i];
         let Some(m) = d.munger.as_ref() else {
             return Ok(());
         };
@@ -1039,16 +1033,8 @@ impl Sfu {
         down: DownTrackId,
         report: ReceptionReport,
     ) -> Result<(), CoreError> {
-        let track = *self
-            .down_index
-            .get(&down)
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        let d = self
-            .tracks
-            .get_mut(&track)
-            .and_then(|up| up.downs.iter_mut().find(|d| d.id == down))
-            .ok_or(CoreError::UnknownDownTrack(down))?;
-        d.stats.last_report = Some(report);
+        let (_, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
+        up.downs[i].stats.last_report = Some(report);
         Ok(())
     }
 

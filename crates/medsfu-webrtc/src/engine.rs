@@ -80,6 +80,28 @@ struct Peer {
 }
 
 impl Peer {
+    /// Records a sender that will carry a down track once negotiated.
+    fn add_sender(
+        &mut self,
+        down: DownTrackId,
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        track: TrackId,
+        codec: RTCRtpCodec,
+    ) {
+        self.senders.insert(
+            down,
+            Sender {
+                sender,
+                ssrc,
+                track,
+                codec,
+                bound: false,
+            },
+        );
+        self.down_by_ssrc.insert(ssrc, down);
+    }
+
     fn new(
         pc: RTCPeerConnection,
         participant: ParticipantId,
@@ -736,17 +758,7 @@ impl Engine {
         };
         let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
         let (sender, ssrc) = attach_track(&mut p.pc, track, &codec)?;
-        p.senders.insert(
-            down,
-            Sender {
-                sender,
-                ssrc,
-                track,
-                codec,
-                bound: false,
-            },
-        );
-        p.down_by_ssrc.insert(ssrc, down);
+        p.add_sender(down, sender, ssrc, track, codec);
         p.needs_offer = true;
         Ok(())
     }
@@ -1122,17 +1134,7 @@ impl Engine {
                 continue;
             };
             if let Some(p) = self.peers.get_mut(&pid) {
-                p.senders.insert(
-                    down,
-                    Sender {
-                        sender,
-                        ssrc,
-                        track,
-                        codec,
-                        bound: false,
-                    },
-                );
-                p.down_by_ssrc.insert(ssrc, down);
+                p.add_sender(down, sender, ssrc, track, codec);
             }
         }
         let _ = self.bind_senders(pid, now);
