@@ -459,3 +459,182 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Headless Firefox with fake camera and microphone, driven over WebDriver BiDi.
+///
+/// Not used by a test yet: in this sandbox Firefox gathers ICE candidates only on the
+/// machine's external interface (not on loopback, whatever its prefs say), so it cannot
+/// reach a server on 127.0.0.1. A test needs both in a network namespace of their own.
+pub struct Firefox {
+    child: Child,
+    _profile: TempDir,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    context: String,
+}
+
+pub fn firefox_path() -> String {
+    std::env::var("MEDSFU_FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".to_owned())
+}
+
+impl Firefox {
+    /// Starts Firefox and opens `url` in its first tab.
+    pub async fn launch(url: &str) -> Firefox {
+        let profile = TempDir::new("firefox");
+        std::fs::write(
+            profile.0.join("user.js"),
+            [
+                "media.navigator.streams.fake",
+                "media.navigator.permission.disabled",
+                // The test server is on loopback, which Firefox leaves out of ICE by default.
+                "media.peerconnection.ice.loopback",
+            ]
+            .iter()
+            .map(|p| format!("user_pref(\"{p}\", true);\n"))
+            .chain(
+                [
+                    "user_pref(\"media.autoplay.default\", 0);\n",
+                    "user_pref(\"media.peerconnection.ice.obfuscate_host_addresses\", false);\n",
+                    // Gather on loopback only: checks from another interface to 127.0.0.1
+                    // would never be routed.
+                    "user_pref(\"media.peerconnection.ice.force_interface\", \"lo\");\n",
+                    "user_pref(\"browser.shell.checkDefaultBrowser\", false);\n",
+                    "user_pref(\"datareporting.policy.dataSubmissionEnabled\", false);\n",
+                    "user_pref(\"app.update.enabled\", false);\n",
+                    "user_pref(\"network.captive-portal-service.enabled\", false);\n",
+                ]
+                .map(str::to_owned),
+            )
+            .collect::<String>(),
+        )
+        .expect("user.js");
+        let mut child = Command::new(firefox_path())
+            .args([
+                "--headless",
+                "--no-remote",
+                "--remote-debugging-port",
+                "0",
+                "--profile",
+            ])
+            .arg(&profile.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn firefox (apt install firefox-esr)");
+        let err = child.stderr.take().expect("stderr");
+        let ws_url = tokio::task::spawn_blocking(move || {
+            let mut r = BufReader::new(err);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).expect("firefox stderr") == 0 {
+                    panic!("firefox exited before WebDriver BiDi came up");
+                }
+                if let Some(i) = line.find("ws://") {
+                    let url = line[i..].trim().to_owned();
+                    std::thread::spawn(move || {
+                        let mut sink = String::new();
+                        while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                            sink.clear();
+                        }
+                    });
+                    return url;
+                }
+            }
+        })
+        .await
+        .expect("bidi url");
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("{}/session", ws_url.trim_end_matches('/')))
+                .await
+                .expect("BiDi connect");
+        let mut ff = Firefox {
+            child,
+            _profile: profile,
+            ws,
+            next_id: 1,
+            context: String::new(),
+        };
+        ff.call("session.new", json!({ "capabilities": {} })).await;
+        let tree = ff.call("browsingContext.getTree", json!({})).await;
+        ff.context = tree["contexts"][0]["context"]
+            .as_str()
+            .expect("a browsing context")
+            .to_owned();
+        let ctx = ff.context.clone();
+        ff.call(
+            "browsingContext.navigate",
+            json!({ "context": ctx, "url": url, "wait": "complete" }),
+        )
+        .await;
+        ff
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({ "id": id, "method": method, "params": params });
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                msg.to_string().into(),
+            ))
+            .await
+            .expect("BiDi send");
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .expect("BiDi reply within 60 s")
+                .expect("BiDi open")
+                .expect("BiDi read");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).expect("BiDi JSON");
+                if v["id"] == id {
+                    assert!(v["type"] == "success", "BiDi {method} failed: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Evaluates an expression (awaiting a promise) and returns its value through JSON.
+    pub async fn eval(&mut self, expr: &str) -> Value {
+        let ctx = self.context.clone();
+        let wrapped = format!("(async () => JSON.stringify(await (async () => ({expr}))()))()");
+        let r = self
+            .call(
+                "script.evaluate",
+                json!({ "expression": wrapped, "target": { "context": ctx }, "awaitPromise": true }),
+            )
+            .await;
+        assert!(r["type"] == "success", "page threw: {r}");
+        let text = r["result"]["value"].as_str().unwrap_or("null");
+        serde_json::from_str(text).unwrap_or(Value::Null)
+    }
+
+    /// Waits inside the page until `cond` is truthy; returns its value.
+    pub async fn wait_for(&mut self, cond: &str, timeout: Duration, what: &str) -> Value {
+        let ms = timeout.as_millis();
+        let expr = format!(
+            "(async () => {{ const end = performance.now() + {ms};
+               while (performance.now() < end) {{
+                 try {{ const v = await (async () => ({cond}))(); if (v) return {{ ok: true, v }}; }} catch (e) {{}}
+                 await new Promise(r => setTimeout(r, 50));
+               }}
+               return {{ ok: false, errors: window.medsfu && window.medsfu.errors }};
+             }})()"
+        );
+        let r = self.eval(&expr).await;
+        assert!(
+            r["ok"] == true,
+            "Firefox: timed out waiting for {what}: {r}"
+        );
+        r["v"].clone()
+    }
+}
+
+impl Drop for Firefox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
