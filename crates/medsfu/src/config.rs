@@ -193,7 +193,12 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Box<figmen
         }
         f = f.merge(Toml::file(path));
     }
-    f = f.merge(Env::prefixed("MEDSFU_").split("__"));
+    // MEDSFU_CONFIG names the file (read by the command line), it is not a setting.
+    f = f.merge(
+        Env::prefixed("MEDSFU_")
+            .filter(|k| k != "config")
+            .split("__"),
+    );
     if let Some(a) = flags.http_listen {
         f = f.merge(("http.listen", a));
     }
@@ -234,6 +239,7 @@ mod tests {
                 "[http]\nlisten = \"127.0.0.1:9000\"\n[webrtc]\nlisten = \"127.0.0.1:51000\"\n[core]\nparticipant_timeout_ms = 5000\n",
             )?;
             jail.set_env("MEDSFU_WEBRTC__LISTEN", "127.0.0.1:52000");
+            jail.set_env("MEDSFU_CONFIG", "m.toml");
             let flags = Overrides {
                 data_dir: Some("/tmp/x".into()),
                 ..Overrides::default()

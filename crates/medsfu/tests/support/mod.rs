@@ -79,7 +79,10 @@ impl Server {
         let http = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in banner {line:?}"))
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("no address in banner {line:?}; server log: {log}")
+            })
             .trim_end_matches('/')
             .to_owned();
         let media = line
@@ -220,7 +223,7 @@ pub struct Page {
 }
 
 pub fn chromium_path() -> String {
-    std::env::var("MEDSFU_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+    std::env::var("TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
 }
 
 impl Browser {
@@ -462,9 +465,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 /// Headless Firefox with fake camera and microphone, driven over WebDriver BiDi.
 ///
-/// Not used by a test yet: in this sandbox Firefox gathers ICE candidates only on the
-/// machine's external interface (not on loopback, whatever its prefs say), so it cannot
-/// reach a server on 127.0.0.1. A test needs both in a network namespace of their own.
+/// Not used by a test yet: Firefox 153 ESR gathers ICE candidates only on a non-loopback
+/// interface (with `media.peerconnection.ice.loopback` and `force_interface=lo` set it still
+/// offered only the machine's external address, and in a namespace with only `lo` none),
+/// so it cannot reach a server on 127.0.0.1. A test needs the server and Firefox on two
+/// network-namespace test hosts joined by a veth pair.
 pub struct Firefox {
     child: Child,
     _profile: TempDir,
@@ -474,7 +479,7 @@ pub struct Firefox {
 }
 
 pub fn firefox_path() -> String {
-    std::env::var("MEDSFU_FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".to_owned())
+    std::env::var("TEST_FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".to_owned())
 }
 
 impl Firefox {
