@@ -226,6 +226,11 @@ pub enum Output {
         /// What happened.
         event: RoomEvent,
     },
+    /// A track is gone for good: forget what the shell kept about it.
+    TrackClosed {
+        /// The track.
+        track: TrackId,
+    },
     /// The core removed a participant on its own (timeout, replaced): close its sessions.
     ParticipantRemoved {
         /// Who.
@@ -691,6 +696,7 @@ impl Sfu {
         if let Some(r) = self.rooms.get_mut(&up.room) {
             r.tracks.retain(|t| *t != track);
         }
+        self.out.push_back(Output::TrackClosed { track });
         self.notify_room(&up.room, &RoomEvent::TrackUnpublished { track });
         self.drop_room_if_empty(&up.room);
     }

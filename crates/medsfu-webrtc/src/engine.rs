@@ -603,6 +603,9 @@ impl Engine {
                     down, subscriber, ..
                 } => self.remove_sender(subscriber, down),
                 Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
+                Output::TrackClosed { track } => {
+                    self.track_codecs.remove(&track);
+                }
                 Output::ParticipantRemoved {
                     participant,
                     reason,

@@ -414,6 +414,7 @@ fn a_silent_participant_times_out_and_others_are_told() {
                 to: b,
                 event: RoomEvent::TrackUnpublished { track: t }
             }));
+            assert!(out.contains(&Output::TrackClosed { track: t }));
             assert!(out.contains(&Output::Notify {
                 to: b,
                 event: RoomEvent::ParticipantLeft {
