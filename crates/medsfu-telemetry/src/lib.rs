@@ -1,0 +1,6 @@
+//! Telemetry for medsfu: real ECG recordings to replay (WFDB), and more to come (the
+//! frame format and the durable journal of issue 5).
+
+#![forbid(unsafe_code)]
+
+pub mod wfdb;
