@@ -3,4 +3,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod frame;
+pub mod journal;
 pub mod wfdb;

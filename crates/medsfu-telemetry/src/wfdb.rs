@@ -101,13 +101,17 @@ pub fn parse_header(text: &str) -> Result<(String, f64, usize, Vec<Signal>), Wfd
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
-    let (n, record) = lines.next().ok_or_else(|| header_err(1, "no record line"))?;
+    let (n, record) = lines
+        .next()
+        .ok_or_else(|| header_err(1, "no record line"))?;
     let f: Vec<&str> = record.split_whitespace().collect();
     if f.len() < 2 {
         return Err(header_err(n, "record line needs a name and a signal count"));
     }
     let name = f[0].to_owned();
-    let nsig: usize = f[1].parse().map_err(|_| header_err(n, "bad signal count"))?;
+    let nsig: usize = f[1]
+        .parse()
+        .map_err(|_| header_err(n, "bad signal count"))?;
     // The frequency may carry "/counter" or "(base)" suffixes.
     let fs: f64 = f
         .get(2)
@@ -121,7 +125,9 @@ pub fn parse_header(text: &str) -> Result<(String, f64, usize, Vec<Signal>), Wfd
         .map_err(|_| header_err(n, "bad sample count"))?;
     let mut signals = Vec::with_capacity(nsig);
     for _ in 0..nsig {
-        let (n, l) = lines.next().ok_or_else(|| header_err(0, "fewer signal lines than signals"))?;
+        let (n, l) = lines
+            .next()
+            .ok_or_else(|| header_err(0, "fewer signal lines than signals"))?;
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() < 2 {
             return Err(header_err(n, "signal line needs a file and a format"));
@@ -157,7 +163,9 @@ pub fn parse_header(text: &str) -> Result<(String, f64, usize, Vec<Signal>), Wfd
             baseline,
             initial: num(5, "initial value")?.unwrap_or(0.0) as i32,
             checksum: num(6, "checksum")?.unwrap_or(0.0) as i32 as i16,
-            name: f.get(8).map_or_else(|| format!("sig{}", signals.len()), |s| (*s).to_owned()),
+            name: f
+                .get(8)
+                .map_or_else(|| format!("sig{}", signals.len()), |s| (*s).to_owned()),
         });
     }
     Ok((name, fs, nsamp, signals))
@@ -169,7 +177,13 @@ fn twelve_bit(v: u16) -> i16 {
 }
 
 /// Decodes `count` frames of `nsig` interleaved signals in `format`.
-fn decode(data: &[u8], format: u16, nsig: usize, count: usize, file: &str) -> Result<Vec<Vec<i16>>, WfdbError> {
+fn decode(
+    data: &[u8],
+    format: u16,
+    nsig: usize,
+    count: usize,
+    file: &str,
+) -> Result<Vec<Vec<i16>>, WfdbError> {
     let mut out = vec![Vec::with_capacity(count); nsig];
     let total = count * nsig;
     match format {
@@ -233,7 +247,10 @@ pub fn read_record(dir: &Path, name: &str) -> Result<Record, WfdbError> {
                 _ => data.len() * 2 / 3 / idx.len(),
             }
         };
-        for (k, v) in decode(&data, format, idx.len(), count, &file)?.into_iter().enumerate() {
+        for (k, v) in decode(&data, format, idx.len(), count, &file)?
+            .into_iter()
+            .enumerate()
+        {
             samples.insert(idx[k], v);
         }
     }
@@ -275,8 +292,14 @@ mod tests {
         assert_eq!(r.samples_per_signal, 650_000);
         assert_eq!(r.signals[0].name, "MLII");
         assert_eq!(r.signals[1].name, "V5");
-        assert_eq!(&r.samples[0][..10], &[995, 995, 995, 995, 995, 995, 995, 995, 1000, 997]);
-        assert_eq!(&r.samples[1][..10], &[1011, 1011, 1011, 1011, 1011, 1011, 1011, 1011, 1008, 1008]);
+        assert_eq!(
+            &r.samples[0][..10],
+            &[995, 995, 995, 995, 995, 995, 995, 995, 1000, 997]
+        );
+        assert_eq!(
+            &r.samples[1][..10],
+            &[1011, 1011, 1011, 1011, 1011, 1011, 1011, 1011, 1008, 1008]
+        );
         let minmax = |v: &[i16]| (*v.iter().min().unwrap(), *v.iter().max().unwrap());
         assert_eq!(minmax(&r.samples[0]), (481, 1311));
         assert_eq!(minmax(&r.samples[1]), (531, 1269));
@@ -289,12 +312,30 @@ mod tests {
         assert_eq!(r.sample_rate, 1000.0);
         assert_eq!(r.signals.len(), 15);
         assert_eq!(r.samples_per_signal, 38_400);
-        assert_eq!(&r.samples[0][..10], &[-489, -485, -483, -482, -463, -452, -450, -469, -469, -447]);
-        let mins: Vec<i16> = r.samples[..12].iter().map(|v| *v.iter().min().unwrap()).collect();
-        assert_eq!(mins, vec![-1255, -1369, -1537, -931, -1034, -1404, -932, -1179, -1909, -1860, -1256, -801]);
-        let maxs: Vec<i16> = r.samples[..12].iter().map(|v| *v.iter().max().unwrap()).collect();
-        assert_eq!(maxs, vec![1291, 1101, 1169, 1052, 1211, 966, 2491, 2571, 3623, 2248, 734, 488]);
-        assert_eq!((r.samples[12][0], r.samples[13][0], r.samples[14][0]), (-3, 120, -18));
+        assert_eq!(
+            &r.samples[0][..10],
+            &[-489, -485, -483, -482, -463, -452, -450, -469, -469, -447]
+        );
+        let mins: Vec<i16> = r.samples[..12]
+            .iter()
+            .map(|v| *v.iter().min().unwrap())
+            .collect();
+        assert_eq!(
+            mins,
+            vec![-1255, -1369, -1537, -931, -1034, -1404, -932, -1179, -1909, -1860, -1256, -801]
+        );
+        let maxs: Vec<i16> = r.samples[..12]
+            .iter()
+            .map(|v| *v.iter().max().unwrap())
+            .collect();
+        assert_eq!(
+            maxs,
+            vec![1291, 1101, 1169, 1052, 1211, 966, 2491, 2571, 3623, 2248, 734, 488]
+        );
+        assert_eq!(
+            (r.samples[12][0], r.samples[13][0], r.samples[14][0]),
+            (-3, 120, -18)
+        );
     }
 
     #[test]
@@ -310,13 +351,23 @@ mod tests {
         assert!(matches!(e, WfdbError::Checksum { .. }), "{e}");
         dat.truncate(3000);
         std::fs::write(dir.join("100.dat"), &dat).unwrap();
-        assert!(matches!(read_record(&dir, "100").unwrap_err(), WfdbError::Short(..)));
+        assert!(matches!(
+            read_record(&dir, "100").unwrap_err(),
+            WfdbError::Short(..)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn malformed_headers_are_errors_not_panics() {
-        for h in ["", "# only a comment", "rec", "rec x 360", "rec 2 360 10\nfile.dat", "rec 1 abc"] {
+        for h in [
+            "",
+            "# only a comment",
+            "rec",
+            "rec x 360",
+            "rec 2 360 10\nfile.dat",
+            "rec 1 abc",
+        ] {
             assert!(parse_header(h).is_err(), "{h:?}");
         }
     }

@@ -1,0 +1,434 @@
+//! The durable telemetry journal: append-only segment files of CRC-checked records.
+//!
+//! A frame is acknowledged only after [`Journal::sync`] has made it durable; callers append
+//! a batch, sync once (group commit), then acknowledge the batch. Each `(source, sequence)`
+//! is stored once: a resent frame is recognised and not stored again. On opening, a torn
+//! or corrupt tail of the newest segment is cut back to the last valid record.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::frame::{Frame, FrameError};
+
+/// Record header: body length and CRC-32 of the body, both big-endian.
+const RECORD_HEADER: usize = 8;
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A file operation failed (disk full, unwritable directory...).
+    #[error("journal {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A segment other than the newest is damaged: data would be lost by cutting it.
+    #[error("journal segment {path} is damaged at byte {offset}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where its first bad record starts.
+        offset: u64,
+    },
+    /// The bytes to append are not a frame.
+    #[error("not a telemetry frame: {0}")]
+    Frame(#[from] FrameError),
+}
+
+impl JournalError {
+    /// Stable code for the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JournalError::Io { .. } => "journal_io",
+            JournalError::Corrupt { .. } => "journal_corrupt",
+            JournalError::Frame(e) => e.code(),
+        }
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
+    let path = path.to_owned();
+    move |source| JournalError::Io { op, path, source }
+}
+
+/// What opening the journal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records found.
+    pub records: u64,
+    /// Bytes cut from the newest segment's tail (a torn or corrupt last write).
+    pub truncated_bytes: u64,
+}
+
+/// What [`Journal::append`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written (durable after the next [`Journal::sync`]).
+    Stored,
+    /// Already in the journal: not written again.
+    Duplicate,
+}
+
+/// An append-only journal in one directory.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: Vec<PathBuf>,
+    file: File,
+    len: u64,
+    highest: HashMap<u32, u64>,
+    unsynced: usize,
+}
+
+fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:020}.seg"))
+}
+
+/// Reads the valid records of a segment; returns them and the length of the valid prefix.
+fn scan(bytes: &[u8]) -> (Vec<(usize, usize)>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= RECORD_HEADER {
+        let len =
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_be_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let start = at + RECORD_HEADER;
+        let Some(body) = bytes.get(start..start + len) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc || Frame::decode(body).map(|(_, n)| n) != Ok(len) {
+            break;
+        }
+        records.push((start, len));
+        at = start + len;
+    }
+    (records, at)
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, recovering from a torn last write.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Journal, Recovery), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let mut indices: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io("list", dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        indices.sort_unstable();
+        if indices.is_empty() {
+            indices.push(0);
+        }
+        let mut recovery = Recovery::default();
+        let mut highest: HashMap<u32, u64> = HashMap::new();
+        let last = indices.len() - 1;
+        let mut segments = Vec::new();
+        let mut len = 0;
+        for (k, index) in indices.iter().enumerate() {
+            let path = segment_path(dir, *index);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io("read", &path)(e)),
+            };
+            let (records, valid) = scan(&bytes);
+            if valid < bytes.len() {
+                if k != last {
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: valid as u64,
+                    });
+                }
+                recovery.truncated_bytes = (bytes.len() - valid) as u64;
+            }
+            for (start, n) in &records {
+                if let Ok((f, _)) = Frame::decode(&bytes[*start..start + n]) {
+                    let h = highest.entry(f.source).or_insert(f.sequence);
+                    *h = (*h).max(f.sequence);
+                }
+            }
+            recovery.records += records.len() as u64;
+            len = valid as u64;
+            segments.push(path);
+        }
+        let current = segments[last].clone();
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&current)
+            .map_err(io("open", &current))?;
+        if recovery.truncated_bytes > 0 {
+            file.set_len(len).map_err(io("truncate", &current))?;
+            file.sync_all().map_err(io("sync", &current))?;
+        }
+        let mut j = Journal {
+            dir: dir.to_owned(),
+            segment_bytes: segment_bytes.max(1024),
+            segments,
+            file,
+            len,
+            highest,
+            unsynced: 0,
+        };
+        j.seek_end()?;
+        Ok((j, recovery))
+    }
+
+    fn seek_end(&mut self) -> Result<(), JournalError> {
+        use std::io::Seek;
+        let path = self.current().to_owned();
+        self.file
+            .seek(std::io::SeekFrom::Start(self.len))
+            .map_err(io("seek", &path))?;
+        Ok(())
+    }
+
+    fn current(&self) -> &Path {
+        self.segments
+            .last()
+            .map_or(self.dir.as_path(), |p| p.as_path())
+    }
+
+    /// The highest sequence number stored for a source.
+    pub fn highest(&self, source: u32) -> Option<u64> {
+        self.highest.get(&source).copied()
+    }
+
+    /// Appends one encoded frame unless its `(source, sequence)` is already stored.
+    pub fn append(&mut self, frame: &[u8]) -> Result<Appended, JournalError> {
+        let (f, n) = Frame::decode(frame)?;
+        if n != frame.len() {
+            return Err(JournalError::Frame(FrameError::Malformed {
+                kind: "record",
+                reason: "bytes after the frame",
+            }));
+        }
+        if self
+            .highest
+            .get(&f.source)
+            .is_some_and(|h| f.sequence <= *h)
+        {
+            return Ok(Appended::Duplicate);
+        }
+        let need = (RECORD_HEADER + frame.len()) as u64;
+        if self.len > 0 && self.len + need > self.segment_bytes {
+            self.rotate()?;
+        }
+        let mut rec = Vec::with_capacity(RECORD_HEADER + frame.len());
+        rec.extend((frame.len() as u32).to_be_bytes());
+        rec.extend(crc32fast::hash(frame).to_be_bytes());
+        rec.extend_from_slice(frame);
+        let path = self.current().to_owned();
+        if let Err(e) = self.file.write_all(&rec) {
+            // Leave no half-written record behind: cut back to where this one began.
+            let _ = self.file.set_len(self.len);
+            let _ = self.seek_end();
+            return Err(io("write", &path)(e));
+        }
+        self.len += need;
+        self.unsynced += 1;
+        self.highest.insert(f.source, f.sequence);
+        Ok(Appended::Stored)
+    }
+
+    /// Makes every appended record durable; returns how many this call covered.
+    pub fn sync(&mut self) -> Result<usize, JournalError> {
+        if self.unsynced == 0 {
+            return Ok(0);
+        }
+        let path = self.current().to_owned();
+        self.file.sync_data().map_err(io("sync", &path))?;
+        Ok(std::mem::take(&mut self.unsynced))
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        self.sync()?;
+        let next = self.segments.len() as u64;
+        let path = segment_path(&self.dir, next);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        // The new file's name must be durable too.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.len = 0;
+        self.segments.push(path);
+        Ok(())
+    }
+
+    /// Every stored frame, oldest first (for history replay).
+    pub fn read_all(&self) -> Result<Vec<Vec<u8>>, JournalError> {
+        let mut out = Vec::new();
+        for path in &self.segments {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io("read", path))?;
+            let (records, _) = scan(&bytes);
+            out.extend(records.into_iter().map(|(s, n)| bytes[s..s + n].to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Body, VehicleStatus};
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let p =
+                std::env::temp_dir().join(format!("medsfu-journal-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn frame(source: u32, sequence: u64) -> Vec<u8> {
+        Frame {
+            source,
+            sequence,
+            captured_at_us: sequence as i64,
+            body: Body::Chat {
+                author: "crew".into(),
+                text: format!("message {sequence}"),
+            },
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn frames_survive_a_reopen_in_order_and_duplicates_are_not_stored_twice() {
+        let d = Dir::new("reopen");
+        let (mut j, r) = Journal::open(&d.0, 1 << 20).unwrap();
+        assert_eq!(r, Recovery::default());
+        for s in 0..100 {
+            assert_eq!(j.append(&frame(1, s)).unwrap(), Appended::Stored);
+        }
+        assert_eq!(j.append(&frame(1, 42)).unwrap(), Appended::Duplicate);
+        assert_eq!(j.sync().unwrap(), 100);
+        drop(j);
+        let (mut j, r) = Journal::open(&d.0, 1 << 20).unwrap();
+        assert_eq!(r.records, 100);
+        assert_eq!(j.highest(1), Some(99));
+        assert_eq!(
+            j.append(&frame(1, 99)).unwrap(),
+            Appended::Duplicate,
+            "after a resend"
+        );
+        assert_eq!(j.append(&frame(1, 100)).unwrap(), Appended::Stored);
+        j.sync().unwrap();
+        let all = j.read_all().unwrap();
+        assert_eq!(all.len(), 101);
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!(b, &frame(1, i as u64));
+        }
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_back_to_the_last_valid_record() {
+        let d = Dir::new("torn");
+        let (mut j, _) = Journal::open(&d.0, 1 << 20).unwrap();
+        for s in 0..10 {
+            j.append(&frame(3, s)).unwrap();
+        }
+        j.sync().unwrap();
+        drop(j);
+        let seg = segment_path(&d.0, 0);
+        let good_len = std::fs::metadata(&seg).unwrap().len();
+        // A torn write: half of a record.
+        let half = &frame(3, 10)[..20];
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&(50u32).to_be_bytes()).unwrap();
+        f.write_all(&[0; 4]).unwrap();
+        f.write_all(half).unwrap();
+        drop(f);
+        let (mut j, r) = Journal::open(&d.0, 1 << 20).unwrap();
+        assert_eq!(r.records, 10);
+        assert_eq!(r.truncated_bytes, 28);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+        assert_eq!(j.append(&frame(3, 10)).unwrap(), Appended::Stored);
+        j.sync().unwrap();
+        drop(j);
+        // A flipped bit in the last record: its CRC fails, it is cut.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x40;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (j, r) = Journal::open(&d.0, 1 << 20).unwrap();
+        assert_eq!(r.records, 10);
+        assert!(r.truncated_bytes > 0);
+        assert_eq!(j.highest(3), Some(9));
+    }
+
+    #[test]
+    fn segments_rotate_and_damage_before_the_newest_is_an_error() {
+        let d = Dir::new("rotate");
+        let (mut j, _) = Journal::open(&d.0, 2048).unwrap();
+        for s in 0..200 {
+            j.append(&frame(5, s)).unwrap();
+        }
+        j.sync().unwrap();
+        assert!(j.segments.len() > 3, "{} segments", j.segments.len());
+        assert_eq!(j.read_all().unwrap().len(), 200);
+        drop(j);
+        let (j, r) = Journal::open(&d.0, 2048).unwrap();
+        assert_eq!(r.records, 200);
+        drop(j);
+        let first = segment_path(&d.0, 0);
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[10] ^= 0xff;
+        std::fs::write(&first, &bytes).unwrap();
+        let e = Journal::open(&d.0, 2048).unwrap_err();
+        assert_eq!(e.code(), "journal_corrupt", "{e}");
+    }
+
+    #[test]
+    fn an_unusable_directory_and_garbage_are_clear_errors() {
+        let d = Dir::new("bad");
+        std::fs::create_dir_all(&d.0).unwrap();
+        let file = d.0.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Journal::open(&file.join("journal"), 1 << 20).unwrap_err();
+        assert_eq!(e.code(), "journal_io");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
+        let (mut j, _) = Journal::open(&d.0.join("ok"), 1 << 20).unwrap();
+        assert!(j.append(b"garbage").is_err());
+        let status = Frame {
+            source: 1,
+            sequence: 0,
+            captured_at_us: 0,
+            body: Body::Status(VehicleStatus::Departed),
+        }
+        .encode()
+        .unwrap();
+        let mut two = status.clone();
+        two.extend_from_slice(&status);
+        assert!(j.append(&two).is_err(), "exactly one frame per record");
+    }
+}
