@@ -1,8 +1,10 @@
-//! Telemetry for medsfu: real ECG recordings to replay (WFDB), and more to come (the
-//! frame format and the durable journal of issue 5).
+//! Telemetry for medsfu: the versioned frame format, the server's durable journal, the
+//! vehicle's outbox, and real ECG recordings (WFDB) to play as a defibrillator would.
 
 #![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod journal;
+pub mod outbox;
+pub mod player;
 pub mod wfdb;
