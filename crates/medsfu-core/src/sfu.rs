@@ -481,6 +481,15 @@ impl Sfu {
                 });
             }
         }
+        // A late joiner learns who is speaking now, not only at the next change.
+        if let Some(speaker) = self.rooms.get(room).and_then(|r| r.speaker) {
+            self.out.push_back(Output::Notify {
+                to: id,
+                event: RoomEvent::ActiveSpeaker {
+                    participant: speaker,
+                },
+            });
+        }
         if auto_subscribe {
             for t in tracks {
                 // Refusals are expected here (roles that may not receive some sources).
@@ -537,6 +546,9 @@ impl Sfu {
         }
         if let Some(r) = self.rooms.get_mut(&p.room) {
             r.participants.retain(|x| *x != id);
+            if r.speaker == Some(id) {
+                r.speaker = None;
+            }
             for o in r.participants.clone() {
                 self.out.push_back(Output::Notify {
                     to: o,

@@ -489,4 +489,10 @@ fn the_loudest_voice_becomes_the_active_speaker_without_flapping() {
         }
     }
     assert_eq!(seen, vec![a, b], "Alice, then Bob; the cough did not count");
+    // A late joiner is told the current speaker at once.
+    let c = sfu.join("r", "carol", Role::Dispatcher, true, clock.advance(20));
+    assert!(drain(&mut sfu).contains(&Output::Notify {
+        to: c,
+        event: RoomEvent::ActiveSpeaker { participant: b }
+    }));
 }

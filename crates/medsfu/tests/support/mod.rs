@@ -208,6 +208,29 @@ impl Ws {
     }
 }
 
+/// Reads a browser's stderr until it announces its debugging WebSocket URL, then keeps
+/// draining it on a thread so the browser never blocks on a full pipe.
+fn ws_url_from(err: std::process::ChildStderr, browser: &str) -> String {
+    let mut r = BufReader::new(err);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).expect("browser stderr") == 0 {
+            panic!("{browser} exited before its debugging endpoint came up");
+        }
+        if let Some(i) = line.find("ws://") {
+            let url = line[i..].trim().to_owned();
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return url;
+        }
+    }
+}
+
 /// Headless Chromium with fake camera and microphone, driven over CDP.
 pub struct Browser {
     child: Child,
@@ -254,29 +277,9 @@ impl Browser {
             .expect("spawn chromium (apt install chromium)");
         // Chromium prints "DevTools listening on ws://..." on stderr once it is ready.
         let err = child.stderr.take().expect("stderr");
-        let url = tokio::task::spawn_blocking(move || {
-            let mut r = BufReader::new(err);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).expect("chromium stderr") == 0 {
-                    panic!("chromium exited before DevTools came up");
-                }
-                if let Some(i) = line.find("ws://") {
-                    let url = line[i..].trim().to_owned();
-                    // Keep draining so Chromium never blocks on a full pipe.
-                    std::thread::spawn(move || {
-                        let mut sink = String::new();
-                        while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                            sink.clear();
-                        }
-                    });
-                    return url;
-                }
-            }
-        })
-        .await
-        .expect("devtools url");
+        let url = tokio::task::spawn_blocking(move || ws_url_from(err, "chromium"))
+            .await
+            .expect("devtools url");
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("CDP connect");
@@ -527,28 +530,9 @@ impl Firefox {
             .spawn()
             .expect("spawn firefox (apt install firefox-esr)");
         let err = child.stderr.take().expect("stderr");
-        let ws_url = tokio::task::spawn_blocking(move || {
-            let mut r = BufReader::new(err);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).expect("firefox stderr") == 0 {
-                    panic!("firefox exited before WebDriver BiDi came up");
-                }
-                if let Some(i) = line.find("ws://") {
-                    let url = line[i..].trim().to_owned();
-                    std::thread::spawn(move || {
-                        let mut sink = String::new();
-                        while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                            sink.clear();
-                        }
-                    });
-                    return url;
-                }
-            }
-        })
-        .await
-        .expect("bidi url");
+        let ws_url = tokio::task::spawn_blocking(move || ws_url_from(err, "firefox"))
+            .await
+            .expect("bidi url");
         let (ws, _) =
             tokio_tungstenite::connect_async(format!("{}/session", ws_url.trim_end_matches('/')))
                 .await
