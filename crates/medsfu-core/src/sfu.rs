@@ -271,8 +271,10 @@ struct UpTrack {
     cache: RtxCache,
     keyframe: KeyframeRequester,
     downs: Vec<DownTrack>,
-    /// Smoothed loudness (127 - RFC 6464 level) of an audio track, and when last heard.
+    /// Smoothed loudness (127 - RFC 6464 level) of an audio track, its highest value since
+    /// the last speaker evaluation, and when the track was last heard.
     loudness: f32,
+    loudness_peak: f32,
     loud_at: Option<Instant>,
 }
 
@@ -650,6 +652,7 @@ impl Sfu {
                     keyframe: KeyframeRequester::default(),
                     downs: Vec::new(),
                     loudness: 0.0,
+                    loudness_peak: 0.0,
                     loud_at: None,
                 },
             );
@@ -931,13 +934,15 @@ impl Sfu {
     pub fn handle_audio_level(&mut self, track: TrackId, level: u8, now: Instant) {
         if let Some(up) = self.tracks.get_mut(&track) {
             let loud = f32::from(127u8.saturating_sub(level.min(127)));
-            up.loudness = 0.8 * up.loudness + 0.2 * loud;
+            up.loudness = 0.7 * up.loudness + 0.3 * loud;
+            up.loudness_peak = up.loudness_peak.max(up.loudness);
             up.loud_at = Some(now);
         }
     }
 
-    /// Picks each room's loudest recent speaker; a change needs two evaluations in a row,
-    /// so that a cough does not flip the view.
+    /// Picks each room's loudest recent speaker by the peak of each voice's smoothed level
+    /// since the last evaluation (so short bursts between evaluations count); a change needs
+    /// two evaluations in a row, so that a cough does not flip the view.
     fn evaluate_speakers(&mut self, now: Instant) {
         // Quieter than -50 dBov, or silent for a second, is not speaking.
         const MIN_LOUDNESS: f32 = 127.0 - 50.0;
@@ -953,10 +958,15 @@ impl Sfu {
                         && t.orphaned_until.is_none()
                         && t.loud_at
                             .is_some_and(|at| now.saturating_duration_since(at) < recent)
-                        && t.loudness >= MIN_LOUDNESS
+                        && t.loudness_peak >= MIN_LOUDNESS
                 })
-                .max_by(|a, b| a.loudness.total_cmp(&b.loudness))
+                .max_by(|a, b| a.loudness_peak.total_cmp(&b.loudness_peak))
                 .map(|t| t.info.publisher);
+            for t in &room.tracks {
+                if let Some(up) = self.tracks.get_mut(t) {
+                    up.loudness_peak = up.loudness;
+                }
+            }
             let Some(best) = best else { continue };
             if room.speaker == Some(best) {
                 room.speaker_candidate = None;

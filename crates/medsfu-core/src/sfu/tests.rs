@@ -475,10 +475,10 @@ fn the_loudest_voice_becomes_the_active_speaker_without_flapping() {
     };
     let mut seen = Vec::new();
     // One second of Alice speaking (-20 dBov), Bob quiet (-90 dBov): Alice speaks.
-    // Then Bob is loud for 250 ms while Alice pauses (a cough: one evaluation), then Alice
+    // Then Bob is loud for 100 ms while Alice pauses (a cough), then Alice
     // again: no flip.
     // Then Bob speaks for a second: Bob.
-    let script: [(u64, u8, u8); 4] = [(1000, 20, 90), (250, 90, 5), (500, 20, 90), (1000, 90, 15)];
+    let script: [(u64, u8, u8); 4] = [(1000, 20, 90), (100, 90, 5), (500, 20, 90), (1000, 90, 15)];
     for (ms, la, lb) in script {
         for _ in 0..ms / 20 {
             let now = clock.advance(20);
