@@ -15,7 +15,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -245,20 +244,7 @@ fn build_pc(
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(rtc_err)?;
-    let host = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(rtc_err)?;
-    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().map_err(rtc_err)?)
-        .map_err(rtc_err)?;
+    medsfu_webrtc::add_host_candidate(&mut pc, local).map_err(rtc_err)?;
     Ok(pc)
 }
 

@@ -25,7 +25,7 @@ use medsfu_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-pub use peer::{codec_table, DeliverRtcp};
+pub use peer::{add_host_candidate, codec_table, DeliverRtcp};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]

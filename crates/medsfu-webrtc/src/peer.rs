@@ -193,17 +193,22 @@ pub fn build(
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .build(now)?;
+    add_host_candidate(&mut pc, candidate)?;
+    Ok(pc)
+}
+
+/// Adds a UDP host candidate at `addr` (the one socket a peer connection uses).
+pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), RtcError> {
     let host = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
-            address: candidate.ip().to_string(),
-            port: candidate.port(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
             component: 1,
             ..Default::default()
         },
         ..Default::default()
     }
     .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
-    Ok(pc)
+    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)
 }

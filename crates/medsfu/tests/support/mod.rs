@@ -208,6 +208,33 @@ impl Ws {
     }
 }
 
+/// Sends a JSON command over a browser's debugging WebSocket and returns the reply with
+/// the same `id` (events in between are skipped).
+async fn request(
+    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
+    msg: Value,
+    id: u64,
+    protocol: &str,
+) -> Value {
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .unwrap_or_else(|e| panic!("{protocol} send: {e}"));
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{protocol} reply within 60 s"))
+            .unwrap_or_else(|| panic!("{protocol} connection open"))
+            .unwrap_or_else(|e| panic!("{protocol} read: {e}"));
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).expect("JSON from the browser");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+}
+
 /// Reads a browser's stderr until it announces its debugging WebSocket URL, then keeps
 /// draining it on a thread so the browser never blocks on a full pipe.
 fn ws_url_from(err: std::process::ChildStderr, browser: &str) -> String {
@@ -312,27 +339,10 @@ impl Browser {
         if let Some(s) = session {
             msg["sessionId"] = json!(s);
         }
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::Text(
-                msg.to_string().into(),
-            ))
-            .await
-            .expect("CDP send");
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
-                .await
-                .expect("CDP reply within 60 s")
-                .expect("CDP open")
-                .expect("CDP read");
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).expect("CDP JSON");
-                if v["id"] == id {
-                    if let Some(e) = v.get("error") {
-                        return Err(e.clone());
-                    }
-                    return Ok(v["result"].clone());
-                }
-            }
+        let v = request(&mut self.ws, msg, id, "CDP").await;
+        match v.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(v["result"].clone()),
         }
     }
 
@@ -563,26 +573,9 @@ impl Firefox {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({ "id": id, "method": method, "params": params });
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::Text(
-                msg.to_string().into(),
-            ))
-            .await
-            .expect("BiDi send");
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
-                .await
-                .expect("BiDi reply within 60 s")
-                .expect("BiDi open")
-                .expect("BiDi read");
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).expect("BiDi JSON");
-                if v["id"] == id {
-                    assert!(v["type"] == "success", "BiDi {method} failed: {v}");
-                    return v["result"].clone();
-                }
-            }
-        }
+        let v = request(&mut self.ws, msg, id, "BiDi").await;
+        assert!(v["type"] == "success", "BiDi {method} failed: {v}");
+        v["result"].clone()
     }
 
     /// Evaluates an expression (awaiting a promise) and returns its value through JSON.
