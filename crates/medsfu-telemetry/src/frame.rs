@@ -264,6 +264,9 @@ pub enum Body {
     },
 }
 
+/// Highest plausible ECG sample rate (20 kHz), in millihertz.
+pub const MAX_SAMPLE_RATE_MHZ: u32 = 20_000_000;
+
 /// One telemetry frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -499,8 +502,11 @@ impl Body {
                     .iter()
                     .map(|c| Lead::from_code(*c).ok_or(malformed("waveform", "unknown lead")))
                     .collect::<Result<Vec<_>, _>>()?;
-                if sample_rate_mhz == 0 || units_per_mv == 0.0 {
-                    return Err(malformed("waveform", "zero sample rate or gain"));
+                if sample_rate_mhz == 0 || sample_rate_mhz > MAX_SAMPLE_RATE_MHZ {
+                    return Err(malformed("waveform", "sample rate must be 1 mHz to 20 kHz"));
+                }
+                if units_per_mv == 0.0 || !units_per_mv.is_finite() {
+                    return Err(malformed("waveform", "gain must be finite and non-zero"));
                 }
                 if !r.b.len().is_multiple_of(2 * n) {
                     return Err(malformed(

@@ -8,3 +8,5 @@ pub mod journal;
 pub mod outbox;
 pub mod player;
 pub mod wfdb;
+pub mod hub;
+pub mod json;

@@ -1,0 +1,465 @@
+//! The server's telemetry hub: one durable journal per room, acknowledgements only after
+//! fsync, and a live feed for participants that starts with the room's whole history.
+//!
+//! Appends hold the room's lock from the write through the broadcast, and a new feed reads
+//! the history and subscribes under the same lock, so a joiner sees every frame exactly
+//! once: no gap and no duplicate at the seam between history and live frames.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::frame::{Frame, FrameError};
+use crate::journal::{Appended, Journal, JournalError};
+use crate::json::to_json;
+
+/// Frames buffered per room for live feeds before a slow feed re-reads the journal.
+const LIVE_BUFFER: usize = 4096;
+
+/// A stored frame: its bytes and its JSON view, shared by every feed.
+#[derive(Debug)]
+pub struct Item {
+    /// Source of the frame.
+    pub source: u32,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// The encoded frame.
+    pub bytes: Vec<u8>,
+    /// Its JSON view.
+    pub json: Value,
+}
+
+impl Item {
+    fn new(bytes: Vec<u8>) -> Result<Item, FrameError> {
+        let (f, _) = Frame::decode(&bytes)?;
+        let json = to_json(&f, &bytes);
+        Ok(Item {
+            source: f.source,
+            sequence: f.sequence,
+            bytes,
+            json,
+        })
+    }
+}
+
+/// Why the hub refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The room name cannot name a directory.
+    #[error("room name not allowed for telemetry")]
+    BadRoom,
+    /// The journal failed (disk full, unwritable, damaged) or the frame is invalid.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl HubError {
+    /// Stable code for the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HubError::BadRoom => "bad_room",
+            HubError::Journal(e) => e.code(),
+        }
+    }
+}
+
+/// What an append did: acknowledgements for what is durable, and why it stopped early.
+#[derive(Debug, Default)]
+pub struct AppendResult {
+    /// `(source, highest durable sequence)` for each source in the batch.
+    pub acks: Vec<(u32, u64)>,
+    /// Frames newly stored.
+    pub stored: usize,
+    /// Frames already stored (a resend).
+    pub duplicates: usize,
+    /// The error that stopped the batch; frames before it are stored and acknowledged.
+    pub error: Option<HubError>,
+}
+
+struct Room {
+    journal: Option<Journal>,
+    dir: PathBuf,
+    live: broadcast::Sender<Arc<Item>>,
+}
+
+impl Room {
+    fn journal(&mut self, segment_bytes: u64) -> Result<&mut Journal, JournalError> {
+        if self.journal.is_none() {
+            let (j, rec) = Journal::open(&self.dir, segment_bytes)?;
+            if rec.truncated_bytes > 0 {
+                tracing::warn!(
+                    truncated_bytes = rec.truncated_bytes,
+                    records = rec.records,
+                    "telemetry journal had a torn tail; cut back to the last valid record"
+                );
+            }
+            self.journal = Some(j);
+        }
+        // Set just above when it was missing.
+        self.journal.as_mut().ok_or_else(|| JournalError::Io {
+            op: "open",
+            path: self.dir.clone(),
+            source: std::io::Error::other("journal unavailable"),
+        })
+    }
+}
+
+/// Counters of the hub.
+#[derive(Clone)]
+struct HubStats {
+    stored: IntCounter,
+    duplicates: IntCounter,
+    rejected: IntCounterVec,
+    sync_seconds: Histogram,
+}
+
+/// The telemetry of every room, journaled under one directory.
+pub struct Hub {
+    dir: PathBuf,
+    segment_bytes: u64,
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    stats: HubStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub journaling under `dir` (one subdirectory per room); its metrics go to
+    /// `registry`.
+    pub fn new(dir: &Path, segment_bytes: u64, registry: &Registry) -> prometheus::Result<Hub> {
+        let stats = HubStats {
+            stored: IntCounter::new(
+                "medsfu_telemetry_frames_stored_total",
+                "Telemetry frames journaled durably",
+            )?,
+            duplicates: IntCounter::new(
+                "medsfu_telemetry_frames_duplicate_total",
+                "Telemetry frames received again after a resend and not stored twice",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "medsfu_telemetry_frames_rejected_total",
+                    "Telemetry frames refused, by reason",
+                ),
+                &["reason"],
+            )?,
+            sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "medsfu_telemetry_journal_sync_seconds",
+                    "Time to make a batch of frames durable (write and fsync)",
+                )
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]),
+            )?,
+        };
+        registry.register(Box::new(stats.stored.clone()))?;
+        registry.register(Box::new(stats.duplicates.clone()))?;
+        registry.register(Box::new(stats.rejected.clone()))?;
+        registry.register(Box::new(stats.sync_seconds.clone()))?;
+        Ok(Hub {
+            dir: dir.to_owned(),
+            segment_bytes,
+            rooms: Mutex::new(HashMap::new()),
+            stats,
+        })
+    }
+
+    /// Counts a frame refused before it reached the hub (e.g. a bad stream).
+    pub fn count_rejected(&self, reason: &str) {
+        self.stats.rejected.with_label_values(&[reason]).inc();
+    }
+
+    fn room(&self, room: &str) -> Result<Arc<Mutex<Room>>, HubError> {
+        // Room names are validated upstream; a leading dot could still name "." or "..".
+        if room.is_empty() || room.starts_with('.') || room.contains(['/', '\\']) {
+            return Err(HubError::BadRoom);
+        }
+        let mut rooms = lock(&self.rooms);
+        Ok(rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Room {
+                    journal: None,
+                    dir: self.dir.join(room),
+                    live: broadcast::channel(LIVE_BUFFER).0,
+                }))
+            })
+            .clone())
+    }
+
+    /// Journals a batch of encoded frames (blocking: call from a blocking thread), makes
+    /// them durable with one fsync, then hands the new ones to live feeds.
+    pub fn append(&self, room: &str, frames: Vec<Vec<u8>>) -> AppendResult {
+        let mut res = AppendResult::default();
+        let r = match self.room(room) {
+            Ok(r) => r,
+            Err(e) => {
+                res.error = Some(e);
+                return res;
+            }
+        };
+        let mut r = lock(&r);
+        let started = std::time::Instant::now();
+        let mut fresh = Vec::new();
+        let mut seen: HashMap<u32, u64> = HashMap::new();
+        let outcome = (|| -> Result<(), HubError> {
+            let j = r.journal(self.segment_bytes)?;
+            for bytes in frames {
+                let item = match Item::new(bytes) {
+                    Ok(i) => i,
+                    Err(e) => return Err(HubError::Journal(JournalError::Frame(e))),
+                };
+                match j.append(&item.bytes)? {
+                    Appended::Stored => fresh.push(Arc::new(item)),
+                    Appended::Duplicate => {
+                        res.duplicates += 1;
+                        // Acknowledge what is already durable so the sender can move on.
+                        if let Some(h) = j.highest(item.source) {
+                            seen.insert(item.source, h);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Everything written so far is made durable, even if the batch stopped early.
+        let synced = r
+            .journal
+            .as_mut()
+            .map(|j| j.sync().map_err(HubError::from));
+        self.stats
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match (outcome, synced) {
+            (Err(e), _) => Some(e),
+            (Ok(()), Some(Err(e))) => Some(e),
+            _ => None,
+        };
+        if let Some(e) = &failure {
+            self.stats.rejected.with_label_values(&[e.code()]).inc();
+            if matches!(e, HubError::Journal(JournalError::Io { .. })) {
+                // State after a failed write or fsync is uncertain: reopen from disk,
+                // which keeps exactly what is valid there, and acknowledge nothing new.
+                r.journal = None;
+                fresh.clear();
+                seen.clear();
+            }
+        }
+        for item in &fresh {
+            seen.insert(item.source, item.sequence);
+        }
+        res.stored = fresh.len();
+        self.stats.stored.inc_by(fresh.len() as u64);
+        self.stats.duplicates.inc_by(res.duplicates as u64);
+        for item in fresh {
+            // No live feed is not an error.
+            let _ = r.live.send(item);
+        }
+        let mut acks: Vec<(u32, u64)> = seen.into_iter().collect();
+        acks.sort_unstable();
+        res.acks = acks;
+        res.error = failure;
+        res
+    }
+
+    /// The highest durable sequence of `source` in `room`.
+    pub fn highest(&self, room: &str, source: u32) -> Result<Option<u64>, HubError> {
+        let r = self.room(room)?;
+        let mut r = lock(&r);
+        Ok(r.journal(self.segment_bytes)?.highest(source))
+    }
+
+    /// A feed of the room's telemetry: everything stored so far, then live frames
+    /// (blocking: reads the journal).
+    pub fn feed(&self, room: &str) -> Result<Feed, HubError> {
+        let r = self.room(room)?;
+        let (history, live) = {
+            let mut g = lock(&r);
+            let history = g.journal(self.segment_bytes)?.read_all()?;
+            (history, g.live.subscribe())
+        };
+        let mut feed = Feed {
+            room: r,
+            live,
+            last: HashMap::new(),
+            segment_bytes: self.segment_bytes,
+            pending_history: None,
+        };
+        let history = feed.admit(history);
+        feed.pending_history = Some(history);
+        Ok(feed)
+    }
+}
+
+/// One participant's view of a room's telemetry.
+pub struct Feed {
+    room: Arc<Mutex<Room>>,
+    live: broadcast::Receiver<Arc<Item>>,
+    last: HashMap<u32, u64>,
+    segment_bytes: u64,
+    pending_history: Option<Vec<Arc<Item>>>,
+}
+
+impl Feed {
+    /// Items not yet delivered, in journal order (drops what was already delivered).
+    fn admit(&mut self, frames: Vec<Vec<u8>>) -> Vec<Arc<Item>> {
+        let mut out = Vec::new();
+        for bytes in frames {
+            // The journal only holds frames that decoded when stored.
+            let Ok(item) = Item::new(bytes) else { continue };
+            if self.fresh(item.source, item.sequence) {
+                out.push(Arc::new(item));
+            }
+        }
+        out
+    }
+
+    fn fresh(&mut self, source: u32, sequence: u64) -> bool {
+        match self.last.get(&source) {
+            Some(l) if sequence <= *l => false,
+            _ => {
+                self.last.insert(source, sequence);
+                true
+            }
+        }
+    }
+
+    /// The room's history at the time the feed was made (once).
+    pub fn take_history(&mut self) -> Vec<Arc<Item>> {
+        self.pending_history.take().unwrap_or_default()
+    }
+
+    /// The next live frames, waiting for at least one; `None` when the hub is gone.
+    ///
+    /// A feed that fell more than the live buffer behind catches up from the journal
+    /// (blocking read), so even a slow reader loses nothing.
+    pub async fn next(&mut self) -> Option<Vec<Arc<Item>>> {
+        loop {
+            match self.live.recv().await {
+                Ok(item) => {
+                    let mut out = Vec::new();
+                    if self.fresh(item.source, item.sequence) {
+                        out.push(item);
+                    }
+                    while let Ok(i) = self.live.try_recv() {
+                        if self.fresh(i.source, i.sequence) {
+                            out.push(i);
+                        }
+                    }
+                    if !out.is_empty() {
+                        return Some(out);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let room = self.room.clone();
+                    let seg = self.segment_bytes;
+                    let frames = tokio::task::spawn_blocking(move || {
+                        let mut g = lock(&room);
+                        g.journal(seg).and_then(|j| j.read_all())
+                    })
+                    .await
+                    .ok()?
+                    .ok()?;
+                    let out = self.admit(frames);
+                    if !out.is_empty() {
+                        return Some(out);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Body, VehicleStatus};
+
+    fn frame(source: u32, sequence: u64) -> Vec<u8> {
+        Frame {
+            source,
+            sequence,
+            captured_at_us: 0,
+            body: Body::Status(VehicleStatus::Departed),
+        }
+        .encode()
+        .expect("encode")
+    }
+
+    fn hub(dir: &Path) -> Hub {
+        Hub::new(dir, 1 << 20, &Registry::new()).expect("hub")
+    }
+
+    fn seqs(items: &[Arc<Item>]) -> Vec<(u32, u64)> {
+        items.iter().map(|i| (i.source, i.sequence)).collect()
+    }
+
+    #[tokio::test]
+    async fn joiner_gets_history_then_live_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = Arc::new(hub(dir.path()));
+        let r = hub.append("demo", (0..5).map(|s| frame(1, s)).collect());
+        assert_eq!((r.stored, r.acks.clone()), (5, vec![(1, 4)]));
+        let mut feed = hub.feed("demo").expect("feed");
+        // Frames arriving while the joiner replays history, including a resend overlap.
+        let r = hub.append("demo", (3..8).map(|s| frame(1, s)).collect());
+        assert_eq!((r.stored, r.duplicates), (3, 2));
+        let mut got = seqs(&feed.take_history());
+        while got.len() < 8 {
+            got.extend(seqs(&feed.next().await.expect("live")));
+        }
+        assert_eq!(got, (0..8).map(|s| (1, s)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_feed_that_falls_behind_catches_up_from_the_journal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        let mut feed = hub.feed("r").expect("feed");
+        assert!(feed.take_history().is_empty());
+        let n = (LIVE_BUFFER + 100) as u64;
+        for s in 0..n {
+            let r = hub.append("r", vec![frame(2, s)]);
+            assert!(r.error.is_none());
+        }
+        let mut got = Vec::new();
+        while got.len() < n as usize {
+            got.extend(seqs(&feed.next().await.expect("live")));
+        }
+        assert_eq!(got, (0..n).map(|s| (2, s)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bad_frames_stop_the_batch_after_storing_what_came_before() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        let mut bad = frame(1, 2);
+        bad[2] = 99; // unknown version
+        let r = hub.append("r", vec![frame(1, 0), frame(1, 1), bad, frame(1, 3)]);
+        assert_eq!(r.acks, vec![(1, 1)]);
+        assert_eq!(r.error.map(|e| e.code()), Some("frame_version"));
+        assert!(matches!(hub.append("..", vec![]).error, Some(HubError::BadRoom)));
+        // Nothing already journaled was harmed.
+        let mut feed = hub.feed("r").expect("feed");
+        assert_eq!(seqs(&feed.take_history()), vec![(1, 0), (1, 1)]);
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_an_error_and_nothing_is_acknowledged() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").expect("write");
+        let hub = hub(&file);
+        let r = hub.append("r", vec![frame(1, 0)]);
+        assert!(r.acks.is_empty());
+        assert_eq!(r.error.map(|e| e.code()), Some("journal_io"));
+    }
+}
