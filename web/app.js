@@ -33,6 +33,7 @@ async function onMessage(m) {
       $('join-panel').hidden = true; $('room-panel').hidden = false;
       $('publish-cam').hidden = !m.may_publish.includes('camera');
       $('publish-mic').hidden = !m.may_publish.includes('microphone');
+      window.medsfuTelemetryUi.reset(); // telemetry history is replayed after every join
       addParticipant({ participant: m.participant, identity: m.identity + ' (you)', role: m.role });
       setConn('joined');
       for (const what of (new URLSearchParams(location.search).get('publish') || '').split(',')) {
@@ -54,6 +55,7 @@ async function onMessage(m) {
       // A refused publish must not block the next one.
       if (state.answerWaiter) { state.answerWaiter(); state.answerWaiter = null; }
       break;
+    case 'telemetry': case 'telemetry_live': window.medsfuTelemetryUi.onMessage(m); break; // web/telemetry.js
     case 'left': setConn('closed'); showError(`left: ${m.reason}`); break;
     default: break;
   }

@@ -6,6 +6,7 @@
 
 mod error;
 mod signalling;
+pub mod telemetry;
 pub mod token;
 mod web;
 mod whip;
@@ -14,10 +15,12 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
+use medsfu_telemetry::hub::Hub;
 use medsfu_webrtc::MediaHandle;
 use tower_http::cors::{Any, CorsLayer};
 
 pub use error::ApiError;
+pub(crate) use whip::bearer;
 pub use signalling::{parse_client_message, MAX_MESSAGE_BYTES};
 pub use token::{Grant, TokenError, TokenKey};
 
@@ -32,25 +35,39 @@ struct Inner {
     tokens: TokenKey,
     sessions: whip::Sessions,
     metrics: prometheus::Registry,
+    hub: Arc<Hub>,
 }
 
 impl AppState {
-    /// State over a running media server, a token key and the metrics registry.
-    pub fn new(media: MediaHandle, tokens: TokenKey, metrics: prometheus::Registry) -> AppState {
+    /// State over a running media server, a token key, the metrics registry and the
+    /// telemetry hub.
+    pub fn new(
+        media: MediaHandle,
+        tokens: TokenKey,
+        metrics: prometheus::Registry,
+        hub: Arc<Hub>,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 media,
                 tokens,
                 sessions: whip::Sessions::default(),
                 metrics,
+                hub,
             }),
         }
     }
 }
 
-/// Whether a room name is safe in URLs, paths and logs: 1-64 of `A-Z a-z 0-9 . _ -`.
+/// The rule [`valid_room`] checks, as told to clients.
+pub const ROOM_RULE: &str =
+    "room names are 1-64 characters of A-Z a-z 0-9 . _ - and do not start with a dot";
+
+/// Whether a room name is safe in URLs, paths and logs: 1-64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot (so it never names `.`, `..` or a hidden directory).
 pub fn valid_room(room: &str) -> bool {
     (1..=64).contains(&room.len())
+        && !room.starts_with('.')
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -82,10 +99,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
+        .route("/telemetry.js", get(web::telemetry_script))
         .route("/app.css", get(web::style))
         .route("/healthz", get(web::healthz))
         .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
+        .route("/api/rooms/{room}/telemetry", get(telemetry::stream))
         .route(
             "/whip/{room}",
             post(whip::create_whip).options(whip::options),

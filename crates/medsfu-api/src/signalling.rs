@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use std::sync::Arc;
+
 use medsfu_core::{LeaveReason, ParticipantId, RoomEvent, TrackId, TrackSource};
+use medsfu_telemetry::hub::{Feed, Item};
 use medsfu_webrtc::{MediaError, SessionEvent, SessionKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,6 +78,11 @@ enum ClientMessage {
         id: Option<Value>,
     },
     Ping {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Chat {
+        text: String,
         #[serde(default)]
         id: Option<Value>,
     },
@@ -198,6 +206,7 @@ pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Leave { .. } => "leave",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Chat { .. } => "chat",
         }),
         Err(e) => Err(e.to_string()),
     }
@@ -222,6 +231,7 @@ fn parse(text: &str) -> Result<ClientMessage, Value> {
                     "candidate",
                     "leave",
                     "ping",
+                    "chat",
                 ]
                 .contains(&t.as_str()) =>
             {
@@ -257,11 +267,7 @@ async fn session(state: AppState, mut socket: WebSocket) {
             Ok(ClientMessage::Join { token, id }) => {
                 match s.tokens.verify(&token, SystemTime::now()) {
                     Ok(g) if !crate::valid_room(&g.room) => {
-                        let e = error(
-                            "bad_room",
-                            "room names are 1-64 characters of A-Z a-z 0-9 . _ -",
-                            id,
-                        );
+                        let e = error("bad_room", crate::ROOM_RULE, id);
                         if !send(&mut socket, &e).await {
                             return;
                         }
@@ -319,7 +325,24 @@ async fn session(state: AppState, mut socket: WebSocket) {
     });
     let mut ended_by_server = false;
     if send(&mut socket, &hello).await {
-        ended_by_server = run(&state, &mut socket, &mut events, me, last_seen).await;
+        let feed = if crate::telemetry::may_read(grant.role) {
+            match replay(&state, &mut socket, &grant.room).await {
+                Ok(f) => f,
+                Err(()) => {
+                    s.media.leave(me).await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let who = Who {
+            me,
+            room: grant.room.clone(),
+            identity: grant.identity.clone(),
+            role: grant.role,
+        };
+        ended_by_server = run(&state, &mut socket, &mut events, &who, feed, last_seen).await;
     }
     // A proper close frame, so clients see a normal closure rather than a dropped link.
     let _ = socket.send(Message::Close(None)).await;
@@ -329,17 +352,75 @@ async fn session(state: AppState, mut socket: WebSocket) {
     debug!(participant = %me, "signalling session closed");
 }
 
+/// Frames per `telemetry` message.
+const TELEMETRY_BATCH: usize = 100;
+
+fn telemetry_json(items: &[Arc<Item>]) -> Value {
+    json!({
+        "type": "telemetry",
+        "frames": items.iter().map(|i| &i.json).collect::<Vec<_>>(),
+    })
+}
+
+/// Sends the room's telemetry history, then `telemetry_live`; returns the feed for the
+/// live frames (`None` if the journal is unavailable, which the client is told).
+async fn replay(state: &AppState, socket: &mut WebSocket, room: &str) -> Result<Option<Feed>, ()> {
+    let mut feed = match crate::telemetry::open_feed(state, room).await {
+        Ok(f) => f,
+        Err(e) => {
+            let m = error(e.code, e.message, None);
+            return if send(socket, &m).await { Ok(None) } else { Err(()) };
+        }
+    };
+    for chunk in feed.take_history().chunks(TELEMETRY_BATCH) {
+        if !send(socket, &telemetry_json(chunk)).await {
+            return Err(());
+        }
+    }
+    if !send(socket, &json!({ "type": "telemetry_live" })).await {
+        return Err(());
+    }
+    Ok(Some(feed))
+}
+
+/// Who a joined session is.
+struct Who {
+    me: ParticipantId,
+    room: String,
+    identity: String,
+    role: medsfu_core::Role,
+}
+
+async fn next_telemetry(feed: &mut Option<Feed>) -> Option<Vec<Arc<Item>>> {
+    match feed {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves a joined session until either side ends it; true when the server ended it.
 async fn run(
     state: &AppState,
     socket: &mut WebSocket,
     events: &mut mpsc::UnboundedReceiver<SessionEvent>,
-    me: ParticipantId,
+    who: &Who,
+    mut feed: Option<Feed>,
     mut last_seen: Instant,
 ) -> bool {
+    let me = who.me;
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
+            batch = next_telemetry(&mut feed) => match batch {
+                Some(items) => {
+                    for chunk in items.chunks(TELEMETRY_BATCH) {
+                        if !send(socket, &telemetry_json(chunk)).await {
+                            return false;
+                        }
+                    }
+                }
+                None => feed = None,
+            },
             ev = events.recv() => {
                 let Some(ev) = ev else { return true };
                 let removed = matches!(ev, SessionEvent::Removed(_));
@@ -352,6 +433,7 @@ async fn run(
                 Incoming::Other => {}
                 Incoming::Text(text) => {
                     let reply = match parse(&text) {
+                        Ok(ClientMessage::Chat { text, id }) => chat(state, who, text, id).await,
                         Ok(msg) => handle(state, me, msg).await,
                         Err(e) => Some(e),
                     };
@@ -375,6 +457,39 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Longest chat message, in characters.
+const MAX_CHAT_CHARS: usize = 1000;
+
+/// Journals a chat message; everyone in the room (the sender too) gets it as telemetry.
+async fn chat(state: &AppState, who: &Who, text: String, id: Option<Value>) -> Option<Value> {
+    if !crate::telemetry::may_chat(who.role) {
+        return Some(error(
+            "chat_forbidden",
+            format!("role {} does not chat", who.role.as_str()),
+            id,
+        ));
+    }
+    let text = text.trim().to_owned();
+    if text.is_empty() || text.chars().count() > MAX_CHAT_CHARS {
+        return Some(error(
+            "bad_message",
+            format!("chat text must be 1-{MAX_CHAT_CHARS} characters"),
+            id,
+        ));
+    }
+    let hub = state.inner.hub.clone();
+    let (room, author) = (who.room.clone(), who.identity.clone());
+    let now_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let r = tokio::task::spawn_blocking(move || hub.chat(&room, &author, &text, now_us)).await;
+    match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(error(e.code(), e.to_string(), id)),
+        Err(e) => Some(error("internal", e.to_string(), id)),
     }
 }
 
@@ -451,5 +566,7 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
             Some(json!({ "type": "left", "reason": LeaveReason::Left.as_str(), "id": id }))
         }
         ClientMessage::Ping { id } => Some(json!({ "type": "pong", "id": id })),
+        // Handled by the caller, which knows the room and identity.
+        ClientMessage::Chat { id, .. } => Some(error("internal", "chat not routed", id)),
     }
 }

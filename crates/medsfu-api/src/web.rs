@@ -21,6 +21,13 @@ pub async fn script() -> impl IntoResponse {
     )
 }
 
+pub async fn telemetry_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../web/telemetry.js"),
+    )
+}
+
 pub async fn style() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],

@@ -46,7 +46,7 @@ impl Sessions {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -101,7 +101,7 @@ async fn create(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_room",
-            "room names are 1-64 characters of A-Z a-z 0-9 . _ -",
+            crate::ROOM_RULE,
         ));
     }
     let grant = s

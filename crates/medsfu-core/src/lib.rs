@@ -20,7 +20,7 @@ pub use error::CoreError;
 pub use ids::{DownTrackId, ParticipantId, TrackId};
 pub use medsfu_codec::Codec;
 pub use role::{MediaKind, Role, TrackSource};
-pub use rtp::{seq_is_newer, RtpHeader, RtpPacket};
+pub use rtp::{seq_is_newer, RtpHeader, RtpPacket, RtpParseError};
 pub use sfu::{
     CoreConfig, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport, RoomEvent,
     RtpOut, Sfu, TrackInfo,

@@ -8,6 +8,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 /// A certificate and its private key, PEM-encoded.
@@ -25,6 +26,7 @@ pub struct Issued {
 pub struct DevCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    key_pem: String,
     next_serial: u64,
 }
 
@@ -41,23 +43,64 @@ fn dn(cn: &str) -> DistinguishedName {
     d
 }
 
+fn ca_params(name: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = dn(name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(p)
+}
+
 impl DevCa {
     /// A new CA named `name`, valid for ten years.
     pub fn generate(name: &str) -> Result<DevCa, rcgen::Error> {
         let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name = dn(name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut p = ca_params(name)?;
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::days(1);
         p.not_after = now + Duration::days(3650);
         let cert = p.self_signed(&key)?;
         Ok(DevCa {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(p, key),
             next_serial: 1000,
         })
+    }
+
+    /// A CA saved earlier with [`DevCa::cert_pem`] and [`DevCa::key_pem`]; new serial
+    /// numbers start at `next_serial`.
+    pub fn load(cert_pem: &str, key_pem: &str, next_serial: u64) -> Result<DevCa, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        // What issuing needs of the CA certificate is its name (and the key): rebuild the
+        // parameters from the saved certificate's common name.
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .ok_or(rcgen::Error::CouldNotParseCertificate)?
+            .to_owned();
+        Ok(DevCa {
+            issuer: Issuer::new(ca_params(&name)?, key),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            next_serial,
+        })
+    }
+
+    /// The CA's private key (PEM): keep it off the server.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The serial number the next certificate gets.
+    pub fn next_serial(&self) -> u64 {
+        self.next_serial
     }
 
     /// The CA certificate (PEM), which servers and devices trust.
@@ -149,4 +192,22 @@ pub fn self_signed(identity: &str) -> Result<Issued, rcgen::Error> {
         key_pem: key.serialize_pem(),
         serial: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_ca_issues_again_with_fresh_serials() {
+        let mut ca = DevCa::generate("test CA").expect("ca");
+        let first = ca.issue_server(&["localhost"]).expect("server");
+        let mut again = DevCa::load(ca.cert_pem(), ca.key_pem(), ca.next_serial()).expect("load");
+        let now = OffsetDateTime::now_utc();
+        let dev = again
+            .issue_device("amb-1", now, now + Duration::days(1))
+            .expect("device");
+        assert!(dev.serial > first.serial);
+        assert!(again.crl_pem(&[dev.serial]).expect("crl").contains("X509 CRL"));
+    }
 }

@@ -123,7 +123,14 @@ pub struct Hub {
     dir: PathBuf,
     segment_bytes: u64,
     rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    chat_lock: Mutex<()>,
     stats: HubStats,
+}
+
+/// The frame source of a participant's chat messages: derived from the identity, with the
+/// top bit set so it never collides with a device's own (small) source numbers.
+pub fn chat_source(identity: &str) -> u32 {
+    crc32fast::hash(identity.as_bytes()) | 0x8000_0000
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,6 +174,7 @@ impl Hub {
             dir: dir.to_owned(),
             segment_bytes,
             rooms: Mutex::new(HashMap::new()),
+            chat_lock: Mutex::new(()),
             stats,
         })
     }
@@ -267,6 +275,42 @@ impl Hub {
         res.acks = acks;
         res.error = failure;
         res
+    }
+
+    /// Journals a chat message from `author` (blocking), numbered in the author's own
+    /// source, and hands it to live feeds.
+    pub fn chat(
+        &self,
+        room: &str,
+        author: &str,
+        text: &str,
+        captured_at_us: i64,
+    ) -> Result<(), HubError> {
+        let source = chat_source(author);
+        let r = self.room(room)?;
+        // Held across the numbering and the append so two sessions of one author cannot
+        // take the same sequence number.
+        let _numbering = lock(&self.chat_lock);
+        let sequence = {
+            let mut g = lock(&r);
+            g.journal(self.segment_bytes)?
+                .highest(source)
+                .map_or(0, |h| h + 1)
+        };
+        let frame = Frame {
+            source,
+            sequence,
+            captured_at_us,
+            body: crate::frame::Body::Chat {
+                author: author.to_owned(),
+                text: text.to_owned(),
+            },
+        };
+        let bytes = frame.encode().map_err(JournalError::from)?;
+        match self.append(room, vec![bytes]).error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The highest durable sequence of `source` in `room`.
@@ -450,6 +494,20 @@ mod tests {
         // Nothing already journaled was harmed.
         let mut feed = hub.feed("r").expect("feed");
         assert_eq!(seqs(&feed.take_history()), vec![(1, 0), (1, 1)]);
+    }
+
+    #[test]
+    fn chat_messages_are_numbered_per_author() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        hub.chat("r", "dr-lead", "BP?", 1).expect("chat");
+        hub.chat("r", "crew", "120/80", 2).expect("chat");
+        hub.chat("r", "dr-lead", "thanks", 3).expect("chat");
+        let mut feed = hub.feed("r").expect("feed");
+        let got = seqs(&feed.take_history());
+        let (lead, crew) = (chat_source("dr-lead"), chat_source("crew"));
+        assert_eq!(got, vec![(lead, 0), (crew, 0), (lead, 1)]);
+        assert!(lead & 0x8000_0000 != 0 && lead != crew);
     }
 
     #[test]

@@ -46,6 +46,8 @@ struct Session {
     events: mpsc::UnboundedSender<SessionEvent>,
     publisher: Option<PeerId>,
     subscriber: Option<PeerId>,
+    /// Indicator state last told to a vehicle (green, red).
+    indicator: (bool, bool),
 }
 
 struct Sender {
@@ -144,6 +146,8 @@ pub(crate) struct Engine {
     track_codecs: HashMap<TrackId, RTCRtpCodec>,
     scratch_events: Vec<RTCPeerConnectionEvent>,
     scratch_msgs: Vec<RTCMessage>,
+    /// Subscriptions changed: vehicles' indicator lamps may have to change too.
+    indicators_dirty: bool,
 }
 
 fn rtc_err(e: impl std::fmt::Display) -> MediaError {
@@ -175,6 +179,7 @@ impl Engine {
             track_codecs: HashMap::new(),
             scratch_events: Vec::new(),
             scratch_msgs: Vec::new(),
+            indicators_dirty: false,
         }
     }
 
@@ -368,7 +373,8 @@ impl Engine {
                                 },
                             );
                         }
-                        None => {}
+                        // Vehicles have no peer connection.
+                        Some(SessionKind::Vehicle) | None => {}
                     }
                 }
             }
@@ -548,6 +554,20 @@ impl Engine {
         while let Some(out) = self.sfu.poll_output() {
             match out {
                 Output::Rtp(r) => self.send_rtp(r, now),
+                Output::RequestKeyframe { track, publisher, .. }
+                    if self.is_vehicle(publisher) =>
+                {
+                    MediaStats::inc(&self.stats.keyframe_requests);
+                    self.tell(publisher, SessionEvent::KeyframeRequest { track });
+                }
+                Output::Nack {
+                    track,
+                    publisher,
+                    seqs,
+                    ..
+                } if self.is_vehicle(publisher) => {
+                    self.tell(publisher, SessionEvent::Nack { track, seqs });
+                }
                 Output::RequestKeyframe {
                     track,
                     publisher,
@@ -583,6 +603,7 @@ impl Engine {
                     subscriber,
                     track,
                 } => {
+                    self.indicators_dirty = true;
                     let is_signalling = self
                         .sessions
                         .get(&subscriber)
@@ -601,7 +622,10 @@ impl Engine {
                 }
                 Output::SubscriptionRemoved {
                     down, subscriber, ..
-                } => self.remove_sender(subscriber, down),
+                } => {
+                    self.indicators_dirty = true;
+                    self.remove_sender(subscriber, down);
+                }
                 Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
                 Output::TrackClosed { track } => {
                     self.track_codecs.remove(&track);
@@ -611,12 +635,65 @@ impl Engine {
                     reason,
                 } => {
                     info!(%participant, reason = reason.as_str(), "participant removed");
+                    self.indicators_dirty = true;
                     self.end_session(participant, Some(reason));
                 }
                 _ => {}
             }
         }
         self.send_offers(now);
+        if std::mem::take(&mut self.indicators_dirty) {
+            self.update_indicators();
+        }
+    }
+
+    fn is_vehicle(&self, participant: ParticipantId) -> bool {
+        self.sessions
+            .get(&participant)
+            .is_some_and(|s| s.kind == SessionKind::Vehicle)
+    }
+
+    /// Tells each vehicle whose lamps changed: green while a lead or consultant receives
+    /// its roof camera, red while a recorder does.
+    fn update_indicators(&mut self) {
+        let mut watched: HashMap<TrackId, (bool, bool)> = HashMap::new();
+        for s in self.sessions.values() {
+            let (green, red) = match s.role {
+                Role::Lead | Role::Consultant => (true, false),
+                Role::Recorder => (false, true),
+                _ => continue,
+            };
+            let Some(p) = s.subscriber.and_then(|pid| self.peers.get(&pid)) else {
+                continue;
+            };
+            for snd in p.senders.values() {
+                let w = watched.entry(snd.track).or_default();
+                w.0 |= green;
+                w.1 |= red;
+            }
+        }
+        let mut changed = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.kind != SessionKind::Vehicle {
+                continue;
+            }
+            let mut lamps = (false, false);
+            for t in self.sfu.room_tracks(&s.room) {
+                if t.publisher == *id && t.source == TrackSource::RoofCamera {
+                    if let Some(w) = watched.get(&t.id) {
+                        lamps.0 |= w.0;
+                        lamps.1 |= w.1;
+                    }
+                }
+            }
+            if lamps != s.indicator {
+                s.indicator = lamps;
+                changed.push((*id, lamps));
+            }
+        }
+        for (id, (green, red)) in changed {
+            self.tell(id, SessionEvent::Indicator { green, red });
+        }
     }
 
     fn send_rtp(&mut self, r: medsfu_core::RtpOut, now: Instant) {
@@ -887,6 +964,7 @@ impl Engine {
                         events,
                         publisher: None,
                         subscriber: None,
+                        indicator: (false, false),
                     },
                 );
                 // The joiner may have given up waiting.
@@ -940,16 +1018,56 @@ impl Engine {
                 let r = self.add_candidate(participant, publisher, mid, candidate);
                 let _ = reply.send(r);
             }
-            Command::Leave { participant } => {
+            Command::Leave {
+                participant,
+                reason,
+            } => {
                 // Already gone (timed out, replaced) is fine.
-                let _ = self.sfu.leave(participant, now);
+                let _ = self.sfu.disconnect(participant, reason, now);
                 self.end_session(participant, None);
+                self.indicators_dirty = true;
+            }
+            Command::PublishTrack {
+                participant,
+                source,
+                codec,
+                reply,
+            } => {
+                let r = self.publish_track(participant, source, codec, now);
+                let _ = reply.send(r);
+            }
+            Command::Rtp { track, packet } => {
+                MediaStats::inc(&self.stats.rtp_in);
+                if self.sfu.handle_rtp(track, packet, now).is_err() {
+                    MediaStats::inc(&self.stats.rtp_dropped);
+                }
             }
             Command::Rooms { reply } => {
                 let _ = reply.send((self.sfu.room_count(), self.sfu.participant_count()));
             }
         }
         self.drain_core(now);
+    }
+
+    fn publish_track(
+        &mut self,
+        participant: ParticipantId,
+        source: TrackSource,
+        codec: Codec,
+        now: Instant,
+    ) -> Result<TrackId, MediaError> {
+        if !self.is_vehicle(participant) {
+            return Err(MediaError::UnknownSession);
+        }
+        let rtc_codec = peer::codec_table()
+            .into_iter()
+            .map(|(c, _)| c.rtp_codec)
+            .find(|c| Codec::from_mime(&c.mime_type) == Some(codec))
+            .ok_or(MediaError::NoCodec)?;
+        let track = self.sfu.publish(participant, source, codec, now)?;
+        self.track_codecs.insert(track, rtc_codec);
+        info!(%participant, %track, %source, codec = codec.mime(), "vehicle track published");
+        Ok(track)
     }
 
     fn unsubscribe(
@@ -1187,7 +1305,7 @@ impl Engine {
             let alive: Vec<ParticipantId> = self
                 .sessions
                 .iter()
-                .filter(|(_, s)| s.kind == SessionKind::Signalling)
+                .filter(|(_, s)| matches!(s.kind, SessionKind::Signalling | SessionKind::Vehicle))
                 .map(|(p, _)| *p)
                 .collect();
             for p in alive {

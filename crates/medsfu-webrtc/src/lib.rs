@@ -21,7 +21,8 @@ use std::sync::Arc;
 use prometheus::{IntCounter, Registry};
 
 use medsfu_core::{
-    CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, TrackId, TrackSource,
+    Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, RtpPacket, TrackId,
+    TrackSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,6 +67,9 @@ pub enum MediaError {
     /// The media server has stopped.
     #[error("media server stopped")]
     Stopped,
+    /// The media server's queue is full.
+    #[error("media server busy")]
+    Busy,
 }
 
 impl MediaError {
@@ -80,6 +84,7 @@ impl MediaError {
             MediaError::NoPendingOffer => "no_pending_offer",
             MediaError::WebRtc(_) => "webrtc",
             MediaError::Stopped => "stopped",
+            MediaError::Busy => "busy",
         }
     }
 }
@@ -94,6 +99,9 @@ pub enum SessionKind {
     Whip,
     /// A WHEP subscriber: alive while ICE consent checks arrive; tracks fixed at creation.
     Whep,
+    /// A publisher outside WebRTC (a vehicle over QUIC): alive while its connection is;
+    /// its packets arrive by [`MediaHandle::rtp`], its feedback leaves as session events.
+    Vehicle,
 }
 
 /// Something the media server tells one session.
@@ -111,6 +119,26 @@ pub enum SessionEvent {
     },
     /// The server ended the session.
     Removed(LeaveReason),
+    /// A subscriber needs a keyframe of this (non-WebRTC) track.
+    KeyframeRequest {
+        /// The track.
+        track: TrackId,
+    },
+    /// Subscribers miss these packets of this (non-WebRTC) track.
+    Nack {
+        /// The track.
+        track: TrackId,
+        /// Original sequence numbers.
+        seqs: Vec<u16>,
+    },
+    /// Whether a teleconsultant watches this vehicle's roof camera (green) and whether it
+    /// is being recorded (red); sent when either changes.
+    Indicator {
+        /// A lead or consultant receives the roof camera.
+        green: bool,
+        /// A recorder receives the roof camera.
+        red: bool,
+    },
     /// Something went wrong that the client should know about.
     Error {
         /// Stable code.
@@ -243,8 +271,19 @@ pub(crate) enum Command {
         candidate: String,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    PublishTrack {
+        participant: ParticipantId,
+        source: TrackSource,
+        codec: Codec,
+        reply: oneshot::Sender<Result<TrackId, MediaError>>,
+    },
+    Rtp {
+        track: TrackId,
+        packet: RtpPacket,
+    },
     Leave {
         participant: ParticipantId,
+        reason: LeaveReason,
     },
     Rooms {
         reply: oneshot::Sender<(usize, usize)>,
@@ -405,8 +444,50 @@ impl MediaHandle {
 
     /// Removes a participant (fire and forget).
     pub async fn leave(&self, participant: ParticipantId) {
+        self.disconnect(participant, LeaveReason::Left).await;
+    }
+
+    /// Removes a participant whose connection ended, telling the room why.
+    pub async fn disconnect(&self, participant: ParticipantId, reason: LeaveReason) {
         // A stopped server has no participants left to remove.
-        let _ = self.tx.send(Command::Leave { participant }).await;
+        let _ = self
+            .tx
+            .send(Command::Leave {
+                participant,
+                reason,
+            })
+            .await;
+    }
+
+    /// Publishes a track of a [`SessionKind::Vehicle`] session; its packets then go to
+    /// [`MediaHandle::rtp`].
+    pub async fn publish_track(
+        &self,
+        participant: ParticipantId,
+        source: TrackSource,
+        codec: Codec,
+    ) -> Result<TrackId, MediaError> {
+        self.ask(|reply| Command::PublishTrack {
+            participant,
+            source,
+            codec,
+            reply,
+        })
+        .await?
+    }
+
+    /// Hands one RTP packet of a vehicle track to the core without waiting; a packet the
+    /// busy server cannot take is dropped and counted (media is late rather than queued).
+    pub fn rtp(&self, track: TrackId, packet: RtpPacket) -> Result<(), MediaError> {
+        self.tx
+            .try_send(Command::Rtp { track, packet })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.stats.rtp_dropped.inc();
+                    MediaError::Busy
+                }
+                mpsc::error::TrySendError::Closed(_) => MediaError::Stopped,
+            })
     }
 
     /// Number of rooms and participants.

@@ -1,0 +1,243 @@
+//! The vehicle protocol's reliable streams.
+//!
+//! A vehicle opens bidirectional streams and names each by its first byte: [`CONTROL`]
+//! (JSON lines both ways: hello, camera commands and their acknowledgements, indicator
+//! state) and [`TELEMETRY`] (binary telemetry frames up, JSON-line acknowledgements down).
+//! See docs/vehicle.md.
+
+use serde::{Deserialize, Serialize};
+
+/// First byte of the control stream.
+pub const CONTROL: u8 = b'C';
+/// First byte of the telemetry stream.
+pub const TELEMETRY: u8 = b'T';
+/// Longest JSON line accepted on a stream.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One media flow a vehicle announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowInfo {
+    /// Flow identifier used in its datagrams.
+    pub flow: u64,
+    /// What it carries (`roof_camera`, `cabin_audio`, `glasses_camera`, ...).
+    pub source: String,
+    /// Its codec as a MIME type (`video/H265`, `audio/opus`, ...).
+    pub codec: String,
+}
+
+/// A camera command (every field optional: only what is given changes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraCommand {
+    /// Pan in degrees, -60 (left) to 60 (right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pan_deg: Option<f32>,
+    /// Digital zoom factor, 1 to 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<f32>,
+    /// Sector of a 3x3 grid to zoom into, 1 (top left) to 9; 0 for the whole picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sector: Option<u8>,
+    /// Take a screenshot of the live picture.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub screenshot: bool,
+}
+
+impl CameraCommand {
+    /// Checks every given value is within range.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = self.pan_deg {
+            if !(-60.0..=60.0).contains(&p) {
+                return Err(format!("pan_deg {p} is outside -60..60"));
+            }
+        }
+        if let Some(z) = self.zoom {
+            if !(1.0..=4.0).contains(&z) {
+                return Err(format!("zoom {z} is outside 1..4"));
+            }
+        }
+        if let Some(s) = self.sector {
+            if s > 9 {
+                return Err(format!("sector {s} is outside 0..9"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the camera points now.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraState {
+    /// Pan in degrees.
+    pub pan_deg: f32,
+    /// Zoom factor.
+    pub zoom: f32,
+    /// Sector zoomed into (0: none).
+    pub sector: u8,
+}
+
+impl Default for CameraState {
+    fn default() -> Self {
+        CameraState {
+            pan_deg: 0.0,
+            zoom: 1.0,
+            sector: 0,
+        }
+    }
+}
+
+impl CameraState {
+    /// The state after applying `cmd` (assumed valid).
+    pub fn apply(mut self, cmd: &CameraCommand) -> CameraState {
+        if let Some(p) = cmd.pan_deg {
+            self.pan_deg = p;
+        }
+        if let Some(z) = cmd.zoom {
+            self.zoom = z;
+        }
+        if let Some(s) = cmd.sector {
+            self.sector = s;
+        }
+        self
+    }
+}
+
+/// Vehicle to server, on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum VehicleMessage {
+    /// First message: the room (call) to publish into and the media flows.
+    Hello {
+        /// Room name.
+        room: String,
+        /// Media flows this connection will send.
+        flows: Vec<FlowInfo>,
+    },
+    /// The camera's state after a command (`id` of the command) or on its own.
+    CameraState {
+        /// The command acknowledged, if any.
+        #[serde(default)]
+        id: Option<u64>,
+        /// The resulting state.
+        state: CameraState,
+    },
+}
+
+/// Server to vehicle, on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// The hello was accepted.
+    Welcome {
+        /// The vehicle's session in the room.
+        participant: u64,
+        /// The identity from the device certificate.
+        identity: String,
+    },
+    /// Move the camera.
+    Camera {
+        /// Command id, echoed in the acknowledgement.
+        id: u64,
+        /// What to change.
+        command: CameraCommand,
+    },
+    /// Indicator lamps in the vehicle.
+    Indicator {
+        /// A teleconsultant is watching the roof camera.
+        green: bool,
+        /// The roof camera is being recorded.
+        red: bool,
+    },
+    /// Something the vehicle sent was refused.
+    Error {
+        /// Stable code.
+        code: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Server to vehicle, on the telemetry stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum TelemetryReply {
+    /// Every frame of `source` up to `sequence` is durably stored.
+    Ack {
+        /// Frame source.
+        source: u32,
+        /// Highest sequence stored.
+        sequence: u64,
+    },
+    /// A frame was refused; the stream is closed after this.
+    Error {
+        /// Stable code.
+        code: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Serialises a message as one JSON line.
+pub fn to_line<T: Serialize>(m: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    let mut v = serde_json::to_vec(m).unwrap_or_default();
+    v.push(b'\n');
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_stable_json() {
+        let hello: VehicleMessage = serde_json::from_str(
+            r#"{"type":"hello","room":"demo","flows":[{"flow":0,"source":"roof_camera","codec":"video/H265"}]}"#,
+        )
+        .expect("hello");
+        assert!(matches!(hello, VehicleMessage::Hello { ref room, ref flows } if room == "demo" && flows.len() == 1));
+        let cam = ServerMessage::Camera {
+            id: 7,
+            command: CameraCommand {
+                pan_deg: Some(30.0),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            String::from_utf8(to_line(&cam)).expect("utf8"),
+            "{\"type\":\"camera\",\"id\":7,\"command\":{\"pan_deg\":30.0}}\n"
+        );
+        let ack = TelemetryReply::Ack {
+            source: 1,
+            sequence: 9,
+        };
+        assert_eq!(
+            serde_json::to_string(&ack).expect("json"),
+            r#"{"type":"ack","source":1,"sequence":9}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_out_of_range_commands_are_refused() {
+        assert!(serde_json::from_str::<VehicleMessage>(r#"{"type":"hello","room":"x","flows":[],"extra":1}"#).is_err());
+        assert!(serde_json::from_str::<VehicleMessage>(r#"{"type":"launch"}"#).is_err());
+        let c = CameraCommand {
+            pan_deg: Some(90.0),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = CameraCommand {
+            zoom: Some(2.0),
+            sector: Some(5),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok());
+        let s = CameraState::default().apply(&c);
+        assert_eq!((s.zoom, s.sector, s.pan_deg), (2.0, 5, 0.0));
+    }
+}

@@ -1,0 +1,584 @@
+//! The vehicle endpoint: accepts certified devices, puts their media flows into the room
+//! core as ordinary tracks, journals their telemetry before acknowledging it, and carries
+//! feedback (keyframe requests, NACKs) and indicator state back to them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use medsfu_core::{Codec, LeaveReason, ParticipantId, Role, RtpPacket, TrackId, TrackSource};
+use medsfu_telemetry::frame::{Frame, FrameError};
+use medsfu_telemetry::hub::Hub;
+use medsfu_webrtc::{MediaHandle, SessionEvent, SessionKind};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::client::Lines;
+use crate::flow::{self, FlowPacket, MAX_FLOW};
+use crate::protocol::{
+    to_line, FlowInfo, ServerMessage, TelemetryReply, VehicleMessage, CONTROL, TELEMETRY,
+};
+use crate::tls::{device_identity, server_config, TlsError};
+
+/// Most media flows one vehicle connection may announce.
+pub const MAX_FLOWS: usize = 16;
+
+/// Settings of the vehicle endpoint.
+#[derive(Debug, Clone)]
+pub struct VehicleSettings {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM file).
+    pub cert: PathBuf,
+    /// Server private key (PEM file).
+    pub key: PathBuf,
+    /// CA that issues device certificates (PEM file).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM files), re-read when they change.
+    pub crls: Vec<PathBuf>,
+    /// How often the revocation lists are checked for changes.
+    pub crl_reload: Duration,
+    /// A connection silent this long is closed (the vehicle sends keep-alives).
+    pub idle_timeout: Duration,
+    /// Control messages a vehicle may send per second before the rest are dropped.
+    pub control_rate: u32,
+}
+
+/// Why the vehicle endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A certificate, key or CRL file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A metric could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Counters of the vehicle endpoint.
+#[derive(Clone)]
+pub struct VehicleStats {
+    connected: IntGauge,
+    handshakes_refused: IntCounter,
+    datagrams_in: IntCounter,
+    datagrams_dropped: IntCounterVec,
+    control_dropped: IntCounter,
+    sessions_refused: IntCounterVec,
+}
+
+impl VehicleStats {
+    fn new(registry: &Registry) -> prometheus::Result<VehicleStats> {
+        let s = VehicleStats {
+            connected: IntGauge::new(
+                "medsfu_vehicle_connections",
+                "Vehicle QUIC connections in a room now",
+            )?,
+            handshakes_refused: IntCounter::new(
+                "medsfu_vehicle_handshakes_refused_total",
+                "QUIC handshakes refused (certificate missing, expired, revoked, foreign)",
+            )?,
+            datagrams_in: IntCounter::new(
+                "medsfu_vehicle_datagrams_received_total",
+                "QUIC datagrams received from vehicles",
+            )?,
+            datagrams_dropped: IntCounterVec::new(
+                Opts::new(
+                    "medsfu_vehicle_datagrams_dropped_total",
+                    "Vehicle datagrams dropped, by reason",
+                ),
+                &["reason"],
+            )?,
+            control_dropped: IntCounter::new(
+                "medsfu_vehicle_control_dropped_total",
+                "Control messages dropped by the per-vehicle rate limit",
+            )?,
+            sessions_refused: IntCounterVec::new(
+                Opts::new(
+                    "medsfu_vehicle_sessions_refused_total",
+                    "Authenticated vehicles refused at hello, by reason",
+                ),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(s.connected.clone()))?;
+        registry.register(Box::new(s.handshakes_refused.clone()))?;
+        registry.register(Box::new(s.datagrams_in.clone()))?;
+        registry.register(Box::new(s.datagrams_dropped.clone()))?;
+        registry.register(Box::new(s.control_dropped.clone()))?;
+        registry.register(Box::new(s.sessions_refused.clone()))?;
+        Ok(s)
+    }
+
+    fn drop_datagram(&self, reason: &str) {
+        self.datagrams_dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+struct Ctx {
+    media: MediaHandle,
+    hub: Arc<Hub>,
+    stats: VehicleStats,
+    settings: VehicleSettings,
+}
+
+/// The running vehicle endpoint.
+pub struct VehicleServer {
+    endpoint: quinn::Endpoint,
+}
+
+impl VehicleServer {
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"server shutting down");
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String, ServerError> {
+    std::fs::read_to_string(path).map_err(|source| ServerError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn build_config(s: &VehicleSettings) -> Result<quinn::ServerConfig, ServerError> {
+    let crls = s.crls.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = server_config(&read(&s.cert)?, &read(&s.key)?, &read(&s.ca)?, &crls)?;
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(s.idle_timeout.try_into().ok());
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(Some(2 << 20));
+    t.datagram_send_buffer_size(256 << 10);
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Starts the vehicle endpoint on the current tokio runtime.
+pub fn start(
+    settings: VehicleSettings,
+    media: MediaHandle,
+    hub: Arc<Hub>,
+    registry: &Registry,
+) -> Result<VehicleServer, ServerError> {
+    let cfg = build_config(&settings)?;
+    let endpoint =
+        quinn::Endpoint::server(cfg, settings.listen).map_err(|source| ServerError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let ctx = Arc::new(Ctx {
+        media,
+        hub,
+        stats: VehicleStats::new(registry)?,
+        settings,
+    });
+    tokio::spawn(reload_crls(endpoint.clone(), ctx.clone()));
+    let ep = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => connection(conn, ctx).await,
+                    Err(e) => {
+                        ctx.stats.handshakes_refused.inc();
+                        // The reason names the certificate problem, never patient data.
+                        warn!(reason = %e, "vehicle handshake refused");
+                    }
+                }
+            });
+        }
+    });
+    Ok(VehicleServer { endpoint })
+}
+
+/// Re-reads the revocation lists when they change; new handshakes use the new lists.
+async fn reload_crls(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
+    let mut seen = modified(&ctx.settings.crls);
+    loop {
+        tokio::time::sleep(ctx.settings.crl_reload).await;
+        let now = modified(&ctx.settings.crls);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match build_config(&ctx.settings) {
+            Ok(cfg) => {
+                endpoint.set_server_config(Some(cfg));
+                info!("certificate revocation lists reloaded");
+            }
+            Err(e) => warn!(error = %e, "revocation lists not reloaded; keeping the old ones"),
+        }
+    }
+}
+
+struct FlowState {
+    flow: u64,
+    track: TrackId,
+    /// SSRC last seen on the flow, named in feedback sent back.
+    ssrc: u32,
+}
+
+/// Valid room names, as for the HTTP API, and never a hidden directory.
+fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && !room.starts_with('.')
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_flows(flows: &[FlowInfo]) -> Result<Vec<(u64, TrackSource, Codec)>, (String, String)> {
+    let bad = |m: String| ("bad_flow".to_owned(), m);
+    if flows.len() > MAX_FLOWS {
+        return Err(bad(format!("at most {MAX_FLOWS} flows")));
+    }
+    let mut out: Vec<(u64, TrackSource, Codec)> = Vec::new();
+    for f in flows {
+        if f.flow > MAX_FLOW || out.iter().any(|(id, _, _)| *id == f.flow) {
+            return Err(bad(format!("flow id {} is repeated or above {MAX_FLOW}", f.flow)));
+        }
+        let source: TrackSource = f
+            .source
+            .parse()
+            .map_err(|_| bad(format!("unknown source {:?}", f.source)))?;
+        let codec =
+            Codec::from_mime(&f.codec).ok_or_else(|| bad(format!("unknown codec {:?}", f.codec)))?;
+        out.push((f.flow, source, codec));
+    }
+    Ok(out)
+}
+
+async fn send_line<T: serde::Serialize>(send: &mut quinn::SendStream, m: &T) -> bool {
+    send.write_all(&to_line(m)).await.is_ok()
+}
+
+async fn refuse(ctx: &Ctx, send: &mut quinn::SendStream, code: &str, message: String) {
+    ctx.stats.sessions_refused.with_label_values(&[code]).inc();
+    let _ = send_line(
+        send,
+        &ServerMessage::Error {
+            code: code.to_owned(),
+            message,
+        },
+    )
+    .await;
+    let _ = send.finish();
+}
+
+async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
+    let Some(identity) = device_identity(&conn) else {
+        conn.close(1u32.into(), b"certificate has no common name");
+        return;
+    };
+    // The first stream is the control stream, its first line the hello.
+    let opened = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
+    let Ok(Ok((mut send, recv))) = opened else {
+        conn.close(2u32.into(), b"no control stream");
+        return;
+    };
+    let mut lines = Lines::new(recv);
+    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tag = [0u8; 1];
+        lines.recv.read_exact(&mut tag).await.ok()?;
+        if tag[0] != CONTROL {
+            return None;
+        }
+        lines.next().await.ok().flatten()
+    })
+    .await;
+    let Ok(Some(line)) = hello else {
+        refuse(&ctx, &mut send, "no_hello", "open the control stream with a hello".into()).await;
+        conn.close(2u32.into(), b"no hello");
+        return;
+    };
+    let (room, flows) = match serde_json::from_slice::<VehicleMessage>(&line) {
+        Ok(VehicleMessage::Hello { room, flows }) => (room, flows),
+        Ok(_) => {
+            refuse(&ctx, &mut send, "no_hello", "the first message must be hello".into()).await;
+            return;
+        }
+        Err(e) => {
+            refuse(&ctx, &mut send, "bad_message", e.to_string()).await;
+            return;
+        }
+    };
+    if !valid_room(&room) {
+        let msg = "room names are 1-64 of A-Z a-z 0-9 . _ - and do not start with a dot";
+        refuse(&ctx, &mut send, "bad_room", msg.into()).await;
+        return;
+    }
+    let flows = match check_flows(&flows) {
+        Ok(f) => f,
+        Err((code, msg)) => {
+            refuse(&ctx, &mut send, &code, msg).await;
+            return;
+        }
+    };
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let joined = match ctx
+        .media
+        .join(&room, &identity, Role::Vehicle, SessionKind::Vehicle, events_tx)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            refuse(&ctx, &mut send, e.code(), e.to_string()).await;
+            return;
+        }
+    };
+    let participant = joined.participant;
+    let mut states = HashMap::new();
+    for (flow, source, codec) in flows {
+        match ctx.media.publish_track(participant, source, codec).await {
+            Ok(track) => {
+                states.insert(
+                    flow,
+                    FlowState {
+                        flow,
+                        track,
+                        ssrc: 0,
+                    },
+                );
+            }
+            Err(e) => {
+                refuse(&ctx, &mut send, e.code(), e.to_string()).await;
+                ctx.media.leave(participant).await;
+                return;
+            }
+        }
+    }
+    let welcome = ServerMessage::Welcome {
+        participant: participant.0,
+        identity: identity.clone(),
+    };
+    if !send_line(&mut send, &welcome).await {
+        ctx.media.disconnect(participant, LeaveReason::Timeout).await;
+        return;
+    }
+    info!(%participant, flows = states.len(), "vehicle joined");
+    ctx.stats.connected.inc();
+    tokio::spawn(accept_telemetry(conn.clone(), ctx.clone(), room.clone()));
+    let reason = session(&conn, &ctx, participant, states, lines, send, events).await;
+    ctx.stats.connected.dec();
+    ctx.media.disconnect(participant, reason).await;
+}
+
+/// A vehicle's session after its hello: datagrams in, control messages both ways, and
+/// what the room asks of it. Returns why it ended.
+async fn session(
+    conn: &quinn::Connection,
+    ctx: &Ctx,
+    participant: ParticipantId,
+    mut flows: HashMap<u64, FlowState>,
+    mut lines: Lines,
+    mut send: quinn::SendStream,
+    mut events: mpsc::UnboundedReceiver<SessionEvent>,
+) -> LeaveReason {
+    let flow_of: HashMap<TrackId, u64> = flows.values().map(|f| (f.track, f.flow)).collect();
+    let rate = f64::from(ctx.settings.control_rate.max(1));
+    let mut tokens = rate;
+    let mut refilled = Instant::now();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            d = conn.read_datagram() => match d {
+                Ok(d) => on_datagram(ctx, &mut flows, &d),
+                Err(e) => {
+                    debug!(%participant, error = %e, "vehicle connection ended");
+                    return match e {
+                        quinn::ConnectionError::ApplicationClosed(_)
+                        | quinn::ConnectionError::LocallyClosed => LeaveReason::Left,
+                        _ => LeaveReason::Timeout,
+                    };
+                }
+            },
+            l = lines.next(), if control_open => match l {
+                Ok(Some(line)) => {
+                    let now = Instant::now();
+                    tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
+                    refilled = now;
+                    if tokens < 1.0 {
+                        ctx.stats.control_dropped.inc();
+                        continue;
+                    }
+                    tokens -= 1.0;
+                    match serde_json::from_slice::<VehicleMessage>(&line) {
+                        Ok(VehicleMessage::CameraState { id, state }) => {
+                            debug!(%participant, ?id, ?state, "camera state");
+                        }
+                        Ok(_) => {
+                            let m = ServerMessage::Error {
+                                code: "unexpected".into(),
+                                message: "hello was already received".into(),
+                            };
+                            let _ = send_line(&mut send, &m).await;
+                        }
+                        Err(e) => {
+                            let m = ServerMessage::Error {
+                                code: "bad_message".into(),
+                                message: e.to_string(),
+                            };
+                            let _ = send_line(&mut send, &m).await;
+                        }
+                    }
+                }
+                Ok(None) => control_open = false,
+                Err(e) => {
+                    let m = ServerMessage::Error { code: "bad_stream".into(), message: e };
+                    let _ = send_line(&mut send, &m).await;
+                    conn.close(3u32.into(), b"control stream violation");
+                    return LeaveReason::Left;
+                }
+            },
+            ev = events.recv() => match ev {
+                Some(SessionEvent::KeyframeRequest { track }) => {
+                    if let Some(f) = flow_of.get(&track).and_then(|f| flows.get(f)) {
+                        let _ = conn.send_datagram(flow::frame(f.flow, &flow::pli(f.ssrc)));
+                    }
+                }
+                Some(SessionEvent::Nack { track, seqs }) => {
+                    if let Some(f) = flow_of.get(&track).and_then(|f| flows.get(f)) {
+                        let _ = conn.send_datagram(flow::frame(f.flow, &flow::nack(f.ssrc, &seqs)));
+                    }
+                }
+                Some(SessionEvent::Indicator { green, red }) => {
+                    let _ = send_line(&mut send, &ServerMessage::Indicator { green, red }).await;
+                }
+                Some(SessionEvent::Removed(reason)) => {
+                    conn.close(4u32.into(), reason.as_str().as_bytes());
+                    return reason;
+                }
+                Some(_) => {}
+                None => return LeaveReason::Left,
+            },
+        }
+    }
+}
+
+fn on_datagram(ctx: &Ctx, flows: &mut HashMap<u64, FlowState>, d: &Bytes) {
+    ctx.stats.datagrams_in.inc();
+    match flow::parse(d) {
+        Ok(FlowPacket::Rtp { flow, packet }) => {
+            let Some(f) = flows.get_mut(&flow) else {
+                ctx.stats.drop_datagram("unknown_flow");
+                return;
+            };
+            let Ok(p) = RtpPacket::parse(&packet) else {
+                ctx.stats.drop_datagram("bad_rtp");
+                return;
+            };
+            f.ssrc = p.header.ssrc;
+            if ctx.media.rtp(f.track, p).is_err() {
+                ctx.stats.drop_datagram("busy");
+            }
+        }
+        // Sender reports are terminated here; subscribers get ours.
+        Ok(FlowPacket::Rtcp { flow, .. }) => {
+            if !flows.contains_key(&flow) {
+                ctx.stats.drop_datagram("unknown_flow");
+            }
+        }
+        Err(e) => ctx.stats.drop_datagram(e.code()),
+    }
+}
+
+async fn accept_telemetry(conn: quinn::Connection, ctx: Arc<Ctx>, room: String) {
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        let mut tag = [0u8; 1];
+        if recv.read_exact(&mut tag).await.is_err() || tag[0] != TELEMETRY {
+            ctx.hub.count_rejected("bad_stream");
+            let _ = recv.stop(1u32.into());
+            continue;
+        }
+        tokio::spawn(telemetry(send, recv, ctx.clone(), room.clone()));
+    }
+}
+
+/// One telemetry stream: frames in, journaled (one fsync per batch read), acknowledged.
+async fn telemetry(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Ctx>,
+    room: String,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = match recv.read_chunk(256 << 10, true).await {
+            Ok(Some(c)) => c.bytes,
+            Ok(None) | Err(_) => return,
+        };
+        buf.extend_from_slice(&chunk);
+        let mut frames = Vec::new();
+        let mut refused = None;
+        loop {
+            match Frame::decode(&buf) {
+                Ok((_, n)) => frames.push(buf.split_to(n).to_vec()),
+                Err(FrameError::Incomplete(_)) => break,
+                Err(e) => {
+                    ctx.hub.count_rejected(e.code());
+                    refused = Some((e.code().to_owned(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
+            let hub = ctx.hub.clone();
+            let room = room.clone();
+            let Ok(res) = tokio::task::spawn_blocking(move || hub.append(&room, frames)).await
+            else {
+                return;
+            };
+            for (source, sequence) in res.acks {
+                if !send_line(&mut send, &TelemetryReply::Ack { source, sequence }).await {
+                    return;
+                }
+            }
+            if let Some(e) = res.error {
+                warn!(code = e.code(), "telemetry batch refused");
+                refused = Some((e.code().to_owned(), e.to_string()));
+            }
+        }
+        if let Some((code, message)) = refused {
+            // Nothing after a bad frame can be trusted to be framed right: end the stream;
+            // the vehicle resends from its last acknowledgement on a new one.
+            let _ = send_line(&mut send, &TelemetryReply::Error { code, message }).await;
+            let _ = send.finish();
+            let _ = recv.stop(2u32.into());
+            return;
+        }
+    }
+}
