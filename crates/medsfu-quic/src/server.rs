@@ -167,7 +167,13 @@ fn read(path: &PathBuf) -> Result<String, ServerError> {
 }
 
 fn build_config(s: &VehicleSettings) -> Result<quinn::ServerConfig, ServerError> {
-    let crls = s.crls.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    // A list not written yet revokes nothing; it is picked up when it appears.
+    let crls = s
+        .crls
+        .iter()
+        .filter(|p| p.exists())
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut cfg = server_config(&read(&s.cert)?, &read(&s.key)?, &read(&s.ca)?, &crls)?;
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(s.idle_timeout.try_into().ok());

@@ -22,8 +22,68 @@ pub struct Config {
     pub auth: Auth,
     /// Room-core tunables.
     pub core: Core,
+    /// The QUIC endpoint for vehicles.
+    pub vehicle: Vehicle,
+    /// The telemetry journal.
+    pub telemetry: Telemetry,
     /// Logging.
     pub log: Log,
+}
+
+/// Vehicle (QUIC) settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Vehicle {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Server certificate (PEM), relative to `data.dir`.
+    pub cert: PathBuf,
+    /// Server private key (PEM), relative to `data.dir`.
+    pub key: PathBuf,
+    /// CA certificate that device certificates must chain to (PEM), relative to `data.dir`.
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM), relative to `data.dir`; re-read when changed.
+    pub crls: Vec<PathBuf>,
+    /// Seconds between checks of the revocation lists for changes.
+    pub crl_reload_secs: u64,
+    /// A vehicle connection silent this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Control messages per second a vehicle may send before the rest are dropped.
+    pub control_rate: u32,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Journal directory, relative to `data.dir` (one subdirectory per room).
+    pub dir: PathBuf,
+    /// Size at which a journal segment file is closed and a new one started.
+    pub segment_bytes: u64,
+}
+
+impl Default for Vehicle {
+    fn default() -> Self {
+        Vehicle {
+            listen: ([127, 0, 0, 1], 4433).into(),
+            cert: PathBuf::from("pki/server.pem"),
+            key: PathBuf::from("pki/server.key"),
+            ca: PathBuf::from("pki/ca.pem"),
+            crls: vec![PathBuf::from("pki/ca.crl")],
+            crl_reload_secs: 5,
+            idle_timeout_secs: 30,
+            control_rate: 20,
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            dir: PathBuf::from("telemetry"),
+            segment_bytes: 16 << 20,
+        }
+    }
 }
 
 /// HTTP settings.
@@ -178,6 +238,9 @@ pub struct Overrides {
     /// `log.format`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// `vehicle.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vehicle_listen: Option<SocketAddr>,
 }
 
 /// Loads the configuration: defaults, then `file` (if given; it must exist), then
@@ -210,6 +273,9 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Box<figmen
     }
     if let Some(l) = &flags.log_format {
         f = f.merge(("log.format", l));
+    }
+    if let Some(a) = flags.vehicle_listen {
+        f = f.merge(("vehicle.listen", a));
     }
     f.extract().map_err(Box::new)
 }

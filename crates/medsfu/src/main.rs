@@ -1,6 +1,8 @@
 //! `medsfu`: the media and telemetry server for emergency teleconsultation.
 
+mod certs;
 mod config;
+mod vehicle;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -10,7 +12,29 @@ use clap::{Args, Parser, Subcommand};
 use medsfu_api::{AppState, TokenKey};
 use medsfu_core::Role;
 use medsfu_webrtc::{MediaConfig, MediaServer};
-use tracing::info;
+use medsfu_quic::server::VehicleSettings;
+use medsfu_telemetry::hub::Hub;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// The demo's ambulance: the vehicle command's defaults.
+fn demo_vehicle() -> VehicleArgs {
+    VehicleArgs {
+        common: Common { config: None, data_dir: None },
+        server: None,
+        server_name: "localhost".into(),
+        room: "demo".into(),
+        device: "ambulance-1".into(),
+        ecg_dir: "../shared/data/ecg".into(),
+        ecg_record: "100".into(),
+        vitals_every: 5,
+        no_media: false,
+        video: None,
+        frames_log: None,
+        switch_sim_every: None,
+        run_for: None,
+    }
+}
 
 use crate::config::{Config, Overrides};
 
@@ -30,6 +54,74 @@ enum Command {
     Demo(ServeArgs),
     /// Print an access token (and nothing else), signed with this server's secret.
     Token(TokenArgs),
+    /// Create a development PKI (CA, server and device certificates, CRL); add and revoke
+    /// devices in an existing one.
+    Certs(CertsArgs),
+    /// Run a simulated ambulance that publishes camera, audio and telemetry over QUIC.
+    Vehicle(VehicleArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// PKI directory (default: DATA_DIR/pki).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Names in the server certificate (when the CA is created).
+    #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    server_names: Vec<String>,
+    /// Issue a device certificate for this identity (repeatable).
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    /// Days a new device certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    device_days: i64,
+    /// Revoke the certificate issued to this identity (repeatable).
+    #[arg(long)]
+    revoke: Vec<String>,
+}
+
+#[derive(Args)]
+struct VehicleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Server QUIC address (default: vehicle.listen).
+    #[arg(long)]
+    server: Option<std::net::SocketAddr>,
+    /// Server name in its certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Room (call) to publish into.
+    #[arg(long, default_value = "demo")]
+    room: String,
+    /// Device identity: uses DATA_DIR/pki/device-NAME.pem and .key.
+    #[arg(long, default_value = "ambulance-1")]
+    device: String,
+    /// Directory of the WFDB ECG recording.
+    #[arg(long, default_value = "../shared/data/ecg")]
+    ecg_dir: PathBuf,
+    /// ECG record to play (100: 2 leads at 360 Hz; s0010_re: 12 leads at 1000 Hz).
+    #[arg(long, default_value = "100")]
+    ecg_record: String,
+    /// Seconds between vital-sign readings (1-60).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    vitals_every: u64,
+    /// Send no video or audio (telemetry only).
+    #[arg(long)]
+    no_media: bool,
+    /// Play this H.265 Annex-B file (looped) instead of the test pattern.
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Append `source sequence sha256` for every generated telemetry frame to FILE.
+    #[arg(long)]
+    frames_log: Option<PathBuf>,
+    /// Move to a new local address every SECS seconds (simulated SIM switch).
+    #[arg(long)]
+    switch_sim_every: Option<u64>,
+    /// Stop after SECS seconds.
+    #[arg(long)]
+    run_for: Option<u64>,
 }
 
 #[derive(Args)]
@@ -55,6 +147,9 @@ struct ServeArgs {
     /// Log format: text or json (overrides log.format).
     #[arg(long)]
     log_format: Option<String>,
+    /// Vehicle QUIC address (overrides vehicle.listen).
+    #[arg(long)]
+    vehicle_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -81,6 +176,8 @@ fn main() -> Result<()> {
         Command::Serve(a) => serve(a, false),
         Command::Demo(a) => serve(a, true),
         Command::Token(a) => token(a),
+        Command::Certs(a) => certs_cmd(a),
+        Command::Vehicle(a) => vehicle_cmd(a),
     }
 }
 
@@ -139,6 +236,55 @@ fn token(a: TokenArgs) -> Result<()> {
     Ok(())
 }
 
+fn certs_cmd(a: CertsArgs) -> Result<()> {
+    let cfg = load(&a.common, Overrides::default())?;
+    let dir = a.dir.unwrap_or_else(|| cfg.data.dir.join("pki"));
+    let written = certs::run(
+        &dir,
+        &certs::Request {
+            server_names: &a.server_names,
+            devices: &a.devices,
+            device_days: a.device_days,
+            revoke: &a.revoke,
+        },
+    )?;
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn vehicle_options(cfg: &Config, a: &VehicleArgs) -> vehicle::Options {
+    let pki = cfg.data.dir.join("pki");
+    vehicle::Options {
+        server: a.server.unwrap_or(cfg.vehicle.listen),
+        server_name: a.server_name.clone(),
+        room: a.room.clone(),
+        ca: pki.join(certs::CA),
+        cert: certs::device_cert(&pki, &a.device),
+        key: certs::device_key(&pki, &a.device),
+        outbox: cfg.data.dir.join(format!("outbox-{}", a.device)),
+        ecg: Some((a.ecg_dir.clone(), a.ecg_record.clone())),
+        vitals_every: Duration::from_secs(a.vitals_every),
+        media: !a.no_media,
+        video_file: a.video.clone(),
+        frames_log: a.frames_log.clone(),
+        switch_every: a.switch_sim_every.map(Duration::from_secs),
+        run_for: a.run_for.map(Duration::from_secs),
+    }
+}
+
+fn vehicle_cmd(a: VehicleArgs) -> Result<()> {
+    let cfg = load(&a.common, Overrides::default())?;
+    init_logging(&cfg)?;
+    let o = vehicle_options(&cfg, &a);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(vehicle::run(o))
+}
+
 fn init_logging(cfg: &Config) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.filter)
         .with_context(|| format!("log.filter {:?}", cfg.log.filter))?;
@@ -160,6 +306,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             http_listen: a.http_listen,
             webrtc_listen: a.webrtc_listen,
             log_format: a.log_format.clone(),
+            vehicle_listen: a.vehicle_listen,
             ..Overrides::default()
         },
     )?;
@@ -191,24 +338,90 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             .await
             .with_context(|| format!("binding HTTP on {}", cfg.http.listen))?;
         let http = listener.local_addr()?;
+        let hub = Arc::new(
+            Hub::new(
+                &cfg.data.dir.join(&cfg.telemetry.dir),
+                cfg.telemetry.segment_bytes,
+                &registry,
+            )
+            .context("telemetry metrics")?,
+        );
+        let pki = cfg.data.dir.join("pki");
+        if demo && !pki.join(certs::CA).exists() {
+            certs::run(
+                &pki,
+                &certs::Request {
+                    server_names: &["localhost".into(), "127.0.0.1".into()],
+                    devices: &["ambulance-1".into()],
+                    device_days: 365,
+                    revoke: &[],
+                },
+            )?;
+        }
+        let at = |p: &PathBuf| cfg.data.dir.join(p);
+        let quic = if at(&cfg.vehicle.cert).exists() {
+            let server = medsfu_quic::server::start(
+                VehicleSettings {
+                    listen: cfg.vehicle.listen,
+                    cert: at(&cfg.vehicle.cert),
+                    key: at(&cfg.vehicle.key),
+                    ca: at(&cfg.vehicle.ca),
+                    crls: cfg.vehicle.crls.iter().map(at).collect(),
+                    crl_reload: Duration::from_secs(cfg.vehicle.crl_reload_secs.max(1)),
+                    idle_timeout: Duration::from_secs(cfg.vehicle.idle_timeout_secs.max(1)),
+                    control_rate: cfg.vehicle.control_rate,
+                },
+                media.clone(),
+                hub.clone(),
+                &registry,
+            )
+            .with_context(|| format!("vehicle endpoint on {}", cfg.vehicle.listen))?;
+            Some(server)
+        } else {
+            warn!(
+                cert = %at(&cfg.vehicle.cert).display(),
+                "vehicle endpoint not started: no server certificate (run `medsfu certs`)"
+            );
+            None
+        };
+        let quic_addr = quic.as_ref().and_then(|q| q.local_addr().ok());
         info!(http = %http, media = %media.local_addr(), "medsfu serving");
-        println!("medsfu listening on http://{http}/ (media on udp {})", media.local_addr());
+        match quic_addr {
+            Some(q) => println!(
+                "medsfu listening on http://{http}/ (media on udp {}, vehicles on quic {q})",
+                media.local_addr()
+            ),
+            None => println!("medsfu listening on http://{http}/ (media on udp {})", media.local_addr()),
+        }
+        if let (true, Some(q)) = (demo, quic_addr) {
+            let mut o = vehicle_options(&cfg, &demo_vehicle());
+            o.server = q;
+            tokio::spawn(async move {
+                if let Err(e) = vehicle::run(o).await {
+                    warn!(error = %e, "demo ambulance stopped");
+                }
+            });
+        }
         if demo {
             let ttl = Duration::from_secs(cfg.auth.token_ttl_secs);
             let now = SystemTime::now();
             let crew = key.issue("demo", "crew-tablet", Role::Team, now, ttl);
             let lead = key.issue("demo", "dr-lead", Role::Lead, now, ttl);
             println!();
-            println!("Demo room \"demo\": open these two in a browser (two tabs or two machines):");
-            println!("  crew tablet (publishes camera+mic): http://{http}/?room=demo&token={crew}&publish=camera,microphone");
+            println!("Demo room \"demo\" with a simulated ambulance (roof camera, ECG, vitals, GPS):");
             println!("  lead doctor (watches, talks):       http://{http}/?room=demo&token={lead}&publish=microphone");
+            println!("  crew tablet (publishes camera+mic): http://{http}/?room=demo&token={crew}&publish=camera,microphone");
+            println!("  WHEP (lead token):                  http://{http}/whep/demo  Authorization: Bearer {lead}");
             println!("Stop with Ctrl-C.");
         }
-        let app = medsfu_api::router(AppState::new(media, key, registry));
+        let app = medsfu_api::router(AppState::new(media, key, registry, hub));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown())
             .await
             .context("HTTP server")?;
+        if let Some(q) = quic {
+            q.close();
+        }
         info!("medsfu stopped");
         Ok(())
     })
