@@ -20,9 +20,9 @@ use medsfu_webrtc::MediaHandle;
 use tower_http::cors::{Any, CorsLayer};
 
 pub use error::ApiError;
-pub(crate) use whip::bearer;
 pub use signalling::{parse_client_message, MAX_MESSAGE_BYTES};
 pub use token::{Grant, TokenError, TokenKey};
+pub(crate) use whip::bearer;
 
 /// Everything the handlers share.
 #[derive(Clone)]

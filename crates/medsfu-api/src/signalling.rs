@@ -369,7 +369,11 @@ async fn replay(state: &AppState, socket: &mut WebSocket, room: &str) -> Result<
         Ok(f) => f,
         Err(e) => {
             let m = error(e.code, e.message, None);
-            return if send(socket, &m).await { Ok(None) } else { Err(()) };
+            return if send(socket, &m).await {
+                Ok(None)
+            } else {
+                Err(())
+            };
         }
     };
     for chunk in feed.take_history().chunks(TELEMETRY_BATCH) {

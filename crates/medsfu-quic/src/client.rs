@@ -175,8 +175,12 @@ pub async fn connect(
             identity,
         }),
         Some(ServerMessage::Error { code, message }) => Err(ClientError::Refused { code, message }),
-        Some(other) => Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
-        None => Err(ClientError::Protocol("control stream closed before welcome".into())),
+        Some(other) => Err(ClientError::Protocol(format!(
+            "expected welcome, got {other:?}"
+        ))),
+        None => Err(ClientError::Protocol(
+            "control stream closed before welcome".into(),
+        )),
     }
 }
 
@@ -225,11 +229,10 @@ pub async fn telemetry_uplink(
     // Frames generated while no stream was open are all in the outbox: resend from there.
     while fresh.try_recv().is_ok() {}
     let ob = outbox.clone();
-    let pending = tokio::task::spawn_blocking(move || {
-        ob.lock().unwrap_or_else(|p| p.into_inner()).unacked()
-    })
-    .await
-    .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    let pending =
+        tokio::task::spawn_blocking(move || ob.lock().unwrap_or_else(|p| p.into_inner()).unacked())
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
     let mut sent: HashMap<u32, u64> = HashMap::new();
     let mut batch = Vec::new();
     for bytes in pending {
@@ -242,10 +245,15 @@ pub async fn telemetry_uplink(
         send.write_all(&batch).await.map_err(conn_err)?;
     }
     let mut lines = Lines::new(recv);
+    // Once the generator is gone (the vehicle is stopping), only acknowledgements matter.
+    let mut generating = true;
     loop {
         tokio::select! {
-            g = fresh.recv() => {
-                let Some(g) = g else { return Ok(()) };
+            g = fresh.recv(), if generating => {
+                let Some(g) = g else {
+                    generating = false;
+                    continue;
+                };
                 if sent.get(&g.source).is_some_and(|s| g.sequence <= *s) {
                     continue;
                 }

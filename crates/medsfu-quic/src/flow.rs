@@ -122,14 +122,26 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_every_length() {
-        for v in [0, 63, 64, 16_383, 16_384, (1 << 30) - 1, 1 << 30, (1 << 62) - 1] {
+        for v in [
+            0,
+            63,
+            64,
+            16_383,
+            16_384,
+            (1 << 30) - 1,
+            1 << 30,
+            (1 << 62) - 1,
+        ] {
             let mut b = Vec::new();
             write_varint(v, &mut b);
             assert_eq!(read_varint(&b), Some((v, b.len())), "value {v}");
         }
         // RFC 9000 appendix A examples.
         assert_eq!(read_varint(&[0x7b, 0xbd]), Some((15_293, 2)));
-        assert_eq!(read_varint(&[0x9d, 0x7f, 0x3e, 0x7d]), Some((494_878_333, 4)));
+        assert_eq!(
+            read_varint(&[0x9d, 0x7f, 0x3e, 0x7d]),
+            Some((494_878_333, 4))
+        );
         assert_eq!(read_varint(&[0x40]), None);
     }
 
@@ -154,7 +166,10 @@ mod tests {
     #[test]
     fn bad_datagrams_are_refused_with_a_reason() {
         assert_eq!(parse(&Bytes::new()), Err(FlowError::Truncated));
-        assert_eq!(parse(&Bytes::from_static(&[0x80])), Err(FlowError::Truncated));
+        assert_eq!(
+            parse(&Bytes::from_static(&[0x80])),
+            Err(FlowError::Truncated)
+        );
         assert_eq!(parse(&frame(1, &[0x80, 96, 0])), Err(FlowError::NotRtp));
         assert_eq!(parse(&frame(1, &rtp(96, 11))), Err(FlowError::NotRtp));
         let mut v1 = rtp(96, 20);

@@ -208,6 +208,9 @@ mod tests {
             .issue_device("amb-1", now, now + Duration::days(1))
             .expect("device");
         assert!(dev.serial > first.serial);
-        assert!(again.crl_pem(&[dev.serial]).expect("crl").contains("X509 CRL"));
+        assert!(again
+            .crl_pem(&[dev.serial])
+            .expect("crl")
+            .contains("X509 CRL"));
     }
 }

@@ -200,7 +200,9 @@ mod tests {
             r#"{"type":"hello","room":"demo","flows":[{"flow":0,"source":"roof_camera","codec":"video/H265"}]}"#,
         )
         .expect("hello");
-        assert!(matches!(hello, VehicleMessage::Hello { ref room, ref flows } if room == "demo" && flows.len() == 1));
+        assert!(
+            matches!(hello, VehicleMessage::Hello { ref room, ref flows } if room == "demo" && flows.len() == 1)
+        );
         let cam = ServerMessage::Camera {
             id: 7,
             command: CameraCommand {
@@ -224,7 +226,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_out_of_range_commands_are_refused() {
-        assert!(serde_json::from_str::<VehicleMessage>(r#"{"type":"hello","room":"x","flows":[],"extra":1}"#).is_err());
+        assert!(serde_json::from_str::<VehicleMessage>(
+            r#"{"type":"hello","room":"x","flows":[],"extra":1}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<VehicleMessage>(r#"{"type":"launch"}"#).is_err());
         let c = CameraCommand {
             pan_deg: Some(90.0),

@@ -275,14 +275,17 @@ fn check_flows(flows: &[FlowInfo]) -> Result<Vec<(u64, TrackSource, Codec)>, (St
     let mut out: Vec<(u64, TrackSource, Codec)> = Vec::new();
     for f in flows {
         if f.flow > MAX_FLOW || out.iter().any(|(id, _, _)| *id == f.flow) {
-            return Err(bad(format!("flow id {} is repeated or above {MAX_FLOW}", f.flow)));
+            return Err(bad(format!(
+                "flow id {} is repeated or above {MAX_FLOW}",
+                f.flow
+            )));
         }
         let source: TrackSource = f
             .source
             .parse()
             .map_err(|_| bad(format!("unknown source {:?}", f.source)))?;
-        let codec =
-            Codec::from_mime(&f.codec).ok_or_else(|| bad(format!("unknown codec {:?}", f.codec)))?;
+        let codec = Codec::from_mime(&f.codec)
+            .ok_or_else(|| bad(format!("unknown codec {:?}", f.codec)))?;
         out.push((f.flow, source, codec));
     }
     Ok(out)
@@ -303,6 +306,9 @@ async fn refuse(ctx: &Ctx, send: &mut quinn::SendStream, code: &str, message: St
     )
     .await;
     let _ = send.finish();
+    // Let the reason reach the vehicle before the connection is dropped: wait until it
+    // has read the stream, hung up, or two seconds passed.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
 async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
@@ -327,14 +333,26 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     })
     .await;
     let Ok(Some(line)) = hello else {
-        refuse(&ctx, &mut send, "no_hello", "open the control stream with a hello".into()).await;
+        refuse(
+            &ctx,
+            &mut send,
+            "no_hello",
+            "open the control stream with a hello".into(),
+        )
+        .await;
         conn.close(2u32.into(), b"no hello");
         return;
     };
     let (room, flows) = match serde_json::from_slice::<VehicleMessage>(&line) {
         Ok(VehicleMessage::Hello { room, flows }) => (room, flows),
         Ok(_) => {
-            refuse(&ctx, &mut send, "no_hello", "the first message must be hello".into()).await;
+            refuse(
+                &ctx,
+                &mut send,
+                "no_hello",
+                "the first message must be hello".into(),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -357,7 +375,13 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     let (events_tx, events) = mpsc::unbounded_channel();
     let joined = match ctx
         .media
-        .join(&room, &identity, Role::Vehicle, SessionKind::Vehicle, events_tx)
+        .join(
+            &room,
+            &identity,
+            Role::Vehicle,
+            SessionKind::Vehicle,
+            events_tx,
+        )
         .await
     {
         Ok(j) => j,
@@ -392,7 +416,9 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         identity: identity.clone(),
     };
     if !send_line(&mut send, &welcome).await {
-        ctx.media.disconnect(participant, LeaveReason::Timeout).await;
+        ctx.media
+            .disconnect(participant, LeaveReason::Timeout)
+            .await;
         return;
     }
     info!(%participant, flows = states.len(), "vehicle joined");

@@ -163,7 +163,9 @@ impl Hub {
                     "medsfu_telemetry_journal_sync_seconds",
                     "Time to make a batch of frames durable (write and fsync)",
                 )
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]),
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+                ]),
             )?,
         };
         registry.register(Box::new(stats.stored.clone()))?;
@@ -238,10 +240,7 @@ impl Hub {
             Ok(())
         })();
         // Everything written so far is made durable, even if the batch stopped early.
-        let synced = r
-            .journal
-            .as_mut()
-            .map(|j| j.sync().map_err(HubError::from));
+        let synced = r.journal.as_mut().map(|j| j.sync().map_err(HubError::from));
         self.stats
             .sync_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -490,7 +489,10 @@ mod tests {
         let r = hub.append("r", vec![frame(1, 0), frame(1, 1), bad, frame(1, 3)]);
         assert_eq!(r.acks, vec![(1, 1)]);
         assert_eq!(r.error.map(|e| e.code()), Some("frame_version"));
-        assert!(matches!(hub.append("..", vec![]).error, Some(HubError::BadRoom)));
+        assert!(matches!(
+            hub.append("..", vec![]).error,
+            Some(HubError::BadRoom)
+        ));
         // Nothing already journaled was harmed.
         let mut feed = hub.feed("r").expect("feed");
         assert_eq!(seqs(&feed.take_history()), vec![(1, 0), (1, 1)]);

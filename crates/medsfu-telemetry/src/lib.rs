@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod hub;
 pub mod journal;
+pub mod json;
 pub mod outbox;
 pub mod player;
 pub mod wfdb;
-pub mod hub;
-pub mod json;

@@ -554,9 +554,9 @@ impl Engine {
         while let Some(out) = self.sfu.poll_output() {
             match out {
                 Output::Rtp(r) => self.send_rtp(r, now),
-                Output::RequestKeyframe { track, publisher, .. }
-                    if self.is_vehicle(publisher) =>
-                {
+                Output::RequestKeyframe {
+                    track, publisher, ..
+                } if self.is_vehicle(publisher) => {
                     MediaStats::inc(&self.stats.keyframe_requests);
                     self.tell(publisher, SessionEvent::KeyframeRequest { track });
                 }

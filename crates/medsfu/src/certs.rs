@@ -85,7 +85,12 @@ pub fn run(dir: &Path, req: &Request<'_>) -> Result<Vec<PathBuf>> {
         let server = ca.issue_server(&names).context("server certificate")?;
         write(&dir.join(SERVER), &server.cert_pem, false)?;
         write(&dir.join(SERVER_KEY), &server.key_pem, true)?;
-        written.extend([dir.join(CA), dir.join(CA_KEY), dir.join(SERVER), dir.join(SERVER_KEY)]);
+        written.extend([
+            dir.join(CA),
+            dir.join(CA_KEY),
+            dir.join(SERVER),
+            dir.join(SERVER_KEY),
+        ]);
         ca
     };
     let mut devices: BTreeMap<String, u64> = read(&dir.join(DEVICES))
@@ -99,11 +104,17 @@ pub fn run(dir: &Path, req: &Request<'_>) -> Result<Vec<PathBuf>> {
     let now = OffsetDateTime::now_utc();
     for d in req.devices {
         anyhow::ensure!(
-            !d.is_empty() && d.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
             "device names are letters, digits, - _ . (got {d:?})"
         );
         let issued = ca
-            .issue_device(d, now - Duration::minutes(5), now + Duration::days(req.device_days))
+            .issue_device(
+                d,
+                now - Duration::minutes(5),
+                now + Duration::days(req.device_days),
+            )
             .context("device certificate")?;
         write(&device_cert(dir, d), &issued.cert_pem, false)?;
         write(&device_key(dir, d), &issued.key_pem, true)?;

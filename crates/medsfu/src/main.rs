@@ -11,16 +11,19 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use medsfu_api::{AppState, TokenKey};
 use medsfu_core::Role;
-use medsfu_webrtc::{MediaConfig, MediaServer};
 use medsfu_quic::server::VehicleSettings;
 use medsfu_telemetry::hub::Hub;
+use medsfu_webrtc::{MediaConfig, MediaServer};
 use std::sync::Arc;
 use tracing::{info, warn};
 
 /// The demo's ambulance: the vehicle command's defaults.
 fn demo_vehicle() -> VehicleArgs {
     VehicleArgs {
-        common: Common { config: None, data_dir: None },
+        common: Common {
+            config: None,
+            data_dir: None,
+        },
         server: None,
         server_name: "localhost".into(),
         room: "demo".into(),

@@ -88,9 +88,16 @@ fn now_us() -> i64 {
 
 /// Runs the simulated ambulance until `run_for` ends (or forever).
 pub async fn run(o: Options) -> Result<()> {
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
     let (ca, cert, key) = (read(&o.ca)?, read(&o.cert)?, read(&o.key)?);
-    let bind: SocketAddr = if o.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let bind: SocketAddr = if o.server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let bind = if o.server.ip().is_loopback() {
         SocketAddr::new(o.server.ip(), 0)
     } else {
@@ -122,7 +129,12 @@ pub async fn run(o: Options) -> Result<()> {
     };
     tasks.spawn(telemetry_sources(gen, o.ecg.clone(), o.vitals_every));
     if o.media {
-        tasks.spawn(video(current.clone(), camera_rx, o.video_file.clone(), history.clone()));
+        tasks.spawn(video(
+            current.clone(),
+            camera_rx,
+            o.video_file.clone(),
+            history.clone(),
+        ));
         tasks.spawn(audio(current.clone()));
     }
     if let Some(every) = o.switch_every {
@@ -131,7 +143,9 @@ pub async fn run(o: Options) -> Result<()> {
             loop {
                 tokio::time::sleep(every).await;
                 match std::net::UdpSocket::bind(bind).and_then(|s| ep.rebind(s)) {
-                    Ok(()) => info!(local = ?ep.local_addr().ok(), "switched SIM (new local address)"),
+                    Ok(()) => {
+                        info!(local = ?ep.local_addr().ok(), "switched SIM (new local address)")
+                    }
                     Err(e) => warn!(error = %e, "SIM switch failed"),
                 }
             }
@@ -141,22 +155,43 @@ pub async fn run(o: Options) -> Result<()> {
     }
     let flows = if o.media {
         vec![
-            FlowInfo { flow: FLOW_VIDEO, source: "roof_camera".into(), codec: "video/H265".into() },
-            FlowInfo { flow: FLOW_AUDIO, source: "cabin_audio".into(), codec: "audio/opus".into() },
+            FlowInfo {
+                flow: FLOW_VIDEO,
+                source: "roof_camera".into(),
+                codec: "video/H265".into(),
+            },
+            FlowInfo {
+                flow: FLOW_AUDIO,
+                source: "cabin_audio".into(),
+                codec: "audio/opus".into(),
+            },
         ]
     } else {
         Vec::new()
     };
     let deadline = o.run_for.map(|d| tokio::time::Instant::now() + d);
-    let session = async {
+    let (ep2, current2, outbox2) = (ep.clone(), current.clone(), outbox.clone());
+    let session = async move {
+        let (ep, current, outbox) = (ep2, current2, outbox2);
         let mut backoff = Duration::from_millis(200);
         loop {
             match client::connect(&ep, o.server, &o.server_name, &o.room, flows.clone()).await {
                 Ok(mut c) => {
                     backoff = Duration::from_millis(200);
-                    println!("vehicle {} connected to room {} as P{}", c.identity, o.room, c.participant);
+                    println!(
+                        "vehicle {} connected to room {} as P{}",
+                        c.identity, o.room, c.participant
+                    );
                     *current.write().unwrap_or_else(|p| p.into_inner()) = Some(c.conn.clone());
-                    let why = connected(&mut c, outbox.clone(), &mut uplink_rx, &camera_tx, &history, &current).await;
+                    let why = connected(
+                        &mut c,
+                        outbox.clone(),
+                        &mut uplink_rx,
+                        &camera_tx,
+                        &history,
+                        &current,
+                    )
+                    .await;
                     *current.write().unwrap_or_else(|p| p.into_inner()) = None;
                     warn!(reason = %why, "link lost; reconnecting");
                 }
@@ -175,16 +210,41 @@ pub async fn run(o: Options) -> Result<()> {
             None => std::future::pending().await,
         }
     };
+    let mut session = tokio::spawn(session);
     let r = tokio::select! {
-        r = session => r,
+        r = &mut session => r.map_err(anyhow::Error::from).and_then(|r| r),
         Some(r) = tasks.join_next() => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(e.into()),
         },
-        () = stop => Ok(()),
+        () = stop => {
+            // Stop generating, then give the link a moment to deliver what is pending:
+            // whatever is still unacknowledged stays in the outbox for the next run.
+            tasks.abort_all();
+            let drained = tokio::time::timeout(Duration::from_secs(15), async {
+                loop {
+                    let ob = outbox.clone();
+                    let empty = tokio::task::spawn_blocking(move || {
+                        ob.lock().unwrap_or_else(|p| p.into_inner()).unacked().map(|u| u.is_empty())
+                    })
+                    .await;
+                    if matches!(empty, Ok(Ok(true))) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                warn!("stopping with unacknowledged telemetry; it is resent on the next run");
+            }
+            Ok(())
+        }
     };
+    session.abort();
     ep.close(0u32.into(), b"vehicle stopping");
+    ep.wait_idle().await;
     r
 }
 
@@ -274,7 +334,13 @@ impl Generator {
             let g = generate(&outbox, &uplink, &frame)?;
             if let Some(l) = log {
                 let mut f = l.lock().unwrap_or_else(|p| p.into_inner());
-                writeln!(f, "{} {} {}", g.source, g.sequence, medsfu_telemetry::json::digest(&g.bytes))?;
+                writeln!(
+                    f,
+                    "{} {} {}",
+                    g.source,
+                    g.sequence,
+                    medsfu_telemetry::json::digest(&g.bytes)
+                )?;
             }
             Ok(())
         })
@@ -296,9 +362,12 @@ async fn telemetry_sources(
         }
         None => None,
     };
-    g.emit(SOURCE_STATUS, Body::Status(VehicleStatus::Departed)).await?;
+    g.emit(SOURCE_STATUS, Body::Status(VehicleStatus::Departed))
+        .await?;
     let start = tokio::time::Instant::now();
-    let block = player.as_ref().map_or(Duration::from_millis(200), EcgPlayer::block_duration);
+    let block = player
+        .as_ref()
+        .map_or(Duration::from_millis(200), EcgPlayer::block_duration);
     let mut next_ecg = start;
     let mut next_vitals = start;
     let mut next_gps = start;
@@ -307,11 +376,15 @@ async fn telemetry_sources(
     let (mut lat, mut lon) = (50.0755f64, 14.4378f64);
     let mut n: u64 = 0;
     loop {
-        let next = [Some(next_ecg).filter(|_| player.is_some()), Some(next_vitals), Some(next_gps)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_vitals);
+        let next = [
+            Some(next_ecg).filter(|_| player.is_some()),
+            Some(next_vitals),
+            Some(next_gps),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next_vitals);
         tokio::time::sleep_until(next).await;
         let now = tokio::time::Instant::now();
         if let Some(p) = player.as_mut() {
@@ -343,8 +416,16 @@ async fn telemetry_sources(
                 ]);
             }
             for (kind, value, unit) in readings {
-                g.emit(SOURCE_VITALS, Body::Vital(Vital { kind, value, unit, measured_at_us: at }))
-                    .await?;
+                g.emit(
+                    SOURCE_VITALS,
+                    Body::Vital(Vital {
+                        kind,
+                        value,
+                        unit,
+                        measured_at_us: at,
+                    }),
+                )
+                .await?;
             }
             next_vitals += vitals_every;
         }
@@ -367,7 +448,8 @@ async fn telemetry_sources(
             next_gps += Duration::from_secs(2);
             if !stopped && now.duration_since(start) > Duration::from_secs(120) {
                 stopped = true;
-                g.emit(SOURCE_STATUS, Body::Status(VehicleStatus::Stopped)).await?;
+                g.emit(SOURCE_STATUS, Body::Status(VehicleStatus::Stopped))
+                    .await?;
             }
         }
     }
@@ -408,15 +490,34 @@ fn ffmpeg_video(file: Option<&PathBuf>, s: &CameraState) -> tokio::process::Comm
             c.args(["-vf", "scale=1280:720"]);
         }
         None => {
-            c.args(["-re", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30"]);
+            c.args([
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=30",
+            ]);
             c.args(["-vf", &camera_filter(s)]);
         }
     }
     c.args([
-        "-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency",
-        "-x265-params", "aud=1:repeat-headers=1:keyint=30:min-keyint=30:scenecut=0:log-level=error",
-        "-b:v", "2M", "-maxrate", "2M", "-bufsize", "1M",
-        "-f", "hevc", "pipe:1",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-x265-params",
+        "aud=1:repeat-headers=1:keyint=30:min-keyint=30:scenecut=0:log-level=error",
+        "-b:v",
+        "2M",
+        "-maxrate",
+        "2M",
+        "-bufsize",
+        "1M",
+        "-f",
+        "hevc",
+        "pipe:1",
     ]);
     c.stdout(std::process::Stdio::piped()).kill_on_drop(true);
     c
@@ -519,9 +620,27 @@ async fn audio(current: Current) -> Result<()> {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let port = sock.local_addr()?.port();
     let mut child = tokio::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg("sine=frequency=440:sample_rate=48000,volume=0.2")
-        .args(["-c:a", "libopus", "-b:a", "32k", "-application", "voip", "-frame_duration", "20"])
+        .args([
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-application",
+            "voip",
+            "-frame_duration",
+            "20",
+        ])
         .args(["-payload_type", "111", "-f", "rtp"])
         .arg(format!("rtp://127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
@@ -548,21 +667,50 @@ mod tests {
     fn camera_states_crop_inside_the_scene() {
         for s in [
             CameraState::default(),
-            CameraState { pan_deg: -60.0, zoom: 4.0, sector: 0 },
-            CameraState { pan_deg: 60.0, zoom: 2.0, sector: 0 },
-            CameraState { pan_deg: 0.0, zoom: 1.0, sector: 9 },
+            CameraState {
+                pan_deg: -60.0,
+                zoom: 4.0,
+                sector: 0,
+            },
+            CameraState {
+                pan_deg: 60.0,
+                zoom: 2.0,
+                sector: 0,
+            },
+            CameraState {
+                pan_deg: 0.0,
+                zoom: 1.0,
+                sector: 9,
+            },
         ] {
             let f = camera_filter(&s);
-            let crop = f.split("crop=").nth(1).and_then(|c| c.split(',').next()).expect("crop");
-            let v: Vec<u32> = crop.split(':').map(|x| x.parse().expect("number")).collect();
-            assert!(v[0] + v[2] <= 1920 && v[1] + v[3] <= 1080, "{s:?} -> {crop}");
+            let crop = f
+                .split("crop=")
+                .nth(1)
+                .and_then(|c| c.split(',').next())
+                .expect("crop");
+            let v: Vec<u32> = crop
+                .split(':')
+                .map(|x| x.parse().expect("number"))
+                .collect();
+            assert!(
+                v[0] + v[2] <= 1920 && v[1] + v[3] <= 1080,
+                "{s:?} -> {crop}"
+            );
         }
-        assert!(camera_filter(&CameraState { pan_deg: 60.0, zoom: 2.0, sector: 0 }).contains("crop=960:540:960:270"));
+        assert!(camera_filter(&CameraState {
+            pan_deg: 60.0,
+            zoom: 2.0,
+            sector: 0
+        })
+        .contains("crop=960:540:960:270"));
     }
 
     #[test]
     fn access_units_end_at_the_last_delimiter() {
-        let s = [0, 0, 0, 1, 70, 1, 9, 0, 0, 1, 2, 1, 5, 0, 0, 0, 1, 70, 1, 9, 0, 0, 1, 2, 1];
+        let s = [
+            0, 0, 0, 1, 70, 1, 9, 0, 0, 1, 2, 1, 5, 0, 0, 0, 1, 70, 1, 9, 0, 0, 1, 2, 1,
+        ];
         assert_eq!(last_aud(&s), Some(13));
         assert_eq!(last_aud(&[0, 0, 1, 2, 1, 5]), None);
     }

@@ -37,11 +37,34 @@ impl Drop for TempDir {
 
 /// A running `medsfu serve` on ephemeral loopback ports.
 pub struct Server {
-    child: Child,
+    pub child: Child,
     pub http: String,
     pub media: String,
+    /// The vehicle (QUIC) address, when the data directory holds certificates.
+    pub quic: Option<std::net::SocketAddr>,
     pub data: TempDir,
     pub stderr_log: PathBuf,
+}
+
+/// `medsfu certs` in `data`/pki with these device identities.
+pub fn certs(data: &std::path::Path, args: &[&str]) {
+    let out = Command::new(bin())
+        .arg("certs")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("medsfu certs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The repository's shared ECG recordings.
+pub fn ecg_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ecg")
 }
 
 pub fn bin() -> &'static str {
@@ -51,8 +74,17 @@ pub fn bin() -> &'static str {
 impl Server {
     /// Starts the server with extra `MEDSFU_...` environment settings.
     pub fn start(env: &[(&str, &str)]) -> Server {
-        let data = TempDir::new("srv");
-        let stderr_log = data.0.join("stderr.log");
+        Server::start_in(TempDir::new("srv"), &[], env)
+    }
+
+    /// Starts the server on `data` with extra flags and `MEDSFU_...` settings.
+    pub fn start_in(data: TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let stderr_log = data.0.join(format!(
+            "stderr-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
         let mut cmd = Command::new(bin());
         cmd.args([
             "serve",
@@ -61,6 +93,7 @@ impl Server {
             "--webrtc-listen",
             "127.0.0.1:0",
         ])
+        .args(args)
         .arg("--data-dir")
         .arg(&data.0)
         .env("MEDSFU_LOG__FILTER", "info")
@@ -85,15 +118,23 @@ impl Server {
             })
             .trim_end_matches('/')
             .to_owned();
+        // "... (media on udp ADDR[, vehicles on quic ADDR])"
         let media = line
             .split("udp ")
             .nth(1)
-            .map(|m| m.trim().trim_end_matches(')').to_owned())
+            .and_then(|m| m.split([',', ')']).next())
+            .map(|m| m.trim().to_owned())
             .unwrap_or_default();
+        let quic = line
+            .split("quic ")
+            .nth(1)
+            .and_then(|m| m.split(')').next())
+            .and_then(|m| m.trim().parse().ok());
         Server {
             child,
             http,
             media,
+            quic,
             data,
             stderr_log,
         }
@@ -115,6 +156,32 @@ impl Server {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL) and returns its data directory.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = TempDir(self.data.0.clone());
+        // The directory now belongs to the returned TempDir.
+        self.data.0 = PathBuf::new();
+        data
+    }
+
+    /// A metric's value from /metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        // `name` may carry labels: medsfu_x_total{reason="y"}.
+        body.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 

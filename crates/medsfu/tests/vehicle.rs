@@ -1,0 +1,591 @@
+//! Vehicles over QUIC through the real binary: `medsfu vehicle` publishes an H.265 roof
+//! camera that a WHEP subscriber decodes, its indicator follows the lead's viewing, and
+//! its telemetry survives blackouts, address changes, a killed server and a restart with
+//! not one frame lost, duplicated or reordered.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use medsfu_client::{whep, CodecSpec, State};
+use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
+use support::{certs, ecg_dir, Server, TempDir};
+use tokio::sync::mpsc;
+
+/// A `medsfu vehicle` process whose stdout lines arrive on a channel.
+struct Vehicle {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Vehicle {
+    fn start(data: &std::path::Path, server: SocketAddr, extra: &[&str]) -> Vehicle {
+        let mut child = Command::new(support::bin())
+            .arg("vehicle")
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--server",
+                &server.to_string(),
+                "--device",
+                "amb-1",
+                "--room",
+                "r1",
+            ])
+            .arg("--ecg-dir")
+            .arg(ecg_dir())
+            .args(extra)
+            .env("MEDSFU_LOG__FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn medsfu vehicle");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Vehicle { child, lines }
+    }
+
+    async fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("vehicle exited before printing {needle:?}"),
+                Err(_) => panic!("vehicle did not print {needle:?} within {within:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Vehicle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vehicle_server(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let data = TempDir::new("veh");
+    certs(&data.0, &["--device", "amb-1", "--device", "amb-2"]);
+    let mut a = vec!["--vehicle-listen", "127.0.0.1:0"];
+    a.extend_from_slice(args);
+    Server::start_in(data, &a, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_who_watches() {
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint started");
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--run-for", "60"]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+
+    let lead = server.token("r1", "dr-lead", "lead");
+    let mut viewer = loop {
+        match whep(&server.http, "r1", &lead, &[CodecSpec::h265()]).await {
+            Ok(v) => break v,
+            Err(medsfu_client::ClientError::Refused { status: 404, .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("WHEP: {e}"),
+        }
+    };
+    assert_eq!(viewer.connected().await, State::Connected);
+    let subscribed = Instant::now();
+    vehicle
+        .wait_line("indicator: green ON", Duration::from_secs(10))
+        .await;
+
+    let mut depack = Depacketizer::new();
+    let mut annexb = Vec::new();
+    let mut pictures = 0;
+    let mut first: Option<(Vec<u8>, Instant)> = None;
+    while pictures < 60 {
+        let r = tokio::time::timeout(Duration::from_secs(10), viewer.received.recv())
+            .await
+            .expect("media within 10 s")
+            .expect("session open");
+        if let Some(au) = depack
+            .push(&r.packet.payload, r.packet.header.marker)
+            .expect("valid RFC 7798 payload")
+        {
+            if first.is_none() {
+                first = Some((au.clone(), r.at));
+            }
+            annexb.extend_from_slice(&au);
+            pictures += 1;
+        }
+    }
+    let (first, at) = first.expect("a picture");
+    let nals = annexb_nal_units(&first);
+    assert!(
+        nals.iter()
+            .any(|n| (16..=23).contains(&((n[0] >> 1) & 0x3F))),
+        "the first picture is a keyframe"
+    );
+    assert!(
+        nals.iter().any(|n| (n[0] >> 1) & 0x3F == 32),
+        "with its parameter sets"
+    );
+    eprintln!(
+        "vehicle -> WHEP: first H.265 picture {} ms after the connection was up",
+        at.saturating_duration_since(subscribed).as_millis()
+    );
+    let dir = TempDir::new("vehrecv");
+    let recv = dir.0.join("recv.h265");
+    std::fs::write(&recv, &annexb).expect("write");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(&recv)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hevc,1280,720,60"
+    );
+    assert_eq!(viewer.delete().await.expect("DELETE"), 200);
+    vehicle
+        .wait_line("indicator: green off", Duration::from_secs(10))
+        .await;
+}
+
+/// A UDP relay between vehicle and server that can black out, and that gives every new
+/// vehicle address its own upstream socket, so an address change reaches the server.
+async fn relay(server: SocketAddr, blackhole: Arc<AtomicBool>) -> SocketAddr {
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let addr = front.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut ups: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            if blackhole.load(Ordering::Relaxed) {
+                continue;
+            }
+            let up = match ups.get(&from) {
+                Some(u) => u.clone(),
+                None => {
+                    let u = Arc::new(
+                        tokio::net::UdpSocket::bind("127.0.0.1:0")
+                            .await
+                            .expect("bind"),
+                    );
+                    let (u2, front2, bh) = (u.clone(), front.clone(), blackhole.clone());
+                    tokio::spawn(async move {
+                        let mut b = vec![0u8; 2048];
+                        while let Ok(n) = u2.recv(&mut b).await {
+                            if !bh.load(Ordering::Relaxed) {
+                                let _ = front2.send_to(&b[..n], from).await;
+                            }
+                        }
+                    });
+                    ups.insert(from, u.clone());
+                    u
+                }
+            };
+            let _ = up.send_to(&buf[..n], server).await;
+        }
+    });
+    addr
+}
+
+type Digest = (u32, u64, String);
+
+fn frames_log(path: &std::path::Path) -> Vec<Digest> {
+    std::fs::read_to_string(path)
+        .expect("frames log")
+        .lines()
+        .map(|l| {
+            let mut p = l.split(' ');
+            let s = p.next().and_then(|x| x.parse().ok()).expect("source");
+            let q = p.next().and_then(|x| x.parse().ok()).expect("sequence");
+            (s, q, p.next().expect("digest").to_owned())
+        })
+        .collect()
+}
+
+fn per_source(v: &[Digest]) -> BTreeMap<u32, Vec<(u64, String)>> {
+    let mut m: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    for (s, q, d) in v {
+        m.entry(*s).or_default().push((*q, d.clone()));
+    }
+    m
+}
+
+/// Reads the room's NDJSON telemetry until `want` frames arrived or `within` passed.
+async fn ndjson(server: &Server, want: usize, within: Duration) -> Vec<Digest> {
+    let token = server.token("r1", "records", "consultant");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/rooms/r1/telemetry", server.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET telemetry");
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < want {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, resp.chunk()).await else {
+            break;
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let v: serde_json::Value = serde_json::from_slice(&line).expect("NDJSON line");
+            out.push((
+                v["source"].as_u64().expect("source") as u32,
+                v["seq"].as_u64().expect("seq"),
+                v["sha256"].as_str().expect("sha256").to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_survives_blackouts_address_changes_a_killed_server_and_a_vehicle_restart() {
+    // A fixed QUIC port, so the restarted server is where the vehicle looks for it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port();
+    let quic_arg = format!("127.0.0.1:{port}");
+    let data = TempDir::new("zeroloss");
+    certs(&data.0, &["--device", "amb-1"]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let blackhole = Arc::new(AtomicBool::new(false));
+    let front = relay(quic, blackhole.clone()).await;
+    let vdata = TempDir::new("vehdata");
+    certs(&vdata.0, &[]);
+    // The vehicle's own certificates: copy the server's PKI (same CA).
+    for f in ["ca.pem", "device-amb-1.pem", "device-amb-1.key"] {
+        std::fs::copy(
+            server.data.0.join("pki").join(f),
+            vdata.0.join("pki").join(f),
+        )
+        .expect("copy cert");
+    }
+    let log = vdata.0.join("frames.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let common = [
+        "--no-media",
+        "--vitals-every",
+        "1",
+        "--frames-log",
+        &log_arg,
+        "--switch-sim-every",
+        "4",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--run-for", "26"]);
+    let mut vehicle = Vehicle::start(&vdata.0, front, &args);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+
+    // A participant watching live from 2 s in: history, then live frames across the
+    // blackouts (its server is killed at the end of this phase).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = {
+        let token = server.token("r1", "watcher", "lead");
+        let url = format!("{}/api/rooms/r1/telemetry", server.http);
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET telemetry");
+            let mut resp = resp;
+            let mut buf = Vec::new();
+            let mut out: Vec<Digest> = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let v: serde_json::Value = serde_json::from_slice(&line).expect("line");
+                    out.push((
+                        v["source"].as_u64().unwrap_or(0) as u32,
+                        v["seq"].as_u64().unwrap_or(0),
+                        v["sha256"].as_str().unwrap_or("").to_owned(),
+                    ));
+                }
+            }
+            out
+        })
+    };
+    // Blackouts: 3 s (the connection survives), pass 2 s, 7 s (the vehicle gives the
+    // connection up and reconnects), pass 2 s.
+    for (dark, light) in [(3, 2), (7, 2)] {
+        blackhole.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(dark)).await;
+        blackhole.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(light)).await;
+    }
+    // kill -9 the server, start it again on the same data and port.
+    let data = server.kill();
+    let watched = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .expect("live stream ends with its server")
+        .expect("live task");
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = vehicle.child.wait();
+        drop(vehicle);
+        s
+    })
+    .await
+    .expect("join")
+    .expect("vehicle exit");
+    assert!(status.success(), "first vehicle run: {status}");
+
+    // The vehicle restarts with its outbox and runs a little longer.
+    let mut args = common.to_vec();
+    args.extend(["--run-for", "4"]);
+    let mut again = Vehicle::start(&vdata.0, front, &args);
+    again
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = again.child.wait();
+        drop(again);
+        s
+    })
+    .await
+    .expect("join")
+    .expect("vehicle exit");
+    assert!(status.success(), "second vehicle run: {status}");
+
+    let generated = frames_log(&log);
+    assert!(
+        generated.len() > 100,
+        "{} frames generated",
+        generated.len()
+    );
+    let delivered = ndjson(&server, generated.len(), Duration::from_secs(15)).await;
+    eprintln!(
+        "zero loss: {} frames generated, {} delivered to a late joiner, {} seen live before the kill",
+        generated.len(),
+        delivered.len(),
+        watched.len()
+    );
+    assert_eq!(
+        per_source(&delivered),
+        per_source(&generated),
+        "every frame, once, in order"
+    );
+    // What the live watcher saw is, per source, an unbroken prefix of what was generated.
+    let gen = per_source(&generated);
+    for (src, seen) in per_source(&watched) {
+        let all = &gen[&src];
+        assert_eq!(&all[..seen.len()], &seen[..], "live frames of source {src}");
+    }
+    assert!(
+        watched.len() > 20,
+        "the live watcher saw frames: {}",
+        watched.len()
+    );
+}
+
+async fn wait_metric(server: &Server, name: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = server.metric(name).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {v}, want >= {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restart() {
+    use bytes::Bytes;
+    use medsfu_quic::client::{self, ClientError};
+    use medsfu_quic::flow;
+    use medsfu_quic::protocol::{CameraState, FlowInfo, VehicleMessage};
+    use medsfu_telemetry::frame::{Body, Frame, VehicleStatus};
+
+    let server = vehicle_server(
+        &[],
+        &[
+            ("MEDSFU_VEHICLE__CRL_RELOAD_SECS", "1"),
+            ("MEDSFU_VEHICLE__CONTROL_RATE", "10"),
+        ],
+    );
+    let quic = server.quic.expect("vehicle endpoint");
+    let pki = server.data.0.join("pki");
+    let rd = |f: &str| std::fs::read_to_string(pki.join(f)).expect("pki file");
+    let ep = |dev: &str| {
+        client::endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            &rd("ca.pem"),
+            &rd(&format!("device-{dev}.pem")),
+            &rd(&format!("device-{dev}.key")),
+        )
+        .expect("endpoint")
+    };
+    let camera = |flow| FlowInfo {
+        flow,
+        source: "roof_camera".into(),
+        codec: "video/H265".into(),
+    };
+
+    // Hello refusals name the reason.
+    let refused = |r: Result<client::Connected, ClientError>| match r {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a welcome"),
+    };
+    let e2 = ep("amb-2");
+    assert_eq!(
+        refused(client::connect(&e2, quic, "localhost", "..", vec![]).await),
+        "bad_room"
+    );
+    let av2 = FlowInfo {
+        codec: "video/AV2".into(),
+        ..camera(0)
+    };
+    assert_eq!(
+        refused(client::connect(&e2, quic, "localhost", "r2", vec![av2]).await),
+        "bad_flow"
+    );
+    let twice = vec![camera(3), camera(3)];
+    assert_eq!(
+        refused(client::connect(&e2, quic, "localhost", "r2", twice).await),
+        "bad_flow"
+    );
+
+    // Bad datagrams are counted by reason and dropped.
+    let e1 = ep("amb-1");
+    let mut c = client::connect(&e1, quic, "localhost", "r2", vec![camera(0)])
+        .await
+        .expect("welcome");
+    let mut rtp = vec![0x80u8, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+    rtp.extend([0u8; 20]);
+    let send = |d: Bytes| c.conn.send_datagram(d).expect("datagram");
+    send(flow::frame(9, &rtp));
+    send(Bytes::from_static(&[0x40]));
+    send(flow::frame(0, &[0x80, 96, 0]));
+    send(flow::frame(0, &[0x8f, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]));
+    for (reason, n) in [
+        ("unknown_flow", 1.0),
+        ("truncated", 1.0),
+        ("not_rtp", 1.0),
+        ("bad_rtp", 1.0),
+    ] {
+        let name = format!("medsfu_vehicle_datagrams_dropped_total{{reason=\"{reason}\"}}");
+        wait_metric(&server, &name, n).await;
+    }
+
+    // A control flood is rate-limited, and the connection keeps working.
+    for _ in 0..300 {
+        c.control
+            .send(&VehicleMessage::CameraState {
+                id: None,
+                state: CameraState::default(),
+            })
+            .await
+            .expect("send");
+    }
+    let dropped = wait_metric(&server, "medsfu_vehicle_control_dropped_total", 100.0).await;
+    let (mut ts, tr) = c.conn.open_bi().await.expect("telemetry stream");
+    let frame = |seq| {
+        Frame {
+            source: 7,
+            sequence: seq,
+            captured_at_us: 0,
+            body: Body::Status(VehicleStatus::Departed),
+        }
+        .encode()
+        .expect("encode")
+    };
+    ts.write_all(b"T").await.expect("tag");
+    ts.write_all(&frame(0)).await.expect("frame");
+    let mut tr = tr;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.ends_with(b"\n") {
+        assert!(Instant::now() < deadline, "no ack");
+        let chunk = tr
+            .read_chunk(1024, true)
+            .await
+            .expect("read")
+            .expect("open");
+        got.extend_from_slice(&chunk.bytes);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got).trim(),
+        r#"{"type":"ack","source":7,"sequence":0}"#,
+        "after a flood of {dropped} dropped control messages"
+    );
+    // An unknown frame version is refused with a reason; the stream ends.
+    let mut bad = frame(1);
+    bad[2] = 9;
+    ts.write_all(&bad).await.expect("frame");
+    let mut got = Vec::new();
+    while let Ok(Some(chunk)) = tr.read_chunk(1024, true).await {
+        got.extend_from_slice(&chunk.bytes);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).contains(r#""code":"frame_version""#),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Revoking amb-2 while the server runs: its next handshake fails; amb-1 is unaffected.
+    certs(&server.data.0, &["--revoke", "amb-2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client::connect(&ep("amb-2"), quic, "localhost", "r3", vec![]).await {
+            Err(ClientError::Connection(_)) => break,
+            Ok(_) | Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "amb-2 still accepted 10 s after revocation"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    wait_metric(&server, "medsfu_vehicle_handshakes_refused_total", 1.0).await;
+    assert!(c.conn.close_reason().is_none(), "amb-1 still connected");
+}
