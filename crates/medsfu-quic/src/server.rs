@@ -267,12 +267,16 @@ fn valid_room(room: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn check_flows(flows: &[FlowInfo]) -> Result<Vec<(u64, TrackSource, Codec)>, (String, String)> {
+/// A flow as announced: id, what it carries, its codec.
+type Announced = (u64, TrackSource, Codec);
+
+/// Checks the announced flows; on error, a stable code and a reason.
+fn check_flows(flows: &[FlowInfo]) -> Result<Vec<Announced>, (String, String)> {
     let bad = |m: String| ("bad_flow".to_owned(), m);
     if flows.len() > MAX_FLOWS {
         return Err(bad(format!("at most {MAX_FLOWS} flows")));
     }
-    let mut out: Vec<(u64, TrackSource, Codec)> = Vec::new();
+    let mut out: Vec<Announced> = Vec::new();
     for f in flows {
         if f.flow > MAX_FLOW || out.iter().any(|(id, _, _)| *id == f.flow) {
             return Err(bad(format!(

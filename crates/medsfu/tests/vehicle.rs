@@ -589,3 +589,72 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
     wait_metric(&server, "medsfu_vehicle_handshakes_refused_total", 1.0).await;
     assert!(c.conn.close_reason().is_none(), "amb-1 still connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiners_page_shows_ecg_vitals_gps_status_and_chat_from_the_start() {
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut vehicle = Vehicle::start(
+        &server.data.0,
+        quic,
+        &["--no-media", "--vitals-every", "1", "--run-for", "90"],
+    );
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    // History accumulates before the doctor opens the page.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut b = support::Browser::launch().await;
+    let token = server.token("r1", "dr-late", "consultant");
+    let page = b
+        .open(&format!("{}/?room=r1&token={token}&publish=", server.http))
+        .await;
+    let t = "window.medsfuTelemetry";
+    let at_live = b
+        .wait_for(
+            &page,
+            &format!("{t} && {t}.live && {t}.frames"),
+            Duration::from_secs(20),
+            "telemetry history",
+        )
+        .await;
+    // 3 s of 200 ms ECG blocks, vitals every second, GPS every 2 s, a status: all history.
+    assert!(
+        at_live.as_u64().unwrap_or(0) >= 15,
+        "history frames at live: {at_live}"
+    );
+    let first_ecg = b.eval(&page, &format!("{t}.bySource['1']")).await;
+    assert!(
+        first_ecg.as_u64().unwrap_or(0) >= 10,
+        "ECG history: {first_ecg}"
+    );
+    b.wait_for(
+        &page,
+        &format!(
+            "{t}.ecgSamplesDrawn > 720 && {t}.vitals.heart_rate > 0 && {t}.vitals.spo2 > 0 \
+             && {t}.gpsFixes >= 2 && {t}.status === 'departed'"
+        ),
+        Duration::from_secs(20),
+        "ECG drawn, vitals, GPS and status",
+    )
+    .await;
+    // Chat goes through the journal and comes back to the page as telemetry.
+    b.eval(
+        &page,
+        "document.getElementById('chat-text').value = 'ST elevation II III aVF?'; \
+         document.getElementById('chat-send').click(); true",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        &format!(
+            "{t}.chats >= 1 && document.getElementById('chat-log').textContent.includes('ST elevation')"
+        ),
+        Duration::from_secs(10),
+        "chat echoed",
+    )
+    .await;
+    let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/screenshots/telemetry.png");
+    b.screenshot(&page, &shot).await;
+}
