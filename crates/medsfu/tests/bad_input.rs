@@ -190,6 +190,8 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     assert_eq!(joined["id"], 1);
     assert_eq!(joined["role"], "lead");
     assert_eq!(joined["may_publish"], json!(["microphone"]));
+    // A room without telemetry yet: the (empty) history ends at once.
+    ws.recv_type("telemetry_live").await;
 
     ws.send_text("{ not json".into()).await;
     assert_eq!(ws.recv().await["code"], "bad_message");
@@ -226,6 +228,10 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     assert_eq!(ws.recv().await["code"], "bad_message");
     ws.send(json!({ "type": "answer", "sdp": "v=0" })).await;
     assert_eq!(ws.recv().await["code"], "no_pending_offer");
+
+    ws.send(json!({ "type": "chat", "text": "   ", "id": 5 }))
+        .await;
+    assert_eq!(ws.recv().await["code"], "bad_message");
 
     // Still usable after all that.
     ws.send(json!({ "type": "ping", "id": 9 })).await;
