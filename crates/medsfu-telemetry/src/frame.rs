@@ -794,6 +794,16 @@ mod tests {
         let len = (w.len() - HEADER_LEN) as u32;
         w[24..28].copy_from_slice(&len.to_be_bytes());
         assert_eq!(Frame::decode(&w).unwrap_err().code(), "frame_malformed");
+        // A waveform at an impossible sample rate (50 kHz).
+        let mut w = samples()[0].encode().unwrap();
+        w[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&50_000_000u32.to_be_bytes());
+        assert_eq!(
+            Frame::decode(&w).unwrap_err(),
+            FrameError::Malformed {
+                kind: "waveform",
+                reason: "sample rate must be 1 mHz to 20 kHz"
+            }
+        );
         // Chat that is not UTF-8.
         let mut c = samples()[4].encode().unwrap();
         c[HEADER_LEN + 1] = 0xff;
