@@ -8,6 +8,7 @@ const state = {
   pubPc: null, subPc: null, midToTrack: new Map(), pending: [], published: new Map(),
   subscribedAt: new Map(), firstFrameAt: new Map(), errors: [], publishing: Promise.resolve(),
   answerWaiter: null, speaker: null, speakers: [],
+  camera: { pan_deg: 0, zoom: 1, sector: 0 }, cameraStates: 0,
 };
 window.medsfu = state; // read by the end-to-end tests
 
@@ -42,6 +43,14 @@ async function onMessage(m) {
       break;
     case 'participant_joined': addParticipant(m); break;
     case 'participant_left': state.participants.delete(m.participant); renderParticipants(); break;
+    case 'camera_state':
+      state.camera = { pan_deg: m.pan_deg, zoom: m.zoom, sector: m.sector };
+      state.cameraStates++;
+      $('cam-state').textContent = `pan ${Math.round(m.pan_deg)}°, zoom ${m.zoom.toFixed(1)}×` +
+        (m.sector ? `, sector ${m.sector}` : '');
+      $('cam-sector').value = String(m.sector);
+      break;
+    case 'camera_sent': break;
     case 'track_published': state.tracks.set(m.track, m); break;
     case 'track_unpublished': removeTile(m.track); state.tracks.delete(m.track); break;
     case 'active_speaker': state.speaker = m.participant; state.speakers.push(m.participant); renderParticipants(); break;
@@ -62,7 +71,24 @@ async function onMessage(m) {
 }
 
 function addParticipant(p) { state.participants.set(p.participant, p); renderParticipants(); }
+
+// The lead steers the roof camera of the room's vehicle (the server checks the role too).
+function vehicle() {
+  for (const p of state.participants.values()) if (p.role === 'vehicle') return p.participant;
+  return null;
+}
+function steer(change) {
+  const v = vehicle();
+  if (v) send({ type: 'camera', vehicle: v, ...change });
+}
+function clamp(x, lo, hi) { return Math.min(hi, Math.max(lo, x)); }
+$('cam-left').onclick = () => steer({ pan_deg: clamp(state.camera.pan_deg - 15, -60, 60) });
+$('cam-right').onclick = () => steer({ pan_deg: clamp(state.camera.pan_deg + 15, -60, 60) });
+$('cam-zoom-in').onclick = () => steer({ zoom: clamp(state.camera.zoom + 0.5, 1, 4) });
+$('cam-zoom-out').onclick = () => steer({ zoom: clamp(state.camera.zoom - 0.5, 1, 4) });
+$('cam-sector').onchange = (e) => steer({ sector: Number(e.target.value) });
 function renderParticipants() {
+  $('camera-controls').hidden = !(state.me && state.me.role === 'lead' && vehicle());
   const ul = $('participants'); ul.textContent = '';
   for (const p of state.participants.values()) {
     const li = document.createElement('li');

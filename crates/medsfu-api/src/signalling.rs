@@ -86,6 +86,20 @@ enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    Camera {
+        /// The vehicle's participant id (`P<n>`).
+        vehicle: String,
+        #[serde(default)]
+        pan_deg: Option<f32>,
+        #[serde(default)]
+        zoom: Option<f32>,
+        #[serde(default)]
+        sector: Option<u8>,
+        #[serde(default)]
+        screenshot: bool,
+        #[serde(default)]
+        id: Option<Value>,
+    },
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +155,10 @@ fn event_json(ev: &SessionEvent) -> Value {
         }),
         SessionEvent::Removed(reason) => json!({ "type": "left", "reason": reason.as_str() }),
         SessionEvent::Error { code, message } => error(code, message.clone(), None),
+        SessionEvent::CameraState { vehicle, id, state } => json!({
+            "type": "camera_state", "vehicle": vehicle.to_string(), "command": id,
+            "pan_deg": state.pan_deg, "zoom": state.zoom, "sector": state.sector,
+        }),
         _ => json!({ "type": "unknown_event" }),
     }
 }
@@ -207,6 +225,7 @@ pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
             ClientMessage::Leave { .. } => "leave",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Chat { .. } => "chat",
+            ClientMessage::Camera { .. } => "camera",
         }),
         Err(e) => Err(e.to_string()),
     }
@@ -232,6 +251,7 @@ fn parse(text: &str) -> Result<ClientMessage, Value> {
                     "leave",
                     "ping",
                     "chat",
+                    "camera",
                 ]
                 .contains(&t.as_str()) =>
             {
@@ -572,5 +592,35 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
         ClientMessage::Ping { id } => Some(json!({ "type": "pong", "id": id })),
         // Handled by the caller, which knows the room and identity.
         ClientMessage::Chat { id, .. } => Some(error("internal", "chat not routed", id)),
+        ClientMessage::Camera {
+            vehicle,
+            pan_deg,
+            zoom,
+            sector,
+            screenshot,
+            id,
+        } => {
+            let Some(v) = vehicle
+                .strip_prefix('P')
+                .and_then(|n| n.parse().ok())
+                .map(ParticipantId)
+            else {
+                return Some(error(
+                    "bad_message",
+                    format!("{vehicle:?} is not a participant id"),
+                    id,
+                ));
+            };
+            let command = medsfu_core::CameraCommand {
+                pan_deg,
+                zoom,
+                sector,
+                screenshot,
+            };
+            Some(match media.camera(me, v, command).await {
+                Ok(n) => json!({ "type": "camera_sent", "command": n, "id": id }),
+                Err(e) => media_error(e, id),
+            })
+        }
     }
 }

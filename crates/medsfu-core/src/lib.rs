@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod camera;
 mod error;
 mod ids;
 mod keyframe;
@@ -16,6 +17,7 @@ mod rtp;
 mod rtx_cache;
 mod sfu;
 
+pub use camera::{CameraCommand, CameraState};
 pub use error::CoreError;
 pub use ids::{DownTrackId, ParticipantId, TrackId};
 pub use medsfu_codec::Codec;

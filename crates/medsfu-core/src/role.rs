@@ -95,6 +95,12 @@ impl Role {
         }
     }
 
+    /// Whether this role may steer a vehicle's camera (pan, zoom, sector, screenshot).
+    pub fn may_control_camera(self) -> bool {
+        // The lead teleconsultant; consultants only by the lead's grant (control API).
+        self == Role::Lead
+    }
+
     /// Whether this role may receive a track from `source`.
     pub fn may_receive(self, source: TrackSource) -> bool {
         match self {

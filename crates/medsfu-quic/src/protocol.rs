@@ -26,7 +26,7 @@ pub struct FlowInfo {
     pub codec: String,
 }
 
-/// A camera command (every field optional: only what is given changes).
+/// The wire form of a [`medsfu_core::CameraCommand`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraCommand {
@@ -44,30 +44,30 @@ pub struct CameraCommand {
     pub screenshot: bool,
 }
 
-impl CameraCommand {
-    /// Checks every given value is within range.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(p) = self.pan_deg {
-            if !(-60.0..=60.0).contains(&p) {
-                return Err(format!("pan_deg {p} is outside -60..60"));
-            }
+impl From<&medsfu_core::CameraCommand> for CameraCommand {
+    fn from(c: &medsfu_core::CameraCommand) -> Self {
+        CameraCommand {
+            pan_deg: c.pan_deg,
+            zoom: c.zoom,
+            sector: c.sector,
+            screenshot: c.screenshot,
         }
-        if let Some(z) = self.zoom {
-            if !(1.0..=4.0).contains(&z) {
-                return Err(format!("zoom {z} is outside 1..4"));
-            }
-        }
-        if let Some(s) = self.sector {
-            if s > 9 {
-                return Err(format!("sector {s} is outside 0..9"));
-            }
-        }
-        Ok(())
     }
 }
 
-/// Where the camera points now.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+impl From<&CameraCommand> for medsfu_core::CameraCommand {
+    fn from(c: &CameraCommand) -> Self {
+        medsfu_core::CameraCommand {
+            pan_deg: c.pan_deg,
+            zoom: c.zoom,
+            sector: c.sector,
+            screenshot: c.screenshot,
+        }
+    }
+}
+
+/// The wire form of a [`medsfu_core::CameraState`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraState {
     /// Pan in degrees.
@@ -78,29 +78,23 @@ pub struct CameraState {
     pub sector: u8,
 }
 
-impl Default for CameraState {
-    fn default() -> Self {
+impl From<medsfu_core::CameraState> for CameraState {
+    fn from(s: medsfu_core::CameraState) -> Self {
         CameraState {
-            pan_deg: 0.0,
-            zoom: 1.0,
-            sector: 0,
+            pan_deg: s.pan_deg,
+            zoom: s.zoom,
+            sector: s.sector,
         }
     }
 }
 
-impl CameraState {
-    /// The state after applying `cmd` (assumed valid).
-    pub fn apply(mut self, cmd: &CameraCommand) -> CameraState {
-        if let Some(p) = cmd.pan_deg {
-            self.pan_deg = p;
+impl From<CameraState> for medsfu_core::CameraState {
+    fn from(s: CameraState) -> Self {
+        medsfu_core::CameraState {
+            pan_deg: s.pan_deg,
+            zoom: s.zoom,
+            sector: s.sector,
         }
-        if let Some(z) = cmd.zoom {
-            self.zoom = z;
-        }
-        if let Some(s) = cmd.sector {
-            self.sector = s;
-        }
-        self
     }
 }
 
@@ -231,18 +225,11 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_str::<VehicleMessage>(r#"{"type":"launch"}"#).is_err());
-        let c = CameraCommand {
+        let c: medsfu_core::CameraCommand = (&CameraCommand {
             pan_deg: Some(90.0),
             ..Default::default()
-        };
+        })
+            .into();
         assert!(c.validate().is_err());
-        let c = CameraCommand {
-            zoom: Some(2.0),
-            sector: Some(5),
-            ..Default::default()
-        };
-        assert!(c.validate().is_ok());
-        let s = CameraState::default().apply(&c);
-        assert_eq!((s.zoom, s.sector, s.pan_deg), (2.0, 5, 0.0));
     }
 }

@@ -474,7 +474,7 @@ async fn session(
                     tokens -= 1.0;
                     match serde_json::from_slice::<VehicleMessage>(&line) {
                         Ok(VehicleMessage::CameraState { id, state }) => {
-                            debug!(%participant, ?id, ?state, "camera state");
+                            ctx.media.camera_state(participant, id, state.into()).await;
                         }
                         Ok(_) => {
                             let m = ServerMessage::Error {
@@ -510,6 +510,10 @@ async fn session(
                     if let Some(f) = flow_of.get(&track).and_then(|f| flows.get(f)) {
                         let _ = conn.send_datagram(flow::frame(f.flow, &flow::nack(f.ssrc, &seqs)));
                     }
+                }
+                Some(SessionEvent::Camera { id, command }) => {
+                    let m = ServerMessage::Camera { id, command: (&command).into() };
+                    let _ = send_line(&mut send, &m).await;
                 }
                 Some(SessionEvent::Indicator { green, red }) => {
                     let _ = send_line(&mut send, &ServerMessage::Indicator { green, red }).await;

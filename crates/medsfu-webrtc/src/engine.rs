@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use medsfu_core::{
-    Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId, ReceptionReport,
-    Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
+    CameraCommand, Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId,
+    ReceptionReport, Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -148,6 +148,8 @@ pub(crate) struct Engine {
     scratch_msgs: Vec<RTCMessage>,
     /// Subscriptions changed: vehicles' indicator lamps may have to change too.
     indicators_dirty: bool,
+    /// Id of the next camera command.
+    next_camera_command: u64,
 }
 
 fn rtc_err(e: impl std::fmt::Display) -> MediaError {
@@ -180,6 +182,7 @@ impl Engine {
             scratch_events: Vec::new(),
             scratch_msgs: Vec::new(),
             indicators_dirty: false,
+            next_camera_command: 1,
         }
     }
 
@@ -1027,6 +1030,28 @@ impl Engine {
                 self.end_session(participant, None);
                 self.indicators_dirty = true;
             }
+            Command::Camera {
+                from,
+                vehicle,
+                command,
+                reply,
+            } => {
+                let r = self.camera(from, vehicle, command);
+                let _ = reply.send(r);
+            }
+            Command::CameraState { vehicle, id, state } => {
+                if let Some(room) = self.sessions.get(&vehicle).map(|s| s.room.clone()) {
+                    let everyone: Vec<ParticipantId> = self
+                        .sessions
+                        .iter()
+                        .filter(|(p, s)| s.room == room && **p != vehicle)
+                        .map(|(p, _)| *p)
+                        .collect();
+                    for p in everyone {
+                        self.tell(p, SessionEvent::CameraState { vehicle, id, state });
+                    }
+                }
+            }
             Command::PublishTrack {
                 participant,
                 source,
@@ -1047,6 +1072,27 @@ impl Engine {
             }
         }
         self.drain_core(now);
+    }
+
+    fn camera(
+        &mut self,
+        from: ParticipantId,
+        vehicle: ParticipantId,
+        command: CameraCommand,
+    ) -> Result<u64, MediaError> {
+        let sender = self.sessions.get(&from).ok_or(MediaError::UnknownSession)?;
+        if !sender.role.may_control_camera() {
+            return Err(MediaError::CameraForbidden(sender.role.as_str()));
+        }
+        let target = self.sessions.get(&vehicle).ok_or(MediaError::NoVehicle)?;
+        if target.kind != SessionKind::Vehicle || target.room != sender.room {
+            return Err(MediaError::NoVehicle);
+        }
+        command.validate().map_err(MediaError::BadCameraCommand)?;
+        let id = self.next_camera_command;
+        self.next_camera_command += 1;
+        self.tell(vehicle, SessionEvent::Camera { id, command });
+        Ok(id)
     }
 
     fn publish_track(

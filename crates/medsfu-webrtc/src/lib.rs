@@ -21,8 +21,8 @@ use std::sync::Arc;
 use prometheus::{IntCounter, Registry};
 
 use medsfu_core::{
-    Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role, RoomEvent, RtpPacket, TrackId,
-    TrackSource,
+    CameraCommand, CameraState, Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role,
+    RoomEvent, RtpPacket, TrackId, TrackSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +70,15 @@ pub enum MediaError {
     /// The media server's queue is full.
     #[error("media server busy")]
     Busy,
+    /// This role may not steer the camera.
+    #[error("role {0} may not control the camera")]
+    CameraForbidden(&'static str),
+    /// The target is not a vehicle in the caller's room.
+    #[error("no such vehicle in this room")]
+    NoVehicle,
+    /// A camera command value is out of range.
+    #[error("bad camera command: {0}")]
+    BadCameraCommand(String),
 }
 
 impl MediaError {
@@ -85,6 +94,9 @@ impl MediaError {
             MediaError::WebRtc(_) => "webrtc",
             MediaError::Stopped => "stopped",
             MediaError::Busy => "busy",
+            MediaError::CameraForbidden(_) => "camera_forbidden",
+            MediaError::NoVehicle => "no_vehicle",
+            MediaError::BadCameraCommand(_) => "bad_camera_command",
         }
     }
 }
@@ -105,7 +117,7 @@ pub enum SessionKind {
 }
 
 /// Something the media server tells one session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SessionEvent {
     /// Something happened in the room.
@@ -138,6 +150,22 @@ pub enum SessionEvent {
         green: bool,
         /// A recorder receives the roof camera.
         red: bool,
+    },
+    /// Move the camera (to a vehicle); acknowledge with [`MediaHandle::camera_state`].
+    Camera {
+        /// Command id.
+        id: u64,
+        /// What to change.
+        command: CameraCommand,
+    },
+    /// A vehicle's camera moved (to everyone in its room).
+    CameraState {
+        /// The vehicle.
+        vehicle: ParticipantId,
+        /// The command it acknowledges, if any.
+        id: Option<u64>,
+        /// Where the camera points now.
+        state: CameraState,
     },
     /// Something went wrong that the client should know about.
     Error {
@@ -284,6 +312,17 @@ pub(crate) enum Command {
     Leave {
         participant: ParticipantId,
         reason: LeaveReason,
+    },
+    Camera {
+        from: ParticipantId,
+        vehicle: ParticipantId,
+        command: CameraCommand,
+        reply: oneshot::Sender<Result<u64, MediaError>>,
+    },
+    CameraState {
+        vehicle: ParticipantId,
+        id: Option<u64>,
+        state: CameraState,
     },
     Rooms {
         reply: oneshot::Sender<(usize, usize)>,
@@ -456,6 +495,32 @@ impl MediaHandle {
                 participant,
                 reason,
             })
+            .await;
+    }
+
+    /// Sends a camera command from `from` (who must be allowed to steer) to a vehicle in
+    /// its room; returns the command id its acknowledgement will carry.
+    pub async fn camera(
+        &self,
+        from: ParticipantId,
+        vehicle: ParticipantId,
+        command: CameraCommand,
+    ) -> Result<u64, MediaError> {
+        self.ask(|reply| Command::Camera {
+            from,
+            vehicle,
+            command,
+            reply,
+        })
+        .await?
+    }
+
+    /// A vehicle reports where its camera points (after command `id`, or on its own).
+    pub async fn camera_state(&self, vehicle: ParticipantId, id: Option<u64>, state: CameraState) {
+        // A stopped server has nobody left to tell.
+        let _ = self
+            .tx
+            .send(Command::CameraState { vehicle, id, state })
             .await;
     }
 

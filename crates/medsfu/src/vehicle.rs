@@ -14,10 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use medsfu_codec::h265_rtp::{access_units, annexb_nal_units, payload_access_unit};
+use medsfu_core::{CameraCommand, CameraState};
 use medsfu_core::{RtpHeader, RtpPacket};
 use medsfu_quic::client::{self, generate, Generated};
 use medsfu_quic::flow::{self, Feedback, FlowPacket};
-use medsfu_quic::protocol::{CameraState, FlowInfo, ServerMessage, VehicleMessage};
+use medsfu_quic::protocol::{FlowInfo, ServerMessage, VehicleMessage};
 use medsfu_telemetry::frame::{Body, Frame, Gps, Unit, VehicleStatus, Vital, VitalKind};
 use medsfu_telemetry::outbox::Outbox;
 use medsfu_telemetry::player::EcgPlayer;
@@ -265,6 +266,7 @@ async fn connected(
             r = &mut telemetry => return format!("telemetry stream: {r:?}"),
             m = c.control.next() => match m {
                 Ok(Some(ServerMessage::Camera { id, command })) => {
+                    let command = CameraCommand::from(&command);
                     let state = if command.validate().is_ok() {
                         let s = camera.borrow().apply(&command);
                         camera.send_replace(s);
@@ -273,7 +275,8 @@ async fn connected(
                         *camera.borrow()
                     };
                     println!("camera: pan {:+.0} deg, zoom {:.1}x, sector {}", state.pan_deg, state.zoom, state.sector);
-                    let _ = c.control.send(&VehicleMessage::CameraState { id: Some(id), state }).await;
+                    let msg = VehicleMessage::CameraState { id: Some(id), state: state.into() };
+                    let _ = c.control.send(&msg).await;
                 }
                 Ok(Some(ServerMessage::Indicator { green, red })) => {
                     println!(

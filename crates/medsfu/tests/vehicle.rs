@@ -658,3 +658,82 @@ async fn a_late_joiners_page_shows_ecg_vitals_gps_status_and_chat_from_the_start
         .join("../../target/screenshots/telemetry.png");
     b.screenshot(&page, &shot).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not() {
+    use serde_json::json;
+    use support::Ws;
+
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--no-media", "--run-for", "60"]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+
+    let join = |identity: &'static str, role: &'static str| {
+        let token = server.token("r1", identity, role);
+        let server = &server;
+        async move {
+            let mut ws = Ws::connect(server).await;
+            ws.send(json!({ "type": "join", "token": token })).await;
+            // History first, then the participants already there, the vehicle among them.
+            ws.recv_type("telemetry_live").await;
+            let v = loop {
+                let m = ws.recv_type("participant_joined").await;
+                if m["role"] == "vehicle" {
+                    break m["participant"].as_str().expect("id").to_owned();
+                }
+            };
+            (ws, v)
+        }
+    };
+    let (mut lead, v) = join("dr-lead", "lead").await;
+    let (mut consultant, _) = join("dr-cardio", "consultant").await;
+
+    lead.send(json!({ "type": "camera", "vehicle": v, "pan_deg": 30, "zoom": 2, "id": 1 }))
+        .await;
+    let sent = lead.recv_type("camera_sent").await;
+    assert_eq!(sent["id"], 1);
+    vehicle
+        .wait_line(
+            "camera: pan +30 deg, zoom 2.0x, sector 0",
+            Duration::from_secs(10),
+        )
+        .await;
+    // Everyone in the room sees the acknowledged state.
+    for ws in [&mut lead, &mut consultant] {
+        let s = ws.recv_type("camera_state").await;
+        assert_eq!(
+            (
+                &s["vehicle"],
+                &s["command"],
+                &s["pan_deg"],
+                &s["zoom"],
+                &s["sector"]
+            ),
+            (
+                &json!(v),
+                &sent["command"],
+                &json!(30.0),
+                &json!(2.0),
+                &json!(0)
+            )
+        );
+    }
+    // A consultant may not steer; values out of range and non-vehicles are refused.
+    consultant
+        .send(json!({ "type": "camera", "vehicle": v, "pan_deg": 0, "id": 2 }))
+        .await;
+    let e = consultant.recv_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), &e["id"]),
+        (Some("camera_forbidden"), &json!(2))
+    );
+    lead.send(json!({ "type": "camera", "vehicle": v, "pan_deg": 90, "id": 3 }))
+        .await;
+    assert_eq!(lead.recv_type("error").await["code"], "bad_camera_command");
+    lead.send(json!({ "type": "camera", "vehicle": "P999", "zoom": 1, "id": 4 }))
+        .await;
+    assert_eq!(lead.recv_type("error").await["code"], "no_vehicle");
+}
