@@ -24,7 +24,7 @@ use medsfu_telemetry::outbox::Outbox;
 use medsfu_telemetry::player::EcgPlayer;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Telemetry sources of the simulated vehicle.
 pub const SOURCE_ECG: u32 = 1;
@@ -145,7 +145,7 @@ pub async fn run(o: Options) -> Result<()> {
                 tokio::time::sleep(every).await;
                 match std::net::UdpSocket::bind(bind).and_then(|s| ep.rebind(s)) {
                     Ok(()) => {
-                        info!(local = ?ep.local_addr().ok(), "switched SIM (new local address)")
+                        println!("switched SIM: new local address {:?}", ep.local_addr().ok())
                     }
                     Err(e) => warn!(error = %e, "SIM switch failed"),
                 }

@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 struct Vehicle {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far.
+    seen: Vec<String>,
 }
 
 impl Vehicle {
@@ -55,19 +57,36 @@ impl Vehicle {
                 }
             }
         });
-        Vehicle { child, lines }
+        Vehicle {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     async fn wait_line(&mut self, needle: &str, within: Duration) -> String {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) if l.contains(needle) => return l,
-                Ok(Some(_)) => {}
+                Ok(Some(l)) if l.contains(needle) => {
+                    self.seen.push(l.clone());
+                    return l;
+                }
+                Ok(Some(l)) => self.seen.push(l),
                 Ok(None) => panic!("vehicle exited before printing {needle:?}"),
                 Err(_) => panic!("vehicle did not print {needle:?} within {within:?}"),
             }
         }
+    }
+}
+
+impl Vehicle {
+    /// How many lines printed so far contain `needle`.
+    fn count(&mut self, needle: &str) -> usize {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen.iter().filter(|l| l.contains(needle)).count()
     }
 }
 
@@ -90,7 +109,12 @@ fn vehicle_server(args: &[&str], env: &[(&str, &str)]) -> Server {
 async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_who_watches() {
     let server = vehicle_server(&[], &[]);
     let quic = server.quic.expect("vehicle endpoint started");
-    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--run-for", "60"]);
+    // The vehicle switches SIM (moves to a new local address) every 2 s; QUIC migrates.
+    let mut vehicle = Vehicle::start(
+        &server.data.0,
+        quic,
+        &["--run-for", "60", "--switch-sim-every", "2"],
+    );
     vehicle
         .wait_line("connected to room r1", Duration::from_secs(20))
         .await;
@@ -115,11 +139,18 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
     let mut annexb = Vec::new();
     let mut pictures = 0;
     let mut first: Option<(Vec<u8>, Instant)> = None;
-    while pictures < 60 {
+    let mut last_at: Option<Instant> = None;
+    let mut max_gap = Duration::ZERO;
+    let switches_before = vehicle.count("switched SIM");
+    while pictures < 150 {
         let r = tokio::time::timeout(Duration::from_secs(10), viewer.received.recv())
             .await
             .expect("media within 10 s")
             .expect("session open");
+        if let Some(l) = last_at {
+            max_gap = max_gap.max(r.at.saturating_duration_since(l));
+        }
+        last_at = Some(r.at);
         if let Some(au) = depack
             .push(&r.packet.payload, r.packet.header.marker)
             .expect("valid RFC 7798 payload")
@@ -166,7 +197,17 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "hevc,1280,720,60"
+        "hevc,1280,720,150"
+    );
+    let switches = vehicle.count("switched SIM") - switches_before;
+    eprintln!(
+        "vehicle -> WHEP: {switches} SIM switches in 5 s of video, longest gap between packets {} ms",
+        max_gap.as_millis()
+    );
+    assert!(switches >= 2, "the vehicle moved address while we watched");
+    assert!(
+        max_gap < Duration::from_secs(1),
+        "media gap {max_gap:?} across SIM switches"
     );
     assert_eq!(viewer.delete().await.expect("DELETE"), 200);
     vehicle
