@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of medsfu. Installs what the tests need first (Debian packages chromium
-# and ffmpeg, when missing), so it works on a fresh Debian machine with a Rust toolchain.
+# Runs every test of medsfu. Installs what the tests need first (Debian packages chromium,
+# firefox-esr, ffmpeg and iproute2, when missing), so it works on a fresh Debian machine
+# with a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,8 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

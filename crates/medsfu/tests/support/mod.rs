@@ -86,19 +86,16 @@ impl Server {
                 .map_or(0, |d| d.as_nanos())
         ));
         let mut cmd = Command::new(bin());
-        cmd.args([
-            "serve",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--webrtc-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .arg("--data-dir")
-        .arg(&data.0)
-        .env("MEDSFU_LOG__FILTER", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_log).expect("log file"));
+        cmd.args(["serve", "--http-listen", "127.0.0.1:0"]);
+        if !args.contains(&"--webrtc-listen") {
+            cmd.args(["--webrtc-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(&data.0)
+            .env("MEDSFU_LOG__FILTER", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -571,7 +568,8 @@ impl Firefox {
             [
                 "media.navigator.streams.fake",
                 "media.navigator.permission.disabled",
-                // The test server is on loopback, which Firefox leaves out of ICE by default.
+                // Loopback is left out of ICE by default (the Firefox test runs in a network
+                // namespace with a private address instead; see tests/firefox.rs).
                 "media.peerconnection.ice.loopback",
             ]
             .iter()
@@ -580,9 +578,6 @@ impl Firefox {
                 [
                     "user_pref(\"media.autoplay.default\", 0);\n",
                     "user_pref(\"media.peerconnection.ice.obfuscate_host_addresses\", false);\n",
-                    // Gather on loopback only: checks from another interface to 127.0.0.1
-                    // would never be routed.
-                    "user_pref(\"media.peerconnection.ice.force_interface\", \"lo\");\n",
                     "user_pref(\"browser.shell.checkDefaultBrowser\", false);\n",
                     "user_pref(\"datareporting.policy.dataSubmissionEnabled\", false);\n",
                     "user_pref(\"app.update.enabled\", false);\n",
