@@ -21,7 +21,10 @@ function join(room, token) {
   const ws = new WebSocket(`${proto}://${location.host}/ws`);
   state.ws = ws;
   setConn('connecting');
-  ws.onopen = () => send({ type: 'join', token });
+  // Say what this browser decodes: a browser without H.265 gets H.264 renditions.
+  const codecs = ['audio', 'video'].flatMap((k) =>
+    ((window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities(k)) || { codecs: [] }).codecs.map((c) => c.mimeType));
+  ws.onopen = () => send({ type: 'join', token, codecs: [...new Set(codecs)] });
   ws.onclose = () => { setConn('closed'); };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
   $('room-name').textContent = room;
@@ -54,7 +57,9 @@ async function onMessage(m) {
     case 'track_published': state.tracks.set(m.track, m); break;
     case 'track_unpublished': removeTile(m.track); state.tracks.delete(m.track); break;
     case 'active_speaker': state.speaker = m.participant; state.speakers.push(m.participant); renderParticipants(); break;
-    case 'offer': await onServerOffer(m); break;
+    case 'offer':
+      try { await onServerOffer(m); } catch (e) { showError(`subscribing: ${e.message || e}`); }
+      break;
     case 'publish_answer':
       await state.pubPc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
       if (state.answerWaiter) { state.answerWaiter(); state.answerWaiter = null; }
@@ -74,7 +79,10 @@ function addParticipant(p) { state.participants.set(p.participant, p); renderPar
 
 // The lead steers the roof camera of the room's vehicle (the server checks the role too).
 function vehicle() {
-  for (const p of state.participants.values()) if (p.role === 'vehicle') return p.participant;
+  // "~h264" participants are the server's transcoders, not vehicles.
+  for (const p of state.participants.values()) {
+    if (p.role === 'vehicle' && !p.identity.endsWith('~h264')) return p.participant;
+  }
   return null;
 }
 function steer(change) {

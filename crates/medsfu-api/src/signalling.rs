@@ -32,6 +32,10 @@ const JOIN_WITHIN: Duration = Duration::from_secs(10);
 enum ClientMessage {
     Join {
         token: String,
+        /// MIME types the client decodes (e.g. from `RTCRtpReceiver.getCapabilities`);
+        /// without it, every codec is assumed.
+        #[serde(default)]
+        codecs: Option<Vec<String>>,
         #[serde(default)]
         id: Option<Value>,
     },
@@ -267,7 +271,7 @@ async fn session(state: AppState, mut socket: WebSocket) {
     let mut last_seen = Instant::now();
     // The first message must be a join with a valid token, within JOIN_WITHIN.
     let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
-    let (grant, join_id) = loop {
+    let (grant, join_id, decodes_h265) = loop {
         let incoming = tokio::time::timeout_at(deadline, next(&mut socket, &mut last_seen)).await;
         let text = match incoming {
             Ok(Incoming::Text(t)) => t,
@@ -284,7 +288,11 @@ async fn session(state: AppState, mut socket: WebSocket) {
             }
         };
         match parse(&text) {
-            Ok(ClientMessage::Join { token, id }) => {
+            Ok(ClientMessage::Join { token, codecs, id }) => {
+                let decodes_h265 = codecs.as_ref().is_none_or(|c| {
+                    c.iter()
+                        .any(|m| medsfu_core::Codec::from_mime(m) == Some(medsfu_core::Codec::H265))
+                });
                 match s.tokens.verify(&token, SystemTime::now()) {
                     Ok(g) if !crate::valid_room(&g.room) => {
                         let e = error("bad_room", crate::ROOM_RULE, id);
@@ -292,7 +300,7 @@ async fn session(state: AppState, mut socket: WebSocket) {
                             return;
                         }
                     }
-                    Ok(g) => break (g, id),
+                    Ok(g) => break (g, id, decodes_h265),
                     Err(e) => {
                         if !send(&mut socket, &error(e.code(), e.to_string(), id)).await {
                             return;
@@ -315,11 +323,12 @@ async fn session(state: AppState, mut socket: WebSocket) {
     let (tx, mut events) = mpsc::unbounded_channel();
     let joined = match s
         .media
-        .join(
+        .join_decoding(
             &grant.room,
             &grant.identity,
             grant.role,
             SessionKind::Signalling,
+            decodes_h265,
             tx,
         )
         .await

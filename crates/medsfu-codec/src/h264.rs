@@ -38,9 +38,67 @@ pub fn is_keyframe_start(payload: &[u8]) -> bool {
     }
 }
 
+/// Access-unit delimiter NAL type (not sent over RTP).
+const NAL_AUD: u8 = 9;
+
+/// RTP payloads (RFC 6184, packetization-mode 1) for the NAL units of one access unit:
+/// a NAL unit that fits in `mtu` travels alone, a larger one in FU-A fragments. Access-unit
+/// delimiters are left out.
+pub fn payload_nal_units(nals: &[&[u8]], mtu: usize) -> Vec<Vec<u8>> {
+    let mtu = mtu.max(16);
+    let mut out = Vec::new();
+    for nal in nals {
+        let Some(&hdr) = nal.first() else { continue };
+        if hdr & 0x1F == NAL_AUD {
+            continue;
+        }
+        if nal.len() <= mtu {
+            out.push(nal.to_vec());
+            continue;
+        }
+        let indicator = (hdr & 0xE0) | FU_A;
+        let body = &nal[1..];
+        let n = body.len().div_ceil(mtu - 2);
+        for (i, part) in body.chunks(mtu - 2).enumerate() {
+            let mut fu = hdr & 0x1F;
+            if i == 0 {
+                fu |= 0x80;
+            }
+            if i + 1 == n {
+                fu |= 0x40;
+            }
+            let mut p = Vec::with_capacity(part.len() + 2);
+            p.extend_from_slice(&[indicator, fu]);
+            p.extend_from_slice(part);
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_nal_units_are_fragmented_and_reassemble() {
+        let idr: Vec<u8> = std::iter::once(0x65)
+            .chain((0..3000u32).map(|i| i as u8))
+            .collect();
+        let sps = [0x67u8, 0x42, 0xe0, 0x1f];
+        let aud = [0x09u8, 0xf0];
+        let p = payload_nal_units(&[&aud, &sps, &idr], 1200);
+        assert_eq!(p[0], sps, "AUD left out, SPS alone");
+        assert!(p.iter().all(|x| x.len() <= 1200));
+        assert!(is_keyframe_start(&p[1]), "the first FU-A starts the IDR");
+        assert_eq!(p[1][1] & 0xC0, 0x80, "start bit");
+        assert_eq!(p.last().map(|x| x[1] & 0xC0), Some(0x40), "end bit");
+        let mut back = vec![(p[1][0] & 0xE0) | (p[1][1] & 0x1F)];
+        for f in &p[1..] {
+            back.extend_from_slice(&f[2..]);
+        }
+        assert_eq!(back, idr);
+    }
 
     #[test]
     fn single_nal_types() {

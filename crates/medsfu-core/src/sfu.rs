@@ -245,6 +245,8 @@ struct Participant {
     info: ParticipantInfo,
     room: String,
     auto_subscribe: bool,
+    /// A server-side worker (a transcoder): receives and publishes any source.
+    server: bool,
     last_activity: Instant,
     published: Vec<TrackId>,
     subscribed: Vec<(TrackId, DownTrackId)>,
@@ -458,6 +460,7 @@ impl Sfu {
                 info: info.clone(),
                 room: room.to_owned(),
                 auto_subscribe,
+                server: false,
                 last_activity: now,
                 published: Vec::new(),
                 subscribed: Vec::new(),
@@ -499,6 +502,15 @@ impl Sfu {
             }
         }
         id
+    }
+
+    /// Marks a participant as a server-side worker (e.g. a transcoder publishing an H.264
+    /// rendition of a track it receives): role checks on its own subscriptions and
+    /// publications are skipped. Clients can never become one.
+    pub fn mark_server_worker(&mut self, id: ParticipantId) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.server = true;
+        }
     }
 
     /// Removes a participant at its own request.
@@ -589,7 +601,7 @@ impl Sfu {
             .participants
             .get(&publisher)
             .ok_or(CoreError::UnknownParticipant(publisher))?;
-        if !p.info.role.may_publish(source) {
+        if !p.server && !p.info.role.may_publish(source) {
             return Err(CoreError::PublishForbidden {
                 role: p.info.role,
                 track_source: source,
@@ -750,7 +762,7 @@ impl Sfu {
         if up.info.publisher == subscriber || up.info.publisher_identity == p.info.identity {
             return Err(CoreError::OwnTrack);
         }
-        if !p.info.role.may_receive(up.info.source) {
+        if !p.server && !p.info.role.may_receive(up.info.source) {
             return Err(CoreError::SubscribeForbidden {
                 role: p.info.role,
                 track_source: up.info.source,

@@ -41,6 +41,10 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 
 struct Session {
     kind: SessionKind,
+    /// A transcoder's own participant (publishes a rendition; not a real vehicle).
+    internal: bool,
+    /// The client decodes H.265; otherwise it is given H.264 renditions.
+    decodes_h265: bool,
     role: Role,
     room: String,
     events: mpsc::UnboundedSender<SessionEvent>,
@@ -150,7 +154,26 @@ pub(crate) struct Engine {
     indicators_dirty: bool,
     /// Id of the next camera command.
     next_camera_command: u64,
+    /// This engine's own command queue: transcoders feed their RTP back through it.
+    commands: mpsc::Sender<Command>,
+    /// H.264 renditions, by H.265 source track.
+    renditions: HashMap<TrackId, Rendition>,
+    /// Where each transcoder participant's received packets go.
+    transcode_inputs: HashMap<ParticipantId, mpsc::Sender<crate::transcode::Input>>,
 }
+
+/// An H.264 rendition of an H.265 track.
+struct Rendition {
+    /// The transcoder's participant, which subscribes to the source and publishes `track`.
+    internal: ParticipantId,
+    /// The H.264 track.
+    track: TrackId,
+    /// Since when nobody receives it.
+    idle_since: Option<Instant>,
+}
+
+/// How long an unwatched rendition keeps running (a reload should not restart it).
+const RENDITION_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn rtc_err(e: impl std::fmt::Display) -> MediaError {
     MediaError::WebRtc(e.to_string())
@@ -166,6 +189,7 @@ impl Engine {
         announce: SocketAddr,
         core: CoreConfig,
         stats: Arc<MediaStats>,
+        commands: mpsc::Sender<Command>,
     ) -> Engine {
         Engine {
             socket,
@@ -183,6 +207,9 @@ impl Engine {
             scratch_msgs: Vec::new(),
             indicators_dirty: false,
             next_camera_command: 1,
+            commands,
+            renditions: HashMap::new(),
+            transcode_inputs: HashMap::new(),
         }
     }
 
@@ -607,10 +634,38 @@ impl Engine {
                     track,
                 } => {
                     self.indicators_dirty = true;
-                    let is_signalling = self
-                        .sessions
-                        .get(&subscriber)
-                        .is_some_and(|s| s.kind == SessionKind::Signalling);
+                    let (is_signalling, decodes_h265) =
+                        self.sessions.get(&subscriber).map_or((false, true), |s| {
+                            (s.kind == SessionKind::Signalling, s.decodes_h265)
+                        });
+                    if is_signalling && !decodes_h265 && track.codec == Codec::H265 {
+                        // Serve the H.264 rendition instead of a track it cannot decode.
+                        let _ = self.sfu.unsubscribe(down);
+                        let rendition = self.ensure_rendition(track.id, now).and_then(|()| {
+                            self.renditions
+                                .get(&track.id)
+                                .map(|r| r.track)
+                                .ok_or(MediaError::NoCodec)
+                        });
+                        match rendition {
+                            // Already subscribed (auto-subscription) is fine.
+                            Ok(r) => {
+                                let _ = self.sfu.subscribe(subscriber, r, now);
+                            }
+                            Err(e) => self.tell(
+                                subscriber,
+                                SessionEvent::Error {
+                                    code: "codec_unsupported",
+                                    message: format!(
+                                        "track {} is H.265, which this client does not decode, \
+                                         and no H.264 rendition could be made: {e}",
+                                        track.id
+                                    ),
+                                },
+                            ),
+                        }
+                        continue;
+                    }
                     if is_signalling {
                         if let Err(e) = self.add_sender(subscriber, down, track.id, now) {
                             self.tell(
@@ -632,6 +687,7 @@ impl Engine {
                 Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
                 Output::TrackClosed { track } => {
                     self.track_codecs.remove(&track);
+                    self.stop_rendition(track, now);
                 }
                 Output::ParticipantRemoved {
                     participant,
@@ -700,6 +756,19 @@ impl Engine {
     }
 
     fn send_rtp(&mut self, r: medsfu_core::RtpOut, now: Instant) {
+        if let Some(tx) = self.transcode_inputs.get(&r.subscriber) {
+            let input = crate::transcode::Input {
+                marker: r.header.marker,
+                payload: r.payload,
+            };
+            // A transcoder that cannot keep up loses pictures, not the engine's time.
+            if tx.try_send(input).is_ok() {
+                MediaStats::inc(&self.stats.rtp_forwarded);
+            } else {
+                MediaStats::inc(&self.stats.rtp_dropped);
+            }
+            return;
+        }
         let Some(pid) = self.sessions.get(&r.subscriber).and_then(|s| s.subscriber) else {
             MediaStats::inc(&self.stats.rtp_dropped);
             return;
@@ -952,6 +1021,7 @@ impl Engine {
                 identity,
                 role,
                 kind,
+                decodes_h265,
                 events,
                 reply,
             } => {
@@ -968,6 +1038,8 @@ impl Engine {
                         publisher: None,
                         subscriber: None,
                         indicator: (false, false),
+                        internal: false,
+                        decodes_h265,
                     },
                 );
                 // The joiner may have given up waiting.
@@ -1085,7 +1157,7 @@ impl Engine {
             return Err(MediaError::CameraForbidden(sender.role.as_str()));
         }
         let target = self.sessions.get(&vehicle).ok_or(MediaError::NoVehicle)?;
-        if target.kind != SessionKind::Vehicle || target.room != sender.room {
+        if target.kind != SessionKind::Vehicle || target.internal || target.room != sender.room {
             return Err(MediaError::NoVehicle);
         }
         command.validate().map_err(MediaError::BadCameraCommand)?;
@@ -1207,6 +1279,12 @@ impl Engine {
         p.offer_pending = false;
         let unsupported = self.bind_senders(pid, now);
         for t in unsupported {
+            if self.sfu.track(t).is_some_and(|i| i.codec == Codec::H265)
+                && self.ensure_rendition(t, now).is_ok()
+            {
+                // This subscriber gets the H.264 rendition (published to the room) instead.
+                continue;
+            }
             self.tell(
                 participant,
                 SessionEvent::Error {
@@ -1358,8 +1436,114 @@ impl Engine {
                 self.sfu.handle_activity(p, now);
             }
             self.sfu.handle_timeout(now);
+            self.reap_renditions(now);
         }
         self.drain_core(now);
+    }
+
+    // ----- H.264 renditions ----------------------------------------------------------------
+
+    /// Starts (once) an H.264 rendition of H.265 track `source`, published in its room.
+    fn ensure_rendition(&mut self, source: TrackId, now: Instant) -> Result<(), MediaError> {
+        if self.renditions.contains_key(&source) {
+            return Ok(());
+        }
+        let info = self.sfu.track(source).cloned().ok_or(MediaError::Core(
+            medsfu_core::CoreError::UnknownTrack(source),
+        ))?;
+        let room = self
+            .sfu
+            .participant_room(info.publisher)
+            .ok_or(MediaError::UnknownSession)?
+            .to_owned();
+        let h264 = peer::codec_table()
+            .into_iter()
+            .map(|(c, _)| c.rtp_codec)
+            .find(|c| Codec::from_mime(&c.mime_type) == Some(Codec::H264))
+            .ok_or(MediaError::NoCodec)?;
+        let identity = format!("{}~h264", info.publisher_identity);
+        let internal = self.sfu.join(&room, &identity, Role::Vehicle, false, now);
+        // Nobody listens to a transcoder's session events.
+        let (events, _) = mpsc::unbounded_channel();
+        self.sessions.insert(
+            internal,
+            Session {
+                kind: SessionKind::Vehicle,
+                internal: true,
+                decodes_h265: true,
+                role: Role::Vehicle,
+                room,
+                events,
+                publisher: None,
+                subscriber: None,
+                indicator: (false, false),
+            },
+        );
+        self.sfu.mark_server_worker(internal);
+        // Subscribe first: if that fails, nothing was announced to the room.
+        let started = (|| {
+            let down = self.sfu.subscribe(internal, source, now)?;
+            self.sfu.bind_down_track(down, rand::random(), 126, now)?;
+            let track = self.sfu.publish(internal, info.source, Codec::H264, now)?;
+            self.track_codecs.insert(track, h264.clone());
+            Ok::<TrackId, medsfu_core::CoreError>(track)
+        })();
+        let track = match started {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.sfu.leave(internal, now);
+                self.sessions.remove(&internal);
+                return Err(e.into());
+            }
+        };
+        let tx = crate::transcode::spawn(
+            track,
+            self.commands.clone(),
+            self.stats.transcode_latency.clone(),
+        );
+        self.transcode_inputs.insert(internal, tx);
+        self.renditions.insert(
+            source,
+            Rendition {
+                internal,
+                track,
+                idle_since: None,
+            },
+        );
+        MediaStats::inc(&self.stats.renditions_started);
+        info!(%source, rendition = %track, "H.264 rendition started for subscribers without H.265");
+        Ok(())
+    }
+
+    fn stop_rendition(&mut self, source: TrackId, now: Instant) {
+        let Some(r) = self.renditions.remove(&source) else {
+            return;
+        };
+        // Dropping its input ends the worker and its ffmpeg.
+        self.transcode_inputs.remove(&r.internal);
+        let _ = self.sfu.leave(r.internal, now);
+        self.sessions.remove(&r.internal);
+        info!(%source, rendition = %r.track, "H.264 rendition stopped");
+    }
+
+    /// Stops renditions nobody has received for [`RENDITION_LINGER`].
+    fn reap_renditions(&mut self, now: Instant) {
+        let mut stop = Vec::new();
+        for (source, r) in self.renditions.iter_mut() {
+            let watched = self.sessions.values().any(|s| {
+                s.subscriber
+                    .and_then(|pid| self.peers.get(&pid))
+                    .is_some_and(|p| p.senders.values().any(|snd| snd.track == r.track))
+            });
+            if watched {
+                r.idle_since = None;
+            } else if now.duration_since(*r.idle_since.get_or_insert(now)) >= RENDITION_LINGER {
+                stop.push(*source);
+            }
+        }
+        for s in stop {
+            self.stop_rendition(s, now);
+        }
     }
 }
 

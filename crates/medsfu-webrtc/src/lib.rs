@@ -13,12 +13,13 @@ pub mod demux;
 mod engine;
 mod peer;
 pub mod sdp;
+mod transcode;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
 use medsfu_core::{
     CameraCommand, CameraState, Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role,
@@ -206,6 +207,10 @@ pub struct MediaStats {
     pub rtp_dropped: IntCounter,
     /// Keyframe requests sent to publishers.
     pub keyframe_requests: IntCounter,
+    /// Time from an H.265 picture entering a transcoder to its H.264 picture leaving.
+    pub transcode_latency: Histogram,
+    /// H.264 renditions started.
+    pub renditions_started: IntCounter,
 }
 
 impl MediaStats {
@@ -253,6 +258,23 @@ impl MediaStats {
                 "medsfu_media_keyframe_requests_total",
                 "Keyframe requests (PLI) sent to publishers",
             )?,
+            transcode_latency: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "medsfu_media_transcode_latency_seconds",
+                        "Time a picture spends in the H.265-to-H.264 transcoder",
+                    )
+                    .buckets(vec![
+                        0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            renditions_started: c(
+                "medsfu_media_renditions_started_total",
+                "H.264 renditions of H.265 tracks started for subscribers without H.265",
+            )?,
         })
     }
 
@@ -267,6 +289,8 @@ pub(crate) enum Command {
         identity: String,
         role: Role,
         kind: SessionKind,
+        /// The client decodes H.265 (otherwise it gets H.264 renditions of H.265 tracks).
+        decodes_h265: bool,
         events: mpsc::UnboundedSender<SessionEvent>,
         reply: oneshot::Sender<Joined>,
     },
@@ -349,7 +373,7 @@ impl MediaServer {
         let announce = cfg.announce.unwrap_or(local_addr);
         let stats = Arc::new(MediaStats::new(registry).map_err(std::io::Error::other)?);
         let (tx, rx) = mpsc::channel(1024);
-        let engine = engine::Engine::new(socket, announce, cfg.core, stats.clone());
+        let engine = engine::Engine::new(socket, announce, cfg.core, stats.clone(), tx.clone());
         tokio::spawn(engine.run(rx));
         Ok(MediaHandle {
             tx,
@@ -391,11 +415,27 @@ impl MediaHandle {
         kind: SessionKind,
         events: mpsc::UnboundedSender<SessionEvent>,
     ) -> Result<Joined, MediaError> {
+        self.join_decoding(room, identity, role, kind, true, events)
+            .await
+    }
+
+    /// Like [`MediaHandle::join`], for a client that says whether it decodes H.265; one
+    /// that does not is subscribed to H.264 renditions of the room's H.265 tracks.
+    pub async fn join_decoding(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        kind: SessionKind,
+        decodes_h265: bool,
+        events: mpsc::UnboundedSender<SessionEvent>,
+    ) -> Result<Joined, MediaError> {
         self.ask(|reply| Command::Join {
             room: room.to_owned(),
             identity: identity.to_owned(),
             role,
             kind,
+            decodes_h265,
             events,
             reply,
         })

@@ -475,8 +475,9 @@ fn camera_filter(s: &CameraState) -> String {
     };
     let even = |v: f32| ((v / 2.0).round() * 2.0) as u32;
     format!(
-        "drawtext=text='%{{localtime\\:%T}}':fontsize=64:fontcolor=white:box=1:boxcolor=black@0.6:x=40:y=40,\
-         crop={}:{}:{}:{},scale=1280:720,format=yuv420p",
+        "crop={}:{}:{}:{},scale=1280:720,\
+         drawtext=text='%{{localtime\\:%T}}':fontsize=48:fontcolor=white:box=1:boxcolor=black@0.6:x=24:y=24,\
+         format=yuv420p",
         even(w),
         even(h),
         even(x),
@@ -518,6 +519,9 @@ fn ffmpeg_video(file: Option<&PathBuf>, s: &CameraState) -> tokio::process::Comm
         "2M",
         "-bufsize",
         "1M",
+        // Each picture leaves as soon as it is encoded, not when 32 KiB have gathered.
+        "-flush_packets",
+        "1",
         "-f",
         "hevc",
         "pipe:1",

@@ -778,3 +778,84 @@ async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not()
         .await;
     assert_eq!(lead.recv_type("error").await["code"], "no_vehicle");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_without_h265_gets_one_shared_h264_rendition_and_the_lead_steers_from_the_page() {
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--run-for", "90"]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let mut b = support::Browser::launch().await;
+    let lead = server.token("r1", "dr-lead", "lead");
+    let cardio = server.token("r1", "dr-cardio", "consultant");
+    let pl = b
+        .open(&format!("{}/?room=r1&token={lead}&publish=", server.http))
+        .await;
+    let pc = b
+        .open(&format!("{}/?room=r1&token={cardio}&publish=", server.http))
+        .await;
+    let rendition = "(async () => { const s = await window.medsfu.videoStats();
+        for (const [t, v] of Object.entries(s)) { const i = window.medsfu.tracks.get(t);
+          if (i && i.identity.endsWith('~h264') && v.framesDecoded >= 30) return v.framesDecoded; }
+        return null; })()";
+    for page in [&pl, &pc] {
+        b.wait_for(
+            page,
+            rendition,
+            Duration::from_secs(40),
+            "H.264 rendition decoded",
+        )
+        .await;
+    }
+    assert_eq!(
+        server.metric("medsfu_media_renditions_started_total").await,
+        1.0,
+        "one transcoder shared by both pages"
+    );
+    // Steady state, after the worker's start-up backlog: the histogram over 4 s.
+    let sum = "medsfu_media_transcode_latency_seconds_sum";
+    let count = "medsfu_media_transcode_latency_seconds_count";
+    let (s1, n1) = (server.metric(sum).await, server.metric(count).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (s2, n2) = (server.metric(sum).await, server.metric(count).await);
+    assert!(n2 - n1 >= 40.0, "pictures transcoded in 4 s: {}", n2 - n1);
+    eprintln!(
+        "H.264 rendition: mean transcoder latency {:.1} ms over {} pictures (first {n1}: {:.1} ms)",
+        1000.0 * (s2 - s1) / (n2 - n1),
+        n2 - n1,
+        1000.0 * s1 / n1.max(1.0)
+    );
+    // The lead's page steers the camera; the vehicle applies it and the page shows it.
+    b.wait_for(
+        &pl,
+        "!document.getElementById('camera-controls').hidden",
+        Duration::from_secs(5),
+        "camera controls for the lead",
+    )
+    .await;
+    b.eval(&pl, "document.getElementById('cam-right').click(); true")
+        .await;
+    vehicle
+        .wait_line("camera: pan +15 deg", Duration::from_secs(10))
+        .await;
+    b.wait_for(
+        &pl,
+        "window.medsfu.camera.pan_deg === 15 && document.getElementById('cam-state').textContent.includes('15')",
+        Duration::from_secs(10),
+        "camera state on the page",
+    )
+    .await;
+    let hidden = b
+        .eval(&pc, "document.getElementById('camera-controls').hidden")
+        .await;
+    assert_eq!(
+        hidden,
+        serde_json::json!(true),
+        "no camera controls for a consultant"
+    );
+    let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/screenshots/roof-camera-h264.png");
+    b.screenshot(&pl, &shot).await;
+}

@@ -1,0 +1,220 @@
+//! H.264 renditions of H.265 tracks, for subscribers whose browser cannot decode H.265:
+//! one ffmpeg worker per source track, started on demand, shared by every such
+//! subscriber, stopped when nobody watches. Its output re-enters the engine as RTP of the
+//! rendition track.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use bytes::Bytes;
+use medsfu_codec::h264_payload_nal_units as payload_nal_units;
+use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
+use medsfu_core::{RtpHeader, RtpPacket, TrackId};
+use prometheus::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::Command;
+
+/// Largest RTP payload of the rendition.
+const MTU: usize = 1200;
+
+/// One RTP payload of the source track, as the core forwards it.
+pub(crate) struct Input {
+    pub marker: bool,
+    pub payload: Bytes,
+}
+
+/// Starts a worker that turns the H.265 payloads sent to it into RTP of `track` (H.264),
+/// fed back through `commands`. Dropping the returned sender stops it.
+pub(crate) fn spawn(
+    track: TrackId,
+    commands: mpsc::Sender<Command>,
+    latency: Histogram,
+) -> mpsc::Sender<Input> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        if let Err(e) = run(track, rx, commands, latency).await {
+            warn!(%track, error = %e, "H.264 transcoder stopped");
+        }
+    });
+    tx
+}
+
+fn ffmpeg() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("ffmpeg");
+    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-fflags", "nobuffer", "-flags", "low_delay"])
+        .args(["-probesize", "32", "-analyzeduration", "0"])
+        // One decoder thread: frame threading would hold a picture per extra thread.
+        .args([
+            "-threads",
+            "1",
+            "-f",
+            "hevc",
+            "-i",
+            "pipe:0",
+            "-fps_mode",
+            "passthrough",
+        ])
+        // Half size: the rendition is for a browser tile, and encoding it must keep up in
+        // real time beside everything else on a small server.
+        .args(["-vf", "scale=640:-2"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args([
+            "-profile:v",
+            "baseline",
+            "-level",
+            "3.1",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-bf",
+            "0",
+            "-x264-params",
+            "aud=1:repeat-headers=1",
+        ])
+        .args(["-b:v", "1M", "-maxrate", "1M", "-bufsize", "500k"])
+        // Write each picture as soon as it is encoded, not when 32 KiB have gathered.
+        .args(["-flush_packets", "1", "-f", "h264", "pipe:1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Start of the last H.264 access-unit delimiter in `b` (start code included).
+fn last_aud(b: &[u8]) -> Option<usize> {
+    let mut found = None;
+    let mut i = 0;
+    while i + 3 < b.len() {
+        if b[i] == 0 && b[i + 1] == 0 && b[i + 2] == 1 {
+            if b[i + 3] & 0x1F == 9 {
+                found = Some(if i > 0 && b[i - 1] == 0 { i - 1 } else { i });
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+async fn run(
+    track: TrackId,
+    mut rx: mpsc::Receiver<Input>,
+    commands: mpsc::Sender<Command>,
+    latency: Histogram,
+) -> std::io::Result<()> {
+    let mut child = ffmpeg().spawn()?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdin"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    info!(%track, "H.264 transcoder started");
+    let (times_tx, mut times_rx) = mpsc::unbounded_channel::<Instant>();
+    let writer = async move {
+        let mut depack = Depacketizer::new();
+        while let Some(i) = rx.recv().await {
+            // A damaged access unit is skipped; the decoder recovers at the next keyframe.
+            if let Ok(Some(au)) = depack.push(&i.payload, i.marker) {
+                let _ = times_tx.send(Instant::now());
+                stdin.write_all(&au).await?;
+            }
+        }
+        // The last subscriber left: closing stdin ends ffmpeg.
+        Ok::<(), std::io::Error>(())
+    };
+    let reader = async move {
+        let ssrc: u32 = rand::random();
+        let mut seq: u16 = rand::random();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(cut) = last_aud(&buf).filter(|c| *c > 0) else {
+                continue;
+            };
+            let done: Vec<u8> = buf.drain(..cut).collect();
+            let nals = annexb_nal_units(&done);
+            // Split at each delimiter: one access unit per delimiter.
+            let mut aus: Vec<Vec<&[u8]>> = Vec::new();
+            for nal in nals {
+                if nal.first().is_some_and(|h| h & 0x1F == 9) || aus.is_empty() {
+                    aus.push(Vec::new());
+                }
+                if let Some(au) = aus.last_mut() {
+                    au.push(nal);
+                }
+            }
+            for au in aus {
+                let payloads = payload_nal_units(&au, MTU);
+                if payloads.is_empty() {
+                    continue;
+                }
+                if let Ok(t) = times_rx.try_recv() {
+                    latency.observe(t.elapsed().as_secs_f64());
+                }
+                let ts = (started.elapsed().as_secs_f64() * 90_000.0) as u32;
+                let last = payloads.len() - 1;
+                for (i, p) in payloads.into_iter().enumerate() {
+                    let packet = RtpPacket {
+                        header: RtpHeader {
+                            payload_type: 102,
+                            marker: i == last,
+                            sequence_number: seq,
+                            timestamp: ts,
+                            ssrc,
+                        },
+                        payload: Bytes::from(p),
+                    };
+                    seq = seq.wrapping_add(1);
+                    // A full engine queue drops the packet (NACK or the next keyframe heal).
+                    let _ = commands.try_send(Command::Rtp { track, packet });
+                }
+            }
+        }
+    };
+    let r = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    let _ = child.kill().await;
+    info!(%track, "H.264 transcoder stopped");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_units_end_at_the_last_delimiter() {
+        let s = [
+            0, 0, 0, 1, 9, 0xf0, 0, 0, 1, 0x65, 1, 2, 0, 0, 0, 1, 9, 0xf0, 0, 0, 1, 0x41,
+        ];
+        assert_eq!(last_aud(&s), Some(12));
+        assert_eq!(last_aud(&[0, 0, 1, 0x65, 1]), None);
+    }
+}
