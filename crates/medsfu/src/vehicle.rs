@@ -334,17 +334,22 @@ impl Generator {
         };
         let (outbox, uplink, log) = (self.outbox.clone(), self.uplink.clone(), self.log.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let g = generate(&outbox, &uplink, &frame)?;
+            // Logged before it is stored: a crash in between leaves a logged frame that was
+            // never generated durably, and the next run reuses its sequence number (readers
+            // take the last line of a (source, sequence)). The reverse order could leave a
+            // delivered frame missing from the log.
             if let Some(l) = log {
+                let bytes = frame.encode()?;
                 let mut f = l.lock().unwrap_or_else(|p| p.into_inner());
                 writeln!(
                     f,
                     "{} {} {}",
-                    g.source,
-                    g.sequence,
-                    medsfu_telemetry::json::digest(&g.bytes)
+                    frame.source,
+                    frame.sequence,
+                    medsfu_telemetry::json::digest(&bytes)
                 )?;
             }
+            generate(&outbox, &uplink, &frame)?;
             Ok(())
         })
         .await??;
