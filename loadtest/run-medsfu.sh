@@ -2,6 +2,7 @@
 # Measures medsfu with the load generator: builds release binaries, starts a server on
 # loopback, makes one token per subscriber, prints the JSON report.
 # Usage: loadtest/run-medsfu.sh [SUBSCRIBERS] [SECONDS] [KBPS]
+#        VEHICLES=V loadtest/run-medsfu.sh [SUBSCRIBERS_PER_VEHICLE] [SECONDS] [KBPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-50}; secs=${2:-10}; kbps=${3:-2000}
@@ -9,14 +10,24 @@ cargo build --release --locked -p medsfu -p medsfu-loadtest >&2
 bin=target/release
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+vehicles=${VEHICLES:-0}
+if [ "$vehicles" -gt 0 ]; then
+  $bin/medsfu certs --data-dir "$dir" >/dev/null
+fi
 $bin/medsfu serve --data-dir "$dir" --http-listen 127.0.0.1:0 --webrtc-listen 127.0.0.1:0 \
-  >"$dir/out" 2>"$dir/err" &
+  --vehicle-listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
 pid=$!
 until grep -q "listening on" "$dir/out" 2>/dev/null; do
   kill -0 "$pid" || { cat "$dir/err" >&2; exit 1; }
   sleep 0.1
 done
 base=$(grep -o 'http://[^/ ]*' "$dir/out" | head -1)
+if [ "$vehicles" -gt 0 ]; then
+  quic=$(grep -o 'quic [0-9.:]*' "$dir/out" | head -1 | cut -d' ' -f2)
+  $bin/medsfu-loadtest --base "$base" --room load --vehicles "$vehicles" --data-dir "$dir" \
+    --quic "$quic" --subscribers "$n" --seconds "$secs" --kbps "$kbps" --pid "$pid"
+  exit
+fi
 pub=$($bin/medsfu token --data-dir "$dir" --room load --identity vehicle --role vehicle)
 subs=()
 for i in $(seq 1 "$n"); do

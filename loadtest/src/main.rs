@@ -1,6 +1,10 @@
 //! Load generator for any WHIP/WHEP server: one publisher of synthetic H.265 at a given
 //! bitrate, N subscribers; prints packets, loss, receive-to-send latency percentiles and
 //! the server process's CPU time per forwarded packet as JSON.
+//!
+//! Vehicle mode (`--vehicles V --data-dir DIR`, medsfu only): V vehicles publish over QUIC
+//! with device certificates issued from DIR/pki, each in its own room, each watched by
+//! `--subscribers` WHEP subscribers whose tokens are signed with DIR's secret.
 
 use std::time::{Duration, Instant};
 
@@ -20,13 +24,22 @@ struct Args {
     /// Room.
     #[arg(long, default_value = "load")]
     room: String,
-    /// Bearer token of the publisher.
+    /// Bearer token of the publisher (WHIP mode).
     #[arg(long)]
-    publisher_token: String,
+    publisher_token: Option<String>,
+    /// Vehicle mode: this many QUIC vehicles, each in room `{room}-{i}`.
+    #[arg(long, default_value_t = 0)]
+    vehicles: usize,
+    /// Vehicle mode: the server's data directory (its pki/ and token secret).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Vehicle mode: the server's QUIC address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    quic: std::net::SocketAddr,
     /// Bearer token of the subscribers (one identity per subscriber is not needed by WHEP).
     #[arg(long)]
     subscriber_token: Vec<String>,
-    /// Number of subscribers (tokens are reused round-robin).
+    /// Number of subscribers (per vehicle in vehicle mode; tokens reused round-robin).
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
     /// Publisher bitrate in kbit/s.
@@ -62,73 +75,203 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
+/// Who publishes the synthetic stream.
+enum Publisher {
+    Whip(medsfu_client::Session),
+    /// A vehicle's QUIC connection.
+    Quic {
+        conn: quinn::Connection,
+        /// Kept open: the session ends with its control stream.
+        _control: medsfu_quic::client::Control,
+    },
+}
+
+impl Publisher {
+    /// Largest payload that fits one packet.
+    fn payload_limit(&self) -> usize {
+        match self {
+            Publisher::Whip(_) => PAYLOAD,
+            Publisher::Quic { conn: c, .. } => c
+                .max_datagram_size()
+                .unwrap_or(1100)
+                .saturating_sub(24)
+                .min(PAYLOAD),
+        }
+    }
+
+    fn send(&self, seq: u16, ts: u32, marker: bool, payload: Bytes) {
+        match self {
+            Publisher::Whip(s) => s.send(medsfu_client::packet(seq, ts, marker, payload)),
+            Publisher::Quic { conn: c, .. } => {
+                let p = medsfu_core::RtpPacket {
+                    header: medsfu_core::RtpHeader {
+                        payload_type: 96,
+                        marker,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc: 0x10ad,
+                    },
+                    payload,
+                };
+                let mut raw = Vec::with_capacity(p.payload.len() + 12);
+                p.write_to(&mut raw);
+                // A full datagram queue drops the packet, as a congested uplink would.
+                let _ = c.send_datagram(medsfu_quic::flow::frame(0, &raw));
+            }
+        }
+    }
+}
+
+/// Vehicle mode: V vehicles over QUIC, each in its own room with its own viewer tokens.
+async fn vehicles(a: &Args) -> Result<Vec<(String, Publisher, Vec<String>)>> {
+    let dir = a
+        .data_dir
+        .as_ref()
+        .context("vehicle mode needs --data-dir")?;
+    let pki = dir.join("pki");
+    let read = |f: &str| {
+        std::fs::read_to_string(pki.join(f)).with_context(|| format!("{}/{f}", pki.display()))
+    };
+    let ca_pem = read("ca.pem")?;
+    let serial_base = 9_000_000 + u64::from(std::process::id() % 1000) * 1000;
+    let mut ca = medsfu_quic::pki::DevCa::load(&ca_pem, &read("ca.key")?, serial_base)?;
+    let secret = std::fs::read(dir.join("token.secret")).context("token.secret")?;
+    let key = medsfu_api::TokenKey::new(secret.trim_ascii());
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for v in 0..a.vehicles {
+        let room = format!("{}-{v}", a.room);
+        let t = time::OffsetDateTime::now_utc();
+        let dev = ca.issue_device(
+            &format!("load-vehicle-{v}"),
+            t - time::Duration::minutes(5),
+            t + time::Duration::hours(1),
+        )?;
+        let ep = medsfu_quic::client::endpoint(
+            "127.0.0.1:0".parse()?,
+            &ca_pem,
+            &dev.cert_pem,
+            &dev.key_pem,
+        )?;
+        let flows = vec![medsfu_quic::protocol::FlowInfo {
+            flow: 0,
+            source: "roof_camera".into(),
+            codec: "video/H265".into(),
+        }];
+        let c = medsfu_quic::client::connect(&ep, a.quic, "localhost", &room, flows)
+            .await
+            .context("vehicle connect")?;
+        let tokens = (0..a.subscribers)
+            .map(|j| {
+                key.issue(
+                    &room,
+                    &format!("viewer-{j}"),
+                    medsfu_core::Role::Consultant,
+                    now,
+                    Duration::from_secs(3600),
+                )
+            })
+            .collect();
+        out.push((
+            room,
+            Publisher::Quic {
+                conn: c.conn,
+                _control: c.control,
+            },
+            tokens,
+        ));
+    }
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    anyhow::ensure!(
-        !a.subscriber_token.is_empty(),
-        "give at least one --subscriber-token"
-    );
-    let mut publisher = whip(&a.base, &a.room, &a.publisher_token, CodecSpec::h265())
-        .await
-        .context("WHIP publish")?;
-    anyhow::ensure!(
-        publisher.connected().await == State::Connected,
-        "publisher did not connect"
-    );
+    let rooms = if a.vehicles > 0 {
+        vehicles(&a).await?
+    } else {
+        anyhow::ensure!(
+            !a.subscriber_token.is_empty(),
+            "give at least one --subscriber-token"
+        );
+        let token = a
+            .publisher_token
+            .as_deref()
+            .context("give --publisher-token (or --vehicles)")?;
+        let mut publisher = whip(&a.base, &a.room, token, CodecSpec::h265())
+            .await
+            .context("WHIP publish")?;
+        anyhow::ensure!(
+            publisher.connected().await == State::Connected,
+            "publisher did not connect"
+        );
+        vec![(
+            a.room.clone(),
+            Publisher::Whip(publisher),
+            a.subscriber_token.clone(),
+        )]
+    };
 
     // Synthetic H.265: every packet is a complete IDR-type NAL unit carrying its send time,
     // so any subscriber can start at any packet and measure latency.
     let start = Instant::now();
-    let pps = (a.kbps as usize * 1000 / 8 / PAYLOAD).max(1);
-    let per_frame = (pps / FPS as usize).max(1);
     let total = Duration::from_secs(a.seconds + 3);
-    let sender = tokio::spawn(async move {
-        let mut seq = 0u16;
-        let mut frame = 0u32;
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_secs(1) / FPS);
-        while start.elapsed() < total {
-            tick.tick().await;
-            for i in 0..per_frame {
-                let mut p = vec![0u8; PAYLOAD];
-                p[0] = 19 << 1;
-                p[1] = 1;
-                let ns = start.elapsed().as_nanos() as u64;
-                p[2..10].copy_from_slice(&ns.to_be_bytes());
-                publisher.send(medsfu_client::packet(
-                    seq,
-                    frame * (90_000 / FPS),
-                    i + 1 == per_frame,
-                    Bytes::from(p),
-                ));
-                seq = seq.wrapping_add(1);
-                sent += 1;
+    let mut senders = Vec::new();
+    let mut targets = Vec::new();
+    for (room, publisher, tokens) in rooms {
+        let payload = publisher.payload_limit();
+        let pps = (a.kbps as usize * 1000 / 8 / payload).max(1);
+        let per_frame = (pps / FPS as usize).max(1);
+        senders.push(tokio::spawn(async move {
+            let mut seq = 0u16;
+            let mut frame = 0u32;
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / FPS);
+            while start.elapsed() < total {
+                tick.tick().await;
+                for i in 0..per_frame {
+                    let mut p = vec![0u8; payload];
+                    p[0] = 19 << 1;
+                    p[1] = 1;
+                    let ns = start.elapsed().as_nanos() as u64;
+                    p[2..10].copy_from_slice(&ns.to_be_bytes());
+                    publisher.send(
+                        seq,
+                        frame * (90_000 / FPS),
+                        i + 1 == per_frame,
+                        Bytes::from(p),
+                    );
+                    seq = seq.wrapping_add(1);
+                    sent += 1;
+                }
+                frame += 1;
             }
-            frame += 1;
-        }
-        (publisher, sent)
-    });
+            (publisher, sent)
+        }));
+        targets.push((room, tokens));
+    }
 
     let mut subs = Vec::new();
-    for i in 0..a.subscribers {
-        let token = &a.subscriber_token[i % a.subscriber_token.len()];
-        let mut s = loop {
-            match whep(&a.base, &a.room, token, &[CodecSpec::h265()]).await {
-                Ok(s) => break s,
-                Err(medsfu_client::ClientError::Refused { status: 404, .. })
-                    if start.elapsed() < Duration::from_secs(10) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (room, tokens) in &targets {
+        for i in 0..a.subscribers {
+            let token = &tokens[i % tokens.len()];
+            let mut s = loop {
+                match whep(&a.base, room, token, &[CodecSpec::h265()]).await {
+                    Ok(s) => break s,
+                    Err(medsfu_client::ClientError::Refused { status: 404, .. })
+                        if start.elapsed() < Duration::from_secs(10) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e).context("WHEP subscribe"),
                 }
-                Err(e) => return Err(e).context("WHEP subscribe"),
-            }
-        };
-        anyhow::ensure!(
-            s.connected().await == State::Connected,
-            "subscriber {i} did not connect"
-        );
-        subs.push(s);
+            };
+            anyhow::ensure!(
+                s.connected().await == State::Connected,
+                "subscriber {i} did not connect"
+            );
+            subs.push(s);
+        }
     }
     // Let every subscriber settle, then measure a window.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -174,14 +317,18 @@ async fn main() -> Result<()> {
     }
     let elapsed = window.elapsed().as_secs_f64();
     let cpu1 = a.pid.and_then(cpu_seconds);
-    let (_publisher, sent) = sender.await?;
+    let mut sent = 0;
+    for h in senders {
+        sent += h.await?.1;
+    }
     lat.sort_unstable();
     let cpu_us_per_packet = match (cpu0, cpu1) {
         (Some(c0), Some(c1)) if received > 0 => Some((c1 - c0) * 1e6 / received as f64),
         _ => None,
     };
     let report = json!({
-        "subscribers": a.subscribers,
+        "vehicles": a.vehicles,
+        "subscribers_per_publisher": a.subscribers,
         "kbps": a.kbps,
         "window_s": elapsed,
         "published_packets": sent,
