@@ -23,6 +23,11 @@ impl RtxCache {
         }
     }
 
+    /// How many packets it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Remembers a packet.
     pub fn insert(&mut self, header: RtpHeader, payload: &Bytes) {
         let slot = &mut self.slots[usize::from(header.sequence_number) & self.mask];

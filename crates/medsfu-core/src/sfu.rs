@@ -8,7 +8,7 @@ use medsfu_codec::Codec;
 
 use crate::keyframe::KeyframeRequester;
 use crate::munger::Munger;
-use crate::rtp::{RtpHeader, RtpPacket};
+use crate::rtp::{seq_is_newer, RtpHeader, RtpPacket};
 use crate::rtx_cache::RtxCache;
 use crate::{CoreError, DownTrackId, MediaKind, ParticipantId, Role, TrackId, TrackSource};
 
@@ -33,6 +33,10 @@ pub struct CoreConfig {
     pub speaker_interval: Duration,
     /// Seed for initial sequence numbers and timestamps (deterministic in tests).
     pub seed: u64,
+    /// A new video subscriber starts from the cached current group of pictures (the last
+    /// keyframe onward) when it is complete in the retransmission cache, instead of asking
+    /// the publisher for a new keyframe: faster first picture, no burst on the uplink.
+    pub gop_replay: bool,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +51,7 @@ impl Default for CoreConfig {
             tick: Duration::from_millis(50),
             speaker_interval: Duration::from_millis(300),
             seed: 0x6d65_6473_6675,
+            gop_replay: true,
         }
     }
 }
@@ -278,6 +283,18 @@ struct UpTrack {
     loudness: f32,
     loudness_peak: f32,
     loud_at: Option<Instant>,
+    /// Where the current group of pictures starts: the first packet of the last keyframe
+    /// (its SSRC, sequence number and timestamp) and the newest sequence number since.
+    gop: Option<Gop>,
+}
+
+/// The current group of pictures of a video track, as far as the cache holds it.
+#[derive(Debug, Clone, Copy)]
+struct Gop {
+    ssrc: u32,
+    first_seq: u16,
+    timestamp: u32,
+    last_seq: u16,
 }
 
 #[derive(Debug)]
@@ -666,6 +683,7 @@ impl Sfu {
                     loudness: 0.0,
                     loudness_peak: 0.0,
                     loud_at: None,
+                    gop: None,
                 },
             );
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -833,10 +851,60 @@ impl Sfu {
         let (track, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
         let d = &mut up.downs[i];
         d.munger = Some(Munger::new(ssrc, payload_type));
-        if up.info.codec.is_video() {
+        if up.info.codec.is_video() && !(self.cfg.gop_replay && self.replay_gop(track, down, now)) {
             self.request_keyframe(track, now);
         }
         Ok(())
+    }
+
+    /// Sends a freshly bound down track the cached current group of pictures, if the cache
+    /// holds all of it; returns whether it did.
+    fn replay_gop(&mut self, track: TrackId, down: DownTrackId, now: Instant) -> bool {
+        let Some(up) = self.tracks.get_mut(&track) else {
+            return false;
+        };
+        let (Some(gop), Some(ssrc)) = (up.gop, up.ssrc) else {
+            return false;
+        };
+        let len = usize::from(gop.last_seq.wrapping_sub(gop.first_seq)) + 1;
+        let complete = gop.ssrc == ssrc
+            && len <= up.cache.capacity()
+            && (0..len).all(|i| {
+                up.cache
+                    .get(ssrc, gop.first_seq.wrapping_add(i as u16))
+                    .is_some()
+            });
+        if !complete {
+            return false;
+        }
+        let (epoch, clock) = (up.epoch, up.info.codec.clock_rate());
+        let Some(d) = up.downs.iter_mut().find(|d| d.id == down) else {
+            return false;
+        };
+        let Some(m) = d.munger.as_mut() else {
+            return false;
+        };
+        for i in 0..len {
+            let Some((h, payload)) = up.cache.get(ssrc, gop.first_seq.wrapping_add(i as u16))
+            else {
+                continue;
+            };
+            if i == 0 {
+                m.anchor(epoch, h, clock, d.initial, now);
+            }
+            if let Some(header) = m.rewrite(h, now) {
+                d.stats.packets += 1;
+                d.stats.payload_bytes += payload.len() as u64;
+                self.out.push_back(Output::Rtp(RtpOut {
+                    down: d.id,
+                    subscriber: d.subscriber,
+                    header,
+                    payload: payload.clone(),
+                    retransmission: false,
+                }));
+            }
+        }
+        true
     }
 
     /// The track carrying a down track, its up track, and the down track's index there.
@@ -903,6 +971,27 @@ impl Sfu {
         let codec = up.info.codec;
         let epoch = up.epoch;
         let mut keyframe: Option<bool> = None;
+        if codec.is_video() {
+            // Track the current group of pictures: a keyframe start with a new timestamp
+            // begins one (its parameter sets and slices share the timestamp).
+            let k = *keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
+            match up.gop.as_mut() {
+                Some(g) if g.ssrc == h.ssrc && !(k && g.timestamp != h.timestamp) => {
+                    if seq_is_newer(h.sequence_number, g.last_seq) {
+                        g.last_seq = h.sequence_number;
+                    }
+                }
+                _ if k => {
+                    up.gop = Some(Gop {
+                        ssrc: h.ssrc,
+                        first_seq: h.sequence_number,
+                        timestamp: h.timestamp,
+                        last_seq: h.sequence_number,
+                    });
+                }
+                _ => up.gop = None,
+            }
+        }
         let mut waiting = false;
         for d in &mut up.downs {
             let Some(m) = d.munger.as_mut() else {

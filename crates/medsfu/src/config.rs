@@ -138,6 +138,8 @@ pub struct Core {
     pub rtx_cache_video: usize,
     /// Audio packets kept per track for retransmission.
     pub rtx_cache_audio: usize,
+    /// New video subscribers start from the cached current group of pictures.
+    pub gop_replay: bool,
 }
 
 /// Log settings.
@@ -195,6 +197,7 @@ impl Default for Core {
             republish_grace_ms: ms(c.republish_grace),
             rtx_cache_video: c.rtx_cache_video,
             rtx_cache_audio: c.rtx_cache_audio,
+            gop_replay: c.gop_replay,
         }
     }
 }
@@ -218,6 +221,7 @@ impl Core {
             republish_grace: Duration::from_millis(self.republish_grace_ms),
             rtx_cache_video: self.rtx_cache_video,
             rtx_cache_audio: self.rtx_cache_audio,
+            gop_replay: self.gop_replay,
             ..medsfu_core::CoreConfig::default()
         }
     }

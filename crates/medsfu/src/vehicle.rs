@@ -655,16 +655,37 @@ async fn audio(current: Current) -> Result<()> {
         ])
         .args(["-payload_type", "111", "-f", "rtp"])
         .arg(format!("rtp://127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
+        // A second, tiny output on a pipe ties ffmpeg's life to ours: if this process dies
+        // (even by SIGKILL, when kill_on_drop cannot act), the pipe breaks and ffmpeg exits
+        // instead of sending to a dead port forever.
+        .args([
+            "-map",
+            "0:a",
+            "-c:a",
+            "pcm_s16le",
+            "-ar",
+            "8000",
+            "-ac",
+            "1",
+        ])
+        .args(["-f", "s16le", "pipe:1"])
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("starting ffmpeg for audio")?;
+    let mut lifeline = child.stdout.take().context("audio ffmpeg stdout")?;
     let mut buf = vec![0u8; 2048];
+    let mut sink = vec![0u8; 4096];
     loop {
         tokio::select! {
             r = sock.recv(&mut buf) => {
                 let n = r?;
                 send_datagram(&current, FLOW_AUDIO, &buf[..n]);
+            }
+            r = lifeline.read(&mut sink) => {
+                if r? == 0 {
+                    anyhow::bail!("audio ffmpeg closed its output");
+                }
             }
             s = child.wait() => anyhow::bail!("audio ffmpeg stopped: {:?}", s?),
         }

@@ -107,7 +107,9 @@ fn vehicle_server(args: &[&str], env: &[(&str, &str)]) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_who_watches() {
-    let server = vehicle_server(&[], &[]);
+    // TEST_GOP_REPLAY=false measures the first picture without the cached group of pictures.
+    let replay = std::env::var("TEST_GOP_REPLAY").unwrap_or_else(|_| "true".into());
+    let server = vehicle_server(&[], &[("MEDSFU_CORE__GOP_REPLAY", &replay)]);
     let quic = server.quic.expect("vehicle endpoint started");
     // The vehicle switches SIM (moves to a new local address) every 2 s; QUIC migrates.
     let mut vehicle = Vehicle::start(
@@ -174,7 +176,7 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         "with its parameter sets"
     );
     eprintln!(
-        "vehicle -> WHEP: first H.265 picture {} ms after the connection was up",
+        "vehicle -> WHEP: first H.265 picture {} ms after the connection was up (gop_replay={replay})",
         at.saturating_duration_since(subscribed).as_millis()
     );
     let dir = TempDir::new("vehrecv");

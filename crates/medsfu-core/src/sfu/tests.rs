@@ -192,7 +192,11 @@ fn a_new_subscriber_waits_for_a_keyframe_and_asks_for_one() {
 #[test]
 fn many_joiners_at_once_cause_one_keyframe_request() {
     let mut clock = Clock(Instant::now());
-    let mut sfu = Sfu::new(CoreConfig::default());
+    // Without the cached group of pictures every joiner needs a fresh keyframe.
+    let mut sfu = Sfu::new(CoreConfig {
+        gop_replay: false,
+        ..CoreConfig::default()
+    });
     let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
     let now = clock.advance(10);
     sfu.handle_rtp(t, pkt(7, 1, 0, &VP8_KEY), now).unwrap();
@@ -495,4 +499,68 @@ fn the_loudest_voice_becomes_the_active_speaker_without_flapping() {
         to: c,
         event: RoomEvent::ActiveSpeaker { participant: b }
     }));
+}
+
+#[test]
+fn a_joiner_starts_from_the_cached_group_of_pictures_without_asking_the_publisher() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
+    let now = clock.advance(10);
+    // An old group, then the current one: a keyframe at seq 10 and three deltas.
+    sfu.handle_rtp(t, pkt(7, 5, 0, &VP8_KEY), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 6, 3000, &VP8_DELTA), now).unwrap();
+    for (seq, ts, p) in [
+        (10, 9000, VP8_KEY),
+        (11, 12000, VP8_DELTA),
+        (12, 15000, VP8_DELTA),
+        (13, 18000, VP8_DELTA),
+    ] {
+        sfu.handle_rtp(t, pkt(7, seq, ts, &p), now).unwrap();
+    }
+    drain(&mut sfu);
+    let now = clock.advance(100);
+    let c = sfu.join("r", "late", Role::Consultant, true, now);
+    let down = added_down(&drain(&mut sfu), c).unwrap();
+    sfu.bind_down_track(down, 0xC0C, 96, now).unwrap();
+    let out = drain(&mut sfu);
+    assert_eq!(keyframe_requests(&out), 0, "the uplink is spared");
+    let got = rtp_to(&out, c);
+    assert_eq!(got.len(), 4, "the whole current group, not the old one");
+    assert_eq!(
+        &got[0].payload[..],
+        &VP8_KEY[..],
+        "starting at its keyframe"
+    );
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].header.sequence_number,
+            w[0].header.sequence_number.wrapping_add(1)
+        );
+        assert_eq!(
+            w[1].header.timestamp.wrapping_sub(w[0].header.timestamp),
+            3000
+        );
+    }
+    // Live packets continue the same numbering.
+    sfu.handle_rtp(t, pkt(7, 14, 21000, &VP8_DELTA), now)
+        .unwrap();
+    let live = rtp_to(&drain(&mut sfu), c);
+    assert_eq!(
+        live[0].header.sequence_number,
+        got[3].header.sequence_number.wrapping_add(1)
+    );
+
+    // A group with a hole in the cache cannot be replayed: ask for a keyframe instead.
+    sfu.handle_rtp(t, pkt(7, 20, 30000, &VP8_KEY), now).unwrap();
+    sfu.handle_rtp(t, pkt(7, 22, 36000, &VP8_DELTA), now)
+        .unwrap();
+    drain(&mut sfu);
+    let now = clock.advance(1000);
+    let e = sfu.join("r", "later", Role::Consultant, true, now);
+    let down = added_down(&drain(&mut sfu), e).unwrap();
+    sfu.bind_down_track(down, 0xE0E, 96, now).unwrap();
+    let out = drain(&mut sfu);
+    assert!(rtp_to(&out, e).is_empty());
+    assert_eq!(keyframe_requests(&out), 1);
 }
