@@ -55,7 +55,9 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     let keyframes: Vec<usize> = (0..aus.len()).filter(|&i| is_irap(&aus[i])).collect();
     assert_eq!(keyframes, vec![0, 30, 60]);
 
-    let server = Server::start(&[]);
+    // Without GOP replay, so that the subscriber's first keyframe must come from a PLI that
+    // reaches the publisher (the path a stream with a hole in the cache takes).
+    let server = Server::start(&[("MEDSFU_CORE__GOP_REPLAY", "false")]);
     let amb = server.token("amb-7", "ambulance-7", "vehicle");
     let doc = server.token("amb-7", "dr-house", "consultant");
 
