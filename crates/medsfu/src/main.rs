@@ -399,6 +399,24 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
         if let (true, Some(q)) = (demo, quic_addr) {
             let mut o = vehicle_options(&cfg, &demo_vehicle());
             o.server = q;
+            // The demo runs with what this machine has: no ffmpeg, no camera; no recording
+            // beside the checkout, no ECG (vitals, GPS and status still flow).
+            let ffmpeg = std::process::Command::new("ffmpeg")
+                .arg("-version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ffmpeg {
+                warn!("ffmpeg not found: the demo ambulance sends no camera or audio");
+                o.media = false;
+            }
+            if let Some((dir, name)) = &o.ecg {
+                if !dir.join(format!("{name}.hea")).exists() {
+                    warn!(dir = %dir.display(), "ECG recording not found: the demo ambulance sends no ECG");
+                    o.ecg = None;
+                }
+            }
             tokio::spawn(async move {
                 if let Err(e) = vehicle::run(o).await {
                     warn!(error = %e, "demo ambulance stopped");
