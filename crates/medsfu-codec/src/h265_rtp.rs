@@ -10,6 +10,29 @@ use crate::h265::NalType;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const FU_TYPE: u8 = 49;
 
+/// Where the last start code (with its leading zero byte, if any) of a NAL unit whose
+/// first header byte satisfies `wanted` begins in an Annex-B byte stream: everything before
+/// it is complete when the stream is cut at access-unit delimiters (H.264 or H.265).
+pub fn last_start_code(stream: &[u8], wanted: impl Fn(u8) -> bool) -> Option<usize> {
+    let mut found = None;
+    let mut i = 0;
+    while i + 3 < stream.len() {
+        if stream[i] == 0 && stream[i + 1] == 0 && stream[i + 2] == 1 {
+            if wanted(stream[i + 3]) {
+                found = Some(if i > 0 && stream[i - 1] == 0 {
+                    i - 1
+                } else {
+                    i
+                });
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
 /// The NAL units of an Annex-B byte stream, without start codes.
 pub fn annexb_nal_units(stream: &[u8]) -> Vec<&[u8]> {
     let mut starts = Vec::new();

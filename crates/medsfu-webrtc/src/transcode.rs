@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use medsfu_codec::h264_payload_nal_units as payload_nal_units;
-use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
+use medsfu_codec::h265_rtp::{annexb_nal_units, last_start_code, Depacketizer};
 use medsfu_core::{RtpHeader, RtpPacket, TrackId};
 use prometheus::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,19 +97,7 @@ fn ffmpeg() -> tokio::process::Command {
 
 /// Start of the last H.264 access-unit delimiter in `b` (start code included).
 fn last_aud(b: &[u8]) -> Option<usize> {
-    let mut found = None;
-    let mut i = 0;
-    while i + 3 < b.len() {
-        if b[i] == 0 && b[i + 1] == 0 && b[i + 2] == 1 {
-            if b[i + 3] & 0x1F == 9 {
-                found = Some(if i > 0 && b[i - 1] == 0 { i - 1 } else { i });
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    found
+    last_start_code(b, |h| h & 0x1F == 9)
 }
 
 async fn run(

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use medsfu_codec::h265_rtp::{access_units, annexb_nal_units, payload_access_unit};
+use medsfu_codec::h265_rtp::{
+    access_units, annexb_nal_units, last_start_code, payload_access_unit,
+};
 use medsfu_core::{CameraCommand, CameraState};
 use medsfu_core::{RtpHeader, RtpPacket};
 use medsfu_quic::client::{self, generate, Generated};
@@ -612,19 +614,7 @@ async fn video(
 
 /// Position of the last H.265 access-unit delimiter's start code in `b`.
 fn last_aud(b: &[u8]) -> Option<usize> {
-    let mut found = None;
-    let mut i = 0;
-    while i + 4 < b.len() {
-        if b[i] == 0 && b[i + 1] == 0 && b[i + 2] == 1 {
-            if (b[i + 3] >> 1) & 0x3f == 35 {
-                found = Some(if i > 0 && b[i - 1] == 0 { i - 1 } else { i });
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    found
+    last_start_code(b, |h| (h >> 1) & 0x3f == 35)
 }
 
 /// Cabin audio: a tone from ffmpeg, Opus in RTP, relayed into the audio flow.

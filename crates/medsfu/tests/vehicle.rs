@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medsfu_client::{whep, CodecSpec, State};
+use medsfu_client::State;
 use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
 use support::{certs, ecg_dir, Server, TempDir};
 use tokio::sync::mpsc;
@@ -122,15 +122,7 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         .await;
 
     let lead = server.token("r1", "dr-lead", "lead");
-    let mut viewer = loop {
-        match whep(&server.http, "r1", &lead, &[CodecSpec::h265()]).await {
-            Ok(v) => break v,
-            Err(medsfu_client::ClientError::Refused { status: 404, .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("WHEP: {e}"),
-        }
-    };
+    let mut viewer = support::whep_once_published(&server.http, "r1", &lead).await;
     assert_eq!(viewer.connected().await, State::Connected);
     let subscribed = Instant::now();
     vehicle

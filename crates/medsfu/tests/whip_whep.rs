@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use medsfu_client::{whep, whip, CodecSpec, State};
+use medsfu_client::{whip, CodecSpec, State};
 use medsfu_codec::h265_rtp::{access_units, annexb_nal_units, payload_access_unit, Depacketizer};
 use support::{Server, TempDir, Ws};
 
@@ -105,15 +105,7 @@ async fn h265_flows_from_a_whip_publisher_to_a_whep_subscriber_and_decodes() {
     });
 
     // Wait until the track is published (first packet reached the server), then subscribe.
-    let mut viewer = loop {
-        match whep(&server.http, "amb-7", &doc, &[CodecSpec::h265()]).await {
-            Ok(v) => break v,
-            Err(medsfu_client::ClientError::Refused { status: 404, .. }) => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("WHEP: {e}"),
-        }
-    };
+    let mut viewer = support::whep_once_published(&server.http, "amb-7", &doc).await;
     assert_eq!(viewer.connected().await, State::Connected);
     let subscribed = Instant::now();
 

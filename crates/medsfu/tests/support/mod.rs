@@ -682,3 +682,18 @@ impl Drop for Firefox {
         let _ = self.child.wait();
     }
 }
+
+/// A WHEP subscriber to `room`'s H.265 video, retrying while the room has no track yet
+/// (404) because the publisher's first packet has not arrived.
+pub async fn whep_once_published(http: &str, room: &str, token: &str) -> medsfu_client::Session {
+    use medsfu_client::{whep, ClientError, CodecSpec};
+    loop {
+        match whep(http, room, token, &[CodecSpec::h265()]).await {
+            Ok(v) => return v,
+            Err(ClientError::Refused { status: 404, .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("WHEP: {e}"),
+        }
+    }
+}
