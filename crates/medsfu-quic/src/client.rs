@@ -80,6 +80,9 @@ impl Lines {
     }
 }
 
+/// Bytes of datagrams a vehicle's connection queues before it drops the oldest.
+pub const DATAGRAM_SEND_BUFFER: usize = 256 << 10;
+
 /// A vehicle's QUIC endpoint with its device certificate.
 pub fn endpoint(
     bind: SocketAddr,
@@ -92,7 +95,7 @@ pub fn endpoint(
     // Notice a dead link quickly and reconnect; the server waits longer for us.
     t.max_idle_timeout(Duration::from_secs(5).try_into().ok());
     t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.datagram_send_buffer_size(256 << 10);
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     cfg.transport_config(Arc::new(t));
     let mut ep = quinn::Endpoint::client(bind).map_err(conn_err)?;
     ep.set_default_client_config(cfg);

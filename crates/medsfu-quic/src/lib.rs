@@ -14,5 +14,6 @@ pub mod pki;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+pub mod uplink;
 
 pub use tls::{client_config, device_identity, server_config, TlsError, ALPN};

@@ -35,6 +35,8 @@ fn demo_vehicle() -> VehicleArgs {
         video: None,
         frames_log: None,
         switch_sim_every: None,
+        max_video_kbps: 2000,
+        no_adapt: false,
         run_for: None,
     }
 }
@@ -122,6 +124,13 @@ struct VehicleArgs {
     /// Move to a new local address every SECS seconds (simulated SIM switch).
     #[arg(long)]
     switch_sim_every: Option<u64>,
+    /// Highest roof-camera bitrate in kb/s; congestion steps it down from here.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(250..=20_000))]
+    max_video_kbps: u32,
+    /// Keep the camera at its highest bitrate and send every picture whatever the path
+    /// says (for comparison: audio and control then suffer under congestion).
+    #[arg(long)]
+    no_adapt: bool,
     /// Stop after SECS seconds.
     #[arg(long)]
     run_for: Option<u64>,
@@ -273,6 +282,8 @@ fn vehicle_options(cfg: &Config, a: &VehicleArgs) -> vehicle::Options {
         video_file: a.video.clone(),
         frames_log: a.frames_log.clone(),
         switch_every: a.switch_sim_every.map(Duration::from_secs),
+        max_video_bps: a.max_video_kbps * 1000,
+        adapt: !a.no_adapt,
         run_for: a.run_for.map(Duration::from_secs),
     }
 }

@@ -21,6 +21,7 @@ use medsfu_core::{RtpHeader, RtpPacket};
 use medsfu_quic::client::{self, generate, Generated};
 use medsfu_quic::flow::{self, Feedback, FlowPacket};
 use medsfu_quic::protocol::{FlowInfo, ServerMessage, VehicleMessage};
+use medsfu_quic::uplink::{Admit, PathSample, UplinkConfig, UplinkGovernor};
 use medsfu_telemetry::frame::{Body, Frame, Gps, Unit, VehicleStatus, Vital, VitalKind};
 use medsfu_telemetry::outbox::Outbox;
 use medsfu_telemetry::player::EcgPlayer;
@@ -69,6 +70,10 @@ pub struct Options {
     pub frames_log: Option<PathBuf>,
     /// Move to a new local UDP port this often (a SIM switch; QUIC migrates).
     pub switch_every: Option<Duration>,
+    /// Highest roof-camera bitrate, bits per second.
+    pub max_video_bps: u32,
+    /// Fit the camera's bitrate to the path and drop pictures rather than delay audio.
+    pub adapt: bool,
     /// Stop after this long.
     pub run_for: Option<Duration>,
 }
@@ -125,6 +130,7 @@ pub async fn run(o: Options) -> Result<()> {
     let (camera_tx, camera_rx) = watch::channel(CameraState::default());
     let history = Arc::new(Mutex::new(VecDeque::<(u16, Bytes)>::new()));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut fixed_bitrate = None;
     let gen = Generator {
         outbox: outbox.clone(),
         uplink: uplink_tx,
@@ -132,11 +138,32 @@ pub async fn run(o: Options) -> Result<()> {
     };
     tasks.spawn(telemetry_sources(gen, o.ecg.clone(), o.vitals_every));
     if o.media {
+        let governor = Arc::new(Mutex::new(UplinkGovernor::new(
+            UplinkConfig {
+                max_bps: o.max_video_bps,
+                ..UplinkConfig::default()
+            },
+            Instant::now(),
+        )));
+        let (bitrate_tx, bitrate_rx) = watch::channel(
+            governor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .target_bps(),
+        );
+        if o.adapt {
+            tasks.spawn(watch_path(current.clone(), governor.clone(), bitrate_tx));
+        } else {
+            // Nobody changes the bitrate, but the encoder loop must not see it closed.
+            fixed_bitrate = Some(bitrate_tx);
+        }
         tasks.spawn(video(
             current.clone(),
             camera_rx,
             o.video_file.clone(),
             history.clone(),
+            o.adapt.then_some(governor),
+            bitrate_rx,
         ));
         tasks.spawn(audio(current.clone()));
     }
@@ -246,6 +273,7 @@ pub async fn run(o: Options) -> Result<()> {
         }
     };
     session.abort();
+    drop(fixed_bitrate);
     ep.close(0u32.into(), b"vehicle stopping");
     ep.wait_idle().await;
     r
@@ -492,7 +520,63 @@ fn camera_filter(s: &CameraState) -> String {
     )
 }
 
-fn ffmpeg_video(file: Option<&PathBuf>, s: &CameraState) -> tokio::process::Command {
+/// Reads the QUIC path four times a second, feeds the governor and tells the encoder
+/// its new bitrate; prints each change and how many pictures were dropped.
+async fn watch_path(
+    current: Current,
+    governor: Arc<Mutex<UplinkGovernor>>,
+    bitrate: watch::Sender<u32>,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = 0;
+    loop {
+        tick.tick().await;
+        let Some(conn) = current.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            continue;
+        };
+        let s = path_sample(&conn);
+        let mut g = governor.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.handle_sample(s, Instant::now()) {
+            println!(
+                "uplink: video {} kb/s (was {}; {:?}; rtt {} ms, window {} kB, queued {} kB)",
+                c.bps / 1000,
+                c.was_bps / 1000,
+                c.reason,
+                s.rtt.as_millis(),
+                s.cwnd / 1000,
+                s.queued_bytes / 1000
+            );
+            bitrate.send_replace(c.bps);
+        }
+        if g.dropped() >= reported + 30 {
+            println!(
+                "uplink: {} video pictures dropped to keep audio and control flowing",
+                g.dropped()
+            );
+            reported = g.dropped();
+        }
+    }
+}
+
+/// What quinn says about the connection's path now.
+fn path_sample(conn: &quinn::Connection) -> PathSample {
+    let st = conn.stats();
+    PathSample {
+        rtt: st.path.rtt,
+        cwnd: st.path.cwnd,
+        sent_packets: st.path.sent_packets,
+        lost_packets: st.path.lost_packets,
+        congestion_events: st.path.congestion_events,
+        queued_bytes: queued_datagram_bytes(conn),
+    }
+}
+
+fn queued_datagram_bytes(conn: &quinn::Connection) -> u64 {
+    client::DATAGRAM_SEND_BUFFER.saturating_sub(conn.datagram_send_buffer_space()) as u64
+}
+
+fn ffmpeg_video(file: Option<&PathBuf>, s: &CameraState, bps: u32) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("ffmpeg");
     c.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
     match file {
@@ -521,11 +605,11 @@ fn ffmpeg_video(file: Option<&PathBuf>, s: &CameraState) -> tokio::process::Comm
         "-x265-params",
         "aud=1:repeat-headers=1:keyint=30:min-keyint=30:scenecut=0:log-level=error",
         "-b:v",
-        "2M",
+        &bps.to_string(),
         "-maxrate",
-        "2M",
+        &bps.to_string(),
         "-bufsize",
-        "1M",
+        &(bps / 2).to_string(),
         // Each picture leaves as soon as it is encoded, not when 32 KiB have gathered.
         "-flush_packets",
         "1",
@@ -543,13 +627,16 @@ async fn video(
     mut camera: watch::Receiver<CameraState>,
     file: Option<PathBuf>,
     history: Arc<Mutex<VecDeque<(u16, Bytes)>>>,
+    governor: Option<Arc<Mutex<UplinkGovernor>>>,
+    mut bitrate: watch::Receiver<u32>,
 ) -> Result<()> {
     let ssrc: u32 = rand::random();
     let mut seq: u16 = rand::random();
     let start = Instant::now();
     loop {
         let state = *camera.borrow_and_update();
-        let mut child = ffmpeg_video(file.as_ref(), &state)
+        let bps = *bitrate.borrow_and_update();
+        let mut child = ffmpeg_video(file.as_ref(), &state, bps)
             .spawn()
             .context("starting ffmpeg (is it installed?)")?;
         let mut out = child.stdout.take().context("ffmpeg stdout")?;
@@ -571,15 +658,21 @@ async fn video(
                     let done: Vec<u8> = buf.drain(..cut).collect();
                     let nals = annexb_nal_units(&done);
                     let ts = (start.elapsed().as_secs_f64() * 90_000.0) as u32;
-                    let mtu = current
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
+                    let conn = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    let mtu = conn
                         .as_ref()
                         .and_then(|c| c.max_datagram_size())
                         .unwrap_or(1200)
                         .saturating_sub(24)
                         .clamp(400, 1200);
                     for au in access_units(&nals) {
+                        if let (Some(g), Some(c)) = (&governor, &conn) {
+                            let keyframe = au.iter().any(|n| n.first().is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f))));
+                            let admit = g.lock().unwrap_or_else(|p| p.into_inner()).admit_video(keyframe, queued_datagram_bytes(c));
+                            if admit == Admit::Drop {
+                                continue;
+                            }
+                        }
                         let payloads = payload_access_unit(&au, mtu);
                         let last = payloads.len().saturating_sub(1);
                         for (i, p) in payloads.into_iter().enumerate() {
@@ -604,6 +697,15 @@ async fn video(
                         return Ok(());
                     }
                     // New framing: restart the encoder with the new crop (starts with an IDR).
+                    let _ = child.kill().await;
+                    break;
+                }
+                r = bitrate.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    // libx265 in ffmpeg takes no bitrate change while running: restart it
+                    // (a new IDR, which a decoder after dropped pictures needs anyway).
                     let _ = child.kill().await;
                     break;
                 }

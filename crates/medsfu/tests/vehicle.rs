@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -211,7 +211,23 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
 
 /// A UDP relay between vehicle and server that can black out, and that gives every new
 /// vehicle address its own upstream socket, so an address change reaches the server.
-async fn relay(server: SocketAddr, blackhole: Arc<AtomicBool>) -> SocketAddr {
+/// While `uplink_bps` is not 0 the vehicle-to-server direction is a bottleneck of that
+/// rate with 200 ms of buffer (drop-tail), like a congested cell.
+async fn relay(
+    server: SocketAddr,
+    blackhole: Arc<AtomicBool>,
+    uplink_bps: Arc<AtomicU64>,
+) -> SocketAddr {
+    // The bottleneck's transmitter: sends each packet when its serialisation ends.
+    let (link_tx, mut link_rx) =
+        mpsc::unbounded_channel::<(tokio::time::Instant, Arc<tokio::net::UdpSocket>, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((at, up, packet)) = link_rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            let _ = up.send_to(&packet, server).await;
+        }
+    });
+    let mut next_free = tokio::time::Instant::now();
     let front = Arc::new(
         tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
@@ -249,7 +265,18 @@ async fn relay(server: SocketAddr, blackhole: Arc<AtomicBool>) -> SocketAddr {
                     u
                 }
             };
-            let _ = up.send_to(&buf[..n], server).await;
+            let bps = uplink_bps.load(Ordering::Relaxed);
+            if bps == 0 {
+                let _ = up.send_to(&buf[..n], server).await;
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let start = next_free.max(now);
+            if start - now > Duration::from_millis(200) {
+                continue; // the bottleneck's buffer is full
+            }
+            next_free = start + Duration::from_secs_f64((n as f64 + 28.0) * 8.0 / bps as f64);
+            let _ = link_tx.send((next_free, up, buf[..n].to_vec()));
         }
     });
     addr
@@ -329,7 +356,7 @@ async fn telemetry_survives_blackouts_address_changes_and_kill_9_of_server_and_v
     let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
     let quic = server.quic.expect("vehicle endpoint");
     let blackhole = Arc::new(AtomicBool::new(false));
-    let front = relay(quic, blackhole.clone()).await;
+    let front = relay(quic, blackhole.clone(), Arc::new(AtomicU64::new(0))).await;
     let vdata = TempDir::new("vehdata");
     certs(&vdata.0, &[]);
     // The vehicle's own certificates: copy the server's PKI (same CA).
@@ -697,10 +724,26 @@ async fn a_late_joiners_page_shows_ecg_vitals_gps_status_and_chat_from_the_start
     b.screenshot(&page, &shot).await;
 }
 
+/// Joins room r1 over signalling; returns the socket and the vehicle's participant id.
+async fn join_r1(server: &Server, identity: &str, role: &str) -> (support::Ws, String) {
+    let token = server.token("r1", identity, role);
+    let mut ws = support::Ws::connect(server).await;
+    ws.send(serde_json::json!({ "type": "join", "token": token }))
+        .await;
+    // History first, then the participants already there, the vehicle among them.
+    ws.recv_type("telemetry_live").await;
+    let v = loop {
+        let m = ws.recv_type("participant_joined").await;
+        if m["role"] == "vehicle" {
+            break m["participant"].as_str().expect("id").to_owned();
+        }
+    };
+    (ws, v)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not() {
     use serde_json::json;
-    use support::Ws;
 
     let server = vehicle_server(&[], &[]);
     let quic = server.quic.expect("vehicle endpoint");
@@ -709,25 +752,8 @@ async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not()
         .wait_line("connected to room r1", Duration::from_secs(20))
         .await;
 
-    let join = |identity: &'static str, role: &'static str| {
-        let token = server.token("r1", identity, role);
-        let server = &server;
-        async move {
-            let mut ws = Ws::connect(server).await;
-            ws.send(json!({ "type": "join", "token": token })).await;
-            // History first, then the participants already there, the vehicle among them.
-            ws.recv_type("telemetry_live").await;
-            let v = loop {
-                let m = ws.recv_type("participant_joined").await;
-                if m["role"] == "vehicle" {
-                    break m["participant"].as_str().expect("id").to_owned();
-                }
-            };
-            (ws, v)
-        }
-    };
-    let (mut lead, v) = join("dr-lead", "lead").await;
-    let (mut consultant, _) = join("dr-cardio", "consultant").await;
+    let (mut lead, v) = join_r1(&server, "dr-lead", "lead").await;
+    let (mut consultant, _) = join_r1(&server, "dr-cardio", "consultant").await;
 
     lead.send(json!({ "type": "camera", "vehicle": v, "pan_deg": 30, "zoom": 2, "id": 1 }))
         .await;
@@ -855,4 +881,152 @@ async fn chromium_without_h265_gets_one_shared_h264_rendition_and_the_lead_steer
     let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/screenshots/roof-camera-h264.png");
     b.screenshot(&pl, &shot).await;
+}
+
+/// What a subscriber received in one window of time.
+#[derive(Debug, Default)]
+struct Window {
+    audio: usize,
+    video_bytes: usize,
+    /// Per audio packet: arrival time less its RTP time, in seconds (a constant plus delay).
+    audio_offsets: Vec<f64>,
+}
+
+impl Window {
+    /// The audio delay's `q` quantile, in seconds, on the same scale as the offsets.
+    fn offset_quantile(&self, q: f64) -> f64 {
+        let mut o = self.audio_offsets.clone();
+        o.sort_by(f64::total_cmp);
+        o.get(((o.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Counts a subscriber's audio and video over windows sharing one time origin.
+struct Meter {
+    t0: Instant,
+    first_audio_ts: Option<u32>,
+}
+
+impl Meter {
+    async fn window(&mut self, viewer: &mut medsfu_client::Session, d: Duration) -> Window {
+        let end = tokio::time::Instant::now() + d;
+        let mut w = Window::default();
+        while let Ok(r) = tokio::time::timeout_at(end, viewer.received.recv()).await {
+            let r = r.expect("session open");
+            let h = &r.packet.header;
+            if h.payload_type == medsfu_client::CodecSpec::opus().payload_type {
+                w.audio += 1;
+                let first = *self.first_audio_ts.get_or_insert(h.timestamp);
+                let rtp = f64::from(h.timestamp.wrapping_sub(first)) / 48_000.0;
+                w.audio_offsets
+                    .push(r.at.saturating_duration_since(self.t0).as_secs_f64() - rtp);
+            } else {
+                w.video_bytes += r.packet.payload.len();
+            }
+        }
+        w
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_congested_uplink_lowers_the_camera_bitrate_and_spares_audio_and_control() {
+    // TEST_NO_ADAPT=1 runs the vehicle without its governor, to compare (this then fails).
+    let adapt = std::env::var("TEST_NO_ADAPT").is_err();
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let uplink = Arc::new(AtomicU64::new(0));
+    let front = relay(quic, Arc::new(AtomicBool::new(false)), uplink.clone()).await;
+    let mut args = vec!["--run-for", "120"];
+    if !adapt {
+        args.push("--no-adapt");
+    }
+    let mut vehicle = Vehicle::start(&server.data.0, front, &args);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let lead = server.token("r1", "dr-lead", "lead");
+    let codecs = [
+        medsfu_client::CodecSpec::h265(),
+        medsfu_client::CodecSpec::opus(),
+    ];
+    let mut viewer = support::whep_once_published_with(&server.http, "r1", &lead, &codecs).await;
+    assert_eq!(viewer.connected().await, State::Connected);
+    let (mut ws, v) = join_r1(&server, "dr-lead-desk", "lead").await;
+
+    let mut meter = Meter {
+        t0: Instant::now(),
+        first_audio_ts: None,
+    };
+    let clear = meter.window(&mut viewer, Duration::from_secs(4)).await;
+    let clear_kbps = clear.video_bytes * 8 / 4 / 1000;
+    assert!(
+        clear.audio >= 150 && clear_kbps > 800,
+        "audio and video flow before the congestion: {} audio packets, video {clear_kbps} kb/s",
+        clear.audio
+    );
+    // Audio's delay with an empty path: the least offset seen.
+    let base = clear.offset_quantile(0.0);
+
+    // The cell collapses to 700 kb/s, a third of what the camera sends.
+    uplink.store(700_000, Ordering::Relaxed);
+    let congested = Instant::now();
+    if adapt {
+        loop {
+            let l = vehicle
+                .wait_line("uplink: video ", Duration::from_secs(20))
+                .await;
+            let kbps: u32 = l
+                .split_whitespace()
+                .nth(2)
+                .and_then(|k| k.parse().ok())
+                .expect("uplink line has the new rate");
+            if kbps <= 500 {
+                break;
+            }
+        }
+        eprintln!(
+            "congestion: the camera stepped down to 500 kb/s or less {} ms after the cell collapsed",
+            congested.elapsed().as_millis()
+        );
+    }
+    // Let the queues settle, then measure.
+    let _ = meter.window(&mut viewer, Duration::from_secs(2)).await;
+    let c = meter.window(&mut viewer, Duration::from_secs(6)).await;
+    let asked = Instant::now();
+    ws.send(serde_json::json!({ "type": "camera", "vehicle": v, "pan_deg": 10, "id": 7 }))
+        .await;
+    let state = tokio::time::timeout(Duration::from_secs(15), ws.recv_type("camera_state"))
+        .await
+        .expect("camera state within 15 s");
+    let control = asked.elapsed();
+    assert_eq!(state["pan_deg"], 10.0);
+    let video_kbps = c.video_bytes * 8 / 6 / 1000;
+    let p95 = (c.offset_quantile(0.95) - base) * 1000.0;
+    eprintln!(
+        "congestion (adapt={adapt}): in 6 s at 700 kb/s {} audio packets of 300 sent, audio delay p95 +{p95:.0} ms, \
+         video {video_kbps} kb/s (was {clear_kbps}), camera command answered in {} ms",
+        c.audio,
+        control.as_millis()
+    );
+    assert!(
+        c.audio >= 270,
+        "audio is spared: {} of 300 packets",
+        c.audio
+    );
+    assert!(p95 < 400.0, "audio delay p95 +{p95:.0} ms under congestion");
+    assert!(
+        control < Duration::from_secs(2),
+        "the control stream is not starved: {control:?}"
+    );
+    assert!(
+        video_kbps >= 150,
+        "the camera still sends pictures: {video_kbps} kb/s"
+    );
+
+    // The cell recovers: the vehicle probes upwards again.
+    uplink.store(0, Ordering::Relaxed);
+    let l = vehicle.wait_line("Probe", Duration::from_secs(20)).await;
+    eprintln!("congestion over: {l}");
 }

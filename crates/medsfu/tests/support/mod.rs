@@ -686,9 +686,19 @@ impl Drop for Firefox {
 /// A WHEP subscriber to `room`'s H.265 video, retrying while the room has no track yet
 /// (404) because the publisher's first packet has not arrived.
 pub async fn whep_once_published(http: &str, room: &str, token: &str) -> medsfu_client::Session {
-    use medsfu_client::{whep, ClientError, CodecSpec};
+    whep_once_published_with(http, room, token, &[medsfu_client::CodecSpec::h265()]).await
+}
+
+/// Like [`whep_once_published`], for the given codecs (one track per kind).
+pub async fn whep_once_published_with(
+    http: &str,
+    room: &str,
+    token: &str,
+    codecs: &[medsfu_client::CodecSpec],
+) -> medsfu_client::Session {
+    use medsfu_client::{whep, ClientError};
     loop {
-        match whep(http, room, token, &[CodecSpec::h265()]).await {
+        match whep(http, room, token, codecs).await {
             Ok(v) => return v,
             Err(ClientError::Refused { status: 404, .. }) => {
                 tokio::time::sleep(Duration::from_millis(50)).await
