@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +22,7 @@ use crate::flow::{self, FlowPacket, MAX_FLOW};
 use crate::protocol::{
     to_line, FlowInfo, ServerMessage, TelemetryReply, VehicleMessage, CONTROL, TELEMETRY,
 };
-use crate::tls::{device_identity, server_config, TlsError};
+use crate::tls::{device_identity, device_serial, revoked_serials, server_config, TlsError};
 
 /// Most media flows one vehicle connection may announce.
 pub const MAX_FLOWS: usize = 16;
@@ -85,6 +85,7 @@ pub struct VehicleStats {
     datagrams_dropped: IntCounterVec,
     control_dropped: IntCounter,
     sessions_refused: IntCounterVec,
+    revoked_closed: IntCounter,
 }
 
 impl VehicleStats {
@@ -120,7 +121,12 @@ impl VehicleStats {
                 ),
                 &["reason"],
             )?,
+            revoked_closed: IntCounter::new(
+                "medsfu_vehicle_connections_revoked_total",
+                "Open vehicle connections closed because their certificate was revoked",
+            )?,
         };
+        registry.register(Box::new(s.revoked_closed.clone()))?;
         registry.register(Box::new(s.connected.clone()))?;
         registry.register(Box::new(s.handshakes_refused.clone()))?;
         registry.register(Box::new(s.datagrams_in.clone()))?;
@@ -140,6 +146,27 @@ struct Ctx {
     hub: Arc<Hub>,
     stats: VehicleStats,
     settings: VehicleSettings,
+    /// Authenticated connections by quinn's stable id, with their certificate serials.
+    open: Mutex<HashMap<usize, (Vec<u8>, quinn::Connection)>>,
+}
+
+/// QUIC application close code: the device's certificate was revoked while connected.
+pub const CLOSE_REVOKED: u32 = 5;
+
+/// Keeps a connection in [`Ctx::open`] while it lives.
+struct Registered<'a> {
+    ctx: &'a Ctx,
+    id: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The running vehicle endpoint.
@@ -166,14 +193,14 @@ fn read(path: &PathBuf) -> Result<String, ServerError> {
     })
 }
 
+/// The revocation lists' PEM texts. A list not written yet revokes nothing; it is picked
+/// up when it appears.
+fn read_crls(s: &VehicleSettings) -> Result<Vec<String>, ServerError> {
+    s.crls.iter().filter(|p| p.exists()).map(read).collect()
+}
+
 fn build_config(s: &VehicleSettings) -> Result<quinn::ServerConfig, ServerError> {
-    // A list not written yet revokes nothing; it is picked up when it appears.
-    let crls = s
-        .crls
-        .iter()
-        .filter(|p| p.exists())
-        .map(read)
-        .collect::<Result<Vec<_>, _>>()?;
+    let crls = read_crls(s)?;
     let mut cfg = server_config(&read(&s.cert)?, &read(&s.key)?, &read(&s.ca)?, &crls)?;
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(s.idle_timeout.try_into().ok());
@@ -210,6 +237,7 @@ pub fn start(
         hub,
         stats: VehicleStats::new(registry)?,
         settings,
+        open: Mutex::new(HashMap::new()),
     });
     tokio::spawn(reload_crls(endpoint.clone(), ctx.clone()));
     let ep = endpoint.clone();
@@ -231,7 +259,8 @@ pub fn start(
     Ok(VehicleServer { endpoint })
 }
 
-/// Re-reads the revocation lists when they change; new handshakes use the new lists.
+/// Re-reads the revocation lists when they change: new handshakes use the new lists, and
+/// open connections of devices revoked since are closed.
 async fn reload_crls(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     let mut seen = modified(&ctx.settings.crls);
     loop {
@@ -246,7 +275,28 @@ async fn reload_crls(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
                 endpoint.set_server_config(Some(cfg));
                 info!("certificate revocation lists reloaded");
             }
-            Err(e) => warn!(error = %e, "revocation lists not reloaded; keeping the old ones"),
+            Err(e) => {
+                warn!(error = %e, "revocation lists not reloaded; keeping the old ones");
+                continue;
+            }
+        }
+        let revoked = match read_crls(&ctx.settings)
+            .map_err(|e| e.to_string())
+            .and_then(|c| revoked_serials(&c).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "revocation lists unreadable; open connections kept");
+                continue;
+            }
+        };
+        let open = ctx.open.lock().unwrap_or_else(|p| p.into_inner());
+        for (serial, conn) in open.values() {
+            if revoked.contains(serial) {
+                ctx.stats.revoked_closed.inc();
+                warn!("closing the connection of a device revoked while connected");
+                conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+            }
         }
     }
 }
@@ -319,6 +369,14 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     let Some(identity) = device_identity(&conn) else {
         conn.close(1u32.into(), b"certificate has no common name");
         return;
+    };
+    ctx.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        conn.stable_id(),
+        (device_serial(&conn).unwrap_or_default(), conn.clone()),
+    );
+    let _registered = Registered {
+        ctx: &ctx,
+        id: conn.stable_id(),
     };
     // The first stream is the control stream, its first line the hello.
     let opened = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;

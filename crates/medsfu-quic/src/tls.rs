@@ -1,5 +1,6 @@
 //! rustls configuration for the vehicle endpoint (ring provider, passed explicitly).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -131,4 +132,35 @@ pub fn device_identity(conn: &quinn::Connection) -> Option<String> {
         .ok()?
         .to_owned();
     Some(cn)
+}
+
+/// The serial number (DER integer bytes) of an authenticated connection's device
+/// certificate.
+pub fn device_serial(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    Some(cert.raw_serial().to_vec())
+}
+
+/// The serial numbers (DER integer bytes) revoked by the CRLs in `crl_pems`.
+pub fn revoked_serials(crl_pems: &[String]) -> Result<HashSet<Vec<u8>>, TlsError> {
+    let mut out = HashSet::new();
+    for pem in crl_pems {
+        for der in CertificateRevocationListDer::pem_slice_iter(pem.as_bytes()) {
+            let der = der.map_err(pem_err("CRL"))?;
+            let (_, crl) =
+                x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| TlsError::Pem {
+                    what: "CRL",
+                    reason: e.to_string(),
+                })?;
+            out.extend(
+                crl.iter_revoked_certificates()
+                    .map(|r| r.raw_serial().to_vec()),
+            );
+        }
+    }
+    Ok(out)
 }

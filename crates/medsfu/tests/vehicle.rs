@@ -636,8 +636,22 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
         String::from_utf8_lossy(&got)
     );
 
-    // Revoking amb-2 while the server runs: its next handshake fails; amb-1 is unaffected.
+    // Revoking amb-2 while the server runs and while amb-2 is connected: its open
+    // connection is closed, its next handshake fails; amb-1 is unaffected.
+    let e2 = ep("amb-2");
+    let c2 = client::connect(&e2, quic, "localhost", "r4", vec![])
+        .await
+        .expect("amb-2 welcomed before its revocation");
     certs(&server.data.0, &["--revoke", "amb-2"]);
+    let closed = tokio::time::timeout(Duration::from_secs(15), c2.conn.closed())
+        .await
+        .expect("amb-2's open connection closed within 15 s of its revocation");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(a)
+            if a.error_code == medsfu_quic::server::CLOSE_REVOKED.into() && &a.reason[..] == b"certificate revoked"),
+        "{closed:?}"
+    );
+    wait_metric(&server, "medsfu_vehicle_connections_revoked_total", 1.0).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client::connect(&ep("amb-2"), quic, "localhost", "r3", vec![]).await {
