@@ -1500,6 +1500,7 @@ impl Engine {
             track,
             self.commands.clone(),
             self.stats.transcode_latency.clone(),
+            self.stats.transcoders_running.clone(),
         );
         self.transcode_inputs.insert(internal, tx);
         self.renditions.insert(

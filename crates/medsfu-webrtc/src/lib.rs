@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use medsfu_core::{
     CameraCommand, CameraState, Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role,
@@ -211,6 +211,8 @@ pub struct MediaStats {
     pub transcode_latency: Histogram,
     /// H.264 renditions started.
     pub renditions_started: IntCounter,
+    /// Transcoder workers (ffmpeg processes) running now.
+    pub transcoders_running: IntGauge,
 }
 
 impl MediaStats {
@@ -275,6 +277,14 @@ impl MediaStats {
                 "medsfu_media_renditions_started_total",
                 "H.264 renditions of H.265 tracks started for subscribers without H.265",
             )?,
+            transcoders_running: {
+                let g = IntGauge::new(
+                    "medsfu_media_transcoders_running",
+                    "H.265-to-H.264 transcoder processes running now",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
         })
     }
 

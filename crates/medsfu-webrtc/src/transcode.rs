@@ -10,7 +10,7 @@ use bytes::Bytes;
 use medsfu_codec::h264_payload_nal_units as payload_nal_units;
 use medsfu_codec::h265_rtp::{annexb_nal_units, last_start_code, Depacketizer};
 use medsfu_core::{RtpHeader, RtpPacket, TrackId};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -32,12 +32,16 @@ pub(crate) fn spawn(
     track: TrackId,
     commands: mpsc::Sender<Command>,
     latency: Histogram,
+    running: IntGauge,
 ) -> mpsc::Sender<Input> {
     let (tx, rx) = mpsc::channel(1024);
+    running.inc();
     tokio::spawn(async move {
         if let Err(e) = run(track, rx, commands, latency).await {
             warn!(%track, error = %e, "H.264 transcoder stopped");
         }
+        // Counted down only once ffmpeg has exited (run kills and reaps it).
+        running.dec();
     });
     tx
 }

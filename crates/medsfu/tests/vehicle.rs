@@ -851,6 +851,7 @@ async fn chromium_without_h265_gets_one_shared_h264_rendition_and_the_lead_steer
         1.0,
         "one transcoder shared by both pages"
     );
+    assert_eq!(server.metric("medsfu_media_transcoders_running").await, 1.0);
     // Steady state, after the worker's start-up backlog: the histogram over 4 s.
     let sum = "medsfu_media_transcode_latency_seconds_sum";
     let count = "medsfu_media_transcode_latency_seconds_count";
@@ -895,6 +896,24 @@ async fn chromium_without_h265_gets_one_shared_h264_rendition_and_the_lead_steer
     let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/screenshots/roof-camera-h264.png");
     b.screenshot(&pl, &shot).await;
+
+    // Both viewers leave: the transcoder lingers 10 s (a reload should not restart it),
+    // then its ffmpeg is stopped.
+    for page in [&pl, &pc] {
+        b.eval(page, "location.href = 'about:blank'; true").await;
+    }
+    let left = Instant::now();
+    while server.metric("medsfu_media_transcoders_running").await > 0.0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(30),
+            "the transcoder still runs 30 s after its last viewer left"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "H.264 rendition: transcoder stopped {} ms after its last viewer left",
+        left.elapsed().as_millis()
+    );
 }
 
 /// What a subscriber received in one window of time.
