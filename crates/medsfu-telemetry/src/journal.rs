@@ -2,7 +2,9 @@
 //!
 //! A frame is acknowledged only after [`Journal::sync`] has made it durable; callers append
 //! a batch, sync once (group commit), then acknowledge the batch. Each `(source, sequence)`
-//! is stored once: a resent frame is recognised and not stored again. On opening, a torn
+//! is stored once: a resent frame is recognised and not stored again, while a different
+//! frame under a number already used (a sender whose counter went back) is refused, so
+//! it can neither replace what is stored nor vanish as a "duplicate". On opening, a torn
 //! or corrupt tail of the newest segment is cut back to the last valid record.
 
 use std::collections::HashMap;
@@ -40,6 +42,26 @@ pub enum JournalError {
     /// The bytes to append are not a frame.
     #[error("not a telemetry frame: {0}")]
     Frame(#[from] FrameError),
+    /// A different frame is already stored under this `(source, sequence)`.
+    #[error("source {source_id} sequence {sequence} is already stored with other content")]
+    SequenceConflict {
+        /// The source.
+        source_id: u32,
+        /// The sequence number used twice.
+        sequence: u64,
+    },
+    /// The sequence is below the source's highest but was never stored: numbering went back.
+    #[error(
+        "source {source_id} sequence {sequence} is behind its highest stored sequence {highest}"
+    )]
+    SequenceBackwards {
+        /// The source.
+        source_id: u32,
+        /// The sequence received.
+        sequence: u64,
+        /// The highest sequence stored.
+        highest: u64,
+    },
 }
 
 impl JournalError {
@@ -49,6 +71,8 @@ impl JournalError {
             JournalError::Io { .. } => "journal_io",
             JournalError::Corrupt { .. } => "journal_corrupt",
             JournalError::Frame(e) => e.code(),
+            JournalError::SequenceConflict { .. } => "sequence_conflict",
+            JournalError::SequenceBackwards { .. } => "sequence_backwards",
         }
     }
 }
@@ -84,8 +108,27 @@ pub struct Journal {
     segments: Vec<PathBuf>,
     file: File,
     len: u64,
-    highest: HashMap<u32, u64>,
+    sources: HashMap<u32, Source>,
     unsynced: usize,
+}
+
+/// What the journal remembers of one source: its highest sequence and the CRC-32 of every
+/// stored frame, to tell a resend (same bytes) from a conflict (other bytes). A CRC
+/// rather than the bytes keeps this at a few bytes per frame; two different frames with
+/// one number pass as a resend only with probability 2^-32.
+#[derive(Debug, Default)]
+struct Source {
+    highest: u64,
+    crcs: HashMap<u64, u32>,
+}
+
+impl Source {
+    fn note(&mut self, sequence: u64, crc: u32) {
+        if self.crcs.is_empty() || sequence > self.highest {
+            self.highest = sequence;
+        }
+        self.crcs.insert(sequence, crc);
+    }
 }
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -130,7 +173,7 @@ impl Journal {
             indices.push(0);
         }
         let mut recovery = Recovery::default();
-        let mut highest: HashMap<u32, u64> = HashMap::new();
+        let mut sources: HashMap<u32, Source> = HashMap::new();
         let last = indices.len() - 1;
         let mut segments = Vec::new();
         let mut len = 0;
@@ -152,9 +195,12 @@ impl Journal {
                 recovery.truncated_bytes = (bytes.len() - valid) as u64;
             }
             for (start, n) in &records {
-                if let Ok((f, _)) = Frame::decode(&bytes[*start..start + n]) {
-                    let h = highest.entry(f.source).or_insert(f.sequence);
-                    *h = (*h).max(f.sequence);
+                let body = &bytes[*start..start + n];
+                if let Ok((f, _)) = Frame::decode(body) {
+                    sources
+                        .entry(f.source)
+                        .or_default()
+                        .note(f.sequence, crc32fast::hash(body));
                 }
             }
             recovery.records += records.len() as u64;
@@ -179,7 +225,7 @@ impl Journal {
             segments,
             file,
             len,
-            highest,
+            sources,
             unsynced: 0,
         };
         j.seek_end()?;
@@ -203,7 +249,7 @@ impl Journal {
 
     /// The highest sequence number stored for a source.
     pub fn highest(&self, source: u32) -> Option<u64> {
-        self.highest.get(&source).copied()
+        self.sources.get(&source).map(|s| s.highest)
     }
 
     /// Appends one encoded frame unless its `(source, sequence)` is already stored.
@@ -215,12 +261,22 @@ impl Journal {
                 reason: "bytes after the frame",
             }));
         }
-        if self
-            .highest
-            .get(&f.source)
-            .is_some_and(|h| f.sequence <= *h)
-        {
-            return Ok(Appended::Duplicate);
+        let crc = crc32fast::hash(frame);
+        if let Some(src) = self.sources.get(&f.source) {
+            if f.sequence <= src.highest {
+                return match src.crcs.get(&f.sequence) {
+                    Some(c) if *c == crc => Ok(Appended::Duplicate),
+                    Some(_) => Err(JournalError::SequenceConflict {
+                        source_id: f.source,
+                        sequence: f.sequence,
+                    }),
+                    None => Err(JournalError::SequenceBackwards {
+                        source_id: f.source,
+                        sequence: f.sequence,
+                        highest: src.highest,
+                    }),
+                };
+            }
         }
         let need = (RECORD_HEADER + frame.len()) as u64;
         if self.len > 0 && self.len + need > self.segment_bytes {
@@ -228,7 +284,7 @@ impl Journal {
         }
         let mut rec = Vec::with_capacity(RECORD_HEADER + frame.len());
         rec.extend((frame.len() as u32).to_be_bytes());
-        rec.extend(crc32fast::hash(frame).to_be_bytes());
+        rec.extend(crc.to_be_bytes());
         rec.extend_from_slice(frame);
         let path = self.current().to_owned();
         if let Err(e) = self.file.write_all(&rec) {
@@ -239,7 +295,10 @@ impl Journal {
         }
         self.len += need;
         self.unsynced += 1;
-        self.highest.insert(f.source, f.sequence);
+        self.sources
+            .entry(f.source)
+            .or_default()
+            .note(f.sequence, crc);
         Ok(Appended::Stored)
     }
 
@@ -348,6 +407,53 @@ mod tests {
         for (i, b) in all.iter().enumerate() {
             assert_eq!(b, &frame(1, i as u64));
         }
+    }
+
+    #[test]
+    fn a_number_reused_for_other_content_or_gone_back_is_refused_before_and_after_reopen() {
+        let d = Dir::new("conflict");
+        let (mut j, _) = Journal::open(&d.0, 1 << 20).unwrap();
+        for s in [0, 1, 2, 5, 6] {
+            assert_eq!(j.append(&frame(1, s)).unwrap(), Appended::Stored);
+        }
+        j.sync().unwrap();
+        let other = |seq: u64| {
+            Frame {
+                source: 1,
+                sequence: seq,
+                captured_at_us: 0,
+                body: Body::Chat {
+                    author: "crew".into(),
+                    text: "a counter that went back".into(),
+                },
+            }
+            .encode()
+            .unwrap()
+        };
+        for reopen in [false, true] {
+            if reopen {
+                drop(j);
+                j = Journal::open(&d.0, 1 << 20).unwrap().0;
+            }
+            let e = j.append(&other(1)).unwrap_err();
+            assert_eq!(e.code(), "sequence_conflict", "{e}");
+            let e = j.append(&frame(1, 3)).unwrap_err();
+            assert_eq!(e.code(), "sequence_backwards", "{e}");
+            assert!(e.to_string().contains("highest stored sequence 6"), "{e}");
+            assert_eq!(j.append(&frame(1, 6)).unwrap(), Appended::Duplicate);
+            // Other sources are not affected.
+            assert_eq!(
+                j.append(&frame(2, if reopen { 1 } else { 0 })).unwrap(),
+                Appended::Stored
+            );
+            j.sync().unwrap();
+        }
+        let all = j.read_all().unwrap();
+        let expect: Vec<Vec<u8>> = [(1, 0), (1, 1), (1, 2), (1, 5), (1, 6), (2, 0), (2, 1)]
+            .iter()
+            .map(|(s, q)| frame(*s, *q))
+            .collect();
+        assert_eq!(all, expect, "nothing stored was replaced or added");
     }
 
     #[test]

@@ -289,7 +289,20 @@ async fn connected(
     current: &Current,
 ) -> String {
     let conn = c.conn.clone();
-    let telemetry = client::telemetry_uplink(&conn, outbox, uplink);
+    let telemetry = async {
+        loop {
+            match client::telemetry_uplink(&conn, outbox.clone(), uplink).await {
+                // The server refused a frame (its journal failed, or our numbering clashes
+                // with what it stored): the frames stay in the outbox, media and control go
+                // on, and the stream is tried again later.
+                Err(client::ClientError::Refused { code, message }) => {
+                    println!("telemetry refused by the server: {code}: {message}; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                other => return other,
+            }
+        }
+    };
     tokio::pin!(telemetry);
     loop {
         tokio::select! {

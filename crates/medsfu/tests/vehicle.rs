@@ -635,6 +635,53 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
         "{}",
         String::from_utf8_lossy(&got)
     );
+    // A sender whose counter went back: other content under a stored number is refused
+    // with its reason, and what was stored stays as it was.
+    let (mut ts, mut tr) = c.conn.open_bi().await.expect("telemetry stream");
+    ts.write_all(b"T").await.expect("tag");
+    let reused = Frame {
+        source: 7,
+        sequence: 0,
+        captured_at_us: 1,
+        body: Body::Status(VehicleStatus::Done),
+    }
+    .encode()
+    .expect("encode");
+    ts.write_all(&reused).await.expect("frame");
+    let mut got = Vec::new();
+    while let Ok(Some(chunk)) = tr.read_chunk(1024, true).await {
+        got.extend_from_slice(&chunk.bytes);
+    }
+    let reply = String::from_utf8_lossy(&got);
+    assert!(reply.contains(r#""code":"sequence_conflict""#), "{reply}");
+    wait_metric(
+        &server,
+        "medsfu_telemetry_frames_rejected_total{reason=\"sequence_conflict\"}",
+        1.0,
+    )
+    .await;
+    let stored = reqwest::Client::new()
+        .get(format!("{}/api/rooms/r2/telemetry", server.http))
+        .bearer_auth(server.token("r2", "records", "consultant"))
+        .send()
+        .await
+        .expect("GET telemetry");
+    let mut stored = stored;
+    let mut first = Vec::new();
+    while !first.contains(&b'\n') {
+        first.extend_from_slice(&stored.chunk().await.expect("read").expect("a line"));
+    }
+    let line = first.split(|b| *b == b'\n').next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(line).expect("JSON");
+    assert_eq!(
+        (&v["source"], &v["seq"], &v["status"]),
+        (
+            &serde_json::json!(7),
+            &serde_json::json!(0),
+            &serde_json::json!("departed")
+        ),
+        "{v}"
+    );
 
     // Revoking amb-2 while the server runs and while amb-2 is connected: its open
     // connection is closed, its next handshake fails; amb-1 is unaffected.
