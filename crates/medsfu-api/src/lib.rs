@@ -36,6 +36,10 @@ struct Inner {
     sessions: whip::Sessions,
     metrics: prometheus::Registry,
     hub: Arc<Hub>,
+    /// True once the server is stopping: sessions are told and streams end.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Free and total bytes of the data directory's filesystem, set at each scrape.
+    disk: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
 }
 
 impl AppState {
@@ -52,11 +56,43 @@ impl AppState {
                 media,
                 tokens,
                 sessions: whip::Sessions::default(),
+                disk: disk_gauges(&metrics),
                 metrics,
                 hub,
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
+
+    /// Starts stopping: `/readyz` answers 503, signalling sessions are told
+    /// `server_shutdown` and closed, telemetry streams end.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::begin_shutdown`] was called.
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.inner.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+fn disk_gauges(r: &prometheus::Registry) -> Option<(prometheus::IntGauge, prometheus::IntGauge)> {
+    let g = |n: &str, h: &str| {
+        let g = prometheus::IntGauge::new(n, h).ok()?;
+        r.register(Box::new(g.clone())).ok()?;
+        Some(g)
+    };
+    Some((
+        g(
+            "medsfu_data_disk_free_bytes",
+            "Bytes available to medsfu on the data directory's filesystem",
+        )?,
+        g(
+            "medsfu_data_disk_size_bytes",
+            "Size of the data directory's filesystem",
+        )?,
+    ))
 }
 
 /// The rule [`valid_room`] checks, as told to clients.
@@ -102,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/telemetry.js", get(web::telemetry_script))
         .route("/app.css", get(web::style))
         .route("/healthz", get(web::healthz))
+        .route("/readyz", get(web::readyz))
         .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
         .route("/api/rooms/{room}/telemetry", get(telemetry::stream))

@@ -444,6 +444,15 @@ async fn run(
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
+            () = state.stopping() => {
+                let bye = serde_json::json!({
+                    "type": "server_shutdown",
+                    "message": "the server is stopping; reconnect in a moment",
+                });
+                let _ = send(socket, &bye).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return true;
+            }
             batch = next_telemetry(&mut feed) => match batch {
                 Some(items) => {
                     for chunk in items.chunks(TELEMETRY_BATCH) {

@@ -83,6 +83,12 @@ pub async fn stream(
         let batch = feed.next().await?;
         Some((Ok::<_, std::io::Error>(ndjson(&batch)), feed))
     });
+    // A stopping server ends the stream; the client reconnects and replays from history.
+    let stopping = state.clone();
+    let live = futures_util::StreamExt::take_until(
+        live,
+        Box::pin(async move { stopping.stopping().await }),
+    );
     let body = futures_util::StreamExt::chain(
         futures_util::stream::once(async move { Ok(history) }),
         live,

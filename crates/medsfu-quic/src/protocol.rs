@@ -118,6 +118,13 @@ pub enum VehicleMessage {
         /// The resulting state.
         state: CameraState,
     },
+    /// The vehicle's uplink, every few seconds: for the operators' dashboards.
+    Uplink {
+        /// Telemetry frames in the vehicle's outbox not acknowledged yet.
+        unacked_frames: u64,
+        /// The roof camera's current bitrate target (0: no video).
+        video_bps: u32,
+    },
 }
 
 /// Server to vehicle, on the control stream.

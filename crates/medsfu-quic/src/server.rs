@@ -13,7 +13,7 @@ use medsfu_core::{Codec, LeaveReason, ParticipantId, Role, RtpPacket, TrackId, T
 use medsfu_telemetry::frame::{Frame, FrameError};
 use medsfu_telemetry::hub::Hub;
 use medsfu_webrtc::{MediaHandle, SessionEvent, SessionKind};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -86,6 +86,124 @@ pub struct VehicleStats {
     control_dropped: IntCounter,
     sessions_refused: IntCounterVec,
     revoked_closed: IntCounter,
+    per_vehicle: PerVehicle,
+}
+
+/// Per-vehicle series, labelled by the device certificate's common name: bounded by the
+/// fleet the operator certified, and never a person, a room or an address.
+#[derive(Clone)]
+struct PerVehicle {
+    rtt: GaugeVec,
+    sent: IntCounterVec,
+    lost: IntCounterVec,
+    migrations: IntCounterVec,
+    link_down: IntGaugeVec,
+    unacked: IntGaugeVec,
+    video_bps: IntGaugeVec,
+}
+
+impl PerVehicle {
+    fn new(registry: &Registry) -> prometheus::Result<PerVehicle> {
+        let o = |n: &str, h: &str| Opts::new(n, h);
+        let l = &["vehicle"];
+        let p = PerVehicle {
+            rtt: GaugeVec::new(
+                o(
+                    "medsfu_vehicle_path_rtt_seconds",
+                    "Smoothed round-trip time of the vehicle's QUIC path",
+                ),
+                l,
+            )?,
+            sent: IntCounterVec::new(
+                o(
+                    "medsfu_vehicle_path_sent_packets_total",
+                    "QUIC packets the server sent to the vehicle",
+                ),
+                l,
+            )?,
+            lost: IntCounterVec::new(
+                o(
+                    "medsfu_vehicle_path_lost_packets_total",
+                    "QUIC packets to the vehicle declared lost",
+                ),
+                l,
+            )?,
+            migrations: IntCounterVec::new(
+                o(
+                    "medsfu_vehicle_migrations_total",
+                    "Address changes of the vehicle's connection (SIM switches)",
+                ),
+                l,
+            )?,
+            link_down: IntGaugeVec::new(
+                o(
+                    "medsfu_vehicle_link_down",
+                    "1 while a vehicle whose connection was lost (not closed) has not come back",
+                ),
+                l,
+            )?,
+            unacked: IntGaugeVec::new(
+                o(
+                    "medsfu_vehicle_outbox_unacked_frames",
+                    "Telemetry frames in the vehicle's outbox not acknowledged (as it reports)",
+                ),
+                l,
+            )?,
+            video_bps: IntGaugeVec::new(
+                o(
+                    "medsfu_vehicle_video_target_bps",
+                    "The roof camera's bitrate target chosen by the vehicle (as it reports)",
+                ),
+                l,
+            )?,
+        };
+        registry.register(Box::new(p.rtt.clone()))?;
+        registry.register(Box::new(p.sent.clone()))?;
+        registry.register(Box::new(p.lost.clone()))?;
+        registry.register(Box::new(p.migrations.clone()))?;
+        registry.register(Box::new(p.link_down.clone()))?;
+        registry.register(Box::new(p.unacked.clone()))?;
+        registry.register(Box::new(p.video_bps.clone()))?;
+        Ok(p)
+    }
+}
+
+/// Feeds a connection's QUIC path statistics into the per-vehicle series.
+struct PathWatch {
+    vehicle: String,
+    sent: u64,
+    lost: u64,
+    remote: SocketAddr,
+}
+
+impl PathWatch {
+    fn new(conn: &quinn::Connection, vehicle: &str) -> PathWatch {
+        let st = conn.stats();
+        PathWatch {
+            vehicle: vehicle.to_owned(),
+            sent: st.path.sent_packets,
+            lost: st.path.lost_packets,
+            remote: conn.remote_address(),
+        }
+    }
+
+    fn sample(&mut self, conn: &quinn::Connection, m: &PerVehicle) {
+        let st = conn.stats();
+        let v = [self.vehicle.as_str()];
+        m.rtt.with_label_values(&v).set(st.path.rtt.as_secs_f64());
+        m.sent
+            .with_label_values(&v)
+            .inc_by(st.path.sent_packets.saturating_sub(self.sent));
+        m.lost
+            .with_label_values(&v)
+            .inc_by(st.path.lost_packets.saturating_sub(self.lost));
+        (self.sent, self.lost) = (st.path.sent_packets, st.path.lost_packets);
+        let remote = conn.remote_address();
+        if remote != self.remote {
+            m.migrations.with_label_values(&v).inc();
+            self.remote = remote;
+        }
+    }
 }
 
 impl VehicleStats {
@@ -125,6 +243,7 @@ impl VehicleStats {
                 "medsfu_vehicle_connections_revoked_total",
                 "Open vehicle connections closed because their certificate was revoked",
             )?,
+            per_vehicle: PerVehicle::new(registry)?,
         };
         registry.register(Box::new(s.revoked_closed.clone()))?;
         registry.register(Box::new(s.connected.clone()))?;
@@ -170,6 +289,7 @@ impl Drop for Registered<'_> {
 }
 
 /// The running vehicle endpoint.
+#[derive(Clone)]
 pub struct VehicleServer {
     endpoint: quinn::Endpoint,
 }
@@ -183,6 +303,11 @@ impl VehicleServer {
     /// Closes every connection and stops accepting.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
+    }
+
+    /// Waits until every connection's close has been sent.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
     }
 }
 
@@ -485,17 +610,37 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     }
     info!(%participant, flows = states.len(), "vehicle joined");
     ctx.stats.connected.inc();
+    let down = ctx
+        .stats
+        .per_vehicle
+        .link_down
+        .with_label_values(&[&identity]);
+    down.set(0);
     tokio::spawn(accept_telemetry(conn.clone(), ctx.clone(), room.clone()));
-    let reason = session(&conn, &ctx, participant, states, lines, send, events).await;
+    let reason = session(
+        &conn,
+        &ctx,
+        &identity,
+        participant,
+        states,
+        lines,
+        send,
+        events,
+    )
+    .await;
     ctx.stats.connected.dec();
+    // A closed connection is a vehicle that stopped; anything else is a link lost.
+    down.set(i64::from(reason == LeaveReason::Timeout));
     ctx.media.disconnect(participant, reason).await;
 }
 
 /// A vehicle's session after its hello: datagrams in, control messages both ways, and
 /// what the room asks of it. Returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     conn: &quinn::Connection,
     ctx: &Ctx,
+    identity: &str,
     participant: ParticipantId,
     mut flows: HashMap<u64, FlowState>,
     mut lines: Lines,
@@ -507,8 +652,12 @@ async fn session(
     let mut tokens = rate;
     let mut refilled = Instant::now();
     let mut control_open = true;
+    let mut path = PathWatch::new(conn, identity);
+    let mut sample = tokio::time::interval(Duration::from_secs(2));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = sample.tick() => path.sample(conn, &ctx.stats.per_vehicle),
             d = conn.read_datagram() => match d {
                 Ok(d) => on_datagram(ctx, &mut flows, &d),
                 Err(e) => {
@@ -533,6 +682,12 @@ async fn session(
                     match serde_json::from_slice::<VehicleMessage>(&line) {
                         Ok(VehicleMessage::CameraState { id, state }) => {
                             ctx.media.camera_state(participant, id, state.into()).await;
+                        }
+                        Ok(VehicleMessage::Uplink { unacked_frames, video_bps }) => {
+                            let m = &ctx.stats.per_vehicle;
+                            let v = [identity];
+                            m.unacked.with_label_values(&v).set(i64::try_from(unacked_frames).unwrap_or(i64::MAX));
+                            m.video_bps.with_label_values(&v).set(i64::from(video_bps));
                         }
                         Ok(_) => {
                             let m = ServerMessage::Error {

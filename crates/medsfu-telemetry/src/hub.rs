@@ -312,6 +312,22 @@ impl Hub {
         }
     }
 
+    /// The directory the journals live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checks (blocking) that the journal directory takes a durable write.
+    pub fn probe_writable(&self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(&self.dir)?;
+        let probe = self.dir.join(".ready-probe");
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(b"ok")?;
+        f.sync_all()?;
+        std::fs::remove_file(&probe)
+    }
+
     /// The highest durable sequence of `source` in `room`.
     pub fn highest(&self, room: &str, source: u32) -> Result<Option<u64>, HubError> {
         let r = self.room(room)?;

@@ -252,6 +252,11 @@ impl Journal {
         self.sources.get(&source).map(|s| s.highest)
     }
 
+    /// Every source with its highest stored sequence.
+    pub fn sources(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.sources.iter().map(|(s, v)| (*s, v.highest))
+    }
+
     /// Appends one encoded frame unless its `(source, sequence)` is already stored.
     pub fn append(&mut self, frame: &[u8]) -> Result<Appended, JournalError> {
         let (f, n) = Frame::decode(frame)?;

@@ -86,6 +86,17 @@ impl Outbox {
         self.acked.get(&source).copied()
     }
 
+    /// How many frames are not acknowledged yet (each source numbers its frames 0, 1, 2...).
+    pub fn unacked_count(&self) -> u64 {
+        self.journal
+            .sources()
+            .map(|(s, h)| match self.acked.get(&s) {
+                Some(a) => h.saturating_sub(*a),
+                None => h + 1,
+            })
+            .sum()
+    }
+
     /// Every frame not yet acknowledged, oldest first: what to resend after a reconnect.
     pub fn unacked(&self) -> Result<Vec<Vec<u8>>, JournalError> {
         Ok(self
@@ -143,6 +154,7 @@ mod tests {
             .chain((0..5).map(|s| (2, s)))
             .collect();
         assert_eq!(pending, want);
+        assert_eq!(o.unacked_count(), want.len() as u64);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

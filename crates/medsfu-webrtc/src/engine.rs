@@ -58,8 +58,17 @@ struct Sender {
     sender: RTCRtpSenderId,
     ssrc: u32,
     track: TrackId,
+    /// The codec is video (counted by kind per packet without looking at the MIME type).
+    video: bool,
     codec: RTCRtpCodec,
     bound: bool,
+}
+
+/// Whether a codec is video, without allocating.
+fn is_video(c: &RTCRtpCodec) -> bool {
+    c.mime_type
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("video/"))
 }
 
 struct Peer {
@@ -101,6 +110,7 @@ impl Peer {
                 sender,
                 ssrc,
                 track,
+                video: is_video(&codec),
                 codec,
                 bound: false,
             },
@@ -489,10 +499,10 @@ impl Engine {
                     return;
                 };
                 let Some(&track) = p.track_by_ssrc.get(&pkt.header.ssrc) else {
-                    MediaStats::inc(&self.stats.rtp_dropped);
+                    MediaStats::inc(&self.stats.rtp_dropped.unknown_ssrc);
                     return;
                 };
-                MediaStats::inc(&self.stats.rtp_in);
+                self.count_in(track, pkt.payload.len());
                 if let Some(&id) = p.audio_level_ext.get(&pkt.header.ssrc) {
                     // RFC 6464: V bit, then the level in -dBov (0 loudest .. 127 silence).
                     if let Some(&b) = pkt
@@ -516,7 +526,7 @@ impl Engine {
                     payload: pkt.payload,
                 };
                 if self.sfu.handle_rtp(track, packet, now).is_err() {
-                    MediaStats::inc(&self.stats.rtp_dropped);
+                    MediaStats::inc(&self.stats.rtp_dropped.refused);
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(pid, &packets, now),
@@ -542,10 +552,13 @@ impl Engine {
         for packet in packets {
             let any = packet.as_any();
             if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                MediaStats::inc(&self.stats.plis_received);
                 keyframes.extend(p.down_by_ssrc.get(&pli.media_ssrc));
             } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                MediaStats::inc(&self.stats.plis_received);
                 keyframes.extend(fir.fir.iter().filter_map(|e| p.down_by_ssrc.get(&e.ssrc)));
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                MediaStats::inc(&self.stats.nacks_received);
                 if let Some(d) = p.down_by_ssrc.get(&nack.media_ssrc) {
                     let seqs = nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
                     nacks.push((*d, seqs));
@@ -553,6 +566,19 @@ impl Engine {
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 for r in &rr.reports {
                     if let Some(d) = p.down_by_ssrc.get(&r.ssrc) {
+                        self.stats
+                            .subscriber_fraction_lost
+                            .observe(f64::from(r.fraction_lost) / 256.0);
+                        if let Some(rate) = p
+                            .senders
+                            .get(d)
+                            .map(|s| s.codec.clock_rate)
+                            .filter(|r| *r > 0)
+                        {
+                            self.stats
+                                .subscriber_jitter
+                                .observe(f64::from(r.jitter) / f64::from(rate));
+                        }
                         reports.push((
                             *d,
                             ReceptionReport {
@@ -761,25 +787,29 @@ impl Engine {
                 marker: r.header.marker,
                 payload: r.payload,
             };
+            let bytes = input.payload.len() as u64;
             // A transcoder that cannot keep up loses pictures, not the engine's time.
             if tx.try_send(input).is_ok() {
-                MediaStats::inc(&self.stats.rtp_forwarded);
+                MediaStats::inc(&self.stats.rtp_forwarded.video);
+                self.stats.rtp_forwarded_bytes.video.inc_by(bytes);
             } else {
-                MediaStats::inc(&self.stats.rtp_dropped);
+                MediaStats::inc(&self.stats.rtp_dropped.busy);
             }
             return;
         }
         let Some(pid) = self.sessions.get(&r.subscriber).and_then(|s| s.subscriber) else {
-            MediaStats::inc(&self.stats.rtp_dropped);
+            MediaStats::inc(&self.stats.rtp_dropped.no_subscriber);
             return;
         };
         let Some(p) = self.peers.get_mut(&pid) else {
+            MediaStats::inc(&self.stats.rtp_dropped.no_subscriber);
             return;
         };
         let Some(s) = p.senders.get(&r.down) else {
-            MediaStats::inc(&self.stats.rtp_dropped);
+            MediaStats::inc(&self.stats.rtp_dropped.no_subscriber);
             return;
         };
+        let (video, bytes) = (s.video, r.payload.len() as u64);
         let packet = rtp::packet::Packet {
             header: rtp::header::Header {
                 version: 2,
@@ -796,11 +826,40 @@ impl Engine {
             p.pc.rtp_sender(s.sender)
                 .is_some_and(|mut sender| sender.write_rtp(now, packet).is_ok());
         if ok {
-            MediaStats::inc(&self.stats.rtp_forwarded);
+            MediaStats::inc(self.stats.rtp_forwarded.of(video));
+            self.stats.rtp_forwarded_bytes.of(video).inc_by(bytes);
         } else {
-            MediaStats::inc(&self.stats.rtp_dropped);
+            MediaStats::inc(&self.stats.rtp_dropped.write_failed);
         }
         self.flush(pid);
+        if ok && !r.retransmission {
+            // `now` is when the engine took the packet in; the copy is on the socket now.
+            self.stats
+                .forward_latency
+                .observe(now.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Counts a packet received from a publisher, by the kind of its track.
+    fn count_in(&self, track: TrackId, payload: usize) {
+        let video = self.track_codecs.get(&track).is_some_and(is_video);
+        MediaStats::inc(self.stats.rtp_in.of(video));
+        self.stats.rtp_in_bytes.of(video).inc_by(payload as u64);
+    }
+
+    /// Sets the room and participant gauges (on the core's timer, not per packet).
+    fn update_gauges(&self) {
+        self.stats.rooms.set(self.sfu.room_count() as i64);
+        let mut by_role: HashMap<Role, i64> = HashMap::new();
+        for s in self.sessions.values().filter(|s| !s.internal) {
+            *by_role.entry(s.role).or_default() += 1;
+        }
+        for role in Role::ALL {
+            self.stats
+                .participants
+                .with_label_values(&[role.as_str()])
+                .set(by_role.get(&role).copied().unwrap_or(0));
+        }
     }
 
     fn write_feedback(
@@ -1015,6 +1074,8 @@ impl Engine {
     // ----- commands ------------------------------------------------------------------------
 
     fn on_command(&mut self, cmd: Command, now: Instant) {
+        // Packets are most commands; membership changes are few and move the gauges.
+        let membership = !matches!(cmd, Command::Rtp { .. });
         match cmd {
             Command::Join {
                 room,
@@ -1134,9 +1195,9 @@ impl Engine {
                 let _ = reply.send(r);
             }
             Command::Rtp { track, packet } => {
-                MediaStats::inc(&self.stats.rtp_in);
+                self.count_in(track, packet.payload.len());
                 if self.sfu.handle_rtp(track, packet, now).is_err() {
-                    MediaStats::inc(&self.stats.rtp_dropped);
+                    MediaStats::inc(&self.stats.rtp_dropped.refused);
                 }
             }
             Command::Rooms { reply } => {
@@ -1144,6 +1205,9 @@ impl Engine {
             }
         }
         self.drain_core(now);
+        if membership {
+            self.update_gauges();
+        }
     }
 
     fn camera(
@@ -1437,6 +1501,7 @@ impl Engine {
             }
             self.sfu.handle_timeout(now);
             self.reap_renditions(now);
+            self.update_gauges();
         }
         self.drain_core(now);
     }

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use medsfu_core::{
     CameraCommand, CameraState, Codec, CoreConfig, CoreError, LeaveReason, ParticipantId, Role,
@@ -199,12 +201,30 @@ pub struct MediaStats {
     pub datagrams_out: IntCounter,
     /// Datagrams the socket refused to send.
     pub send_errors: IntCounter,
-    /// RTP packets received from publishers.
-    pub rtp_in: IntCounter,
-    /// RTP packets forwarded to subscribers.
-    pub rtp_forwarded: IntCounter,
-    /// Packets the core or a sender refused to forward.
-    pub rtp_dropped: IntCounter,
+    /// RTP packets received from publishers, by kind.
+    pub rtp_in: ByKind,
+    /// RTP payload bytes received from publishers, by kind.
+    pub rtp_in_bytes: ByKind,
+    /// RTP packets forwarded to subscribers, by kind.
+    pub rtp_forwarded: ByKind,
+    /// RTP payload bytes forwarded to subscribers, by kind.
+    pub rtp_forwarded_bytes: ByKind,
+    /// RTP packets not forwarded, by reason.
+    pub rtp_dropped: Drops,
+    /// Time from the engine taking a packet in to handing a subscriber's copy to the socket.
+    pub forward_latency: Histogram,
+    /// NACKs received from subscribers.
+    pub nacks_received: IntCounter,
+    /// Keyframe requests (PLI, FIR) received from subscribers.
+    pub plis_received: IntCounter,
+    /// Fraction lost reported by subscribers' receiver reports.
+    pub subscriber_fraction_lost: Histogram,
+    /// Interarrival jitter reported by subscribers, in seconds.
+    pub subscriber_jitter: Histogram,
+    /// Rooms with anyone in them.
+    pub rooms: IntGauge,
+    /// Participants now, by role.
+    pub participants: IntGaugeVec,
     /// Keyframe requests sent to publishers.
     pub keyframe_requests: IntCounter,
     /// Time from an H.265 picture entering a transcoder to its H.264 picture leaving.
@@ -213,6 +233,71 @@ pub struct MediaStats {
     pub renditions_started: IntCounter,
     /// Transcoder workers (ffmpeg processes) running now.
     pub transcoders_running: IntGauge,
+}
+
+/// One counter per media kind, resolved once so that counting takes no lock.
+#[derive(Debug, Clone)]
+pub struct ByKind {
+    /// Audio.
+    pub audio: IntCounter,
+    /// Video.
+    pub video: IntCounter,
+}
+
+impl ByKind {
+    fn new(registry: &Registry, name: &str, help: &str) -> prometheus::Result<ByKind> {
+        let v = IntCounterVec::new(Opts::new(name, help), &["kind"])?;
+        registry.register(Box::new(v.clone()))?;
+        Ok(ByKind {
+            audio: v.with_label_values(&["audio"]),
+            video: v.with_label_values(&["video"]),
+        })
+    }
+
+    /// The counter of one kind.
+    pub fn of(&self, video: bool) -> &IntCounter {
+        if video {
+            &self.video
+        } else {
+            &self.audio
+        }
+    }
+}
+
+/// Why an RTP packet was not forwarded (the `reason` label of
+/// `medsfu_media_rtp_dropped_packets_total`), resolved once.
+#[derive(Debug, Clone)]
+pub struct Drops {
+    /// From an SSRC the peer never announced.
+    pub unknown_ssrc: IntCounter,
+    /// Refused by the room core (unknown or closed track).
+    pub refused: IntCounter,
+    /// For a subscriber or sender that is gone.
+    pub no_subscriber: IntCounter,
+    /// The peer connection would not take it.
+    pub write_failed: IntCounter,
+    /// A full queue (engine or transcoder) could not take it.
+    pub busy: IntCounter,
+}
+
+impl Drops {
+    fn new(registry: &Registry) -> prometheus::Result<Drops> {
+        let v = IntCounterVec::new(
+            Opts::new(
+                "medsfu_media_rtp_dropped_packets_total",
+                "RTP packets not forwarded, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(v.clone()))?;
+        Ok(Drops {
+            unknown_ssrc: v.with_label_values(&["unknown_ssrc"]),
+            refused: v.with_label_values(&["refused"]),
+            no_subscriber: v.with_label_values(&["no_subscriber"]),
+            write_failed: v.with_label_values(&["write_failed"]),
+            busy: v.with_label_values(&["busy"]),
+        })
+    }
 }
 
 impl MediaStats {
@@ -244,18 +329,85 @@ impl MediaStats {
                 "medsfu_media_send_errors_total",
                 "Datagrams the socket refused to send",
             )?,
-            rtp_in: c(
+            rtp_in: ByKind::new(
+                registry,
                 "medsfu_media_rtp_received_packets_total",
-                "RTP packets received from publishers",
+                "RTP packets received from publishers (WebRTC and vehicles), by kind",
             )?,
-            rtp_forwarded: c(
+            rtp_in_bytes: ByKind::new(
+                registry,
+                "medsfu_media_rtp_received_bytes_total",
+                "RTP payload bytes received from publishers, by kind",
+            )?,
+            rtp_forwarded: ByKind::new(
+                registry,
                 "medsfu_media_rtp_forwarded_packets_total",
-                "RTP packets sent to subscribers",
+                "RTP packets sent to subscribers, by kind",
             )?,
-            rtp_dropped: c(
-                "medsfu_media_rtp_dropped_packets_total",
-                "RTP packets not forwarded (unknown track, unbound sender, write error)",
+            rtp_forwarded_bytes: ByKind::new(
+                registry,
+                "medsfu_media_rtp_forwarded_bytes_total",
+                "RTP payload bytes sent to subscribers, by kind",
             )?,
+            rtp_dropped: Drops::new(registry)?,
+            forward_latency: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "medsfu_media_forward_latency_seconds",
+                        "Time from the media engine taking a packet in to handing each \
+                         subscriber's copy to the socket (the SFU's added latency)",
+                    )
+                    .buckets(vec![
+                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
+                        0.05, 0.1,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            nacks_received: c(
+                "medsfu_media_nacks_received_total",
+                "Generic NACKs received from subscribers",
+            )?,
+            plis_received: c(
+                "medsfu_media_plis_received_total",
+                "Keyframe requests (PLI, FIR) received from subscribers",
+            )?,
+            subscriber_fraction_lost: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "medsfu_media_subscriber_fraction_lost",
+                        "Fraction of packets lost reported in subscribers' receiver reports",
+                    )
+                    .buckets(vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            subscriber_jitter: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "medsfu_media_subscriber_jitter_seconds",
+                        "Interarrival jitter reported in subscribers' receiver reports",
+                    )
+                    .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            rooms: {
+                let g = IntGauge::new("medsfu_rooms", "Rooms with anyone in them")?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            participants: {
+                let g = IntGaugeVec::new(
+                    Opts::new("medsfu_participants", "Participants now, by role"),
+                    &["role"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             keyframe_requests: c(
                 "medsfu_media_keyframe_requests_total",
                 "Keyframe requests (PLI) sent to publishers",
@@ -598,7 +750,7 @@ impl MediaHandle {
             .try_send(Command::Rtp { track, packet })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    self.stats.rtp_dropped.inc();
+                    self.stats.rtp_dropped.busy.inc();
                     MediaError::Busy
                 }
                 mpsc::error::TrySendError::Closed(_) => MediaError::Stopped,

@@ -92,6 +92,8 @@ impl Default for Telemetry {
 pub struct Http {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
+    /// Seconds SIGTERM waits for sessions and streams to close before the process exits.
+    pub shutdown_grace_secs: u64,
 }
 
 /// WebRTC settings.
@@ -156,6 +158,7 @@ impl Default for Http {
     fn default() -> Self {
         Http {
             listen: ([127, 0, 0, 1], 8080).into(),
+            shutdown_grace_secs: 10,
         }
     }
 }

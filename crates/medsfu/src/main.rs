@@ -446,13 +446,39 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             println!("  WHEP (lead token):                  http://{http}/whep/demo  Authorization: Bearer {lead}");
             println!("Stop with Ctrl-C.");
         }
-        let app = medsfu_api::router(AppState::new(media, key, registry, hub));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .context("HTTP server")?;
+        let state = AppState::new(media, key, registry, hub);
+        let app = medsfu_api::router(state.clone());
+        let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+        let stopping = {
+            let quic = quic.clone();
+            async move {
+                shutdown().await;
+                info!("stopping: telling sessions and vehicles");
+                state.begin_shutdown();
+                if let Some(q) = &quic {
+                    q.close();
+                }
+                let _ = signalled_tx.send(());
+            }
+        };
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping);
+        let serve = std::future::IntoFuture::into_future(serve);
+        let grace = Duration::from_secs(cfg.http.shutdown_grace_secs);
+        tokio::select! {
+            r = serve => r.context("HTTP server")?,
+            () = async {
+                if signalled.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => warn!("connections still open after the grace period; exiting"),
+        }
         if let Some(q) = quic {
             q.close();
+            // Let the close frames leave; every acknowledged frame is already on disk.
+            let _ = tokio::time::timeout(Duration::from_secs(2), q.wait_idle()).await;
         }
         info!("medsfu stopped");
         Ok(())

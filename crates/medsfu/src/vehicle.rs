@@ -131,6 +131,8 @@ pub async fn run(o: Options) -> Result<()> {
     let history = Arc::new(Mutex::new(VecDeque::<(u16, Bytes)>::new()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut fixed_bitrate = None;
+    // The camera's bitrate as reported to the server (0 without media).
+    let (_no_video, mut video_rate) = watch::channel(0u32);
     let gen = Generator {
         outbox: outbox.clone(),
         uplink: uplink_tx,
@@ -151,6 +153,7 @@ pub async fn run(o: Options) -> Result<()> {
                 .unwrap_or_else(|p| p.into_inner())
                 .target_bps(),
         );
+        video_rate = bitrate_tx.subscribe();
         if o.adapt {
             tasks.spawn(watch_path(current.clone(), governor.clone(), bitrate_tx));
         } else {
@@ -220,6 +223,7 @@ pub async fn run(o: Options) -> Result<()> {
                         &camera_tx,
                         &history,
                         &current,
+                        &video_rate,
                     )
                     .await;
                     *current.write().unwrap_or_else(|p| p.into_inner()) = None;
@@ -287,8 +291,11 @@ async fn connected(
     camera: &watch::Sender<CameraState>,
     history: &Mutex<VecDeque<(u16, Bytes)>>,
     current: &Current,
+    video_rate: &watch::Receiver<u32>,
 ) -> String {
     let conn = c.conn.clone();
+    let mut report = tokio::time::interval(Duration::from_secs(2));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let telemetry = async {
         loop {
             match client::telemetry_uplink(&conn, outbox.clone(), uplink).await {
@@ -307,6 +314,11 @@ async fn connected(
     loop {
         tokio::select! {
             r = &mut telemetry => return format!("telemetry stream: {r:?}"),
+            _ = report.tick() => {
+                let unacked_frames = outbox.lock().unwrap_or_else(|p| p.into_inner()).unacked_count();
+                let msg = VehicleMessage::Uplink { unacked_frames, video_bps: *video_rate.borrow() };
+                let _ = c.control.send(&msg).await;
+            }
             m = c.control.next() => match m {
                 Ok(Some(ServerMessage::Camera { id, command })) => {
                     let command = CameraCommand::from(&command);

@@ -203,6 +203,83 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         max_gap < Duration::from_secs(1),
         "media gap {max_gap:?} across SIM switches"
     );
+    // A second subscriber: every video packet the vehicle sends now leaves twice, each
+    // copy timed from its arrival.
+    let consultant = server.token("r1", "dr-cardio", "consultant");
+    let mut second = support::whep_once_published(&server.http, "r1", &consultant).await;
+    assert_eq!(second.connected().await, State::Connected);
+    tokio::time::timeout(Duration::from_secs(10), second.received.recv())
+        .await
+        .expect("the second subscriber receives")
+        .expect("open");
+    let video_in = "medsfu_media_rtp_received_packets_total{kind=\"video\"}";
+    let video_out = "medsfu_media_rtp_forwarded_packets_total{kind=\"video\"}";
+    let (lat_n, lat_s) = (
+        "medsfu_media_forward_latency_seconds_count",
+        "medsfu_media_forward_latency_seconds_sum",
+    );
+    let at = |s: &'static str| server.metric(s);
+    let before = (
+        at(video_in).await,
+        at(video_out).await,
+        at(lat_n).await,
+        at(lat_s).await,
+    );
+    // A measuring window, not a wait for an event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = (
+        at(video_in).await,
+        at(video_out).await,
+        at(lat_n).await,
+        at(lat_s).await,
+    );
+    let (din, dout) = (after.0 - before.0, after.1 - before.1);
+    let ratio = dout / din;
+    eprintln!(
+        "metrics: {din} video packets in, {dout} out to 2 subscribers (ratio {ratio:.3}); \
+         mean added latency {:.0} us over {} copies",
+        1e6 * (after.3 - before.3) / (after.2 - before.2),
+        after.2 - before.2
+    );
+    assert!(din > 100.0, "video flowed: {din}");
+    assert!(
+        (1.9..=2.05).contains(&ratio),
+        "forwarded = 2 subscribers x received: {ratio}"
+    );
+    assert!(after.2 - before.2 >= 0.95 * dout, "every copy is timed");
+    for (role, n) in [
+        ("vehicle", 1.0),
+        ("lead", 1.0),
+        ("consultant", 1.0),
+        ("dispatcher", 0.0),
+    ] {
+        let name = format!("medsfu_participants{{role=\"{role}\"}}");
+        assert_eq!(server.metric(&name).await, n, "{name}");
+    }
+    assert_eq!(server.metric("medsfu_rooms").await, 1.0);
+    assert!(
+        server
+            .metric("medsfu_vehicle_path_rtt_seconds{vehicle=\"amb-1\"}")
+            .await
+            > 0.0,
+        "the vehicle's path is watched"
+    );
+    assert!(
+        server
+            .metric("medsfu_vehicle_migrations_total{vehicle=\"amb-1\"}")
+            .await
+            >= 1.0,
+        "its SIM switches are counted"
+    );
+    assert_eq!(
+        server
+            .metric("medsfu_vehicle_video_target_bps{vehicle=\"amb-1\"}")
+            .await,
+        2_000_000.0,
+        "it reports its camera bitrate"
+    );
+    assert_eq!(second.delete().await.expect("DELETE"), 200);
+
     assert_eq!(viewer.delete().await.expect("DELETE"), 200);
     vehicle
         .wait_line("indicator: green off", Duration::from_secs(10))
@@ -1109,4 +1186,98 @@ async fn a_congested_uplink_lowers_the_camera_bitrate_and_spares_audio_and_contr
     uplink.store(0, Ordering::Relaxed);
     let l = vehicle.wait_line("Probe", Duration::from_secs(20)).await;
     eprintln!("congestion over: {l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port();
+    let quic_arg = format!("127.0.0.1:{port}");
+    let data = TempDir::new("sigterm");
+    certs(&data.0, &["--device", "amb-1"]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let ready = reqwest::get(format!("{}/readyz", server.http))
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status(), 200);
+    let quic = server.quic.expect("vehicle endpoint");
+    let log = server.data.0.join("frames.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let args = [
+        "--no-media",
+        "--vitals-every",
+        "1",
+        "--frames-log",
+        &log_arg,
+        "--run-for",
+        "20",
+    ];
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &args);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let (mut ws, _) = join_r1(&server, "dr-lead", "lead").await;
+    // A reader of the NDJSON stream, which must end when the server stops.
+    let mut stream = reqwest::Client::new()
+        .get(format!("{}/api/rooms/r1/telemetry", server.http))
+        .bearer_auth(server.token("r1", "records", "consultant"))
+        .send()
+        .await
+        .expect("GET telemetry");
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let http = server.http.clone();
+    let term = tokio::spawn(server.terminate(Duration::from_secs(15)));
+    let bye = ws.recv_type("server_shutdown").await;
+    assert!(bye["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let (status, took, data) = term.await.expect("terminate");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    eprintln!(
+        "SIGTERM: exited 0 in {} ms with a signalling session, a telemetry stream and a vehicle open",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "every session closed, so no need to wait out the grace period: {took:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the telemetry stream ended with the server")
+        .expect("reader");
+    assert!(reqwest::get(format!("{http}/healthz")).await.is_err());
+
+    // Back on the same data and port: the vehicle returns, resends, finishes, and every
+    // frame it generated is there once, in order.
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = vehicle.child.wait();
+        drop(vehicle);
+        s
+    })
+    .await
+    .expect("join")
+    .expect("vehicle exit");
+    assert!(status.success(), "vehicle: {status}");
+    let generated = frames_log(&log);
+    let delivered = ndjson(&server, generated.len(), Duration::from_secs(15)).await;
+    eprintln!(
+        "SIGTERM: {} frames generated, {} delivered",
+        generated.len(),
+        delivered.len()
+    );
+    assert!(generated.len() > 20, "{} frames", generated.len());
+    assert_eq!(per_source(&delivered), per_source(&generated));
+    assert_eq!(
+        server
+            .metric("medsfu_vehicle_link_down{vehicle=\"amb-1\"}")
+            .await,
+        0.0,
+        "the vehicle stopped cleanly"
+    );
 }

@@ -165,6 +165,33 @@ impl Server {
         data
     }
 
+    /// Sends SIGTERM and waits (at most `within`) for the process to exit; returns its
+    /// exit status, how long it took, and its data directory.
+    pub async fn terminate(
+        mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration, TempDir) {
+        let asked = std::time::Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success(), "kill -TERM failed");
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                asked.elapsed() < within,
+                "the server did not exit within {within:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let data = TempDir(self.data.0.clone());
+        self.data.0 = PathBuf::new();
+        (status, asked.elapsed(), data)
+    }
+
     /// A metric's value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let body = reqwest::get(format!("{}/metrics", self.http))
