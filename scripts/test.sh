@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of medsfu. Installs what the tests need first (Debian packages chromium,
-# firefox-esr, ffmpeg and iproute2, when missing), so it works on a fresh Debian machine
+# firefox-esr, ffmpeg, iproute2 and prometheus for promtool, when missing), so it works on a fresh Debian machine
 # with a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# promtool checks the alert rules (tests/ops_configs.rs).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -250,6 +250,17 @@ impl VehicleStats {
         registry.register(Box::new(s.handshakes_refused.clone()))?;
         registry.register(Box::new(s.datagrams_in.clone()))?;
         registry.register(Box::new(s.datagrams_dropped.clone()))?;
+        // Every reason exported from the start, so that rates and alerts see a zero.
+        for r in [
+            "unknown_flow",
+            "truncated",
+            "not_rtp",
+            "too_large",
+            "bad_rtp",
+            "busy",
+        ] {
+            s.datagrams_dropped.with_label_values(&[r]);
+        }
         registry.register(Box::new(s.control_dropped.clone()))?;
         registry.register(Box::new(s.sessions_refused.clone()))?;
         Ok(s)

@@ -171,6 +171,16 @@ impl Hub {
         registry.register(Box::new(stats.stored.clone()))?;
         registry.register(Box::new(stats.duplicates.clone()))?;
         registry.register(Box::new(stats.rejected.clone()))?;
+        // The journal's reasons exported from the start, so that alerts see a zero; frame
+        // decoding reasons appear when they first happen.
+        for r in [
+            "journal_io",
+            "journal_corrupt",
+            "sequence_conflict",
+            "sequence_backwards",
+        ] {
+            stats.rejected.with_label_values(&[r]);
+        }
         registry.register(Box::new(stats.sync_seconds.clone()))?;
         Ok(Hub {
             dir: dir.to_owned(),

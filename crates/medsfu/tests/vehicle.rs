@@ -278,6 +278,23 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         2_000_000.0,
         "it reports its camera bitrate"
     );
+    // Every metric the dashboard and the alert rules use is exported.
+    let text = reqwest::get(format!("{}/metrics", server.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    let names = support::ops_metric_names();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in &names {
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix(name.as_str())
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))),
+            "{name} is used by config/ but not in /metrics"
+        );
+    }
     assert_eq!(second.delete().await.expect("DELETE"), 200);
 
     assert_eq!(viewer.delete().await.expect("DELETE"), 200);

@@ -734,3 +734,25 @@ pub async fn whep_once_published_with(
         }
     }
 }
+
+/// Every `medsfu_...` metric name the Grafana dashboard and the alert rules use.
+pub fn ops_metric_names() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut names = std::collections::BTreeSet::new();
+    for f in [
+        "grafana/medsfu-dashboard.json",
+        "prometheus/medsfu-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(f)).expect("ops config");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("medsfu_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names.into_iter().collect()
+}
