@@ -109,6 +109,21 @@ pub fn valid_room(room: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Puts every log line of a request in a span with its id, method and path (never the
+/// query string: the page's URL carries a token there).
+async fn request_span(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span =
+        tracing::info_span!("request", req = id, method = %req.method(), path = %req.uri().path());
+    next.run(req).instrument(span).await
+}
+
 /// The whole HTTP surface of medsfu.
 pub fn router(state: AppState) -> Router {
     use axum::http::{header, HeaderName, Method};
@@ -163,5 +178,6 @@ pub fn router(state: AppState) -> Router {
                 .options(whip::options),
         )
         .layer(cors)
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use medsfu_core::{LeaveReason, ParticipantId, RoomEvent, TrackId, TrackSource};
 use medsfu_telemetry::hub::{Feed, Item};
-use medsfu_webrtc::{MediaError, SessionEvent, SessionKind};
+use medsfu_webrtc::{Joined, MediaError, SessionEvent, SessionKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::AppState;
+use crate::{AppState, Grant};
 
 /// Largest signalling message accepted; larger ones get an error and are ignored.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -114,9 +114,14 @@ enum Target {
 }
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let span = tracing::Span::current();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session(state, socket))
+        .on_upgrade(move |socket| {
+            use tracing::Instrument as _;
+            // The session outlives the request; it keeps the request's span (its id).
+            session(state, socket).instrument(span)
+        })
 }
 
 fn error(code: &str, message: impl Into<String>, id: Option<Value>) -> Value {
@@ -320,7 +325,7 @@ async fn session(state: AppState, mut socket: WebSocket) {
             }
         }
     };
-    let (tx, mut events) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::unbounded_channel();
     let joined = match s
         .media
         .join_decoding(
@@ -341,7 +346,26 @@ async fn session(state: AppState, mut socket: WebSocket) {
         }
     };
     let me = joined.participant;
-    info!(participant = %me, role = grant.role.as_str(), "signalling session joined");
+    let span = tracing::info_span!("session", room = %grant.room, participant = %me);
+    use tracing::Instrument as _;
+    joined_session(state, socket, grant, join_id, joined, events)
+        .instrument(span)
+        .await;
+}
+
+/// A signalling session after its join, until it ends.
+async fn joined_session(
+    state: AppState,
+    mut socket: WebSocket,
+    grant: Grant,
+    join_id: Option<Value>,
+    joined: Joined,
+    mut events: mpsc::UnboundedReceiver<SessionEvent>,
+) {
+    let s = &state.inner;
+    let me = joined.participant;
+    let last_seen = Instant::now();
+    info!(role = grant.role.as_str(), "signalling session joined");
     let may_publish: Vec<&str> = TrackSource::ALL
         .iter()
         .filter(|src| grant.role.may_publish(**src))

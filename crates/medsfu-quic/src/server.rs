@@ -382,7 +382,17 @@ pub fn start(
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => connection(conn, ctx).await,
+                    Ok(conn) => {
+                        use tracing::Instrument as _;
+                        // Every line of the connection names the vehicle and, after its
+                        // hello, the room.
+                        let span = tracing::info_span!(
+                            "vehicle",
+                            vehicle = tracing::field::Empty,
+                            room = tracing::field::Empty
+                        );
+                        connection(conn, ctx).instrument(span).await
+                    }
                     Err(e) => {
                         ctx.stats.handshakes_refused.inc();
                         // The reason names the certificate problem, never patient data.
@@ -506,6 +516,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         conn.close(1u32.into(), b"certificate has no common name");
         return;
     };
+    tracing::Span::current().record("vehicle", tracing::field::display(&identity));
     ctx.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
         conn.stable_id(),
         (device_serial(&conn).unwrap_or_default(), conn.clone()),
@@ -542,7 +553,12 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         return;
     };
     let (room, flows) = match serde_json::from_slice::<VehicleMessage>(&line) {
-        Ok(VehicleMessage::Hello { room, flows }) => (room, flows),
+        Ok(VehicleMessage::Hello { room, flows }) => {
+            if valid_room(&room) {
+                tracing::Span::current().record("room", tracing::field::display(&room));
+            }
+            (room, flows)
+        }
         Ok(_) => {
             refuse(
                 &ctx,
@@ -627,7 +643,10 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         .link_down
         .with_label_values(&[&identity]);
     down.set(0);
-    tokio::spawn(accept_telemetry(conn.clone(), ctx.clone(), room.clone()));
+    tokio::spawn(tracing::Instrument::instrument(
+        accept_telemetry(conn.clone(), ctx.clone(), room.clone()),
+        tracing::Span::current(),
+    ));
     let reason = session(
         &conn,
         &ctx,

@@ -304,6 +304,8 @@ fn init_logging(cfg: &Config) -> Result<()> {
         .with_context(|| format!("log.filter {:?}", cfg.log.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal, not in files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log.format.as_str() {
         "json" => builder.json().init(),

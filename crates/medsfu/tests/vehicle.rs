@@ -955,6 +955,24 @@ async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not()
     lead.send(json!({ "type": "camera", "vehicle": "P999", "zoom": 1, "id": 4 }))
         .await;
     assert_eq!(lead.recv_type("error").await["code"], "no_vehicle");
+    // Every log line of a session names its request, room and participant, or its
+    // vehicle and room; no token ever appears.
+    let logs = server.logs();
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{logs}"))
+            .to_owned()
+    };
+    let joined = line("signalling session joined");
+    for field in ["req=", "room=r1", "participant=P"] {
+        assert!(joined.contains(field), "{field} missing: {joined}");
+    }
+    let vehicle = line("vehicle joined");
+    for field in ["vehicle=amb-1", "room=r1"] {
+        assert!(vehicle.contains(field), "{field} missing: {vehicle}");
+    }
+    assert!(!logs.contains("eyJ"), "a token (JWT) was logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
