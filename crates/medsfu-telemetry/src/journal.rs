@@ -6,6 +6,12 @@
 //! frame under a number already used (a sender whose counter went back) is refused, so
 //! it can neither replace what is stored nor vanish as a "duplicate". On opening, a torn
 //! or corrupt tail of the newest segment is cut back to the last valid record.
+//!
+//! Segments grow in zero-filled steps written ahead of the records ([`PREALLOCATE`]): an
+//! fdatasync after overwriting blocks that already exist need not commit the file
+//! system's metadata, which is what makes an fsync occasionally take tens of
+//! milliseconds. A zero length never starts a valid record, so the zeros end a scan and
+//! are not mistaken for damage.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,6 +22,11 @@ use crate::frame::{Frame, FrameError};
 
 /// Record header: body length and CRC-32 of the body, both big-endian.
 const RECORD_HEADER: usize = 8;
+
+/// Bytes of zeros written ahead of the records at a time.
+pub const PREALLOCATE: u64 = 1 << 20;
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +119,8 @@ pub struct Journal {
     segments: Vec<PathBuf>,
     file: File,
     len: u64,
+    /// Size of the current segment file: records up to `len`, zeros after.
+    allocated: u64,
     sources: HashMap<u32, Source>,
     unsynced: usize,
 }
@@ -177,6 +190,7 @@ impl Journal {
         let last = indices.len() - 1;
         let mut segments = Vec::new();
         let mut len = 0;
+        let mut allocated = 0;
         for (k, index) in indices.iter().enumerate() {
             let path = segment_path(dir, *index);
             let bytes = match std::fs::read(&path) {
@@ -185,7 +199,10 @@ impl Journal {
                 Err(e) => return Err(io("read", &path)(e)),
             };
             let (records, valid) = scan(&bytes);
-            if valid < bytes.len() {
+            // Zeros after the records are preallocated space, not damage.
+            let damaged = bytes[valid..].iter().any(|b| *b != 0);
+            allocated = bytes.len() as u64;
+            if damaged {
                 if k != last {
                     return Err(JournalError::Corrupt {
                         path,
@@ -193,6 +210,7 @@ impl Journal {
                     });
                 }
                 recovery.truncated_bytes = (bytes.len() - valid) as u64;
+                allocated = valid as u64;
             }
             for (start, n) in &records {
                 let body = &bytes[*start..start + n];
@@ -225,6 +243,7 @@ impl Journal {
             segments,
             file,
             len,
+            allocated,
             sources,
             unsynced: 0,
         };
@@ -287,6 +306,9 @@ impl Journal {
         if self.len > 0 && self.len + need > self.segment_bytes {
             self.rotate()?;
         }
+        if self.len + need > self.allocated {
+            self.preallocate(self.len + need)?;
+        }
         let mut rec = Vec::with_capacity(RECORD_HEADER + frame.len());
         rec.extend((frame.len() as u32).to_be_bytes());
         rec.extend(crc.to_be_bytes());
@@ -295,6 +317,7 @@ impl Journal {
         if let Err(e) = self.file.write_all(&rec) {
             // Leave no half-written record behind: cut back to where this one began.
             let _ = self.file.set_len(self.len);
+            self.allocated = self.len;
             let _ = self.seek_end();
             return Err(io("write", &path)(e));
         }
@@ -317,8 +340,31 @@ impl Journal {
         Ok(std::mem::take(&mut self.unsynced))
     }
 
+    /// Writes zeros ahead of the records until `upto` bytes of the segment exist, in
+    /// [`PREALLOCATE`] steps, not past the segment size unless one record needs it.
+    fn preallocate(&mut self, upto: u64) -> Result<(), JournalError> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.current().to_owned();
+        let cap = self.segment_bytes.max(upto);
+        let target = (self.allocated + PREALLOCATE).max(upto).min(cap);
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .map_err(io("preallocate", &path))?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), JournalError> {
         self.sync()?;
+        // The finished segment keeps its records only, without preallocated zeros.
+        let path = self.current().to_owned();
+        self.file.set_len(self.len).map_err(io("trim", &path))?;
+        self.file.sync_all().map_err(io("sync", &path))?;
         let next = self.segments.len() as u64;
         let path = segment_path(&self.dir, next);
         let file = OpenOptions::new()
@@ -333,6 +379,7 @@ impl Journal {
         }
         self.file = file;
         self.len = 0;
+        self.allocated = 0;
         self.segments.push(path);
         Ok(())
     }
@@ -463,6 +510,7 @@ mod tests {
 
     #[test]
     fn a_torn_or_corrupt_tail_is_cut_back_to_the_last_valid_record() {
+        use std::os::unix::fs::FileExt as _;
         let d = Dir::new("torn");
         let (mut j, _) = Journal::open(&d.0, 1 << 20).unwrap();
         for s in 0..10 {
@@ -471,30 +519,58 @@ mod tests {
         j.sync().unwrap();
         drop(j);
         let seg = segment_path(&d.0, 0);
-        let good_len = std::fs::metadata(&seg).unwrap().len();
-        // A torn write: half of a record.
+        let rec = |s| (RECORD_HEADER + frame(3, s).len()) as u64;
+        let good_len: u64 = (0..10).map(rec).sum();
+        // A torn write where the next record would go: half of a record.
         let half = &frame(3, 10)[..20];
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&(50u32).to_be_bytes()).unwrap();
-        f.write_all(&[0; 4]).unwrap();
-        f.write_all(half).unwrap();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let mut torn = (50u32).to_be_bytes().to_vec();
+        torn.extend([0; 4]);
+        torn.extend_from_slice(half);
+        f.write_all_at(&torn, good_len).unwrap();
+        let file_len = f.metadata().unwrap().len();
         drop(f);
         let (mut j, r) = Journal::open(&d.0, 1 << 20).unwrap();
         assert_eq!(r.records, 10);
-        assert_eq!(r.truncated_bytes, 28);
+        assert_eq!(r.truncated_bytes, file_len - good_len);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
         assert_eq!(j.append(&frame(3, 10)).unwrap(), Appended::Stored);
         j.sync().unwrap();
         drop(j);
         // A flipped bit in the last record: its CRC fails, it is cut.
         let mut bytes = std::fs::read(&seg).unwrap();
-        let n = bytes.len();
-        bytes[n - 3] ^= 0x40;
+        let last_end = (good_len + rec(10)) as usize;
+        bytes[last_end - 3] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
         let (j, r) = Journal::open(&d.0, 1 << 20).unwrap();
         assert_eq!(r.records, 10);
         assert!(r.truncated_bytes > 0);
         assert_eq!(j.highest(3), Some(9));
+    }
+
+    #[test]
+    fn preallocated_zeros_are_not_damage_and_appends_continue_after_the_records() {
+        let d = Dir::new("prealloc");
+        let (mut j, _) = Journal::open(&d.0, 4 << 20).unwrap();
+        for s in 0..100 {
+            j.append(&frame(1, s)).unwrap();
+        }
+        j.sync().unwrap();
+        drop(j);
+        let seg = segment_path(&d.0, 0);
+        let data: u64 = (0..100)
+            .map(|s| (RECORD_HEADER + frame(1, s).len()) as u64)
+            .sum();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), PREALLOCATE);
+        let (mut j, r) = Journal::open(&d.0, 4 << 20).unwrap();
+        assert_eq!(r, Recovery { records: 100, truncated_bytes: 0 });
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), PREALLOCATE);
+        assert_eq!(j.append(&frame(1, 100)).unwrap(), Appended::Stored);
+        j.sync().unwrap();
+        let all = j.read_all().unwrap();
+        assert_eq!(all.len(), 101);
+        assert_eq!(all[100], frame(1, 100));
+        assert!(data < PREALLOCATE);
     }
 
     #[test]
