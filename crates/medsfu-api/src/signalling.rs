@@ -104,6 +104,18 @@ enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    Record {
+        action: RecordAction,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RecordAction {
+    Start,
+    Stop,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +180,7 @@ fn event_json(ev: &SessionEvent) -> Value {
             "type": "camera_state", "vehicle": vehicle.to_string(), "command": id,
             "pan_deg": state.pan_deg, "zoom": state.zoom, "sector": state.sector,
         }),
+        SessionEvent::Recording { active } => json!({ "type": "recording", "active": active }),
         _ => json!({ "type": "unknown_event" }),
     }
 }
@@ -235,6 +248,7 @@ pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::Camera { .. } => "camera",
+            ClientMessage::Record { .. } => "record",
         }),
         Err(e) => Err(e.to_string()),
     }
@@ -661,6 +675,13 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
             };
             Some(match media.camera(me, v, command).await {
                 Ok(n) => json!({ "type": "camera_sent", "command": n, "id": id }),
+                Err(e) => media_error(e, id),
+            })
+        }
+        ClientMessage::Record { action, id } => {
+            let start = action == RecordAction::Start;
+            Some(match media.record(me, start).await {
+                Ok(()) => json!({ "type": "record_ok", "recording": start, "id": id }),
                 Err(e) => media_error(e, id),
             })
         }

@@ -563,7 +563,13 @@ mod tests {
             .sum();
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), PREALLOCATE);
         let (mut j, r) = Journal::open(&d.0, 4 << 20).unwrap();
-        assert_eq!(r, Recovery { records: 100, truncated_bytes: 0 });
+        assert_eq!(
+            r,
+            Recovery {
+                records: 100,
+                truncated_bytes: 0
+            }
+        );
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), PREALLOCATE);
         assert_eq!(j.append(&frame(1, 100)).unwrap(), Appended::Stored);
         j.sync().unwrap();

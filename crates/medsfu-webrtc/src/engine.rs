@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use medsfu_core::{
@@ -52,6 +52,34 @@ struct Session {
     subscriber: Option<PeerId>,
     /// Indicator state last told to a vehicle (green, red).
     indicator: (bool, bool),
+    /// A recorder's own participant (internal): what it records.
+    recorder: Option<Recorder>,
+}
+
+/// What a recorder participant records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorder {
+    /// Every track of the room, started and stopped by the lead or the team.
+    OnDemand,
+    /// Every audio track of the room, always.
+    VoiceArchive,
+}
+
+impl Recorder {
+    fn name(self) -> &'static str {
+        match self {
+            Recorder::OnDemand => "recording",
+            Recorder::VoiceArchive => "voice",
+        }
+    }
+}
+
+/// A recorded down track: its recorder participant, the track, and the worker's input.
+struct RecordInput {
+    recorder: ParticipantId,
+    kind: Recorder,
+    track: TrackId,
+    tx: mpsc::Sender<crate::record::RecInput>,
 }
 
 struct Sender {
@@ -170,6 +198,10 @@ pub(crate) struct Engine {
     renditions: HashMap<TrackId, Rendition>,
     /// Where each transcoder participant's received packets go.
     transcode_inputs: HashMap<ParticipantId, mpsc::Sender<crate::transcode::Input>>,
+    /// Where recordings go; `None` records nothing.
+    recordings: Option<crate::RecordingSettings>,
+    /// Recorded down tracks and their workers.
+    record_inputs: HashMap<DownTrackId, RecordInput>,
 }
 
 /// An H.264 rendition of an H.265 track.
@@ -198,6 +230,7 @@ impl Engine {
         socket: UdpSocket,
         announce: SocketAddr,
         core: CoreConfig,
+        recordings: Option<crate::RecordingSettings>,
         stats: Arc<MediaStats>,
         commands: mpsc::Sender<Command>,
     ) -> Engine {
@@ -220,6 +253,8 @@ impl Engine {
             commands,
             renditions: HashMap::new(),
             transcode_inputs: HashMap::new(),
+            recordings,
+            record_inputs: HashMap::new(),
         }
     }
 
@@ -472,6 +507,9 @@ impl Engine {
             .unwrap_or_else(|| TrackSource::default_for(role, media_kind));
         match self.sfu.publish(participant, source, core_codec, now) {
             Ok(track) => {
+                if media_kind == MediaKind::Audio {
+                    self.ensure_voice_archive(participant, now);
+                }
                 if let Some(p) = self.peers.get_mut(&pid) {
                     p.track_by_ssrc.insert(init.ssrc, track);
                     p.track_by_msid.insert(init.track_id, track);
@@ -660,6 +698,10 @@ impl Engine {
                     track,
                 } => {
                     self.indicators_dirty = true;
+                    if let Some(kind) = self.sessions.get(&subscriber).and_then(|s| s.recorder) {
+                        self.start_track_recorder(kind, subscriber, down, &track, now);
+                        continue;
+                    }
                     let (is_signalling, decodes_h265) =
                         self.sessions.get(&subscriber).map_or((false, true), |s| {
                             (s.kind == SessionKind::Signalling, s.decodes_h265)
@@ -708,6 +750,8 @@ impl Engine {
                     down, subscriber, ..
                 } => {
                     self.indicators_dirty = true;
+                    // Dropping a recorder's input finishes its file.
+                    self.record_inputs.remove(&down);
                     self.remove_sender(subscriber, down);
                 }
                 Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
@@ -742,6 +786,11 @@ impl Engine {
     /// its roof camera, red while a recorder does.
     fn update_indicators(&mut self) {
         let mut watched: HashMap<TrackId, (bool, bool)> = HashMap::new();
+        for r in self.record_inputs.values() {
+            if r.kind == Recorder::OnDemand {
+                watched.entry(r.track).or_default().1 = true;
+            }
+        }
         for s in self.sessions.values() {
             let (green, red) = match s.role {
                 Role::Lead | Role::Consultant => (true, false),
@@ -782,6 +831,18 @@ impl Engine {
     }
 
     fn send_rtp(&mut self, r: medsfu_core::RtpOut, now: Instant) {
+        if let Some(rec) = self.record_inputs.get(&r.down) {
+            let input = crate::record::RecInput {
+                marker: r.header.marker,
+                timestamp: r.header.timestamp,
+                payload: r.payload,
+            };
+            // A recorder that cannot keep up loses packets, never the engine's time.
+            if rec.tx.try_send(input).is_err() {
+                MediaStats::inc(&self.stats.rtp_dropped.busy);
+            }
+            return;
+        }
         if let Some(tx) = self.transcode_inputs.get(&r.subscriber) {
             let input = crate::transcode::Input {
                 marker: r.header.marker,
@@ -1101,6 +1162,7 @@ impl Engine {
                         indicator: (false, false),
                         internal: false,
                         decodes_h265,
+                        recorder: None,
                     },
                 );
                 // The joiner may have given up waiting.
@@ -1203,6 +1265,14 @@ impl Engine {
             Command::Rooms { reply } => {
                 let _ = reply.send((self.sfu.room_count(), self.sfu.participant_count()));
             }
+            Command::Record {
+                participant,
+                start,
+                reply,
+            } => {
+                let r = self.record(participant, start, now);
+                let _ = reply.send(r);
+            }
         }
         self.drain_core(now);
         if membership {
@@ -1249,6 +1319,9 @@ impl Engine {
         let track = self.sfu.publish(participant, source, codec, now)?;
         self.track_codecs.insert(track, rtc_codec);
         info!(%participant, %track, %source, codec = codec.mime(), "vehicle track published");
+        if source.kind() == MediaKind::Audio {
+            self.ensure_voice_archive(participant, now);
+        }
         Ok(track)
     }
 
@@ -1501,6 +1574,7 @@ impl Engine {
             }
             self.sfu.handle_timeout(now);
             self.reap_renditions(now);
+            self.reap_recorders(now);
             self.update_gauges();
         }
         self.drain_core(now);
@@ -1542,6 +1616,7 @@ impl Engine {
                 publisher: None,
                 subscriber: None,
                 indicator: (false, false),
+                recorder: None,
             },
         );
         self.sfu.mark_server_worker(internal);
@@ -1590,6 +1665,204 @@ impl Engine {
         let _ = self.sfu.leave(r.internal, now);
         self.sessions.remove(&r.internal);
         info!(%source, rendition = %r.track, "H.264 rendition stopped");
+    }
+
+    // ----- recording ---------------------------------------------------------------------
+
+    /// Starts or stops the on-demand recording of `participant`'s room.
+    fn record(
+        &mut self,
+        participant: ParticipantId,
+        start: bool,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let s = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
+        if !matches!(s.role, Role::Lead | Role::Team) {
+            return Err(MediaError::RecordForbidden(s.role.as_str()));
+        }
+        if self.recordings.is_none() {
+            return Err(MediaError::RecordingDisabled);
+        }
+        let room = s.room.clone();
+        let current = self.recorder_in(&room, Recorder::OnDemand);
+        match (start, current) {
+            (true, None) => {
+                self.start_recorder(&room, Recorder::OnDemand, now);
+                info!("recording started");
+                self.tell_room(&room, SessionEvent::Recording { active: true });
+            }
+            (false, Some(r)) => {
+                self.stop_recorder(r, now);
+                info!("recording stopped");
+                self.tell_room(&room, SessionEvent::Recording { active: false });
+            }
+            // Already as asked: nothing to do.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Starts the room's voice archive when the first audio track appears in it.
+    fn ensure_voice_archive(&mut self, publisher: ParticipantId, now: Instant) {
+        if !self.recordings.as_ref().is_some_and(|r| r.voice_archive) {
+            return;
+        }
+        let Some(room) = self.sessions.get(&publisher).map(|s| s.room.clone()) else {
+            return;
+        };
+        if self.recorder_in(&room, Recorder::VoiceArchive).is_none() {
+            self.start_recorder(&room, Recorder::VoiceArchive, now);
+        }
+    }
+
+    fn recorder_in(&self, room: &str, kind: Recorder) -> Option<ParticipantId> {
+        self.sessions
+            .iter()
+            .find(|(_, s)| s.room == room && s.recorder == Some(kind))
+            .map(|(p, _)| *p)
+    }
+
+    /// A recorder participant with the recorder role, subscribed to every track of the
+    /// room as it appears (the core's auto-subscription); see [`Self::start_track_recorder`].
+    fn start_recorder(&mut self, room: &str, kind: Recorder, now: Instant) {
+        let identity = format!("~{}", kind.name());
+        // Auto-subscribed: every track of the room, now and later (refusals by role rules
+        // leave a track unrecorded, as for any participant).
+        let internal = self.sfu.join(room, &identity, Role::Recorder, true, now);
+        // Nobody listens to a recorder's session events.
+        let (events, _) = mpsc::unbounded_channel();
+        self.sessions.insert(
+            internal,
+            Session {
+                kind: SessionKind::Vehicle,
+                internal: true,
+                decodes_h265: true,
+                role: Role::Recorder,
+                room: room.to_owned(),
+                events,
+                publisher: None,
+                subscriber: None,
+                indicator: (false, false),
+                recorder: Some(kind),
+            },
+        );
+        self.indicators_dirty = true;
+    }
+
+    fn stop_recorder(&mut self, recorder: ParticipantId, now: Instant) {
+        // Dropping the inputs finishes the files.
+        self.record_inputs.retain(|_, r| r.recorder != recorder);
+        let _ = self.sfu.leave(recorder, now);
+        self.sessions.remove(&recorder);
+        self.indicators_dirty = true;
+    }
+
+    /// Starts the file of one track for a recorder participant's new subscription.
+    fn start_track_recorder(
+        &mut self,
+        kind: Recorder,
+        recorder: ParticipantId,
+        down: DownTrackId,
+        track: &medsfu_core::TrackInfo,
+        now: Instant,
+    ) {
+        let video = track.codec == Codec::H265;
+        let recordable = video || track.codec == Codec::Opus;
+        let wanted = match kind {
+            Recorder::OnDemand => recordable,
+            Recorder::VoiceArchive => track.codec == Codec::Opus,
+        };
+        if !wanted {
+            if kind == Recorder::OnDemand {
+                warn!(track = %track.id, codec = track.codec.mime(), "track not recorded: codec not supported by the recorder");
+            }
+            let _ = self.sfu.unsubscribe(down);
+            return;
+        }
+        let (Some(settings), Some(s)) = (&self.recordings, self.sessions.get(&recorder)) else {
+            return;
+        };
+        if self
+            .sfu
+            .bind_down_track(down, rand::random(), 0, now)
+            .is_err()
+        {
+            return;
+        }
+        let started = SystemTime::now();
+        let stamp = utc_stamp(started);
+        let base = settings.dir.join(&s.room).join(format!(
+            "{stamp}-{}-{}-{}",
+            kind.name(),
+            track.id,
+            track.source
+        ));
+        let role = self
+            .sfu
+            .participant(track.publisher)
+            .map_or("unknown", |p| p.role.as_str());
+        let meta = serde_json::json!({
+            "kind": kind.name(),
+            "room": s.room,
+            "track": track.id.to_string(),
+            "source": track.source.as_str(),
+            "codec": track.codec.mime(),
+            "publisher": track.publisher_identity,
+            "role": role,
+            "started_at": stamp,
+            "started_at_unix_ms": started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        });
+        let tx = crate::record::spawn(
+            crate::record::TrackFile { base, video, meta },
+            crate::record::RecordStats {
+                active: self.stats.recording_active.clone(),
+                bytes: self.stats.recording_bytes.clone(),
+                failures: self.stats.recording_failures.clone(),
+            },
+        );
+        self.record_inputs.insert(
+            down,
+            RecordInput {
+                recorder,
+                kind,
+                track: track.id,
+                tx,
+            },
+        );
+    }
+
+    /// Stops the recorders of rooms where no real participant is left.
+    fn reap_recorders(&mut self, now: Instant) {
+        let idle: Vec<ParticipantId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.recorder.is_some())
+            .filter(|(_, r)| {
+                !self
+                    .sessions
+                    .values()
+                    .any(|s| !s.internal && s.room == r.room)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for r in idle {
+            self.stop_recorder(r, now);
+        }
+    }
+
+    fn tell_room(&self, room: &str, ev: SessionEvent) {
+        let everyone: Vec<ParticipantId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.room == room && !s.internal)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in everyone {
+            self.tell(p, ev.clone());
+        }
     }
 
     /// Stops renditions nobody has received for [`RENDITION_LINGER`].
@@ -1662,4 +1935,28 @@ fn fmtp_compatible(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
         param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>())
     };
     param(a, "packetization-mode") == param(b, "packetization-mode") && profile(a) == profile(b)
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC, for file names that sort by time.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

@@ -12,6 +12,7 @@
 pub mod demux;
 mod engine;
 mod peer;
+mod record;
 pub mod sdp;
 mod transcode;
 
@@ -40,6 +41,17 @@ pub struct MediaConfig {
     pub announce: Option<SocketAddr>,
     /// Room-core tunables.
     pub core: CoreConfig,
+    /// Recording on demand and the automatic voice archive; `None` records nothing.
+    pub recordings: Option<RecordingSettings>,
+}
+
+/// Where recordings are written and what is archived without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSettings {
+    /// Directory of the recordings (one subdirectory per room).
+    pub dir: std::path::PathBuf,
+    /// Archive every audio track of every room, always.
+    pub voice_archive: bool,
 }
 
 /// Why a media operation failed.
@@ -82,6 +94,12 @@ pub enum MediaError {
     /// A camera command value is out of range.
     #[error("bad camera command: {0}")]
     BadCameraCommand(String),
+    /// This role may not start or stop recording.
+    #[error("role {0} may not start or stop recording")]
+    RecordForbidden(&'static str),
+    /// The server records nothing (no recordings directory configured).
+    #[error("recording is not enabled on this server")]
+    RecordingDisabled,
 }
 
 impl MediaError {
@@ -100,6 +118,8 @@ impl MediaError {
             MediaError::CameraForbidden(_) => "camera_forbidden",
             MediaError::NoVehicle => "no_vehicle",
             MediaError::BadCameraCommand(_) => "bad_camera_command",
+            MediaError::RecordForbidden(_) => "record_forbidden",
+            MediaError::RecordingDisabled => "recording_disabled",
         }
     }
 }
@@ -170,6 +190,11 @@ pub enum SessionEvent {
         /// Where the camera points now.
         state: CameraState,
     },
+    /// Recording on demand started or stopped in the room.
+    Recording {
+        /// Recording now.
+        active: bool,
+    },
     /// Something went wrong that the client should know about.
     Error {
         /// Stable code.
@@ -233,6 +258,12 @@ pub struct MediaStats {
     pub renditions_started: IntCounter,
     /// Transcoder workers (ffmpeg processes) running now.
     pub transcoders_running: IntGauge,
+    /// Tracks being recorded or voice-archived now.
+    pub recording_active: IntGauge,
+    /// Bytes written to recordings.
+    pub recording_bytes: IntCounter,
+    /// Recordings that stopped with an error.
+    pub recording_failures: IntCounter,
 }
 
 /// One counter per media kind, resolved once so that counting takes no lock.
@@ -429,6 +460,22 @@ impl MediaStats {
                 "medsfu_media_renditions_started_total",
                 "H.264 renditions of H.265 tracks started for subscribers without H.265",
             )?,
+            recording_active: {
+                let g = IntGauge::new(
+                    "medsfu_recording_tracks_active",
+                    "Tracks being recorded (on demand) or voice-archived now",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            recording_bytes: c(
+                "medsfu_recording_bytes_written_total",
+                "Bytes written to recording and voice-archive files",
+            )?,
+            recording_failures: c(
+                "medsfu_recording_failures_total",
+                "Track recordings that stopped with an error (disk full, unwritable directory)",
+            )?,
             transcoders_running: {
                 let g = IntGauge::new(
                     "medsfu_media_transcoders_running",
@@ -513,6 +560,11 @@ pub(crate) enum Command {
     Rooms {
         reply: oneshot::Sender<(usize, usize)>,
     },
+    Record {
+        participant: ParticipantId,
+        start: bool,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
 }
 
 /// A cheap, cloneable handle to the media server task.
@@ -535,7 +587,14 @@ impl MediaServer {
         let announce = cfg.announce.unwrap_or(local_addr);
         let stats = Arc::new(MediaStats::new(registry).map_err(std::io::Error::other)?);
         let (tx, rx) = mpsc::channel(1024);
-        let engine = engine::Engine::new(socket, announce, cfg.core, stats.clone(), tx.clone());
+        let engine = engine::Engine::new(
+            socket,
+            announce,
+            cfg.core,
+            cfg.recordings,
+            stats.clone(),
+            tx.clone(),
+        );
         tokio::spawn(engine.run(rx));
         Ok(MediaHandle {
             tx,
@@ -755,6 +814,16 @@ impl MediaHandle {
                 }
                 mpsc::error::TrySendError::Closed(_) => MediaError::Stopped,
             })
+    }
+
+    /// Starts or stops recording the participant's room on demand (lead or team only).
+    pub async fn record(&self, participant: ParticipantId, start: bool) -> Result<(), MediaError> {
+        self.ask(|reply| Command::Record {
+            participant,
+            start,
+            reply,
+        })
+        .await?
     }
 
     /// Number of rooms and participants.

@@ -26,6 +26,8 @@ pub struct Config {
     pub vehicle: Vehicle,
     /// The telemetry journal.
     pub telemetry: Telemetry,
+    /// Recording on demand and the voice archive.
+    pub recording: Recording,
     /// Logging.
     pub log: Log,
 }
@@ -50,6 +52,28 @@ pub struct Vehicle {
     pub idle_timeout_secs: u64,
     /// Control messages per second a vehicle may send before the rest are dropped.
     pub control_rate: u32,
+}
+
+/// Recording settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recording {
+    /// Recordings directory, relative to `data.dir` (one subdirectory per room).
+    pub dir: PathBuf,
+    /// Archive every audio track of every room, always.
+    pub voice_archive: bool,
+    /// Record at all: on demand (lead or team) and, if `voice_archive`, all voice.
+    pub enabled: bool,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            dir: PathBuf::from("recordings"),
+            voice_archive: true,
+            enabled: true,
+        }
+    }
 }
 
 /// Telemetry settings.

@@ -345,6 +345,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 listen: cfg.webrtc.listen,
                 announce: cfg.webrtc.announce,
                 core: cfg.core.to_core(),
+                recordings: cfg.recording.enabled.then(|| medsfu_webrtc::RecordingSettings {
+                    dir: cfg.data.dir.join(&cfg.recording.dir),
+                    voice_archive: cfg.recording.voice_archive,
+                }),
             },
             &registry,
         )

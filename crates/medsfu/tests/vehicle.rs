@@ -1316,3 +1316,187 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
         "the vehicle stopped cleanly"
     );
 }
+
+/// `ffprobe` of one stream: codec, width, height, decoded frames, duration (seconds).
+fn probe(path: &std::path::Path, stream: &str) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", stream])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames:format=duration",
+        ])
+        .args(["-of", "compact=p=0:nk=1"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let stream = lines.next().unwrap_or_default().to_owned();
+    let duration = lines
+        .next()
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    (stream, duration)
+}
+
+/// Decodes a whole file with ffmpeg; returns its complaints (empty when clean).
+fn decode_errors(path: &std::path::Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        // Keep each picture's own time: the null muxer would otherwise round variable
+        // frame timing (a live camera's) to a constant rate and complain about that.
+        .args(["-fps_mode", "passthrough", "-enc_time_base", "-1"])
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        e.push_str(&format!(" (exit {})", out.status));
+    }
+    e
+}
+
+/// The one file in `dir` whose name contains every needle.
+fn find_file(dir: &std::path::Path, needles: &[&str]) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            needles.iter().all(|x| n.contains(x))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "files with {needles:?} in {}: {found:?}",
+        dir.display()
+    );
+    found[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_playable_files() {
+    use serde_json::json;
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--run-for", "90"]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    let (mut lead, _) = join_r1(&server, "dr-lead", "lead").await;
+    let (mut consultant, _) = join_r1(&server, "dr-cardio", "consultant").await;
+
+    consultant
+        .send(json!({ "type": "record", "action": "start", "id": 1 }))
+        .await;
+    let e = consultant.recv_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), &e["id"]),
+        (Some("record_forbidden"), &json!(1))
+    );
+    lead.send(json!({ "type": "record", "action": "start", "id": 2 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], true);
+    let started = Instant::now();
+    for ws in [&mut lead, &mut consultant] {
+        assert_eq!(ws.recv_type("recording").await["active"], true);
+    }
+    vehicle.wait_line("red ON", Duration::from_secs(10)).await;
+    // A recording window, not a wait for an event.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    lead.send(json!({ "type": "record", "action": "stop", "id": 3 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], false);
+    let recorded = started.elapsed().as_secs_f64();
+    assert_eq!(consultant.recv_type("recording").await["active"], false);
+    vehicle.wait_line("red off", Duration::from_secs(10)).await;
+    // The recording's two tracks finish; the voice archive goes on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("medsfu_recording_tracks_active").await > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "recorders still running after stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = server.data.0.join("recordings/r1");
+    let video = find_file(&dir, &["-recording-", "roof_camera", ".mp4"]);
+    let (stream, duration) = probe(&video, "v:0");
+    eprintln!(
+        "recording: {} -> {stream}, {duration:.2} s for {recorded:.2} s recorded",
+        video.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let f: Vec<&str> = stream.split('|').collect();
+    assert_eq!(&f[..3], &["hevc", "1280", "720"], "{stream}");
+    let frames: f64 = f[3].parse().unwrap_or(0.0);
+    assert!(
+        frames >= 25.0 * (recorded - 1.0),
+        "{frames} frames in {recorded} s"
+    );
+    assert!(
+        (duration - recorded).abs() <= 1.1,
+        "duration {duration} within a GOP of {recorded}"
+    );
+    assert_eq!(decode_errors(&video), "");
+    let audio = find_file(&dir, &["-recording-", "cabin_audio", ".ogg"]);
+    let (stream, duration) = probe(&audio, "a:0");
+    assert!(stream.starts_with("opus"), "{stream}");
+    assert!(
+        (duration - recorded).abs() <= 1.1,
+        "audio {duration} for {recorded}"
+    );
+    assert_eq!(decode_errors(&audio), "");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(video.with_extension("json")).expect("metadata"))
+            .expect("JSON");
+    assert_eq!(
+        (
+            &meta["publisher"],
+            &meta["role"],
+            &meta["source"],
+            &meta["room"]
+        ),
+        (
+            &json!("amb-1"),
+            &json!("vehicle"),
+            &json!("roof_camera"),
+            &json!("r1")
+        )
+    );
+    // All voice, from its first packet on, without anyone asking.
+    let voice = find_file(&dir, &["-voice-", "cabin_audio", ".ogg"]);
+    let (stream, duration) = probe(&voice, "a:0");
+    assert!(stream.starts_with("opus"), "{stream}");
+    assert!(duration >= recorded, "voice archive {duration} s");
+
+    // Recording again, then kill -9: what was written up to the last fragment plays.
+    lead.send(json!({ "type": "record", "action": "start", "id": 4 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(server.metric("medsfu_recording_failures_total").await, 0.0);
+    assert!(server.metric("medsfu_recording_bytes_written_total").await > 100_000.0);
+    let data = server.kill();
+    let dir = data.0.join("recordings/r1");
+    let mut mp4s: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
+        .collect();
+    mp4s.sort();
+    assert_eq!(mp4s.len(), 2, "{mp4s:?}");
+    let (stream, duration) = probe(&mp4s[1], "v:0");
+    eprintln!("recording cut by kill -9 after 4 s: {stream}, {duration:.2} s");
+    assert!(stream.starts_with("hevc|1280|720"), "{stream}");
+    assert!(duration >= 2.0, "{duration}");
+    assert_eq!(decode_errors(&mp4s[1]), "");
+}

@@ -1,0 +1,18 @@
+//! Recording muxers: H.265 in fragmented MP4, Opus in Ogg.
+//!
+//! Pure writers over any [`std::io::Write`]: no clock (timestamps are arguments), no
+//! threads, no codec libraries. Both formats are written so that a file cut at any point
+//! (the recorder killed, the disk full) is still playable up to the last complete
+//! fragment or page: every fragment and page is written whole and then flushed.
+
+#![forbid(unsafe_code)]
+
+pub mod fmp4;
+pub mod hevc;
+pub mod ogg;
+#[cfg(test)]
+mod testutil;
+
+pub use fmp4::{Fmp4Error, Fmp4Writer};
+pub use hevc::{HevcError, ParameterSets, SpsInfo};
+pub use ogg::{opus_packet_samples, OggError, OggOpusWriter};

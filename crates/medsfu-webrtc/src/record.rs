@@ -1,0 +1,259 @@
+//! Recorder workers: one thread per recorded track turns the RTP a recorder participant
+//! receives into a file standard players open (H.265 in fragmented MP4, Opus in Ogg),
+//! flushed about every second so that a crash leaves a playable file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
+use medsfu_record::fmp4::{Fmp4Error, Fmp4Writer};
+use medsfu_record::ogg::{opus_packet_samples, OggOpusWriter};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// One RTP packet for a recorder.
+#[derive(Debug)]
+pub(crate) struct RecInput {
+    pub marker: bool,
+    pub timestamp: u32,
+    pub payload: Bytes,
+}
+
+/// What is recorded, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackFile {
+    /// Path without extension; `.mp4` / `.ogg` and `.json` (metadata) are added.
+    pub base: PathBuf,
+    /// H.265 video (else Opus audio).
+    pub video: bool,
+    /// Written beside the file: room, track, source, publisher, role, start time, kind.
+    pub meta: serde_json::Value,
+}
+
+/// The recorders' counters.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordStats {
+    pub active: IntGauge,
+    pub bytes: IntCounter,
+    pub failures: IntCounter,
+}
+
+/// Why a recording stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum RecordError {
+    #[error("recording file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("recording {path}: {reason}")]
+    Mux { path: PathBuf, reason: String },
+}
+
+/// A file whose writes are counted in `medsfu_recording_bytes_written_total`.
+struct Counted {
+    file: std::fs::File,
+    bytes: IntCounter,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.bytes.inc_by(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn create(path: &Path, stats: &RecordStats) -> Result<Counted, RecordError> {
+    let io = |source| RecordError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    Ok(Counted {
+        file,
+        bytes: stats.bytes.clone(),
+    })
+}
+
+fn with_ext(base: &Path, suffix: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Starts a recorder thread for one track; dropping the returned sender finishes the file.
+pub(crate) fn spawn(file: TrackFile, stats: RecordStats) -> mpsc::Sender<RecInput> {
+    let (tx, rx) = mpsc::channel(4096);
+    stats.active.inc();
+    let s = stats.clone();
+    let spawned = std::thread::Builder::new()
+        .name("medsfu-record".into())
+        .spawn(move || {
+            let r = write_meta(&file).and_then(|()| {
+                if file.video {
+                    record_video(&file.base, rx, &s)
+                } else {
+                    record_audio(&file, rx, &s)
+                }
+            });
+            match r {
+                Ok(()) => info!("recording finished"),
+                Err(e) => {
+                    s.failures.inc();
+                    warn!(error = %e, "recording failed; forwarding is not affected");
+                }
+            }
+            s.active.dec();
+        });
+    if let Err(e) = spawned {
+        stats.failures.inc();
+        stats.active.dec();
+        warn!(error = %e, "recorder thread could not start");
+    }
+    tx
+}
+
+fn write_meta(file: &TrackFile) -> Result<(), RecordError> {
+    let path = with_ext(&file.base, ".json");
+    let io = |source| RecordError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = serde_json::to_vec_pretty(&file.meta).unwrap_or_default();
+    std::fs::write(&path, text).map_err(io)
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Extends 32-bit RTP timestamps into a running count from the first one.
+#[derive(Default)]
+struct Unwrap {
+    last: Option<u32>,
+    ext: i64,
+}
+
+impl Unwrap {
+    fn next(&mut self, ts: u32) -> u64 {
+        if let Some(l) = self.last {
+            // Signed difference: a packet a little older than the last goes back a little.
+            self.ext += i64::from(ts.wrapping_sub(l) as i32);
+        }
+        self.last = Some(ts);
+        u64::try_from(self.ext.max(0)).unwrap_or(0)
+    }
+}
+
+fn record_video(
+    base: &Path,
+    mut rx: mpsc::Receiver<RecInput>,
+    stats: &RecordStats,
+) -> Result<(), RecordError> {
+    let mut part = 1;
+    let mut path = with_ext(base, ".mp4");
+    let mux_err = |path: &Path, e: Fmp4Error| RecordError::Mux {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut w = Fmp4Writer::new(create(&path, stats)?, unix_secs(SystemTime::now()));
+    let mut depack = Depacketizer::new();
+    let mut clock = Unwrap::default();
+    while let Some(i) = rx.blocking_recv() {
+        // A damaged picture is skipped; the next keyframe heals the stream.
+        let Ok(Some(au)) = depack.push(&i.payload, i.marker) else {
+            continue;
+        };
+        let pts = clock.next(i.timestamp);
+        let keyframe = annexb_nal_units(&au).iter().any(|n| {
+            n.first()
+                .is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f)))
+        });
+        match w.push(&au, pts, keyframe) {
+            Ok(()) => {}
+            Err(Fmp4Error::ParameterSetsChanged) => {
+                // New resolution or encoder: the next part of the recording, in a new file.
+                w.finish().map_err(|e| mux_err(&path, e))?;
+                part += 1;
+                path = with_ext(base, &format!("-{part}.mp4"));
+                w = Fmp4Writer::new(create(&path, stats)?, unix_secs(SystemTime::now()));
+                w.push(&au, pts, keyframe).map_err(|e| mux_err(&path, e))?;
+            }
+            Err(e) => return Err(mux_err(&path, e)),
+        }
+    }
+    w.finish().map_err(|e| mux_err(&path, e))?;
+    Ok(())
+}
+
+fn record_audio(
+    file: &TrackFile,
+    mut rx: mpsc::Receiver<RecInput>,
+    stats: &RecordStats,
+) -> Result<(), RecordError> {
+    let path = with_ext(&file.base, ".ogg");
+    let mux_err = |e: &dyn std::fmt::Display| RecordError::Mux {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let field = |k: &str| file.meta[k].as_str().unwrap_or("").to_owned();
+    let (who, role, started) = (field("publisher"), field("role"), field("started_at"));
+    let comments = [
+        ("MEDSFU_PUBLISHER", who.as_str()),
+        ("MEDSFU_ROLE", role.as_str()),
+        ("MEDSFU_STARTED_AT", started.as_str()),
+    ];
+    let mut w = OggOpusWriter::new(
+        create(&path, stats)?,
+        rand::random(),
+        2,
+        312,
+        48_000,
+        &comments,
+    )
+    .map_err(|e| mux_err(&e))?;
+    while let Some(i) = rx.blocking_recv() {
+        // The packet's own frame count, not the RTP clock: a gap is not silence written.
+        let Some(samples) = opus_packet_samples(&i.payload) else {
+            continue;
+        };
+        w.push(&i.payload, samples).map_err(|e| mux_err(&e))?;
+    }
+    w.finish().map_err(|e| mux_err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtp_timestamps_unwrap_across_the_32_bit_boundary_and_small_reorders() {
+        let mut u = Unwrap::default();
+        assert_eq!(u.next(u32::MAX - 2999), 0);
+        assert_eq!(u.next(0), 3000, "across the wrap");
+        assert_eq!(u.next(3000), 6000);
+        assert_eq!(u.next(1000), 4000, "a slightly older packet goes back");
+        assert_eq!(u.next(9000), 12000);
+    }
+}
