@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::BytesMut;
 use medsfu_core::{
     CameraCommand, Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId,
-    ReceptionReport, Role, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
+    ReceptionReport, Role, RoomEvent, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -202,6 +202,8 @@ pub(crate) struct Engine {
     recordings: Option<crate::RecordingSettings>,
     /// Recorded down tracks and their workers.
     record_inputs: HashMap<DownTrackId, RecordInput>,
+    /// Recorder participants, kept out of the room's participant events.
+    hidden: std::collections::HashSet<ParticipantId>,
 }
 
 /// An H.264 rendition of an H.265 track.
@@ -255,6 +257,7 @@ impl Engine {
             transcode_inputs: HashMap::new(),
             recordings,
             record_inputs: HashMap::new(),
+            hidden: std::collections::HashSet::new(),
         }
     }
 
@@ -754,7 +757,20 @@ impl Engine {
                     self.record_inputs.remove(&down);
                     self.remove_sender(subscriber, down);
                 }
-                Output::Notify { to, event } => self.tell(to, SessionEvent::Room(event)),
+                Output::Notify { to, event } => {
+                    // Recorders are server workers, not people: the room learns about
+                    // recording from `recording` events, not from its participant list.
+                    let hidden = match &event {
+                        RoomEvent::ParticipantJoined(p) => self.hidden.contains(&p.id),
+                        RoomEvent::ParticipantLeft { participant, .. } => {
+                            self.hidden.contains(participant)
+                        }
+                        _ => false,
+                    };
+                    if !hidden {
+                        self.tell(to, SessionEvent::Room(event));
+                    }
+                }
                 Output::TrackClosed { track } => {
                     self.track_codecs.remove(&track);
                     self.stop_rendition(track, now);
@@ -1732,6 +1748,7 @@ impl Engine {
         // Auto-subscribed: every track of the room, now and later (refusals by role rules
         // leave a track unrecorded, as for any participant).
         let internal = self.sfu.join(room, &identity, Role::Recorder, true, now);
+        self.hidden.insert(internal);
         // Nobody listens to a recorder's session events.
         let (events, _) = mpsc::unbounded_channel();
         self.sessions.insert(
