@@ -1289,6 +1289,20 @@ impl Engine {
                 let r = self.record(participant, start, now);
                 let _ = reply.send(r);
             }
+            Command::StopRecorders { reply } => {
+                let recorders: Vec<ParticipantId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.recorder.is_some())
+                    .map(|(p, _)| *p)
+                    .collect();
+                for r in recorders {
+                    self.stop_recorder(r, now);
+                }
+                // Nothing starts again: the server is stopping.
+                self.recordings = None;
+                let _ = reply.send(());
+            }
         }
         self.drain_core(now);
         if membership {

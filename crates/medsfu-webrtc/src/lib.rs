@@ -565,6 +565,9 @@ pub(crate) enum Command {
         start: bool,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    StopRecorders {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap, cloneable handle to the media server task.
@@ -824,6 +827,27 @@ impl MediaHandle {
             reply,
         })
         .await?
+    }
+
+    /// Stops every recording and voice archive and waits (at most `within`) until their
+    /// files are finished; true if they all finished in time.
+    pub async fn finish_recordings(&self, within: std::time::Duration) -> bool {
+        if self
+            .ask(|reply| Command::StopRecorders { reply })
+            .await
+            .is_err()
+        {
+            return self.stats.recording_active.get() == 0;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        // The workers are threads that count themselves down when their file is closed.
+        while self.stats.recording_active.get() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Number of rooms and participants.

@@ -452,7 +452,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             println!("  WHEP (lead token):                  http://{http}/whep/demo  Authorization: Bearer {lead}");
             println!("Stop with Ctrl-C.");
         }
-        let state = AppState::new(media, key, registry, hub);
+        let state = AppState::new(media.clone(), key, registry, hub);
         let app = medsfu_api::router(state.clone());
         let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
         let stopping = {
@@ -485,6 +485,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             q.close();
             // Let the close frames leave; every acknowledged frame is already on disk.
             let _ = tokio::time::timeout(Duration::from_secs(2), q.wait_idle()).await;
+        }
+        // Recordings end with their last fragment or page written and the file closed.
+        if !media.finish_recordings(Duration::from_secs(5)).await {
+            warn!("recordings still being written at exit; they end at their last fragment");
         }
         info!("medsfu stopped");
         Ok(())

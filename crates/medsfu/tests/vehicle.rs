@@ -1240,8 +1240,8 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
     let quic = server.quic.expect("vehicle endpoint");
     let log = server.data.0.join("frames.log");
     let log_arg = log.to_string_lossy().into_owned();
+    // With media: the cabin audio goes to the voice archive, which SIGTERM must finish.
     let args = [
-        "--no-media",
         "--vitals-every",
         "1",
         "--frames-log",
@@ -1283,6 +1283,19 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
         .expect("the telemetry stream ended with the server")
         .expect("reader");
     assert!(reqwest::get(format!("{http}/healthz")).await.is_err());
+    // The voice archive was closed properly: its last Ogg page carries end-of-stream.
+    let voice = find_file(&data.0.join("recordings/r1"), &["-voice-", ".ogg"]);
+    let bytes = std::fs::read(&voice).expect("voice archive");
+    let last = bytes
+        .windows(4)
+        .rposition(|w| w == b"OggS")
+        .expect("an Ogg page");
+    assert_eq!(
+        bytes[last + 5] & 0x04,
+        0x04,
+        "the last page ends the stream"
+    );
+    assert_eq!(decode_errors(&voice), "");
 
     // Back on the same data and port: the vehicle returns, resends, finishes, and every
     // frame it generated is there once, in order.
