@@ -2,6 +2,7 @@
 
 mod certs;
 mod config;
+mod export;
 mod vehicle;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,32 @@ enum Command {
     Certs(CertsArgs),
     /// Run a simulated ambulance that publishes camera, audio and telemetry over QUIC.
     Vehicle(VehicleArgs),
+    /// Export an intervention (a room) as one tar archive with a SHA-256 manifest, or
+    /// verify an archive against its manifest (`export verify FILE`).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    action: Option<ExportAction>,
+    /// The room (intervention) to export.
+    #[arg(long)]
+    room: Option<String>,
+    /// Archive to write (default: export-ROOM-TIME.tar here).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ExportAction {
+    /// Check every file of an archive against its manifest; exit 1 if any differs.
+    Verify {
+        /// The archive.
+        archive: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -190,7 +217,55 @@ fn main() -> Result<()> {
         Command::Token(a) => token(a),
         Command::Certs(a) => certs_cmd(a),
         Command::Vehicle(a) => vehicle_cmd(a),
+        Command::Export(a) => export_cmd(a),
     }
+}
+
+fn export_cmd(a: ExportArgs) -> Result<()> {
+    if let Some(ExportAction::Verify { archive }) = a.action {
+        let problems = export::verify(&archive)?;
+        if problems.is_empty() {
+            println!("{}: every file matches the manifest", archive.display());
+            return Ok(());
+        }
+        for p in &problems {
+            println!("{p}");
+        }
+        anyhow::bail!("{}: {} problem(s)", archive.display(), problems.len());
+    }
+    let Some(room) = a.room else {
+        anyhow::bail!("name the room to export with --room (or: export verify FILE)");
+    };
+    if !medsfu_api::valid_room(&room) {
+        anyhow::bail!("{}", medsfu_api::ROOM_RULE);
+    }
+    let cfg = load(&a.common, Overrides::default())?;
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let files = export::collect(
+        &cfg.data.dir.join(&cfg.telemetry.dir),
+        &cfg.data.dir.join(&cfg.recording.dir),
+        &room,
+    )?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("export-{room}-{stamp}.tar")));
+    export::write(&out, &room, &stamp, &files)?;
+    let bytes: usize = files.iter().map(|(_, d)| d.len()).sum();
+    println!(
+        "wrote {} ({} files and a manifest, {bytes} bytes)",
+        out.display(),
+        files.len()
+    );
+    Ok(())
 }
 
 fn load(common: &Common, mut o: Overrides) -> Result<Config> {

@@ -1512,4 +1512,66 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
     assert!(stream.starts_with("hevc|1280|720"), "{stream}");
     assert!(duration >= 2.0, "{duration}");
     assert_eq!(decode_errors(&mp4s[1]), "");
+
+    // The intervention exported as one archive that verifies against its manifest; a
+    // changed byte is caught and the file named.
+    let archive = data.0.join("r1.tar");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(support::bin())
+            .arg("export")
+            .args(args)
+            .output()
+            .expect("medsfu export")
+    };
+    let out = run(&[
+        "--data-dir".as_ref(),
+        data.0.as_os_str(),
+        "--room".as_ref(),
+        "r1".as_ref(),
+        "--out".as_ref(),
+        archive.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = Command::new("tar")
+        .arg("tf")
+        .arg(&archive)
+        .output()
+        .expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for want in [
+        "telemetry/frames.ndjson",
+        "telemetry/vitals.csv",
+        "telemetry/gps.csv",
+        "chat.csv",
+        "roof_camera.mp4",
+        "cabin_audio.ogg",
+        "-voice-",
+        "manifest.json",
+    ] {
+        assert!(
+            listing.contains(want),
+            "{want} not in the archive:\n{listing}"
+        );
+    }
+    let out = run(&["verify".as_ref(), archive.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut bytes = std::fs::read(&archive).expect("archive");
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"OpusHead")
+        .expect("an Ogg file in the archive");
+    bytes[at + 20] ^= 0x01;
+    std::fs::write(&archive, &bytes).expect("write");
+    let out = run(&["verify".as_ref(), archive.as_os_str()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a changed byte verified: {said}");
+    assert!(said.contains(".ogg: altered"), "{said}");
 }
