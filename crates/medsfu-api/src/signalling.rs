@@ -109,6 +109,15 @@ enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    Screenshot {
+        /// The video track (`T<n>`).
+        track: String,
+        /// 0: the whole picture; 1-9: a sector of a 3x3 grid, row by row.
+        #[serde(default)]
+        sector: u8,
+        #[serde(default)]
+        id: Option<Value>,
+    },
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +190,10 @@ fn event_json(ev: &SessionEvent) -> Value {
             "pan_deg": state.pan_deg, "zoom": state.zoom, "sector": state.sector,
         }),
         SessionEvent::Recording { active } => json!({ "type": "recording", "active": active }),
+        SessionEvent::Screenshot { request, result } => match result {
+            Ok(file) => json!({ "type": "screenshot", "request": request, "file": file }),
+            Err(e) => json!({ "type": "screenshot", "request": request, "error": e }),
+        },
         _ => json!({ "type": "unknown_event" }),
     }
 }
@@ -249,6 +262,7 @@ pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::Camera { .. } => "camera",
             ClientMessage::Record { .. } => "record",
+            ClientMessage::Screenshot { .. } => "screenshot",
         }),
         Err(e) => Err(e.to_string()),
     }
@@ -675,6 +689,19 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
             };
             Some(match media.camera(me, v, command).await {
                 Ok(n) => json!({ "type": "camera_sent", "command": n, "id": id }),
+                Err(e) => media_error(e, id),
+            })
+        }
+        ClientMessage::Screenshot { track, sector, id } => {
+            let Some(t) = parse_track(&track) else {
+                return Some(error(
+                    "bad_message",
+                    format!("{track:?} is not a track id"),
+                    id,
+                ));
+            };
+            Some(match media.screenshot(me, t, sector).await {
+                Ok(n) => json!({ "type": "screenshot_requested", "request": n, "id": id }),
                 Err(e) => media_error(e, id),
             })
         }

@@ -63,6 +63,15 @@ enum Recorder {
     OnDemand,
     /// Every audio track of the room, always.
     VoiceArchive,
+    /// The latest picture of one video track, once.
+    Screenshot {
+        /// The request's number.
+        request: u64,
+        /// Who asked.
+        by: ParticipantId,
+        /// 0: the whole picture; 1-9: a sector of a 3x3 grid.
+        sector: u8,
+    },
 }
 
 impl Recorder {
@@ -70,6 +79,7 @@ impl Recorder {
         match self {
             Recorder::OnDemand => "recording",
             Recorder::VoiceArchive => "voice",
+            Recorder::Screenshot { .. } => "screenshot",
         }
     }
 }
@@ -204,6 +214,7 @@ pub(crate) struct Engine {
     record_inputs: HashMap<DownTrackId, RecordInput>,
     /// Recorder participants, kept out of the room's participant events.
     hidden: std::collections::HashSet<ParticipantId>,
+    next_screenshot: u64,
 }
 
 /// An H.264 rendition of an H.265 track.
@@ -258,6 +269,7 @@ impl Engine {
             recordings,
             record_inputs: HashMap::new(),
             hidden: std::collections::HashSet::new(),
+            next_screenshot: 1,
         }
     }
 
@@ -1289,6 +1301,32 @@ impl Engine {
                 let r = self.record(participant, start, now);
                 let _ = reply.send(r);
             }
+            Command::Screenshot {
+                participant,
+                track,
+                sector,
+                reply,
+            } => {
+                let r = self.screenshot(participant, track, sector, now);
+                let _ = reply.send(r);
+            }
+            Command::ScreenshotDone { recorder, result } => {
+                if let Some(Some(Recorder::Screenshot { request, by, .. })) =
+                    self.sessions.get(&recorder).map(|s| s.recorder)
+                {
+                    self.stop_recorder(recorder, now);
+                    let result = result.map(|p| {
+                        p.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    });
+                    match &result {
+                        Ok(_) => info!(request, "screenshot saved"),
+                        Err(e) => warn!(request, error = %e, "screenshot failed"),
+                    }
+                    self.tell(by, SessionEvent::Screenshot { request, result });
+                }
+            }
             Command::StopRecorders { reply } => {
                 let recorders: Vec<ParticipantId> = self
                     .sessions
@@ -1735,6 +1773,51 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts taking a screenshot of `track` for `participant` (the lead).
+    fn screenshot(
+        &mut self,
+        participant: ParticipantId,
+        track: TrackId,
+        sector: u8,
+        now: Instant,
+    ) -> Result<u64, MediaError> {
+        let s = self
+            .sessions
+            .get(&participant)
+            .ok_or(MediaError::UnknownSession)?;
+        if s.role != Role::Lead {
+            return Err(MediaError::ScreenshotForbidden(s.role.as_str()));
+        }
+        if self.recordings.is_none() {
+            return Err(MediaError::RecordingDisabled);
+        }
+        if sector > 9 {
+            return Err(MediaError::BadCameraCommand(format!(
+                "sector {sector} is not 0 (whole picture) to 9"
+            )));
+        }
+        let room = s.room.clone();
+        let screenshotable = self.sfu.track(track).is_some_and(|t| {
+            t.codec == Codec::H265 && self.sfu.participant_room(t.publisher) == Some(room.as_str())
+        });
+        if !screenshotable {
+            return Err(MediaError::NotScreenshotable(track.to_string()));
+        }
+        let request = self.next_screenshot;
+        self.next_screenshot += 1;
+        let kind = Recorder::Screenshot {
+            request,
+            by: participant,
+            sector,
+        };
+        let internal = self.start_recorder_with(&room, kind, false, now);
+        if let Err(e) = self.sfu.subscribe(internal, track, now) {
+            self.stop_recorder(internal, now);
+            return Err(e.into());
+        }
+        Ok(request)
+    }
+
     /// Starts the room's voice archive when the first audio track appears in it.
     fn ensure_voice_archive(&mut self, publisher: ParticipantId, now: Instant) {
         if !self.recordings.as_ref().is_some_and(|r| r.voice_archive) {
@@ -1758,10 +1841,26 @@ impl Engine {
     /// A recorder participant with the recorder role, subscribed to every track of the
     /// room as it appears (the core's auto-subscription); see [`Self::start_track_recorder`].
     fn start_recorder(&mut self, room: &str, kind: Recorder, now: Instant) {
-        let identity = format!("~{}", kind.name());
         // Auto-subscribed: every track of the room, now and later (refusals by role rules
         // leave a track unrecorded, as for any participant).
-        let internal = self.sfu.join(room, &identity, Role::Recorder, true, now);
+        self.start_recorder_with(room, kind, true, now);
+    }
+
+    fn start_recorder_with(
+        &mut self,
+        room: &str,
+        kind: Recorder,
+        auto_subscribe: bool,
+        now: Instant,
+    ) -> ParticipantId {
+        let identity = match kind {
+            // Each screenshot is its own participant: two may be taken at once.
+            Recorder::Screenshot { request, .. } => format!("~screenshot-{request}"),
+            _ => format!("~{}", kind.name()),
+        };
+        let internal = self
+            .sfu
+            .join(room, &identity, Role::Recorder, auto_subscribe, now);
         self.hidden.insert(internal);
         // Nobody listens to a recorder's session events.
         let (events, _) = mpsc::unbounded_channel();
@@ -1781,6 +1880,7 @@ impl Engine {
             },
         );
         self.indicators_dirty = true;
+        internal
     }
 
     fn stop_recorder(&mut self, recorder: ParticipantId, now: Instant) {
@@ -1805,6 +1905,7 @@ impl Engine {
         let wanted = match kind {
             Recorder::OnDemand => recordable,
             Recorder::VoiceArchive => track.codec == Codec::Opus,
+            Recorder::Screenshot { .. } => video,
         };
         if !wanted {
             if kind == Recorder::OnDemand {
@@ -1825,6 +1926,35 @@ impl Engine {
         }
         let started = SystemTime::now();
         let stamp = utc_stamp(started);
+        if let Recorder::Screenshot { sector, .. } = kind {
+            let (tx, rx) = mpsc::channel(4096);
+            let suffix = if sector > 0 {
+                format!("-sector{sector}")
+            } else {
+                String::new()
+            };
+            let path = settings.dir.join(&s.room).join(format!(
+                "{stamp}-screenshot-{}-{}{suffix}.png",
+                track.id, track.source
+            ));
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                let result = crate::record::screenshot(rx, path, sector).await;
+                let _ = commands
+                    .send(Command::ScreenshotDone { recorder, result })
+                    .await;
+            });
+            self.record_inputs.insert(
+                down,
+                RecordInput {
+                    recorder,
+                    kind,
+                    track: track.id,
+                    tx,
+                },
+            );
+            return;
+        }
         let base = settings.dir.join(&s.room).join(format!(
             "{stamp}-{}-{}-{}",
             kind.name(),

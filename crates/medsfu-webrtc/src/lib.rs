@@ -100,6 +100,12 @@ pub enum MediaError {
     /// The server records nothing (no recordings directory configured).
     #[error("recording is not enabled on this server")]
     RecordingDisabled,
+    /// Only the lead takes screenshots.
+    #[error("role {0} may not take screenshots")]
+    ScreenshotForbidden(&'static str),
+    /// Screenshots are taken of H.265 video tracks.
+    #[error("track {0} is not an H.265 video track of this room")]
+    NotScreenshotable(String),
 }
 
 impl MediaError {
@@ -120,6 +126,8 @@ impl MediaError {
             MediaError::BadCameraCommand(_) => "bad_camera_command",
             MediaError::RecordForbidden(_) => "record_forbidden",
             MediaError::RecordingDisabled => "recording_disabled",
+            MediaError::ScreenshotForbidden(_) => "screenshot_forbidden",
+            MediaError::NotScreenshotable(_) => "bad_track",
         }
     }
 }
@@ -194,6 +202,13 @@ pub enum SessionEvent {
     Recording {
         /// Recording now.
         active: bool,
+    },
+    /// A screenshot this participant asked for is saved (or failed).
+    Screenshot {
+        /// The request it answers.
+        request: u64,
+        /// The file's name in the room's recordings, or why there is none.
+        result: Result<String, String>,
     },
     /// Something went wrong that the client should know about.
     Error {
@@ -568,6 +583,16 @@ pub(crate) enum Command {
     StopRecorders {
         reply: oneshot::Sender<()>,
     },
+    Screenshot {
+        participant: ParticipantId,
+        track: TrackId,
+        sector: u8,
+        reply: oneshot::Sender<Result<u64, MediaError>>,
+    },
+    ScreenshotDone {
+        recorder: ParticipantId,
+        result: Result<std::path::PathBuf, String>,
+    },
 }
 
 /// A cheap, cloneable handle to the media server task.
@@ -824,6 +849,23 @@ impl MediaHandle {
         self.ask(|reply| Command::Record {
             participant,
             start,
+            reply,
+        })
+        .await?
+    }
+
+    /// Takes a screenshot of an H.265 video track of the participant's room (lead only):
+    /// returns the request's number; a [`SessionEvent::Screenshot`] follows.
+    pub async fn screenshot(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        sector: u8,
+    ) -> Result<u64, MediaError> {
+        self.ask(|reply| Command::Screenshot {
+            participant,
+            track,
+            sector,
             reply,
         })
         .await?

@@ -243,6 +243,88 @@ fn record_audio(
     Ok(())
 }
 
+/// Waits for a keyframe, gathers the pictures after it for a moment (the cached group of
+/// pictures arrives at once, then live ones), decodes them with ffmpeg and writes the
+/// last one as PNG, cropped to a sector (1-9 of a 3x3 grid) if asked. Returns the file.
+pub(crate) async fn screenshot(
+    mut rx: mpsc::Receiver<RecInput>,
+    path: PathBuf,
+    sector: u8,
+) -> Result<PathBuf, String> {
+    use tokio::io::AsyncWriteExt as _;
+    const KEYFRAME_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(300);
+    let mut depack = Depacketizer::new();
+    let mut annexb = Vec::new();
+    let mut deadline = tokio::time::Instant::now() + KEYFRAME_WITHIN;
+    let mut have_keyframe = false;
+    loop {
+        let i = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Err("the track ended".into()),
+            Err(_) if have_keyframe => break,
+            Err(_) => return Err("no keyframe within 5 s".into()),
+        };
+        let Ok(Some(au)) = depack.push(&i.payload, i.marker) else {
+            continue;
+        };
+        let keyframe = annexb_nal_units(&au).iter().any(|n| {
+            n.first()
+                .is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f)))
+        });
+        if keyframe && !have_keyframe {
+            have_keyframe = true;
+            deadline = tokio::time::Instant::now() + GATHER;
+        }
+        if have_keyframe {
+            annexb.extend_from_slice(&au);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut c = tokio::process::Command::new("ffmpeg");
+    c.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-f",
+        "hevc",
+        "-i",
+        "pipe:0",
+    ]);
+    if (1..=9).contains(&sector) {
+        let (col, row) = ((sector - 1) % 3, (sector - 1) / 3);
+        c.args(["-vf", &format!("crop=iw/3:ih/3:{col}*iw/3:{row}*ih/3")]);
+    }
+    // Every decoded picture overwrites the file: the last one stays.
+    c.args(["-fps_mode", "passthrough", "-update", "1", "-y"])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().map_err(|e| format!("starting ffmpeg: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&annexb)
+            .await
+            .map_err(|e| format!("feeding ffmpeg: {e}"))?;
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .map_err(|_| "ffmpeg took over 20 s".to_owned())?
+        .map_err(|e| format!("ffmpeg: {e}"))?;
+    if !out.status.success() || !path.exists() {
+        return Err(format!(
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

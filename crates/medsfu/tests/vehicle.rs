@@ -1491,6 +1491,42 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
     assert!(stream.starts_with("opus"), "{stream}");
     assert!(duration >= recorded, "voice archive {duration} s");
 
+    // The lead takes screenshots of the roof camera, whole and one sector; others may not.
+    let track = meta["track"].as_str().expect("track id").to_owned();
+    consultant
+        .send(json!({ "type": "screenshot", "track": track, "id": 5 }))
+        .await;
+    assert_eq!(
+        consultant.recv_type("error").await["code"],
+        "screenshot_forbidden"
+    );
+    for (sector, size) in [(0, "1280|720"), (5, "426|240")] {
+        let asked = Instant::now();
+        lead.send(json!({ "type": "screenshot", "track": track, "sector": sector, "id": 6 }))
+            .await;
+        let n = lead.recv_type("screenshot_requested").await["request"].clone();
+        let done = lead.recv_type("screenshot").await;
+        assert_eq!(done["request"], n);
+        let file = done["file"].as_str().unwrap_or_else(|| panic!("{done}"));
+        let png = dir.join(file);
+        let (stream, _) = probe(&png, "v:0");
+        eprintln!(
+            "screenshot sector {sector}: {file} ({stream}) in {} ms",
+            asked.elapsed().as_millis()
+        );
+        assert!(stream.starts_with(&format!("png|{size}")), "{stream}");
+        if sector == 0 {
+            // For people to look at: the burnt-in clock must be readable.
+            let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/screenshots/roof-camera-screenshot.png");
+            let _ = std::fs::create_dir_all(shot.parent().expect("parent"));
+            std::fs::copy(&png, &shot).expect("copy");
+        }
+    }
+    lead.send(json!({ "type": "screenshot", "track": "T999", "id": 7 }))
+        .await;
+    assert_eq!(lead.recv_type("error").await["code"], "bad_track");
+
     // Recording again, then kill -9: what was written up to the last fragment plays.
     lead.send(json!({ "type": "record", "action": "start", "id": 4 }))
         .await;
