@@ -190,6 +190,9 @@ fn event_json(ev: &SessionEvent) -> Value {
             "pan_deg": state.pan_deg, "zoom": state.zoom, "sector": state.sector,
         }),
         SessionEvent::Recording { active } => json!({ "type": "recording", "active": active }),
+        SessionEvent::RecordingFailed { track, message } => json!({
+            "type": "recording_failed", "track": track.to_string(), "message": message,
+        }),
         SessionEvent::Screenshot { request, result } => match result {
             Ok(file) => json!({ "type": "screenshot", "request": request, "file": file }),
             Err(e) => json!({ "type": "screenshot", "request": request, "error": e }),

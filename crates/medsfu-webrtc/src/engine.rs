@@ -1327,6 +1327,20 @@ impl Engine {
                     self.tell(by, SessionEvent::Screenshot { request, result });
                 }
             }
+            Command::RecordingFailed { down, message } => {
+                if let Some(r) = self.record_inputs.remove(&down) {
+                    let _ = self.sfu.unsubscribe(down);
+                    if let Some(room) = self.sessions.get(&r.recorder).map(|s| s.room.clone()) {
+                        self.tell_room(
+                            &room,
+                            SessionEvent::RecordingFailed {
+                                track: r.track,
+                                message,
+                            },
+                        );
+                    }
+                }
+            }
             Command::StopRecorders { reply } => {
                 let recorders: Vec<ParticipantId> = self
                     .sessions
@@ -1976,6 +1990,7 @@ impl Engine {
             "started_at": stamp,
             "started_at_unix_ms": started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         });
+        let commands = self.commands.clone();
         let tx = crate::record::spawn(
             crate::record::TrackFile { base, video, meta },
             crate::record::RecordStats {
@@ -1983,6 +1998,10 @@ impl Engine {
                 bytes: self.stats.recording_bytes.clone(),
                 failures: self.stats.recording_failures.clone(),
             },
+            Box::new(move |message| {
+                // From the recorder's own thread: a full queue loses the notice, not data.
+                let _ = commands.try_send(Command::RecordingFailed { down, message });
+            }),
         );
         self.record_inputs.insert(
             down,

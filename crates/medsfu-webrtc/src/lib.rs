@@ -203,6 +203,14 @@ pub enum SessionEvent {
         /// Recording now.
         active: bool,
     },
+    /// Recording a track stopped with an error (disk full, unwritable directory);
+    /// forwarding goes on.
+    RecordingFailed {
+        /// The track no longer recorded.
+        track: TrackId,
+        /// Why.
+        message: String,
+    },
     /// A screenshot this participant asked for is saved (or failed).
     Screenshot {
         /// The request it answers.
@@ -592,6 +600,10 @@ pub(crate) enum Command {
     ScreenshotDone {
         recorder: ParticipantId,
         result: Result<std::path::PathBuf, String>,
+    },
+    RecordingFailed {
+        down: medsfu_core::DownTrackId,
+        message: String,
     },
 }
 

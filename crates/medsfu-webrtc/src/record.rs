@@ -97,8 +97,15 @@ fn with_ext(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Called once with the reason when a recording stops with an error.
+pub(crate) type OnFailure = Box<dyn FnOnce(String) + Send>;
+
 /// Starts a recorder thread for one track; dropping the returned sender finishes the file.
-pub(crate) fn spawn(file: TrackFile, stats: RecordStats) -> mpsc::Sender<RecInput> {
+pub(crate) fn spawn(
+    file: TrackFile,
+    stats: RecordStats,
+    failed: OnFailure,
+) -> mpsc::Sender<RecInput> {
     let (tx, rx) = mpsc::channel(4096);
     stats.active.inc();
     let s = stats.clone();
@@ -117,6 +124,7 @@ pub(crate) fn spawn(file: TrackFile, stats: RecordStats) -> mpsc::Sender<RecInpu
                 Err(e) => {
                     s.failures.inc();
                     warn!(error = %e, "recording failed; forwarding is not affected");
+                    failed(e.to_string());
                 }
             }
             s.active.dec();

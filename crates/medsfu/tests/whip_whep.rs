@@ -322,3 +322,57 @@ async fn a_publisher_that_vanishes_is_timed_out_and_subscribers_are_told() {
         "after {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_cannot_be_written_is_reported_and_forwarding_goes_on() {
+    let server = Server::start(&[]);
+    // Fault: a file stands where the room's recordings directory must be created.
+    let recordings = server.data.0.join("recordings");
+    std::fs::create_dir_all(&recordings).expect("dir");
+    std::fs::write(recordings.join("amb-6"), b"in the way").expect("file");
+    let amb = server.token("amb-6", "ambulance-6", "vehicle");
+    let lead = server.token("amb-6", "dr-lead", "lead");
+    let mut ws = Ws::connect(&server).await;
+    ws.send(serde_json::json!({ "type": "join", "token": lead }))
+        .await;
+    ws.recv_type("joined").await;
+
+    let mut publisher = whip(&server.http, "amb-6", &amb, CodecSpec::opus())
+        .await
+        .expect("WHIP");
+    assert_eq!(publisher.connected().await, State::Connected);
+    let mut sent = 0u16;
+    let mut send = |n: u16| {
+        for _ in 0..n {
+            publisher.send(medsfu_client::packet(
+                sent,
+                u32::from(sent) * 960,
+                false,
+                Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+            ));
+            sent += 1;
+        }
+    };
+    send(5);
+    // The voice archive starts with the audio track and cannot write: the room is told.
+    let failed = ws.recv_type("recording_failed").await;
+    let published_track = failed["track"].as_str().expect("track").to_owned();
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("recording file")),
+        "{failed}"
+    );
+    assert!(server.metric("medsfu_recording_failures_total").await >= 1.0);
+    // Forwarding is untouched: a subscriber still gets the audio.
+    let mut viewer =
+        support::whep_once_published_with(&server.http, "amb-6", &lead, &[CodecSpec::opus()]).await;
+    assert_eq!(viewer.connected().await, State::Connected);
+    send(50);
+    let got = tokio::time::timeout(Duration::from_secs(10), viewer.received.recv())
+        .await
+        .expect("audio within 10 s")
+        .expect("open");
+    assert_eq!(got.packet.payload.as_ref(), &[0xfc, 0xff, 0xfe]);
+    assert!(published_track.starts_with('T'));
+}
