@@ -62,6 +62,8 @@ pub struct Recording {
     pub dir: PathBuf,
     /// Archive every audio track of every room, always.
     pub voice_archive: bool,
+    /// Days the voice archive is kept (checked hourly); unset keeps it forever.
+    pub voice_retention_days: Option<u64>,
     /// Record at all: on demand (lead or team) and, if `voice_archive`, all voice.
     pub enabled: bool,
 }
@@ -71,6 +73,7 @@ impl Default for Recording {
         Recording {
             dir: PathBuf::from("recordings"),
             voice_archive: true,
+            voice_retention_days: None,
             enabled: true,
         }
     }

@@ -3,6 +3,7 @@
 mod certs;
 mod config;
 mod export;
+mod retention;
 mod vehicle;
 
 use std::path::{Path, PathBuf};
@@ -526,6 +527,25 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             println!("  crew tablet (publishes camera+mic): http://{http}/?room=demo&token={crew}&publish=camera,microphone");
             println!("  WHEP (lead token):                  http://{http}/whep/demo  Authorization: Bearer {lead}");
             println!("Stop with Ctrl-C.");
+        }
+        if let (true, Some(days)) = (cfg.recording.enabled, cfg.recording.voice_retention_days) {
+            let dir = cfg.data.dir.join(&cfg.recording.dir);
+            let max_age = Duration::from_secs(days.saturating_mul(86_400));
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    let dir = dir.clone();
+                    let deleted = tokio::task::spawn_blocking(move || {
+                        retention::sweep(&dir, max_age, SystemTime::now())
+                    })
+                    .await
+                    .unwrap_or_default();
+                    if !deleted.is_empty() {
+                        info!(files = deleted.len(), "voice archive files past retention deleted");
+                    }
+                }
+            });
         }
         let state = AppState::new(media.clone(), key, registry, hub);
         let app = medsfu_api::router(state.clone());
