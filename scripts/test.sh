@@ -13,6 +13,8 @@ command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # promtool checks the alert rules (tests/ops_configs.rs).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# pdftoppm and pdftotext check the ECG snapshot documents.
+command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ecg_snapshot;
 mod error;
 mod signalling;
 pub mod telemetry;
@@ -40,6 +41,8 @@ struct Inner {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Free and total bytes of the data directory's filesystem, set at each scrape.
     disk: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
+    /// Where ECG snapshot documents are stored (with the recordings); none: not stored.
+    recordings: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -60,8 +63,18 @@ impl AppState {
                 metrics,
                 hub,
                 stopping: tokio::sync::watch::Sender::new(false),
+                recordings: None,
             }),
         }
+    }
+
+    /// The same state, storing ECG snapshot documents under `dir` (one subdirectory per
+    /// room, beside the recordings). Call before the state is shared.
+    pub fn with_recordings(mut self, dir: std::path::PathBuf) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.recordings = Some(dir);
+        }
+        self
     }
 
     /// Starts stopping: `/readyz` answers 503, signalling sessions are told

@@ -109,6 +109,13 @@ enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    EcgSnapshot {
+        /// Seconds of ECG (1-10).
+        #[serde(default = "ten")]
+        seconds: u16,
+        #[serde(default)]
+        id: Option<Value>,
+    },
     Screenshot {
         /// The video track (`T<n>`).
         track: String,
@@ -266,6 +273,7 @@ pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
             ClientMessage::Camera { .. } => "camera",
             ClientMessage::Record { .. } => "record",
             ClientMessage::Screenshot { .. } => "screenshot",
+            ClientMessage::EcgSnapshot { .. } => "ecg_snapshot",
         }),
         Err(e) => Err(e.to_string()),
     }
@@ -531,6 +539,9 @@ async fn run(
                 Incoming::Text(text) => {
                     let reply = match parse(&text) {
                         Ok(ClientMessage::Chat { text, id }) => chat(state, who, text, id).await,
+                        Ok(ClientMessage::EcgSnapshot { seconds, id }) => {
+                            Some(ecg_snapshot(state, who, seconds, id).await)
+                        }
                         Ok(msg) => handle(state, me, msg).await,
                         Err(e) => Some(e),
                     };
@@ -555,6 +566,74 @@ async fn run(
             }
         }
     }
+}
+
+fn ten() -> u16 {
+    10
+}
+
+/// Journals an ECG snapshot request, then writes the PDF of the room's last `seconds` of
+/// ECG beside its recordings; answers with the file's name.
+async fn ecg_snapshot(state: &AppState, who: &Who, seconds: u16, id: Option<Value>) -> Value {
+    if !crate::telemetry::may_chat(who.role) {
+        return error(
+            "snapshot_forbidden",
+            format!("role {} does not ask for ECG snapshots", who.role.as_str()),
+            id,
+        );
+    }
+    if !(1..=10).contains(&seconds) {
+        return error("bad_message", "seconds must be 1-10", id);
+    }
+    let Some(dir) = state.inner.recordings.clone() else {
+        return error("recording_disabled", "this server stores no documents", id);
+    };
+    let hub = state.inner.hub.clone();
+    let (room, author) = (who.room.clone(), who.identity.clone());
+    let now = SystemTime::now();
+    let now_us = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let made = tokio::task::spawn_blocking(move || -> Result<String, (&'static str, String)> {
+        let body = medsfu_telemetry::frame::Body::SnapshotRequest {
+            requested_by: author.clone(),
+            seconds,
+        };
+        hub.post(&room, &author, body, now_us)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        let mut feed = hub.feed(&room).map_err(|e| (e.code(), e.to_string()))?;
+        let items = feed.take_history();
+        let traces = crate::ecg_snapshot::last_seconds(&items, f64::from(seconds))
+            .ok_or(("no_ecg", "the room has no ECG yet".to_owned()))?;
+        let pdf =
+            crate::ecg_snapshot::document(&room, &author, now_us, f64::from(seconds), &traces)
+                .map_err(|e| ("internal", e))?;
+        let name = format!("{}-ecg-snapshot-{seconds}s.pdf", file_stamp(now_us));
+        let path = dir.join(&room).join(&name);
+        std::fs::create_dir_all(dir.join(&room))
+            .and_then(|()| std::fs::write(&path, pdf))
+            .map_err(|e| ("storage", format!("{}: {e}", path.display())))?;
+        Ok(name)
+    })
+    .await;
+    match made {
+        Ok(Ok(file)) => {
+            info!(seconds, "ECG snapshot stored");
+            json!({ "type": "ecg_snapshot", "file": file, "id": id })
+        }
+        Ok(Err((code, message))) => error(code, message, id),
+        Err(e) => error("internal", e.to_string(), id),
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` of microseconds since 1970, for file names that sort by time.
+fn file_stamp(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let d = crate::ecg_snapshot::civil(secs);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        d.0, d.1, d.2, d.3, d.4, d.5
+    )
 }
 
 /// Longest chat message, in characters.
@@ -665,6 +744,9 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
         ClientMessage::Ping { id } => Some(json!({ "type": "pong", "id": id })),
         // Handled by the caller, which knows the room and identity.
         ClientMessage::Chat { id, .. } => Some(error("internal", "chat not routed", id)),
+        ClientMessage::EcgSnapshot { id, .. } => {
+            Some(error("internal", "ecg_snapshot not routed", id))
+        }
         ClientMessage::Camera {
             vehicle,
             pan_deg,

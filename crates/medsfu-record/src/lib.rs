@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ecg_pdf;
 pub mod fmp4;
 pub mod hevc;
 pub mod ogg;

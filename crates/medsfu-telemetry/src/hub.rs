@@ -34,6 +34,11 @@ pub struct Item {
 }
 
 impl Item {
+    /// The item of an encoded frame (its JSON view computed once).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Item, FrameError> {
+        Item::new(bytes)
+    }
+
     fn new(bytes: Vec<u8>) -> Result<Item, FrameError> {
         let (f, _) = Frame::decode(&bytes)?;
         let json = to_json(&f, &bytes);
@@ -295,6 +300,22 @@ impl Hub {
         text: &str,
         captured_at_us: i64,
     ) -> Result<(), HubError> {
+        let body = crate::frame::Body::Chat {
+            author: author.to_owned(),
+            text: text.to_owned(),
+        };
+        self.post(room, author, body, captured_at_us)
+    }
+
+    /// Journals a frame a participant wrote (chat, an ECG snapshot request; blocking),
+    /// numbered in the participant's own source, and hands it to live feeds.
+    pub fn post(
+        &self,
+        room: &str,
+        author: &str,
+        body: crate::frame::Body,
+        captured_at_us: i64,
+    ) -> Result<(), HubError> {
         let source = chat_source(author);
         let r = self.room(room)?;
         // Held across the numbering and the append so two sessions of one author cannot
@@ -310,10 +331,7 @@ impl Hub {
             source,
             sequence,
             captured_at_us,
-            body: crate::frame::Body::Chat {
-                author: author.to_owned(),
-                text: text.to_owned(),
-            },
+            body,
         };
         let bytes = frame.encode().map_err(JournalError::from)?;
         match self.append(room, vec![bytes]).error {

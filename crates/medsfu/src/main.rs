@@ -547,7 +547,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 }
             });
         }
-        let state = AppState::new(media.clone(), key, registry, hub);
+        let mut state = AppState::new(media.clone(), key, registry, hub);
+        if cfg.recording.enabled {
+            state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
+        }
         let app = medsfu_api::router(state.clone());
         let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
         let stopping = {

@@ -11,7 +11,11 @@ pub fn sweep(dir: &Path, max_age: Duration, now: SystemTime) -> Vec<PathBuf> {
     let Ok(rooms) = std::fs::read_dir(dir) else {
         return deleted;
     };
-    for room in rooms.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()) {
+    for room in rooms
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+    {
         let Ok(files) = std::fs::read_dir(&room) else {
             continue;
         };

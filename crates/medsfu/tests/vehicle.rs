@@ -877,6 +877,51 @@ async fn a_late_joiners_page_shows_ecg_vitals_gps_status_and_chat_from_the_start
     let shot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/screenshots/telemetry.png");
     b.screenshot(&page, &shot).await;
+
+    // By now seconds of ECG are journaled: a snapshot document of the last 10 s.
+    let (mut lead, _) = join_r1(&server, "dr-lead", "lead").await;
+    lead.send(serde_json::json!({ "type": "ecg_snapshot", "seconds": 10, "id": 8 }))
+        .await;
+    let snap = lead.recv_type("ecg_snapshot").await;
+    let file = snap["file"].as_str().unwrap_or_else(|| panic!("{snap}"));
+    let pdf = server.data.0.join("recordings/r1").join(file);
+    let text = Command::new("pdftotext")
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (Debian package poppler-utils)");
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    for want in [
+        "ECG snapshot",
+        "intervention r1",
+        "Requested by dr-lead",
+        "25 mm/s",
+    ] {
+        assert!(text.contains(want), "{want:?} not in the PDF:\n{text}");
+    }
+    // For people: the real recording on the page (target/screenshots/ecg-snapshot-r1.png).
+    let png = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/screenshots/ecg-snapshot-r1");
+    let _ = std::fs::create_dir_all(png.parent().expect("parent"));
+    let shot = Command::new("pdftoppm")
+        .args(["-png", "-r", "60", "-singlefile"])
+        .arg(&pdf)
+        .arg(&png)
+        .output()
+        .expect("pdftoppm");
+    assert!(
+        shot.status.success() && shot.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    lead.send(serde_json::json!({ "type": "ecg_snapshot", "seconds": 11, "id": 9 }))
+        .await;
+    assert_eq!(lead.recv_type("error").await["code"], "bad_message");
 }
 
 /// Joins room r1 over signalling; returns the socket and the vehicle's participant id.
@@ -955,6 +1000,7 @@ async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not()
     lead.send(json!({ "type": "camera", "vehicle": "P999", "zoom": 1, "id": 4 }))
         .await;
     assert_eq!(lead.recv_type("error").await["code"], "no_vehicle");
+
     // Every log line of a session names its request, room and participant, or its
     // vehicle and room; no token ever appears.
     let logs = server.logs();

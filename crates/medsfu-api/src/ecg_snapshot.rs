@@ -1,0 +1,195 @@
+//! ECG snapshot documents: the last seconds of a room's ECG, from its telemetry journal,
+//! as a PDF on the standard grid (25 mm/s, 10 mm/mV), stored with the room's recordings.
+
+use std::sync::Arc;
+
+use medsfu_record::ecg_pdf::{ecg_pdf, Header, LeadTrace};
+use medsfu_telemetry::frame::{Body, Frame, Lead};
+use medsfu_telemetry::hub::Item;
+use medsfu_telemetry::json::lead_name;
+
+/// The last seconds of one waveform source.
+#[derive(Debug)]
+pub struct Traces {
+    /// The telemetry source.
+    pub source: u32,
+    /// Capture time of the first and last block used, microseconds since 1970.
+    pub span_us: (i64, i64),
+    /// One trace per lead.
+    pub leads: Vec<LeadTrace>,
+}
+
+/// The last `seconds` of the most recent waveform source among `items` (oldest first):
+/// the blocks of that source with the same leads and rate as its newest block.
+pub fn last_seconds(items: &[Arc<Item>], seconds: f64) -> Option<Traces> {
+    let decoded: Vec<(u32, i64, medsfu_telemetry::frame::Waveform)> = items
+        .iter()
+        .filter_map(|i| match Frame::decode(&i.bytes) {
+            Ok((
+                Frame {
+                    source,
+                    captured_at_us,
+                    body: Body::Waveform(w),
+                    ..
+                },
+                _,
+            )) => Some((source, captured_at_us, w)),
+            _ => None,
+        })
+        .collect();
+    let (source, _, newest) = decoded.last()?;
+    let (leads, rate_mhz) = (newest.leads.clone(), newest.sample_rate_mhz);
+    if leads.is_empty() || rate_mhz == 0 {
+        return None;
+    }
+    let rate = f64::from(rate_mhz) / 1000.0;
+    let want = (seconds * rate).ceil() as usize;
+    let blocks: Vec<&(u32, i64, medsfu_telemetry::frame::Waveform)> = decoded
+        .iter()
+        .filter(|(s, _, w)| s == source && w.leads == leads && w.sample_rate_mhz == rate_mhz)
+        .collect();
+    // Newest blocks first until enough samples are gathered, then back in time order.
+    let mut used = Vec::new();
+    let mut count = 0;
+    for b in blocks.iter().rev() {
+        used.push(*b);
+        count += b.2.samples.len() / leads.len();
+        if count >= want {
+            break;
+        }
+    }
+    used.reverse();
+    let n = leads.len();
+    let mut mv: Vec<Vec<f32>> = vec![Vec::new(); n];
+    for (_, _, w) in &used {
+        let gain = if w.units_per_mv == 0.0 {
+            1.0
+        } else {
+            w.units_per_mv
+        };
+        for frame in w.samples.chunks_exact(n) {
+            for (l, s) in frame.iter().enumerate() {
+                mv[l].push(f32::from(s.saturating_sub(w.baseline)) / gain);
+            }
+        }
+    }
+    for m in &mut mv {
+        let cut = m.len().saturating_sub(want);
+        m.drain(..cut);
+    }
+    let span_us = (used.first()?.1, used.last()?.1);
+    Some(Traces {
+        source: *source,
+        span_us,
+        leads: leads
+            .iter()
+            .zip(mv)
+            .map(|(l, mv): (&Lead, Vec<f32>)| LeadTrace {
+                name: lead_name(*l),
+                sample_rate_hz: rate,
+                mv,
+            })
+            .collect(),
+    })
+}
+
+/// (year, month, day, hour, minute, second) in UTC of seconds since 1970.
+pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` of microseconds since 1970.
+fn utc(us: i64) -> String {
+    let (y, m, d, h, mi, s) = civil(us.div_euclid(1_000_000));
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// The PDF of `traces` for `room`, asked for by `requested_by` at `now_us`.
+pub fn document(
+    room: &str,
+    requested_by: &str,
+    now_us: i64,
+    seconds: f64,
+    traces: &Traces,
+) -> Result<Vec<u8>, String> {
+    let header = Header {
+        title: format!("ECG snapshot - intervention {room}"),
+        lines: vec![
+            format!(
+                "Source {} - {} leads - {} to {}",
+                traces.source,
+                traces.leads.len(),
+                utc(traces.span_us.0),
+                utc(traces.span_us.1)
+            ),
+            format!("Requested by {requested_by} at {}", utc(now_us)),
+        ],
+    };
+    ecg_pdf(&header, &traces.leads, seconds).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medsfu_telemetry::frame::Waveform;
+
+    fn block(source: u32, first: u64, n: usize, at_us: i64) -> Arc<Item> {
+        let w = Waveform {
+            sample_rate_mhz: 100_000,
+            first_sample: first,
+            units_per_mv: 200.0,
+            baseline: 1024,
+            leads: vec![Lead::II, Lead::V(5)],
+            samples: (0..n)
+                .flat_map(|i| [1024 + (first as i16 + i as i16), 1024 - 200])
+                .collect(),
+        };
+        let bytes = Frame {
+            source,
+            sequence: first / 10,
+            captured_at_us: at_us,
+            body: Body::Waveform(w),
+        }
+        .encode()
+        .expect("encode");
+        Arc::new(Item::from_bytes(bytes).expect("item"))
+    }
+
+    #[test]
+    fn the_last_seconds_of_the_newest_source_in_millivolts() {
+        // 100 Hz, blocks of 10 samples: 3 s wanted of 5 s journaled.
+        let mut items: Vec<Arc<Item>> = (0..50).map(|b| block(1, b * 10, 10, b as i64)).collect();
+        items.insert(3, block(9, 0, 10, 0));
+        let t = last_seconds(&items, 3.0).expect("traces");
+        assert_eq!(t.source, 1);
+        assert_eq!(t.leads.len(), 2);
+        assert_eq!(t.leads[0].name, "II");
+        assert_eq!(t.leads[0].mv.len(), 300);
+        // The first kept sample is number 200: (1224 - 1024) / 200 = 1.0 mV.
+        assert!(
+            (t.leads[0].mv[0] - 1.0).abs() < 1e-6,
+            "{}",
+            t.leads[0].mv[0]
+        );
+        assert!((t.leads[1].mv[5] + 1.0).abs() < 1e-6);
+        assert_eq!(t.span_us, (20, 49));
+        assert!(last_seconds(&items[..0], 3.0).is_none());
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_564_800_000_000), "2026-11-25 00:00:00 UTC");
+    }
+}
