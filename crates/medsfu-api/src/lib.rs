@@ -43,6 +43,8 @@ struct Inner {
     disk: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
     /// Where ECG snapshot documents are stored (with the recordings); none: not stored.
     recordings: Option<std::path::PathBuf>,
+    /// The audit trail; none: nothing is audited (tests of other parts).
+    audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
 }
 
 impl AppState {
@@ -64,7 +66,49 @@ impl AppState {
                 hub,
                 stopping: tokio::sync::watch::Sender::new(false),
                 recordings: None,
+                audit: None,
             }),
+        }
+    }
+
+    /// The same state, recording accesses and changes in `audit`. Call before the state
+    /// is shared.
+    pub fn with_audit(mut self, audit: Arc<dyn medsfu_audit::AuditStore>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.audit = Some(audit);
+        }
+        self
+    }
+
+    /// Records an access to patient data or a change in the audit trail (the store
+    /// blocks, so it runs off the runtime's threads).
+    pub(crate) async fn audit(
+        &self,
+        actor: &str,
+        role: medsfu_core::Role,
+        action: &str,
+        room: &str,
+        source: &str,
+        detail: serde_json::Value,
+    ) {
+        let Some(log) = self.inner.audit.clone() else {
+            return;
+        };
+        let event = medsfu_audit::Event {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            actor: actor.to_owned(),
+            role: role.as_str().to_owned(),
+            action: action.to_owned(),
+            room: room.to_owned(),
+            source: source.to_owned(),
+            detail: detail.to_string(),
+        };
+        match tokio::task::spawn_blocking(move || log.append(event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, action, "audit trail write failed"),
+            Err(e) => tracing::error!(error = %e, action, "audit trail write failed"),
         }
     }
 

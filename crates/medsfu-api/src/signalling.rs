@@ -405,6 +405,16 @@ async fn joined_session(
     let me = joined.participant;
     let last_seen = Instant::now();
     info!(role = grant.role.as_str(), "signalling session joined");
+    state
+        .audit(
+            &grant.identity,
+            grant.role,
+            "join",
+            &grant.room,
+            "signalling",
+            json!({ "participant": me.to_string() }),
+        )
+        .await;
     let may_publish: Vec<&str> = TrackSource::ALL
         .iter()
         .filter(|src| grant.role.may_publish(**src))
@@ -418,6 +428,16 @@ async fn joined_session(
     let mut ended_by_server = false;
     if send(&mut socket, &hello).await {
         let feed = if crate::telemetry::may_read(grant.role) {
+            state
+                .audit(
+                    &grant.identity,
+                    grant.role,
+                    "history_replay",
+                    &grant.room,
+                    "signalling",
+                    json!({ "participant": me.to_string() }),
+                )
+                .await;
             match replay(&state, &mut socket, &grant.room).await {
                 Ok(f) => f,
                 Err(()) => {
@@ -537,7 +557,9 @@ async fn run(
                 Incoming::Closed => return false,
                 Incoming::Other => {}
                 Incoming::Text(text) => {
-                    let reply = match parse(&text) {
+                    let parsed = parse(&text);
+                    let audited = parsed.as_ref().ok().and_then(auditable);
+                    let reply = match parsed {
                         Ok(ClientMessage::Chat { text, id }) => chat(state, who, text, id).await,
                         Ok(ClientMessage::EcgSnapshot { seconds, id }) => {
                             Some(ecg_snapshot(state, who, seconds, id).await)
@@ -545,6 +567,12 @@ async fn run(
                         Ok(msg) => handle(state, me, msg).await,
                         Err(e) => Some(e),
                     };
+                    if let Some((action, detail)) = audited {
+                        // Only what was done: refused requests change nothing.
+                        if reply.as_ref().is_none_or(|r| r["type"] != "error") {
+                            state.audit(&who.identity, who.role, action, &who.room, "signalling", detail).await;
+                        }
+                    }
                     let leaving = reply.as_ref().is_some_and(|r| r["type"] == "left");
                     if let Some(r) = reply {
                         if !send(socket, &r).await {
@@ -566,6 +594,40 @@ async fn run(
             }
         }
     }
+}
+
+/// The audit trail's name and details of a message that reads patient data or changes
+/// something; `None` for the others.
+fn auditable(m: &ClientMessage) -> Option<(&'static str, Value)> {
+    Some(match m {
+        ClientMessage::Subscribe { track, .. } => ("subscribe", json!({ "track": track })),
+        ClientMessage::Camera {
+            vehicle,
+            pan_deg,
+            zoom,
+            sector,
+            screenshot,
+            ..
+        } => (
+            "camera",
+            json!({ "vehicle": vehicle, "pan_deg": pan_deg, "zoom": zoom, "sector": sector, "screenshot": screenshot }),
+        ),
+        ClientMessage::Record { action, .. } => (
+            if *action == RecordAction::Start {
+                "record_start"
+            } else {
+                "record_stop"
+            },
+            json!({}),
+        ),
+        ClientMessage::Screenshot { track, sector, .. } => {
+            ("screenshot", json!({ "track": track, "sector": sector }))
+        }
+        ClientMessage::EcgSnapshot { seconds, .. } => {
+            ("ecg_snapshot", json!({ "seconds": seconds }))
+        }
+        _ => return None,
+    })
 }
 
 fn ten() -> u16 {

@@ -77,6 +77,16 @@ pub async fn stream(
             format!("role {} does not receive telemetry", grant.role.as_str()),
         ));
     }
+    state
+        .audit(
+            &grant.identity,
+            grant.role,
+            "telemetry_stream",
+            &room,
+            "http",
+            serde_json::json!({}),
+        )
+        .await;
     let mut feed = open_feed(&state, &room).await?;
     let history = ndjson(&feed.take_history());
     let live = futures_util::stream::unfold(feed, |mut feed| async move {

@@ -66,6 +66,8 @@ enum Command {
     Certs(CertsArgs),
     /// Run a simulated ambulance that publishes camera, audio and telemetry over QUIC.
     Vehicle(VehicleArgs),
+    /// Check the audit trail (`audit verify`): every entry in place and unaltered.
+    Audit(AuditArgs),
     /// Export an intervention (a room) as one tar archive with a SHA-256 manifest, or
     /// verify an archive against its manifest (`export verify FILE`).
     Export(ExportArgs),
@@ -83,6 +85,47 @@ struct ExportArgs {
     /// Archive to write (default: export-ROOM-TIME.tar here).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    action: AuditAction,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Walk the hash chain; exit 1 if any entry was altered, removed, inserted or moved.
+    Verify,
+}
+
+/// The audit trail's database, in the data directory.
+fn audit_path(cfg: &Config) -> PathBuf {
+    cfg.data.dir.join("audit.db")
+}
+
+fn audit_cmd(a: AuditArgs) -> Result<()> {
+    let cfg = load(&a.common, Overrides::default())?;
+    let AuditAction::Verify = a.action;
+    let path = audit_path(&cfg);
+    if !path.exists() {
+        anyhow::bail!("no audit trail at {}", path.display());
+    }
+    let log = medsfu_audit::AuditLog::open(&path)?;
+    let (problems, n) = log.verify()?;
+    if problems.is_empty() {
+        println!("audit trail intact: {n} entries");
+        return Ok(());
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    anyhow::bail!(
+        "audit trail damaged: {} problem(s) in {n} entries",
+        problems.len()
+    );
 }
 
 #[derive(Subcommand)]
@@ -167,10 +210,10 @@ struct VehicleArgs {
 #[derive(Args)]
 struct Common {
     /// Configuration file (TOML); see config/medsfu.toml.
-    #[arg(long, env = "MEDSFU_CONFIG")]
+    #[arg(long, env = "MEDSFU_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Directory for state (overrides data.dir).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -219,6 +262,7 @@ fn main() -> Result<()> {
         Command::Certs(a) => certs_cmd(a),
         Command::Vehicle(a) => vehicle_cmd(a),
         Command::Export(a) => export_cmd(a),
+        Command::Audit(a) => audit_cmd(a),
     }
 }
 
@@ -260,6 +304,24 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
         .out
         .unwrap_or_else(|| PathBuf::from(format!("export-{room}-{stamp}.tar")));
     export::write(&out, &room, &stamp, &files)?;
+    // An export is an access to everything recorded: it goes into the trail.
+    let actor = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    medsfu_audit::AuditStore::append(
+        &medsfu_audit::AuditLog::open(&audit_path(&cfg))?,
+        medsfu_audit::Event {
+            at_unix_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            actor,
+            role: "admin".into(),
+            action: "export".into(),
+            room: room.clone(),
+            source: "cli".into(),
+            detail:
+                serde_json::json!({ "archive": out.display().to_string(), "files": files.len() })
+                    .to_string(),
+        },
+    )?;
     let bytes: usize = files.iter().map(|(_, d)| d.len()).sum();
     println!(
         "wrote {} ({} files and a manifest, {bytes} bytes)",
@@ -547,7 +609,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 }
             });
         }
-        let mut state = AppState::new(media.clone(), key, registry, hub);
+        let audit = medsfu_audit::AuditLog::open(&audit_path(&cfg))
+            .with_context(|| format!("audit trail {}", audit_path(&cfg).display()))?;
+        let mut state =
+            AppState::new(media.clone(), key, registry, hub).with_audit(Arc::new(audit));
         if cfg.recording.enabled {
             state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
         }

@@ -1019,6 +1019,59 @@ async fn the_lead_steers_the_camera_everyone_sees_its_state_and_others_may_not()
         assert!(vehicle.contains(field), "{field} missing: {vehicle}");
     }
     assert!(!logs.contains("eyJ"), "a token (JWT) was logged");
+
+    // The audit trail holds the joins, the history replays and the camera command, and
+    // `medsfu audit verify` finds it intact; an altered entry is named.
+    let verify = || {
+        Command::new(support::bin())
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&server.data.0)
+            .output()
+            .expect("medsfu audit verify")
+    };
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("audit trail intact"), "{said}");
+    let db = rusqlite::Connection::open(server.data.0.join("audit.db")).expect("audit db");
+    let actions: Vec<(String, String, String)> = db
+        .prepare("SELECT actor, action, room FROM audit ORDER BY seq")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|rows| rows.collect())
+        })
+        .expect("entries");
+    for want in [
+        ("dr-lead", "join"),
+        ("dr-lead", "history_replay"),
+        ("dr-cardio", "join"),
+        ("dr-lead", "camera"),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(a, w, r)| (a.as_str(), w.as_str()) == want && r == "r1"),
+            "{want:?} not audited: {actions:?}"
+        );
+    }
+    // Refused commands (the consultant's camera command) change nothing and are not
+    // recorded as done.
+    assert!(!actions
+        .iter()
+        .any(|(a, w, _)| a == "dr-cardio" && w == "camera"));
+    db.execute(
+        "UPDATE audit SET actor = 'someone-else' WHERE action = 'camera'",
+        [],
+    )
+    .expect("tamper");
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "an altered trail verified: {said}");
+    assert!(said.contains("altered"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
