@@ -93,26 +93,9 @@ pub fn last_seconds(items: &[Arc<Item>], seconds: f64) -> Option<Traces> {
     })
 }
 
-/// (year, month, day, hour, minute, second) in UTC of seconds since 1970.
-pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// `YYYY-MM-DD HH:MM:SS UTC` of microseconds since 1970.
 fn utc(us: i64) -> String {
-    let (y, m, d, h, mi, s) = civil(us.div_euclid(1_000_000));
-    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+    medsfu_record::utc::readable(us.div_euclid(1_000_000))
 }
 
 /// The PDF of `traces` for `room`, asked for by `requested_by` at `now_us`.
@@ -185,11 +168,5 @@ mod tests {
         assert!((t.leads[1].mv[5] + 1.0).abs() < 1e-6);
         assert_eq!(t.span_us, (20, 49));
         assert!(last_seconds(&items[..0], 3.0).is_none());
-    }
-
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_564_800_000_000), "2026-11-25 00:00:00 UTC");
     }
 }

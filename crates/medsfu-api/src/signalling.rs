@@ -670,7 +670,10 @@ async fn ecg_snapshot(state: &AppState, who: &Who, seconds: u16, id: Option<Valu
         let pdf =
             crate::ecg_snapshot::document(&room, &author, now_us, f64::from(seconds), &traces)
                 .map_err(|e| ("internal", e))?;
-        let name = format!("{}-ecg-snapshot-{seconds}s.pdf", file_stamp(now_us));
+        let name = format!(
+            "{}-ecg-snapshot-{seconds}s.pdf",
+            medsfu_record::utc::file_stamp(now_us.div_euclid(1_000_000))
+        );
         let path = dir.join(&room).join(&name);
         std::fs::create_dir_all(dir.join(&room))
             .and_then(|()| std::fs::write(&path, pdf))
@@ -686,16 +689,6 @@ async fn ecg_snapshot(state: &AppState, who: &Who, seconds: u16, id: Option<Valu
         Ok(Err((code, message))) => error(code, message, id),
         Err(e) => error("internal", e.to_string(), id),
     }
-}
-
-/// `YYYYMMDDTHHMMSSZ` of microseconds since 1970, for file names that sort by time.
-fn file_stamp(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let d = crate::ecg_snapshot::civil(secs);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        d.0, d.1, d.2, d.3, d.4, d.5
-    )
 }
 
 /// Longest chat message, in characters.

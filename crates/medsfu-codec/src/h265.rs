@@ -42,6 +42,15 @@ impl NalType {
     }
 }
 
+/// Whether an access unit (its NAL units, without start codes) holds an IRAP picture:
+/// a decoder can start there.
+pub fn is_irap_access_unit<'a>(nals: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    nals.into_iter().any(|n| {
+        n.first()
+            .is_some_and(|b| matches!(NalType::from_header_byte(*b), NalType::Irap(_)))
+    })
+}
+
 /// Whether an H.265 RTP payload begins an IRAP access unit (or its parameter sets).
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     if payload.len() < 3 {

@@ -12,6 +12,7 @@ mod vp8;
 
 pub use h264::is_keyframe_start as h264_is_keyframe_start;
 pub use h264::payload_nal_units as h264_payload_nal_units;
+pub use h265::is_irap_access_unit as h265_is_irap_access_unit;
 pub use h265::is_keyframe_start as h265_is_keyframe_start;
 pub use h265::NalType as H265NalType;
 pub use vp8::is_keyframe_start as vp8_is_keyframe_start;

@@ -13,6 +13,7 @@ pub mod hevc;
 pub mod ogg;
 #[cfg(test)]
 mod testutil;
+pub mod utc;
 
 pub use fmp4::{Fmp4Error, Fmp4Writer};
 pub use hevc::{HevcError, ParameterSets, SpsInfo};

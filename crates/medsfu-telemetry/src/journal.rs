@@ -169,10 +169,8 @@ fn scan(bytes: &[u8]) -> (Vec<(usize, usize)>, usize) {
     (records, at)
 }
 
-/// Every valid record of the journal in `dir`, oldest first, read without changing
-/// anything (a journal in use by a running server may be read this way; a torn tail
-/// being written simply ends the reading).
-pub fn read_only(dir: &Path) -> Result<Vec<Vec<u8>>, JournalError> {
+/// The segment numbers in `dir`, in order.
+fn segment_indices(dir: &Path) -> Result<Vec<u64>, JournalError> {
     let mut indices: Vec<u64> = std::fs::read_dir(dir)
         .map_err(io("list", dir))?
         .filter_map(|e| e.ok())
@@ -182,6 +180,14 @@ pub fn read_only(dir: &Path) -> Result<Vec<Vec<u8>>, JournalError> {
         })
         .collect();
     indices.sort_unstable();
+    Ok(indices)
+}
+
+/// Every valid record of the journal in `dir`, oldest first, read without changing
+/// anything (a journal in use by a running server may be read this way; a torn tail
+/// being written simply ends the reading).
+pub fn read_only(dir: &Path) -> Result<Vec<Vec<u8>>, JournalError> {
+    let indices = segment_indices(dir)?;
     let mut out = Vec::new();
     for index in indices {
         let path = segment_path(dir, index);
@@ -200,15 +206,7 @@ impl Journal {
     /// Opens (or creates) the journal in `dir`, recovering from a torn last write.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Journal, Recovery), JournalError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let mut indices: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(io("list", dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
-        indices.sort_unstable();
+        let mut indices = segment_indices(dir)?;
         if indices.is_empty() {
             indices.push(0);
         }

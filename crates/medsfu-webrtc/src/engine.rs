@@ -1939,7 +1939,11 @@ impl Engine {
             return;
         }
         let started = SystemTime::now();
-        let stamp = utc_stamp(started);
+        let stamp = medsfu_record::utc::file_stamp(
+            started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
         if let Recorder::Screenshot { sector, .. } = kind {
             let (tx, rx) = mpsc::channel(4096);
             let suffix = if sector > 0 {
@@ -2115,28 +2119,4 @@ fn fmtp_compatible(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
         param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>())
     };
     param(a, "packetization-mode") == param(b, "packetization-mode") && profile(a) == profile(b)
-}
-
-/// `YYYYMMDDTHHMMSSZ` in UTC, for file names that sort by time.
-fn utc_stamp(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use medsfu_codec::h265_is_irap_access_unit as is_irap_access_unit;
 use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
 use medsfu_record::fmp4::{Fmp4Error, Fmp4Writer};
 use medsfu_record::ogg::{opus_packet_samples, OggOpusWriter};
@@ -193,10 +194,7 @@ fn record_video(
             continue;
         };
         let pts = clock.next(i.timestamp);
-        let keyframe = annexb_nal_units(&au).iter().any(|n| {
-            n.first()
-                .is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f)))
-        });
+        let keyframe = is_irap_access_unit(annexb_nal_units(&au));
         match w.push(&au, pts, keyframe) {
             Ok(()) => {}
             Err(Fmp4Error::ParameterSetsChanged) => {
@@ -276,10 +274,7 @@ pub(crate) async fn screenshot(
         let Ok(Some(au)) = depack.push(&i.payload, i.marker) else {
             continue;
         };
-        let keyframe = annexb_nal_units(&au).iter().any(|n| {
-            n.first()
-                .is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f)))
-        });
+        let keyframe = is_irap_access_unit(annexb_nal_units(&au));
         if keyframe && !have_keyframe {
             have_keyframe = true;
             deadline = tokio::time::Instant::now() + GATHER;

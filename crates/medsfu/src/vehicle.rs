@@ -692,7 +692,7 @@ async fn video(
                         .clamp(400, 1200);
                     for au in access_units(&nals) {
                         if let (Some(g), Some(c)) = (&governor, &conn) {
-                            let keyframe = au.iter().any(|n| n.first().is_some_and(|b| (16..=23).contains(&((b >> 1) & 0x3f))));
+                            let keyframe = medsfu_codec::h265_is_irap_access_unit(au.iter().copied());
                             let admit = g.lock().unwrap_or_else(|p| p.into_inner()).admit_video(keyframe, queued_datagram_bytes(c));
                             if admit == Admit::Drop {
                                 continue;
