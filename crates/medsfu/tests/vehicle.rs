@@ -90,6 +90,16 @@ impl Vehicle {
     }
 }
 
+impl Vehicle {
+    /// Waits (off the runtime) until the vehicle exits on its own; its status.
+    async fn exited(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .expect("join")
+            .expect("vehicle exit")
+    }
+}
+
 impl Drop for Vehicle {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -539,14 +549,7 @@ async fn telemetry_survives_blackouts_address_changes_and_kill_9_of_server_and_v
     again
         .wait_line("connected to room r1", Duration::from_secs(20))
         .await;
-    let status = tokio::task::spawn_blocking(move || {
-        let s = again.child.wait();
-        drop(again);
-        s
-    })
-    .await
-    .expect("join")
-    .expect("vehicle exit");
+    let status = again.exited().await;
     assert!(status.success(), "second vehicle run: {status}");
 
     let generated = frames_log(&log);
@@ -1402,14 +1405,7 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
     vehicle
         .wait_line("connected to room r1", Duration::from_secs(20))
         .await;
-    let status = tokio::task::spawn_blocking(move || {
-        let s = vehicle.child.wait();
-        drop(vehicle);
-        s
-    })
-    .await
-    .expect("join")
-    .expect("vehicle exit");
+    let status = vehicle.exited().await;
     assert!(status.success(), "vehicle: {status}");
     let generated = frames_log(&log);
     let delivered = ndjson(&server, generated.len(), Duration::from_secs(15)).await;
