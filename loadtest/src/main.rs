@@ -158,7 +158,7 @@ async fn vehicles(a: &Args) -> Result<Vec<(String, Publisher, Vec<String>)>> {
             source: "roof_camera".into(),
             codec: "video/H265".into(),
         }];
-        let c = medsfu_quic::client::connect(&ep, a.quic, "localhost", &room, flows)
+        let c = medsfu_quic::client::connect(&ep, a.quic, "localhost", Some(&room), flows)
             .await
             .context("vehicle connect")?;
         let tokens = (0..a.subscribers)

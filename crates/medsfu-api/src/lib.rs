@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod control_api;
 mod ecg_snapshot;
 mod error;
 mod signalling;
@@ -20,6 +22,7 @@ use medsfu_telemetry::hub::Hub;
 use medsfu_webrtc::MediaHandle;
 use tower_http::cors::{Any, CorsLayer};
 
+pub use control::{Control, ControlSettings};
 pub use error::ApiError;
 pub use signalling::{parse_client_message, MAX_MESSAGE_BYTES};
 pub use token::{Grant, TokenError, TokenKey};
@@ -45,6 +48,8 @@ struct Inner {
     recordings: Option<std::path::PathBuf>,
     /// The audit trail; none: nothing is audited (tests of other parts).
     audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
+    /// Calls, rooms and membership; none: the control API answers 503.
+    control: Option<Arc<Control>>,
 }
 
 impl AppState {
@@ -67,6 +72,7 @@ impl AppState {
                 stopping: tokio::sync::watch::Sender::new(false),
                 recordings: None,
                 audit: None,
+                control: None,
             }),
         }
     }
@@ -80,8 +86,16 @@ impl AppState {
         self
     }
 
-    /// Records an access to patient data or a change in the audit trail (the store
-    /// blocks, so it runs off the runtime's threads).
+    /// The same state, serving the control API from `control`. Call before the state is
+    /// shared.
+    pub fn with_control(mut self, control: Arc<Control>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.control = Some(control);
+        }
+        self
+    }
+
+    /// Records an access to patient data or a change in the audit trail.
     pub(crate) async fn audit(
         &self,
         actor: &str,
@@ -91,25 +105,16 @@ impl AppState {
         source: &str,
         detail: serde_json::Value,
     ) {
-        let Some(log) = self.inner.audit.clone() else {
-            return;
-        };
-        let event = medsfu_audit::Event {
-            at_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            actor: actor.to_owned(),
-            role: role.as_str().to_owned(),
-            action: action.to_owned(),
-            room: room.to_owned(),
-            source: source.to_owned(),
-            detail: detail.to_string(),
-        };
-        match tokio::task::spawn_blocking(move || log.append(event)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, action, "audit trail write failed"),
-            Err(e) => tracing::error!(error = %e, action, "audit trail write failed"),
-        }
+        control::audit(
+            self.inner.audit.as_ref(),
+            actor,
+            role.as_str(),
+            action,
+            room,
+            source,
+            detail,
+        )
+        .await;
     }
 
     /// The same state, storing ECG snapshot documents under `dir` (one subdirectory per
@@ -169,16 +174,37 @@ pub fn valid_room(room: &str) -> bool {
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Puts every log line of a request in a span with its id, method and path (never the
-/// query string: the page's URL carries a token there).
+/// query string: the page's URL carries a token there). The request's origin (its id and
+/// the peer's address) goes to the handlers for the audit trail only.
 async fn request_span(
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use tracing::Instrument as _;
     let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let origin = match peer {
+        Some(ip) => format!("http req={id} from={ip}"),
+        None => format!("http req={id}"),
+    };
+    req.extensions_mut().insert(control_api::Origin(origin));
     let span =
         tracing::info_span!("request", req = id, method = %req.method(), path = %req.uri().path());
     next.run(req).instrument(span).await
+}
+
+/// Largest request body accepted (SDP offers and control requests are far smaller).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
 }
 
 /// The whole HTTP surface of medsfu.
@@ -214,6 +240,32 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
         .route("/api/rooms/{room}/telemetry", get(telemetry::stream))
+        .route("/api/openapi.json", get(control_api::openapi))
+        .route("/api/login", post(control_api::login))
+        .route("/api/login/crew", post(control_api::login_crew))
+        .route(
+            "/api/calls",
+            post(control_api::open_call).get(control_api::list_calls),
+        )
+        .route("/api/calls/events", get(control_api::call_events))
+        .route("/api/calls/{room}/accept", post(control_api::accept_call))
+        .route(
+            "/api/rooms",
+            get(control_api::list_rooms).post(control_api::create_room),
+        )
+        .route(
+            "/api/rooms/{room}",
+            get(control_api::get_room).delete(control_api::close_room),
+        )
+        .route("/api/rooms/{room}/members", post(control_api::invite))
+        .route(
+            "/api/rooms/{room}/members/{user}",
+            axum::routing::delete(control_api::remove),
+        )
+        .route("/api/rooms/{room}/leave", post(control_api::leave))
+        .route("/api/rooms/{room}/lead", post(control_api::hand_over))
+        .route("/api/rooms/{room}/token", post(control_api::room_token))
+        .route("/api/audit", get(control_api::read_audit))
         .route(
             "/whip/{room}",
             post(whip::create_whip).options(whip::options),
@@ -234,6 +286,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(whip::delete)
                 .options(whip::options),
         )
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
         .layer(axum::middleware::from_fn(request_span))
         .with_state(state)

@@ -186,6 +186,10 @@ fn event_json(ev: &SessionEvent) -> Value {
         SessionEvent::Room(RoomEvent::ActiveSpeaker { participant }) => json!({
             "type": "active_speaker", "participant": participant.to_string(),
         }),
+        SessionEvent::Room(RoomEvent::RoleChanged { participant, role }) => json!({
+            "type": "role_changed", "participant": participant.to_string(),
+            "role": role.as_str(),
+        }),
         SessionEvent::Offer { sdp, tracks } => json!({
             "type": "offer", "sdp": sdp,
             "tracks": tracks.iter().map(|(mid, t)| json!({"mid": mid, "track": t.to_string()})).collect::<Vec<_>>(),
@@ -344,7 +348,14 @@ async fn session(state: AppState, mut socket: WebSocket) {
                             return;
                         }
                     }
-                    Ok(g) => break (g, id, decodes_h265),
+                    Ok(g) => match current_role(&state, g).await {
+                        Ok(g) => break (g, id, decodes_h265),
+                        Err((code, message)) => {
+                            if !send(&mut socket, &error(code, message, id)).await {
+                                return;
+                            }
+                        }
+                    },
                     Err(e) => {
                         if !send(&mut socket, &error(e.code(), e.to_string(), id)).await {
                             return;
@@ -387,9 +398,41 @@ async fn session(state: AppState, mut socket: WebSocket) {
     let me = joined.participant;
     let span = tracing::info_span!("session", room = %grant.room, participant = %me);
     use tracing::Instrument as _;
+    let control = state.inner.control.clone();
+    let (room, identity) = (grant.room.clone(), grant.identity.clone());
+    if let Some(c) = &control {
+        c.connected(&room, &identity).await;
+    }
     joined_session(state, socket, grant, join_id, joined, events)
         .instrument(span)
         .await;
+    if let Some(c) = &control {
+        c.disconnected(&room, &identity).await;
+    }
+}
+
+/// The grant with the holder's current role: in rooms of the control API the role is
+/// the membership's now (the lead may have changed since the token was issued), and
+/// non-members and closed rooms are refused.
+async fn current_role(state: &AppState, mut g: Grant) -> Result<Grant, (&'static str, String)> {
+    let Some(c) = &state.inner.control else {
+        return Ok(g);
+    };
+    let room = c.read(|d| d.room(&g.room)).await;
+    let Some(room) = room else {
+        // Not a room of the control API: the operator's token decides.
+        return Ok(g);
+    };
+    if room.state == medsfu_control::RoomState::Closed {
+        return Err(("room_closed", format!("room {} is closed", g.room)));
+    }
+    match room.members.iter().find(|m| m.name == g.identity) {
+        Some(m) => {
+            g.role = m.role;
+            Ok(g)
+        }
+        None => Err(("not_a_member", format!("not a member of room {}", g.room))),
+    }
 }
 
 /// A signalling session after its join, until it ends.
@@ -448,13 +491,13 @@ async fn joined_session(
         } else {
             None
         };
-        let who = Who {
+        let mut who = Who {
             me,
             room: grant.room.clone(),
             identity: grant.identity.clone(),
             role: grant.role,
         };
-        ended_by_server = run(&state, &mut socket, &mut events, &who, feed, last_seen).await;
+        ended_by_server = run(&state, &mut socket, &mut events, &mut who, feed, last_seen).await;
     }
     // A proper close frame, so clients see a normal closure rather than a dropped link.
     let _ = socket.send(Message::Close(None)).await;
@@ -519,7 +562,7 @@ async fn run(
     state: &AppState,
     socket: &mut WebSocket,
     events: &mut mpsc::UnboundedReceiver<SessionEvent>,
-    who: &Who,
+    who: &mut Who,
     mut feed: Option<Feed>,
     mut last_seen: Instant,
 ) -> bool {
@@ -549,6 +592,11 @@ async fn run(
             ev = events.recv() => {
                 let Some(ev) = ev else { return true };
                 let removed = matches!(ev, SessionEvent::Removed(_));
+                if let SessionEvent::Room(RoomEvent::RoleChanged { participant, role }) = &ev {
+                    if *participant == me {
+                        who.role = *role;
+                    }
+                }
                 if !send(socket, &event_json(&ev)).await || removed {
                     return removed;
                 }
@@ -637,7 +685,7 @@ fn ten() -> u16 {
 /// Journals an ECG snapshot request, then writes the PDF of the room's last `seconds` of
 /// ECG beside its recordings; answers with the file's name.
 async fn ecg_snapshot(state: &AppState, who: &Who, seconds: u16, id: Option<Value>) -> Value {
-    if !crate::telemetry::may_chat(who.role) {
+    if !medsfu_control::may(who.role, medsfu_control::Action::EcgSnapshot) {
         return error(
             "snapshot_forbidden",
             format!("role {} does not ask for ECG snapshots", who.role.as_str()),

@@ -21,10 +21,7 @@ pub fn may_read(role: Role) -> bool {
 
 /// Who may write chat messages.
 pub fn may_chat(role: Role) -> bool {
-    matches!(
-        role,
-        Role::Team | Role::Lead | Role::Consultant | Role::Dispatcher | Role::Glasses
-    )
+    medsfu_control::may(role, medsfu_control::Action::Chat)
 }
 
 /// Opens a feed of `room` (reads the journal on a blocking thread).

@@ -24,7 +24,14 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry (seconds since the Unix epoch).
     pub exp: u64,
+    /// What the token is for: empty for a room's media and signalling, [`API_SCOPE`] for
+    /// the control API (then `room` is empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
+
+/// The scope of control API tokens (a user's login session).
+pub const API_SCOPE: &str = "api";
 
 /// A verified grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +63,9 @@ pub enum TokenError {
     /// The token is for another room.
     #[error("access token is for another room")]
     WrongRoom,
+    /// A room token was used for the control API, or a login token for a room.
+    #[error("access token is for another purpose (log in for the API; get a room token to join)")]
+    WrongScope,
 }
 
 impl TokenError {
@@ -67,6 +77,7 @@ impl TokenError {
             TokenError::Foreign => "token_foreign",
             TokenError::Malformed(_) => "token_malformed",
             TokenError::WrongRoom => "token_wrong_room",
+            TokenError::WrongScope => "token_wrong_scope",
         }
     }
 }
@@ -114,13 +125,47 @@ impl TokenKey {
             role: role.as_str().to_owned(),
             iat,
             exp: iat + ttl.as_secs(),
+            scope: String::new(),
         };
         // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
         encode(&Header::new(Algorithm::HS256), &claims, &self.enc).unwrap_or_default()
     }
 
-    /// Verifies a token at time `now` and returns what it grants.
+    /// Issues a control API token (a login session) for an account or device.
+    pub fn issue_api(&self, identity: &str, role: Role, now: SystemTime, ttl: Duration) -> String {
+        let iat = unix(now);
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: identity.to_owned(),
+            room: String::new(),
+            role: role.as_str().to_owned(),
+            iat,
+            exp: iat + ttl.as_secs(),
+            scope: API_SCOPE.to_owned(),
+        };
+        // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
+        encode(&Header::new(Algorithm::HS256), &claims, &self.enc).unwrap_or_default()
+    }
+
+    /// Verifies a control API token; the grant's room is empty.
+    pub fn verify_api(&self, token: &str, now: SystemTime) -> Result<Grant, TokenError> {
+        let (g, scope) = self.decode(token, now)?;
+        if scope != API_SCOPE {
+            return Err(TokenError::WrongScope);
+        }
+        Ok(g)
+    }
+
+    /// Verifies a room token at time `now` and returns what it grants.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Grant, TokenError> {
+        let (g, scope) = self.decode(token, now)?;
+        if !scope.is_empty() {
+            return Err(TokenError::WrongScope);
+        }
+        Ok(g)
+    }
+
+    fn decode(&self, token: &str, now: SystemTime) -> Result<(Grant, String), TokenError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
@@ -138,11 +183,14 @@ impl TokenKey {
             return Err(TokenError::Expired);
         }
         let role = c.role.parse::<Role>().map_err(TokenError::Malformed)?;
-        Ok(Grant {
-            identity: c.sub,
-            room: c.room,
-            role,
-        })
+        Ok((
+            Grant {
+                identity: c.sub,
+                room: c.room,
+                role,
+            },
+            c.scope,
+        ))
     }
 
     /// Verifies a token and that it is for `room`.
@@ -194,6 +242,21 @@ mod tests {
         assert_eq!(
             k.verify("", now).map_err(|e| e.code()),
             Err("token_malformed")
+        );
+    }
+
+    #[test]
+    fn api_and_room_tokens_are_not_interchangeable() {
+        let k = TokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let now = SystemTime::now();
+        let api = k.issue_api("ana", Role::Consultant, now, Duration::from_secs(60));
+        let room = k.issue("r", "ana", Role::Lead, now, Duration::from_secs(60));
+        assert_eq!(k.verify_api(&api, now).unwrap().identity, "ana");
+        assert_eq!(k.verify(&api, now), Err(TokenError::WrongScope));
+        assert_eq!(k.verify_api(&room, now), Err(TokenError::WrongScope));
+        assert_eq!(
+            k.verify_api(&api, now + Duration::from_secs(60)),
+            Err(TokenError::Expired)
         );
     }
 }

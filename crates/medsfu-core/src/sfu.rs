@@ -67,6 +67,10 @@ pub enum LeaveReason {
     Timeout,
     /// The same identity joined again; this older session was ended.
     Replaced,
+    /// Taken out of the room by its lead or an operator.
+    Removed,
+    /// The room (call) was closed.
+    RoomClosed,
 }
 
 impl LeaveReason {
@@ -76,6 +80,8 @@ impl LeaveReason {
             LeaveReason::Left => "left",
             LeaveReason::Timeout => "timeout",
             LeaveReason::Replaced => "replaced",
+            LeaveReason::Removed => "removed",
+            LeaveReason::RoomClosed => "room_closed",
         }
     }
 }
@@ -137,6 +143,13 @@ pub enum RoomEvent {
     ActiveSpeaker {
         /// Who speaks now.
         participant: ParticipantId,
+    },
+    /// A participant's role changed (the lead was handed over).
+    RoleChanged {
+        /// Whose.
+        participant: ParticipantId,
+        /// The role now.
+        role: Role,
     },
 }
 
@@ -528,6 +541,36 @@ impl Sfu {
         if let Some(p) = self.participants.get_mut(&id) {
             p.server = true;
         }
+    }
+
+    /// Changes a participant's role and tells everyone in its room. Meant for roles with
+    /// the same media rights (lead and consultant): existing subscriptions and
+    /// publications stay as they are.
+    pub fn set_role(&mut self, id: ParticipantId, role: Role) -> Result<(), CoreError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        if p.info.role == role {
+            return Ok(());
+        }
+        p.info.role = role;
+        let room = p.room.clone();
+        let everyone = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for to in everyone {
+            self.out.push_back(Output::Notify {
+                to,
+                event: RoomEvent::RoleChanged {
+                    participant: id,
+                    role,
+                },
+            });
+        }
+        Ok(())
     }
 
     /// Removes a participant at its own request.

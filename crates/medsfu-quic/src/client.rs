@@ -140,14 +140,17 @@ pub struct Connected {
     pub participant: u64,
     /// The identity the server read from our certificate.
     pub identity: String,
+    /// The room (call) we publish into.
+    pub room: String,
 }
 
-/// Connects, opens the control stream and says hello; returns once welcomed.
+/// Connects, opens the control stream and says hello; returns once welcomed. Without a
+/// room, the server opens a call (or returns this vehicle's open one).
 pub async fn connect(
     ep: &quinn::Endpoint,
     server: SocketAddr,
     server_name: &str,
-    room: &str,
+    room: Option<&str>,
     flows: Vec<FlowInfo>,
 ) -> Result<Connected, ClientError> {
     let conn = ep
@@ -163,7 +166,7 @@ pub async fn connect(
     };
     control
         .send(&VehicleMessage::Hello {
-            room: room.to_owned(),
+            room: room.map(str::to_owned),
             flows,
         })
         .await?;
@@ -171,11 +174,13 @@ pub async fn connect(
         Some(ServerMessage::Welcome {
             participant,
             identity,
+            room,
         }) => Ok(Connected {
             conn,
             control,
             participant,
             identity,
+            room,
         }),
         Some(ServerMessage::Error { code, message }) => Err(ClientError::Refused { code, message }),
         Some(other) => Err(ClientError::Protocol(format!(

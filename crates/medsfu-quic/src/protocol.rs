@@ -105,8 +105,10 @@ impl From<CameraState> for medsfu_core::CameraState {
 pub enum VehicleMessage {
     /// First message: the room (call) to publish into and the media flows.
     Hello {
-        /// Room name.
-        room: String,
+        /// Room name; none opens a new call (or returns the vehicle's open one), named in
+        /// the welcome.
+        #[serde(default)]
+        room: Option<String>,
         /// Media flows this connection will send.
         flows: Vec<FlowInfo>,
     },
@@ -138,6 +140,9 @@ pub enum ServerMessage {
         participant: u64,
         /// The identity from the device certificate.
         identity: String,
+        /// The room (call) the vehicle publishes into.
+        #[serde(default)]
+        room: String,
     },
     /// Move the camera.
     Camera {
@@ -202,7 +207,7 @@ mod tests {
         )
         .expect("hello");
         assert!(
-            matches!(hello, VehicleMessage::Hello { ref room, ref flows } if room == "demo" && flows.len() == 1)
+            matches!(hello, VehicleMessage::Hello { ref room, ref flows } if room.as_deref() == Some("demo") && flows.len() == 1)
         );
         let cam = ServerMessage::Camera {
             id: 7,

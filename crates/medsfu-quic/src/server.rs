@@ -271,7 +271,21 @@ impl VehicleStats {
     }
 }
 
+/// What a [`CallDesk`] answers: a value, or a stable code and a reason.
+pub type CallAnswer<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, (String, String)>> + Send + 'a>>;
+
+/// The control API's side of vehicles: which call a vehicle publishes into.
+pub trait CallDesk: Send + Sync {
+    /// Opens a call for `vehicle` (or returns its open one): the room's name.
+    fn open_call<'a>(&'a self, vehicle: &'a str) -> CallAnswer<'a, String>;
+    /// Whether `vehicle` may publish into `room`: rooms of the control API only to their
+    /// vehicle while open; other rooms (named in a token by the operator) to any device.
+    fn may_publish<'a>(&'a self, vehicle: &'a str, room: &'a str) -> CallAnswer<'a, ()>;
+}
+
 struct Ctx {
+    calls: Option<Arc<dyn CallDesk>>,
     media: MediaHandle,
     hub: Arc<Hub>,
     stats: VehicleStats,
@@ -360,6 +374,7 @@ pub fn start(
     settings: VehicleSettings,
     media: MediaHandle,
     hub: Arc<Hub>,
+    calls: Option<Arc<dyn CallDesk>>,
     registry: &Registry,
 ) -> Result<VehicleServer, ServerError> {
     let cfg = build_config(&settings)?;
@@ -369,6 +384,7 @@ pub fn start(
             source,
         })?;
     let ctx = Arc::new(Ctx {
+        calls,
         media,
         hub,
         stats: VehicleStats::new(registry)?,
@@ -553,12 +569,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         return;
     };
     let (room, flows) = match serde_json::from_slice::<VehicleMessage>(&line) {
-        Ok(VehicleMessage::Hello { room, flows }) => {
-            if valid_room(&room) {
-                tracing::Span::current().record("room", tracing::field::display(&room));
-            }
-            (room, flows)
-        }
+        Ok(VehicleMessage::Hello { room, flows }) => (room, flows),
         Ok(_) => {
             refuse(
                 &ctx,
@@ -574,11 +585,34 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
     };
-    if !valid_room(&room) {
-        let msg = "room names are 1-64 of A-Z a-z 0-9 . _ - and do not start with a dot";
-        refuse(&ctx, &mut send, "bad_room", msg.into()).await;
-        return;
-    }
+    let room = match (room, &ctx.calls) {
+        (Some(room), _) if !valid_room(&room) => {
+            let msg = "room names are 1-64 of A-Z a-z 0-9 . _ - and do not start with a dot";
+            refuse(&ctx, &mut send, "bad_room", msg.into()).await;
+            return;
+        }
+        (Some(room), Some(calls)) => match calls.may_publish(&identity, &room).await {
+            Ok(()) => room,
+            Err((code, msg)) => {
+                refuse(&ctx, &mut send, &code, msg).await;
+                return;
+            }
+        },
+        (Some(room), None) => room,
+        (None, Some(calls)) => match calls.open_call(&identity).await {
+            Ok(room) => room,
+            Err((code, msg)) => {
+                refuse(&ctx, &mut send, &code, msg).await;
+                return;
+            }
+        },
+        (None, None) => {
+            let msg = "this server takes no calls: name a room";
+            refuse(&ctx, &mut send, "no_calls", msg.into()).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("room", tracing::field::display(&room));
     let flows = match check_flows(&flows) {
         Ok(f) => f,
         Err((code, msg)) => {
@@ -628,6 +662,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     let welcome = ServerMessage::Welcome {
         participant: participant.0,
         identity: identity.clone(),
+        room: room.clone(),
     };
     if !send_line(&mut send, &welcome).await {
         ctx.media

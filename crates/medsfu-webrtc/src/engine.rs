@@ -1244,6 +1244,30 @@ impl Engine {
                 let r = self.add_candidate(participant, publisher, mid, candidate);
                 let _ = reply.send(r);
             }
+            Command::SetRole {
+                room,
+                identity,
+                role,
+            } => {
+                for pid in self.sessions_of(&room, Some(&identity)) {
+                    if let Some(s) = self.sessions.get_mut(&pid) {
+                        s.role = role;
+                    }
+                    // The session exists, so its participant does.
+                    let _ = self.sfu.set_role(pid, role);
+                }
+            }
+            Command::RemoveFromRoom {
+                room,
+                identity,
+                reason,
+            } => {
+                for pid in self.sessions_of(&room, identity.as_deref()) {
+                    let _ = self.sfu.disconnect(pid, reason, now);
+                    self.end_session(pid, Some(reason));
+                }
+                self.indicators_dirty = true;
+            }
             Command::Leave {
                 participant,
                 reason,
@@ -1360,6 +1384,18 @@ impl Engine {
         if membership {
             self.update_gauges();
         }
+    }
+
+    /// The people's sessions in `room` (of `identity`, if given); not server workers.
+    fn sessions_of(&self, room: &str, identity: Option<&str>) -> Vec<ParticipantId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.room == room && !s.internal && s.recorder.is_none())
+            .map(|(pid, _)| *pid)
+            .filter(|pid| {
+                identity.is_none_or(|i| self.sfu.participant(*pid).is_some_and(|p| p.identity == i))
+            })
+            .collect()
     }
 
     fn camera(

@@ -516,6 +516,17 @@ impl MediaStats {
 }
 
 pub(crate) enum Command {
+    SetRole {
+        room: String,
+        identity: String,
+        role: Role,
+    },
+    RemoveFromRoom {
+        room: String,
+        /// None: everyone.
+        identity: Option<String>,
+        reason: LeaveReason,
+    },
     Join {
         room: String,
         identity: String,
@@ -794,6 +805,32 @@ impl MediaHandle {
             .tx
             .send(Command::Leave {
                 participant,
+                reason,
+            })
+            .await;
+    }
+
+    /// Gives `identity`'s sessions in `room` a new role (lead hand-over); the room is told.
+    pub async fn set_role(&self, room: &str, identity: &str, role: Role) {
+        // A stopped server has no sessions left to change.
+        let _ = self
+            .tx
+            .send(Command::SetRole {
+                room: room.to_owned(),
+                identity: identity.to_owned(),
+                role,
+            })
+            .await;
+    }
+
+    /// Ends `identity`'s sessions in `room` (everyone's, for `None`), telling them why.
+    pub async fn remove_from_room(&self, room: &str, identity: Option<&str>, reason: LeaveReason) {
+        // A stopped server has no sessions left to end.
+        let _ = self
+            .tx
+            .send(Command::RemoveFromRoom {
+                room: room.to_owned(),
+                identity: identity.map(str::to_owned),
                 reason,
             })
             .await;

@@ -28,6 +28,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// Recording on demand and the voice archive.
     pub recording: Recording,
+    /// The control API: logins, calls and the lead.
+    pub control: Control,
     /// Logging.
     pub log: Log,
 }
@@ -149,6 +151,45 @@ pub struct Auth {
     pub secret_file: PathBuf,
     /// Lifetime of tokens printed by `medsfu token`, in seconds.
     pub token_ttl_secs: u64,
+}
+
+/// Control API settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// A lead teleconsultant without a connection this long passes the role on.
+    pub lead_grace_secs: u64,
+    /// Wrong passwords or PINs in a row that lock an account.
+    pub max_login_failures: u32,
+    /// How long a locked account stays locked.
+    pub lockout_secs: u64,
+    /// Lifetime of login tokens and of the room tokens the API issues.
+    pub api_token_ttl_secs: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            lead_grace_secs: 30,
+            max_login_failures: 5,
+            lockout_secs: 300,
+            api_token_ttl_secs: 8 * 3600,
+        }
+    }
+}
+
+impl Control {
+    /// The control API's settings.
+    pub fn to_settings(&self) -> medsfu_api::ControlSettings {
+        medsfu_api::ControlSettings {
+            lead_grace: Duration::from_secs(self.lead_grace_secs),
+            login: medsfu_store::LoginPolicy {
+                max_failures: self.max_login_failures.max(1),
+                lockout_ms: self.lockout_secs.saturating_mul(1000) as i64,
+            },
+            api_token_ttl: Duration::from_secs(self.api_token_ttl_secs),
+        }
+    }
 }
 
 /// Room-core settings (see `medsfu_core::CoreConfig`).

@@ -1,5 +1,7 @@
 //! `medsfu`: the media and telemetry server for emergency teleconsultation.
 
+mod accounts;
+mod calls;
 mod certs;
 mod config;
 mod export;
@@ -29,6 +31,7 @@ fn demo_vehicle() -> VehicleArgs {
         server: None,
         server_name: "localhost".into(),
         room: "demo".into(),
+        call: false,
         device: "ambulance-1".into(),
         ecg_dir: "../shared/data/ecg".into(),
         ecg_record: "100".into(),
@@ -71,6 +74,57 @@ enum Command {
     /// Export an intervention (a room) as one tar archive with a SHA-256 manifest, or
     /// verify an archive against its manifest (`export verify FILE`).
     Export(ExportArgs),
+    /// Manage accounts: crew (PIN), consultants, dispatchers, admins (password).
+    User(UserArgs),
+    /// Manage devices that crews log in on (device tokens).
+    Device(DeviceArgs),
+}
+
+#[derive(Args)]
+struct UserArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    action: accounts::UserAction,
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    action: accounts::DeviceAction,
+}
+
+/// Opens the audit trail in the data directory.
+fn open_audit(cfg: &Config) -> Result<medsfu_audit::AuditLog> {
+    std::fs::create_dir_all(&cfg.data.dir)
+        .with_context(|| format!("creating {}", cfg.data.dir.display()))?;
+    medsfu_audit::AuditLog::open(&audit_path(cfg))
+        .with_context(|| format!("audit trail {}", audit_path(cfg).display()))
+}
+
+/// Records an operator's action at the shell in the audit trail.
+fn audit_cli(log: &medsfu_audit::AuditLog, action: &str, detail: serde_json::Value) -> Result<()> {
+    let actor = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    medsfu_audit::AuditStore::append(
+        log,
+        medsfu_audit::Event {
+            at_unix_ms: at,
+            actor,
+            role: "admin".into(),
+            action: action.into(),
+            room: String::new(),
+            source: "cli".into(),
+            detail: detail.to_string(),
+        },
+    )?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -171,6 +225,10 @@ struct VehicleArgs {
     /// Room (call) to publish into.
     #[arg(long, default_value = "demo")]
     room: String,
+    /// Open a call instead (the crew's one button): the centre sees it ring, and the
+    /// server names the room.
+    #[arg(long, conflicts_with = "room")]
+    call: bool,
     /// Device identity: uses DATA_DIR/pki/device-NAME.pem and .key.
     #[arg(long, default_value = "ambulance-1")]
     device: String,
@@ -263,6 +321,8 @@ fn main() -> Result<()> {
         Command::Vehicle(a) => vehicle_cmd(a),
         Command::Export(a) => export_cmd(a),
         Command::Audit(a) => audit_cmd(a),
+        Command::User(a) => accounts::user(&load(&a.common, Overrides::default())?, a.action),
+        Command::Device(a) => accounts::device(&load(&a.common, Overrides::default())?, a.action),
     }
 }
 
@@ -409,7 +469,7 @@ fn vehicle_options(cfg: &Config, a: &VehicleArgs) -> vehicle::Options {
     vehicle::Options {
         server: a.server.unwrap_or(cfg.vehicle.listen),
         server_name: a.server_name.clone(),
-        room: a.room.clone(),
+        room: (!a.call).then(|| a.room.clone()),
         ca: pki.join(certs::CA),
         cert: certs::device_cert(&pki, &a.device),
         key: certs::device_key(&pki, &a.device),
@@ -504,6 +564,16 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             )
             .context("telemetry metrics")?,
         );
+        let audit: Arc<dyn medsfu_audit::AuditStore> = Arc::new(open_audit(&cfg)?);
+        let store = Arc::new(accounts::open_store(&cfg)?);
+        let control = medsfu_api::Control::start(
+            store,
+            media.clone(),
+            Some(audit.clone()),
+            cfg.control.to_settings(),
+        )
+        .await
+        .context("control API")?;
         let pki = cfg.data.dir.join("pki");
         if demo && !pki.join(certs::CA).exists() {
             certs::run(
@@ -531,6 +601,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 },
                 media.clone(),
                 hub.clone(),
+                Some(Arc::new(calls::VehicleCalls(control.clone()))),
                 &registry,
             )
             .with_context(|| format!("vehicle endpoint on {}", cfg.vehicle.listen))?;
@@ -609,10 +680,9 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 }
             });
         }
-        let audit = medsfu_audit::AuditLog::open(&audit_path(&cfg))
-            .with_context(|| format!("audit trail {}", audit_path(&cfg).display()))?;
-        let mut state =
-            AppState::new(media.clone(), key, registry, hub).with_audit(Arc::new(audit));
+        let mut state = AppState::new(media.clone(), key, registry, hub)
+            .with_audit(audit)
+            .with_control(control);
         if cfg.recording.enabled {
             state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
         }
@@ -630,8 +700,9 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 let _ = signalled_tx.send(());
             }
         };
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping);
+        // The peer's address goes into the audit trail ("from where"), never into logs.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
         let serve = std::future::IntoFuture::into_future(serve);
         let grace = Duration::from_secs(cfg.http.shutdown_grace_secs);
         tokio::select! {

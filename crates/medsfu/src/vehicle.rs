@@ -49,7 +49,8 @@ pub struct Options {
     /// Name in the server certificate.
     pub server_name: String,
     /// Room to publish into.
-    pub room: String,
+    /// None: open a call (the crew's one button); the server names the room.
+    pub room: Option<String>,
     /// CA certificate, device certificate and key (PEM files).
     pub ca: PathBuf,
     /// Device certificate.
@@ -207,13 +208,20 @@ pub async fn run(o: Options) -> Result<()> {
     let session = async move {
         let (ep, current, outbox) = (ep2, current2, outbox2);
         let mut backoff = Duration::from_millis(200);
+        let mut room = o.room.clone();
         loop {
-            match client::connect(&ep, o.server, &o.server_name, &o.room, flows.clone()).await {
+            let to = room.as_deref();
+            match client::connect(&ep, o.server, &o.server_name, to, flows.clone()).await {
                 Ok(mut c) => {
                     backoff = Duration::from_millis(200);
+                    if room.is_none() {
+                        println!("vehicle {} opened call {}", c.identity, c.room);
+                    }
+                    // Reconnects go back to the same call.
+                    room = Some(c.room.clone());
                     println!(
                         "vehicle {} connected to room {} as P{}",
-                        c.identity, o.room, c.participant
+                        c.identity, c.room, c.participant
                     );
                     *current.write().unwrap_or_else(|p| p.into_inner()) = Some(c.conn.clone());
                     let why = connected(

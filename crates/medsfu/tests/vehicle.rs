@@ -639,7 +639,7 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
     };
     let e2 = ep("amb-2");
     assert_eq!(
-        refused(client::connect(&e2, quic, "localhost", "..", vec![]).await),
+        refused(client::connect(&e2, quic, "localhost", Some(".."), vec![]).await),
         "bad_room"
     );
     let av2 = FlowInfo {
@@ -647,18 +647,18 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
         ..camera(0)
     };
     assert_eq!(
-        refused(client::connect(&e2, quic, "localhost", "r2", vec![av2]).await),
+        refused(client::connect(&e2, quic, "localhost", Some("r2"), vec![av2]).await),
         "bad_flow"
     );
     let twice = vec![camera(3), camera(3)];
     assert_eq!(
-        refused(client::connect(&e2, quic, "localhost", "r2", twice).await),
+        refused(client::connect(&e2, quic, "localhost", Some("r2"), twice).await),
         "bad_flow"
     );
 
     // Bad datagrams are counted by reason and dropped.
     let e1 = ep("amb-1");
-    let mut c = client::connect(&e1, quic, "localhost", "r2", vec![camera(0)])
+    let mut c = client::connect(&e1, quic, "localhost", Some("r2"), vec![camera(0)])
         .await
         .expect("welcome");
     let mut rtp = vec![0x80u8, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -783,7 +783,7 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
     // Revoking amb-2 while the server runs and while amb-2 is connected: its open
     // connection is closed, its next handshake fails; amb-1 is unaffected.
     let e2 = ep("amb-2");
-    let c2 = client::connect(&e2, quic, "localhost", "r4", vec![])
+    let c2 = client::connect(&e2, quic, "localhost", Some("r4"), vec![])
         .await
         .expect("amb-2 welcomed before its revocation");
     certs(&server.data.0, &["--revoke", "amb-2"]);
@@ -798,7 +798,7 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
     wait_metric(&server, "medsfu_vehicle_connections_revoked_total", 1.0).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match client::connect(&ep("amb-2"), quic, "localhost", "r3", vec![]).await {
+        match client::connect(&ep("amb-2"), quic, "localhost", Some("r3"), vec![]).await {
             Err(ClientError::Connection(_)) => break,
             Ok(_) | Err(_) => {
                 assert!(

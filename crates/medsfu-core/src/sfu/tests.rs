@@ -94,6 +94,52 @@ fn joiners_learn_about_each_other() {
 }
 
 #[test]
+fn a_role_change_is_told_to_everyone_in_the_room_and_shown_to_late_joiners() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let a = sfu.join("r", "alice", Role::Lead, true, now);
+    let b = sfu.join("r", "bob", Role::Consultant, true, now);
+    let elsewhere = sfu.join("q", "carol", Role::Consultant, true, now);
+    drain(&mut sfu);
+    sfu.set_role(a, Role::Consultant).unwrap();
+    sfu.set_role(b, Role::Lead).unwrap();
+    // Setting the same role again says nothing.
+    sfu.set_role(b, Role::Lead).unwrap();
+    let out = drain(&mut sfu);
+    let told: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notify {
+                to,
+                event: RoomEvent::RoleChanged { participant, role },
+            } => Some((*to, *participant, *role)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            (a, a, Role::Consultant),
+            (b, a, Role::Consultant),
+            (a, b, Role::Lead),
+            (b, b, Role::Lead)
+        ]
+    );
+    assert!(!told.iter().any(|(to, _, _)| *to == elsewhere));
+    let c = sfu.join("r", "dan", Role::Dispatcher, true, now);
+    let out = drain(&mut sfu);
+    assert!(out.contains(&Output::Notify {
+        to: c,
+        event: RoomEvent::ParticipantJoined(ParticipantInfo {
+            id: b,
+            identity: "bob".into(),
+            role: Role::Lead
+        })
+    }));
+    assert!(sfu.set_role(ParticipantId(999), Role::Lead).is_err());
+}
+
+#[test]
 fn roles_are_enforced_on_publish_and_subscribe() {
     let now = Instant::now();
     let mut sfu = Sfu::new(CoreConfig::default());

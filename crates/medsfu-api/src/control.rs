@@ -1,0 +1,457 @@
+//! The IO shell of the control logic ([`medsfu_control::Desk`]): serialises requests,
+//! stores what changed, applies it to the media rooms (roles, removals), announces calls
+//! to the centre's feed, audits every change, and runs the lead hand-over timer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use medsfu_control::{ControlError, Desk, LeadChange, Output, Principal, RoomState};
+use medsfu_core::{LeaveReason, Role};
+use medsfu_store::{RoomRecord, RoomStatus, Store, StoreError};
+use medsfu_webrtc::MediaHandle;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Mutex, Notify};
+use tracing::{error, info};
+
+/// Settings of the control API.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// A lead without a connection this long passes the role on.
+    pub lead_grace: Duration,
+    /// Lockout rules for wrong passwords and PINs.
+    pub login: medsfu_store::LoginPolicy,
+    /// Lifetime of login (API) tokens.
+    pub api_token_ttl: Duration,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            lead_grace: Duration::from_secs(30),
+            login: medsfu_store::LoginPolicy::default(),
+            api_token_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlFailure {
+    /// The control logic refused it.
+    #[error(transparent)]
+    Refused(#[from] ControlError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ControlFailure {
+    /// Stable code for the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlFailure::Refused(e) => e.code(),
+            ControlFailure::Store(e) => e.code(),
+        }
+    }
+}
+
+/// Calls, rooms and membership, shared by the HTTP handlers, signalling and the vehicle
+/// endpoint.
+pub struct Control {
+    desk: Mutex<Desk>,
+    store: Arc<dyn Store>,
+    media: MediaHandle,
+    audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
+    feed: broadcast::Sender<Value>,
+    wake: Notify,
+    /// Settings.
+    pub settings: ControlSettings,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn role_of(s: &str) -> Role {
+    s.parse().unwrap_or(Role::Consultant)
+}
+
+/// Appends to the audit trail off the runtime's threads (the store blocks).
+pub(crate) async fn audit(
+    log: Option<&Arc<dyn medsfu_audit::AuditStore>>,
+    actor: &str,
+    role: &str,
+    action: &str,
+    room: &str,
+    source: &str,
+    detail: Value,
+) {
+    let Some(log) = log.cloned() else {
+        return;
+    };
+    let event = medsfu_audit::Event {
+        at_unix_ms: unix_ms(SystemTime::now()),
+        actor: actor.to_owned(),
+        role: role.to_owned(),
+        action: action.to_owned(),
+        room: room.to_owned(),
+        source: source.to_owned(),
+        detail: detail.to_string(),
+    };
+    match tokio::task::spawn_blocking(move || log.append(event)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(error = %e, action, "audit trail write failed"),
+        Err(e) => error!(error = %e, action, "audit trail write failed"),
+    }
+}
+
+/// Runs a blocking store call off the runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Invalid(format!("store task failed: {e}"))))
+}
+
+impl Control {
+    /// The control API over `store`, applying changes to `media`; rooms kept open in the
+    /// store are restored. Starts the hand-over timer on the current runtime.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        media: MediaHandle,
+        audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
+        settings: ControlSettings,
+    ) -> Result<Arc<Control>, StoreError> {
+        let mut desk = Desk::new(settings.lead_grace);
+        let s = store.clone();
+        let open = blocking(move || {
+            let mut out = Vec::new();
+            for r in s.rooms(false)? {
+                let members = s.members(&r.name)?;
+                out.push((r, members));
+            }
+            Ok(out)
+        })
+        .await?;
+        let now = Instant::now();
+        for (r, members) in open {
+            let state = match r.status {
+                RoomStatus::Ringing => RoomState::Ringing,
+                _ => RoomState::Active,
+            };
+            let members = members
+                .into_iter()
+                .filter(|m| m.left_ms.is_none())
+                .map(|m| (m.member, role_of(&m.role)))
+                .collect();
+            desk.restore(&r.name, state, r.vehicle, r.opened_by, members, now);
+        }
+        let control = Arc::new(Control {
+            desk: Mutex::new(desk),
+            store,
+            media,
+            audit,
+            feed: broadcast::channel(256).0,
+            wake: Notify::new(),
+            settings,
+        });
+        tokio::spawn(timer(Arc::downgrade(&control)));
+        Ok(control)
+    }
+
+    /// The store of accounts, devices and rooms.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Events for the centre's incoming-call feed.
+    pub fn subscribe_feed(&self) -> broadcast::Receiver<Value> {
+        self.feed.subscribe()
+    }
+
+    /// Runs `f` on the desk, then stores, applies, announces and audits what changed;
+    /// a refusal is audited too. `source` says where the request came from.
+    pub async fn act<T>(
+        &self,
+        who: &Principal,
+        action: &str,
+        room: &str,
+        source: &str,
+        f: impl FnOnce(&mut Desk, Instant) -> Result<T, ControlError>,
+    ) -> Result<T, ControlFailure> {
+        let mut desk = self.desk.lock().await;
+        let r = f(&mut desk, Instant::now());
+        let outputs: Vec<Output> = std::iter::from_fn(|| desk.poll_output()).collect();
+        match &r {
+            Ok(_) => {
+                self.apply(&desk, outputs, who, source).await;
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                let detail = json!({ "refused": e.code(), "action": action });
+                audit(
+                    self.audit.as_ref(),
+                    &who.name,
+                    who.role.as_str(),
+                    "refused",
+                    room,
+                    source,
+                    detail,
+                )
+                .await;
+            }
+        }
+        drop(desk);
+        r.map_err(ControlFailure::from)
+    }
+
+    /// Reads the desk.
+    pub async fn read<T>(&self, f: impl FnOnce(&Desk) -> T) -> T {
+        f(&*self.desk.lock().await)
+    }
+
+    /// A member's signalling session opened.
+    pub async fn connected(&self, room: &str, name: &str) {
+        self.presence(room, name, true).await;
+    }
+
+    /// A member's signalling session closed.
+    pub async fn disconnected(&self, room: &str, name: &str) {
+        self.presence(room, name, false).await;
+    }
+
+    async fn presence(&self, room: &str, name: &str, up: bool) {
+        let mut desk = self.desk.lock().await;
+        if up {
+            desk.handle_connected(room, name, Instant::now());
+        } else {
+            desk.handle_disconnected(room, name, Instant::now());
+        }
+        let outputs: Vec<Output> = std::iter::from_fn(|| desk.poll_output()).collect();
+        let system = Principal {
+            name: "medsfu".into(),
+            role: Role::Admin,
+        };
+        self.apply(&desk, outputs, &system, "presence").await;
+        self.wake.notify_one();
+    }
+
+    /// Stores, applies and announces what changed (the desk is locked, so changes are
+    /// applied in the order they were made).
+    async fn apply(&self, desk: &Desk, outputs: Vec<Output>, who: &Principal, source: &str) {
+        let now_ms = unix_ms(SystemTime::now());
+        for o in outputs {
+            let (action, room, detail) = match &o {
+                Output::RoomOpened { room } => ("room_open", room.clone(), json!({})),
+                Output::CallOpened { room, vehicle, by } => {
+                    let _ = self.feed.send(json!({
+                        "type": "call", "room": room, "vehicle": vehicle, "by": by,
+                        "state": "ringing",
+                    }));
+                    ("call_open", room.clone(), json!({ "vehicle": vehicle }))
+                }
+                Output::MemberAdded { room, member, role } => (
+                    "member_add",
+                    room.clone(),
+                    json!({ "member": member, "role": role.as_str() }),
+                ),
+                Output::MemberRemoved {
+                    room,
+                    member,
+                    removed,
+                } => {
+                    let reason = if *removed {
+                        LeaveReason::Removed
+                    } else {
+                        LeaveReason::Left
+                    };
+                    if desk
+                        .room(room)
+                        .is_some_and(|r| r.state != RoomState::Closed)
+                    {
+                        self.media
+                            .remove_from_room(room, Some(member), reason)
+                            .await;
+                    }
+                    (
+                        if *removed { "member_remove" } else { "leave" },
+                        room.clone(),
+                        json!({ "member": member }),
+                    )
+                }
+                Output::LeadChanged {
+                    room,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    if let Some(from) = from {
+                        self.media.set_role(room, from, Role::Consultant).await;
+                    }
+                    self.media.set_role(room, to, Role::Lead).await;
+                    if *reason == LeadChange::Accepted {
+                        let _ = self.feed.send(json!({
+                            "type": "call_taken", "room": room, "lead": to,
+                        }));
+                    }
+                    info!(reason = reason.as_str(), "lead changed");
+                    (
+                        "lead_change",
+                        room.clone(),
+                        json!({ "from": from, "to": to, "reason": reason.as_str() }),
+                    )
+                }
+                Output::RoomClosed { room, by } => {
+                    self.media
+                        .remove_from_room(room, None, LeaveReason::RoomClosed)
+                        .await;
+                    let _ = self
+                        .feed
+                        .send(json!({ "type": "call_closed", "room": room }));
+                    ("room_close", room.clone(), json!({ "by": by }))
+                }
+                _ => continue,
+            };
+            if let Err(e) = self.persist(desk, &o, now_ms).await {
+                error!(error = %e, action, "control store write failed");
+            }
+            audit(
+                self.audit.as_ref(),
+                &who.name,
+                who.role.as_str(),
+                action,
+                &room,
+                source,
+                detail,
+            )
+            .await;
+        }
+    }
+
+    async fn persist(&self, desk: &Desk, o: &Output, now_ms: i64) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        match o.clone() {
+            Output::MemberAdded { room, member, role } => {
+                blocking(move || store.add_member(&room, &member, role.as_str(), now_ms)).await
+            }
+            Output::MemberRemoved { room, member, .. } => {
+                blocking(move || store.end_member(&room, &member, now_ms)).await
+            }
+            Output::LeadChanged { room, from, to, .. } => {
+                let record = desk.room(&room);
+                blocking(move || {
+                    if let Some(from) = from {
+                        // A lead who left has no membership to change.
+                        let _ = store.set_member_role(&room, &from, Role::Consultant.as_str());
+                    }
+                    store.set_member_role(&room, &to, Role::Lead.as_str())?;
+                    sync_room(&*store, record, now_ms)
+                })
+                .await
+            }
+            Output::RoomOpened { room }
+            | Output::RoomClosed { room, .. }
+            | Output::CallOpened { room, .. } => {
+                let record = desk.room(&room);
+                blocking(move || sync_room(&*store, record, now_ms)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a call for a vehicle device (its QUIC hello without a room).
+    pub async fn open_vehicle_call(&self, vehicle: &str) -> Result<String, ControlFailure> {
+        let who = Principal {
+            name: vehicle.to_owned(),
+            role: Role::Vehicle,
+        };
+        let name = new_call_name();
+        self.act(&who, "open_call", &name, "quic", |d, _| {
+            d.open_call(&name, &who)
+        })
+        .await
+    }
+
+    /// Whether a vehicle may publish into `room`: a room of the control API only to its
+    /// own vehicle while open; rooms it does not know (named by an operator's token) to
+    /// any certified device.
+    pub async fn vehicle_may_publish(&self, vehicle: &str, room: &str) -> Result<(), ControlError> {
+        match self.read(|d| d.room(room)).await {
+            None => Ok(()),
+            Some(r) if r.state == RoomState::Closed => Err(ControlError::Closed(room.to_owned())),
+            Some(r) if r.vehicle.as_deref() == Some(vehicle) => Ok(()),
+            Some(_) => Err(ControlError::NotMember(room.to_owned())),
+        }
+    }
+}
+
+/// A fresh call's room name: when it began (UTC) and a random suffix.
+pub(crate) fn new_call_name() -> String {
+    let secs = unix_ms(SystemTime::now()) / 1000;
+    let tag: u16 = rand::random();
+    format!("call-{}-{tag:04x}", medsfu_record::utc::file_stamp(secs))
+}
+
+/// Writes a room's current state to the store, keeping its creation time.
+fn sync_room(
+    store: &dyn Store,
+    view: Option<medsfu_control::RoomView>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let Some(v) = view else {
+        return Ok(());
+    };
+    let before = store.room(&v.name)?;
+    let status = match v.state {
+        RoomState::Ringing => RoomStatus::Ringing,
+        RoomState::Closed => RoomStatus::Closed,
+        _ => RoomStatus::Active,
+    };
+    let record = RoomRecord {
+        created_ms: before.as_ref().map_or(now_ms, |b| b.created_ms),
+        closed_ms: (status == RoomStatus::Closed)
+            .then(|| before.as_ref().and_then(|b| b.closed_ms).unwrap_or(now_ms)),
+        name: v.name,
+        vehicle: v.vehicle,
+        opened_by: v.opened_by,
+        status,
+        lead: v.lead.or_else(|| before.and_then(|b| b.lead)),
+    };
+    store.put_room(&record)
+}
+
+/// Sleeps until the desk's next deadline (or a change), then lets it hand leads over.
+async fn timer(control: std::sync::Weak<Control>) {
+    loop {
+        let Some(c) = control.upgrade() else {
+            return;
+        };
+        let next = c.read(|d| d.poll_timeout()).await;
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                let mut desk = c.desk.lock().await;
+                desk.handle_timeout(Instant::now());
+                let outputs: Vec<Output> = std::iter::from_fn(|| desk.poll_output()).collect();
+                let system = Principal { name: "medsfu".into(), role: Role::Admin };
+                c.apply(&desk, outputs, &system, "lead timer").await;
+            }
+            () = c.wake.notified() => {}
+        }
+        drop(c);
+    }
+}

@@ -1,0 +1,797 @@
+//! The control API through real HTTP, server-sent events and signalling: logins and
+//! lockouts, calls, the whole roles matrix, lead hand-over (explicit and automatic),
+//! removal, closing, bad input, the audit trail and the OpenAPI document.
+
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use medsfu_control::{may, Action};
+use medsfu_core::Role;
+use serde_json::{json, Value};
+use support::{bin, Server, Ws};
+
+/// `medsfu user add` with the secret on standard input.
+fn user_add(data: &std::path::Path, name: &str, role: &str, secret: &str) {
+    let mut child = Command::new(bin())
+        .args(["user", "add", name, "--role", role, "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("medsfu user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{secret}\n").as_bytes())
+        .expect("write secret");
+    let out = child.wait_with_output().expect("user add");
+    assert!(
+        out.status.success(),
+        "user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `medsfu device add`: the device's token.
+fn device_add(data: &std::path::Path, name: &str) -> String {
+    let out = Command::new(bin())
+        .args(["device", "add", name, "--kind", "tablet", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("medsfu device add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+struct Api {
+    http: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: &Server) -> Api {
+        Api {
+            http: server.http.clone(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; the status and the JSON body (null when empty).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        self.raw(method, path, token, body, "application/json")
+            .await
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<String>,
+        content_type: &str,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut rq = self.client.request(m, format!("{}{path}", self.http));
+        if !token.is_empty() {
+            rq = rq.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(b) = body {
+            rq = rq.header("content-type", content_type).body(b);
+        }
+        let r = rq.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}"))
+        };
+        (status, v)
+    }
+
+    async fn login(&self, user: &str, password: &str) -> String {
+        let (s, v) = self
+            .call(
+                "POST",
+                "/api/login",
+                "",
+                Some(json!({ "user": user, "password": password })),
+            )
+            .await;
+        assert_eq!(s, 200, "login {user}: {v}");
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn room_token(&self, room: &str, token: &str) -> String {
+        let (s, v) = self
+            .call("POST", &format!("/api/rooms/{room}/token"), token, None)
+            .await;
+        assert_eq!(s, 200, "room token: {v}");
+        v["token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// An open server-sent events stream.
+struct Events {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Events {
+    async fn open(server: &Server, token: &str) -> Events {
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/api/calls/events?access_token={token}",
+                server.http
+            ))
+            .send()
+            .await
+            .expect("event stream");
+        assert_eq!(resp.status().as_u16(), 200);
+        Events {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's data (10 s at most), skipping keep-alive comments.
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                    return serde_json::from_str(data.trim()).expect("event JSON");
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("stream read")
+                .expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// Joins a room's signalling with a room token; the `joined` message.
+async fn join(server: &Server, token: &str) -> (Ws, Value) {
+    let mut ws = Ws::connect(server).await;
+    ws.send(json!({ "type": "join", "token": token })).await;
+    let joined = ws.recv().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    (ws, joined)
+}
+
+/// Sends a signalling request with an id and returns its answer (the reply with that id,
+/// or nothing within a short while for requests answered by silence, such as chat).
+async fn ask(ws: &mut Ws, mut msg: Value, id: u64) -> Value {
+    msg["id"] = json!(id);
+    ws.send(msg).await;
+    // A ping after it: its pong proves every earlier reply has been sent.
+    ws.send(json!({ "type": "ping", "id": id + 1_000_000 }))
+        .await;
+    let mut answer = Value::Null;
+    loop {
+        let v = ws.recv().await;
+        if v["id"] == id {
+            answer = v;
+        } else if v["type"] == "pong" && v["id"] == id + 1_000_000 {
+            return answer;
+        }
+    }
+}
+
+/// The account role behind a room role (a lead is a consultant's account).
+fn account_role(r: Role) -> Role {
+    if r == Role::Lead {
+        Role::Consultant
+    } else {
+        r
+    }
+}
+
+/// Whether a signalling answer is a refusal by role.
+fn forbidden(v: &Value) -> bool {
+    v["type"] == "error"
+        && v["code"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("_forbidden"))
+}
+
+/// What is sent, where, with which token, and the status and code expected.
+type BadRequest<'a> = (&'a str, String, Option<String>, &'a str, u16, &'a str);
+
+const PW: &str = "correct horse battery";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_signalling() {
+    let server = Server::start(&[("MEDSFU_CONTROL__LEAD_GRACE_SECS", "1")]);
+    let data = server.data.0.clone();
+    for (name, role) in [
+        ("ana", "consultant"),
+        ("bob", "consultant"),
+        ("carol", "consultant"),
+        ("dis", "dispatcher"),
+        ("root", "admin"),
+    ] {
+        user_add(&data, name, role, PW);
+    }
+    user_add(&data, "crew1", "team", "4711");
+    let tablet = device_add(&data, "tablet-7");
+    let api = Api::new(&server);
+
+    // Logins: a wrong password is 401; wrong PINs lock the crew account (429), even
+    // for the right PIN afterwards, until an operator unlocks it.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login",
+            "",
+            Some(json!({ "user": "ana", "password": "nope" })),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("login_failed")));
+    let crew_login = |pin: &str| json!({ "device_token": tablet, "user": "crew1", "pin": pin });
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login/crew",
+            "",
+            Some(json!({ "device_token": "forged", "user": "crew1", "pin": "4711" })),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("device_unknown")));
+    for _ in 0..4 {
+        let (s, _) = api
+            .call("POST", "/api/login/crew", "", Some(crew_login("0000")))
+            .await;
+        assert_eq!(s, 401);
+    }
+    let (s, v) = api
+        .call("POST", "/api/login/crew", "", Some(crew_login("0000")))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (429, Some("account_locked")),
+        "{v}"
+    );
+    let (s, _) = api
+        .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
+        .await;
+    assert_eq!(s, 429, "locked even for the right PIN");
+    let out = Command::new(bin())
+        .args(["user", "unlock", "crew1", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("user unlock");
+    assert!(out.status.success());
+    let (s, v) = api
+        .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["role"], "team");
+    let crew = v["token"].as_str().expect("token").to_owned();
+    let ana = api.login("ana", PW).await;
+    let bob = api.login("bob", PW).await;
+    let carol = api.login("carol", PW).await;
+    let dis = api.login("dis", PW).await;
+    let root = api.login("root", PW).await;
+
+    // The centre watches; the crew presses the button; the first to accept leads.
+    let mut feed = Events::open(&server, &ana).await;
+    let (s, call) = api.call("POST", "/api/calls", &crew, None).await;
+    assert_eq!(s, 201, "{call}");
+    assert_eq!(call["state"], "ringing");
+    let room = call["name"].as_str().expect("room").to_owned();
+    let ev = feed.next().await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["room"].as_str()),
+        (Some("call"), Some(room.as_str()))
+    );
+    let (s, listed) = api.call("GET", "/api/calls", &bob, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let (s, v) = api
+        .call("POST", &format!("/api/calls/{room}/accept"), &ana, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["role"], "lead");
+    let ev = feed.next().await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["lead"].as_str()),
+        (Some("call_taken"), Some("ana"))
+    );
+    let (s, v) = api
+        .call("POST", &format!("/api/calls/{room}/accept"), &bob, None)
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("call_taken")), "{v}");
+    for user in ["bob", "dis"] {
+        let (s, v) = api
+            .call(
+                "POST",
+                &format!("/api/rooms/{room}/members"),
+                &ana,
+                Some(json!({ "user": user })),
+            )
+            .await;
+        assert_eq!(s, 201, "invite {user}: {v}");
+    }
+
+    // The roles matrix over HTTP: each caller, each action; allowed means anything but
+    // 403 (the requests are chosen so that allowed ones change nothing).
+    let callers = [
+        ("crew1", Role::Team, crew.clone()),
+        ("ana", Role::Lead, ana.clone()),
+        ("bob", Role::Consultant, bob.clone()),
+        ("dis", Role::Dispatcher, dis.clone()),
+        ("root", Role::Admin, root.clone()),
+    ];
+    let r = room.as_str();
+    let mut walked = 0;
+    for (name, role, token) in &callers {
+        let checks: Vec<(Action, &str, String, Option<Value>)> = vec![
+            (Action::OpenCall, "POST", "/api/calls".into(), None),
+            (Action::WatchCalls, "GET", "/api/calls".into(), None),
+            (
+                Action::AcceptCall,
+                "POST",
+                format!("/api/calls/{r}/accept"),
+                None,
+            ),
+            (
+                Action::CreateRoom,
+                "POST",
+                "/api/rooms".into(),
+                Some(json!({ "name": format!("made-by-{name}") })),
+            ),
+            (Action::ListRooms, "GET", "/api/rooms".into(), None),
+            (Action::GetRoom, "GET", format!("/api/rooms/{r}"), None),
+            (
+                Action::Invite,
+                "POST",
+                format!("/api/rooms/{r}/members"),
+                Some(json!({ "user": "nobody" })),
+            ),
+            (
+                Action::Remove,
+                "DELETE",
+                format!("/api/rooms/{r}/members/nobody"),
+                None,
+            ),
+            (
+                Action::HandOver,
+                "POST",
+                format!("/api/rooms/{r}/lead"),
+                Some(json!({ "user": "nobody" })),
+            ),
+            (
+                Action::JoinMedia,
+                "POST",
+                format!("/api/rooms/{r}/token"),
+                None,
+            ),
+            (Action::ReadAudit, "GET", "/api/audit?limit=5".into(), None),
+        ];
+        for (action, method, path, body) in checks {
+            let (s, v) = api.call(method, &path, token, body).await;
+            // Actions on a room count the role in it; the others the account's role.
+            let as_role = if action.in_room() {
+                *role
+            } else {
+                account_role(*role)
+            };
+            let allowed = may(as_role, action);
+            assert_eq!(s != 403, allowed, "{name} ({role:?}) {action:?}: {s} {v}");
+            if !allowed {
+                assert_eq!(v["code"], "forbidden", "{v}");
+            }
+            walked += 1;
+        }
+        // Closing and leaving change things: only refusals are walked here; the allowed
+        // cases happen at the end.
+        for (action, method, path) in [
+            (Action::CloseRoom, "DELETE", format!("/api/rooms/{r}")),
+            (Action::Leave, "POST", format!("/api/rooms/{r}/leave")),
+        ] {
+            if !may(*role, action) {
+                let (s, v) = api.call(method, &path, token, None).await;
+                assert_eq!(s, 403, "{name} {action:?}: {v}");
+                walked += 1;
+            }
+        }
+    }
+    // Someone who is not a member sees nothing of the room and cannot join it.
+    for (method, path) in [
+        ("GET", format!("/api/rooms/{r}")),
+        ("POST", format!("/api/rooms/{r}/token")),
+    ] {
+        let (s, v) = api.call(method, &path, &carol, None).await;
+        assert_eq!((s, v["code"].as_str()), (403, Some("not_a_member")), "{v}");
+    }
+
+    // The matrix in signalling: camera, recording, screenshots, chat, ECG snapshots.
+    let mut sessions = Vec::new();
+    for (name, role, token) in &callers {
+        if *role == Role::Admin {
+            continue;
+        }
+        let rt = api.room_token(r, token).await;
+        let (mut ws, joined) = join(&server, &rt).await;
+        assert_eq!(joined["role"], role.as_str());
+        let mut n = 0;
+        for (action, msg) in [
+            (
+                Action::Camera,
+                json!({ "type": "camera", "vehicle": "P999999", "pan_deg": 10.0 }),
+            ),
+            (
+                Action::Screenshot,
+                json!({ "type": "screenshot", "track": "T999999" }),
+            ),
+            (
+                Action::Chat,
+                json!({ "type": "chat", "text": format!("hello from {name}") }),
+            ),
+            (
+                Action::EcgSnapshot,
+                json!({ "type": "ecg_snapshot", "seconds": 2 }),
+            ),
+            (
+                Action::Record,
+                json!({ "type": "record", "action": "stop" }),
+            ),
+        ] {
+            n += 1;
+            let v = ask(&mut ws, msg, n).await;
+            assert_eq!(!forbidden(&v), may(*role, action), "{name} {action:?}: {v}");
+            walked += 1;
+        }
+        sessions.push((
+            name.to_string(),
+            ws,
+            joined["participant"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    println!("roles matrix: {walked} (role, action) pairs checked through HTTP and signalling");
+    let (mut ana_ws, mut bob_ws, mut dis_ws) = {
+        let mut it = sessions.into_iter();
+        let _crew = it.next().expect("crew");
+        let a = it.next().expect("ana");
+        let b = it.next().expect("bob");
+        let d = it.next().expect("dis");
+        ((a.1, a.2), (b.1, b.2), (d.1, d.2))
+    };
+
+    // Explicit hand-over: everyone is told, and the powers move with the role.
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r}/lead"),
+            &ana,
+            Some(json!({ "user": "bob" })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["lead"], "bob");
+    let seen = dis_ws.0.recv_type("role_changed").await;
+    let seen2 = dis_ws.0.recv_type("role_changed").await;
+    let mut changes = [
+        (seen["participant"].clone(), seen["role"].clone()),
+        (seen2["participant"].clone(), seen2["role"].clone()),
+    ];
+    changes.sort_by_key(|c| c.1.to_string());
+    assert_eq!(
+        changes,
+        [
+            (json!(ana_ws.1), json!("consultant")),
+            (json!(bob_ws.1), json!("lead"))
+        ]
+    );
+    let v = ask(
+        &mut ana_ws.0,
+        json!({ "type": "camera", "vehicle": "P999999", "zoom": 2.0 }),
+        50,
+    )
+    .await;
+    assert!(forbidden(&v), "the former lead steers no more: {v}");
+    let v = ask(
+        &mut bob_ws.0,
+        json!({ "type": "camera", "vehicle": "P999999", "zoom": 2.0 }),
+        51,
+    )
+    .await;
+    assert!(!forbidden(&v), "the new lead steers: {v}");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r}/lead"),
+            &ana,
+            Some(json!({ "user": "ana" })),
+        )
+        .await;
+    assert_eq!(s, 403, "the former lead cannot take it back");
+
+    // Automatic hand-over: the lead's connection drops; after the grace time (1 s here)
+    // the consultant connected longest leads, and the room is told.
+    drop(bob_ws);
+    let v = ana_ws.0.recv_type("role_changed").await;
+    let v = if v["participant"] == json!(ana_ws.1) {
+        v
+    } else {
+        ana_ws.0.recv_type("role_changed").await
+    };
+    assert_eq!(
+        (v["participant"].clone(), v["role"].clone()),
+        (json!(ana_ws.1), json!("lead"))
+    );
+    let (_, room_now) = api
+        .call("GET", &format!("/api/rooms/{r}"), &root, None)
+        .await;
+    assert_eq!(room_now["lead"], "ana", "{room_now}");
+    let leads = room_now["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["role"] == "lead").count());
+    assert_eq!(leads, Some(1));
+
+    // Removal: the dispatcher's session ends and they cannot come back.
+    let (s, _) = api
+        .call("DELETE", &format!("/api/rooms/{r}/members/dis"), &ana, None)
+        .await;
+    assert_eq!(s, 204);
+    let left = dis_ws.0.recv_type("left").await;
+    assert_eq!(left["reason"], "removed");
+    let (s, v) = api
+        .call("POST", &format!("/api/rooms/{r}/token"), &dis, None)
+        .await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("not_a_member")));
+    let (s, _) = api
+        .call("DELETE", &format!("/api/rooms/{r}/members/dis"), &ana, None)
+        .await;
+    assert_eq!(s, 422, "a replayed removal changes nothing");
+
+    // Bad input: each a 4xx with a stable code, audited.
+    let long = format!("{{\"user\":\"{}\"}}", "x".repeat(1_100_000));
+    let members = format!("/api/rooms/{r}/members");
+    let bad: Vec<BadRequest> = vec![
+        (
+            "malformed JSON",
+            members.clone(),
+            Some("{\"user\":".into()),
+            &ana,
+            400,
+            "bad_json",
+        ),
+        (
+            "wrong type",
+            members.clone(),
+            Some("{\"user\":7}".into()),
+            &ana,
+            422,
+            "bad_field",
+        ),
+        (
+            "unknown field",
+            members.clone(),
+            Some("{\"user\":\"bob\",\"admin\":true}".into()),
+            &ana,
+            422,
+            "bad_field",
+        ),
+        (
+            "over 1 MiB",
+            members.clone(),
+            Some(long),
+            &ana,
+            413,
+            "body_too_large",
+        ),
+        (
+            "no token",
+            members.clone(),
+            Some("{\"user\":\"bob\"}".into()),
+            "",
+            401,
+            "token_missing",
+        ),
+        (
+            "forged token",
+            members.clone(),
+            Some("{\"user\":\"bob\"}".into()),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyb290In0.c2ln",
+            401,
+            "token_foreign",
+        ),
+        (
+            "consultant doing lead's work",
+            members.clone(),
+            Some("{\"user\":\"carol\"}".into()),
+            &carol,
+            403,
+            "not_a_member",
+        ),
+        (
+            "bad room name",
+            "/api/rooms/..%2Fetc/members".into(),
+            Some("{\"user\":\"bob\"}".into()),
+            &ana,
+            400,
+            "bad_room",
+        ),
+    ];
+    for (what, path, body, token, status, code) in bad {
+        let (s, v) = api
+            .raw("POST", &path, token, body, "application/json")
+            .await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{what}: {v}");
+    }
+    let room_token_as_api = api.room_token(r, &ana).await;
+    let (s, v) = api
+        .call("GET", "/api/rooms", &room_token_as_api, None)
+        .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("token_wrong_scope")));
+    let (s, v) = api
+        .raw(
+            "POST",
+            &members,
+            &ana,
+            Some("user=bob".into()),
+            "text/plain",
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (415, Some("bad_content_type")));
+    let (s, v) = api.call("GET", "/api/nothing-here", &ana, None).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("not_found")));
+
+    // The crew ends the call: every session is closed, the room refuses new joins.
+    let (s, _) = api
+        .call("DELETE", &format!("/api/rooms/{r}"), &crew, None)
+        .await;
+    assert_eq!(s, 204);
+    let left = ana_ws.0.recv_type("left").await;
+    assert_eq!(left["reason"], "room_closed");
+    let ev = feed.next().await;
+    assert_eq!(ev["type"], "call_closed");
+    let mut late = Ws::connect(&server).await;
+    late.send(json!({ "type": "join", "token": room_token_as_api }))
+        .await;
+    let v = late.recv().await;
+    assert_eq!(v["code"], "room_closed", "{v}");
+    let (s, v) = api
+        .call("DELETE", &format!("/api/rooms/{r}"), &crew, None)
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("room_closed")));
+    // A dispatcher leaves a room (allowed), an admin closes one (allowed).
+    let (s, v) = api.call("POST", "/api/calls", &crew, None).await;
+    assert_eq!(s, 201);
+    let r2 = v["name"].as_str().expect("room").to_owned();
+    assert_ne!(r2, room, "a closed call frees the crew to open a new one");
+    let (s, _) = api
+        .call("POST", &format!("/api/calls/{r2}/accept"), &carol, None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r2}/members"),
+            &carol,
+            Some(json!({ "user": "dis" })),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = api
+        .call("POST", &format!("/api/rooms/{r2}/leave"), &dis, None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("DELETE", &format!("/api/rooms/{r2}"), &root, None)
+        .await;
+    assert_eq!(s, 204);
+
+    // The audit trail has the story, refusals included, and its chain is intact.
+    let (s, trail) = api
+        .call("GET", "/api/audit?limit=100000", &root, None)
+        .await;
+    assert_eq!(s, 200);
+    let trail = trail.as_array().expect("entries").clone();
+    let has = |action: &str, detail: &str| {
+        trail.iter().any(|e| {
+            e["action"] == action && e["detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    };
+    for (action, detail) in [
+        ("login_failed", "account_locked"),
+        ("login", "tablet-7"),
+        ("call_open", ""),
+        ("lead_change", "\"reason\":\"accepted\""),
+        ("lead_change", "\"reason\":\"hand_over\""),
+        ("lead_change", "\"reason\":\"lead_away\""),
+        ("member_add", "\"member\":\"bob\""),
+        ("member_remove", "\"member\":\"dis\""),
+        ("room_close", ""),
+        ("refused", "bad_json"),
+        ("refused", "body_too_large"),
+        ("refused", "token_foreign"),
+        ("refused", "token_missing"),
+        ("refused", "forbidden"),
+        ("refused", "bad_room"),
+    ] {
+        assert!(
+            has(action, detail),
+            "no {action} entry with {detail:?} in the trail"
+        );
+    }
+    assert!(
+        trail.iter().any(|e| e["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("from=127.0.0.1"))),
+        "the trail says where requests came from"
+    );
+    println!("audit trail: {} entries", trail.len());
+    let out = Command::new(bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("audit verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Where requests come from is in the trail, never in the logs.
+    assert!(!server.logs().contains("from=127.0.0.1"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_its_errors() {
+    let server = Server::start(&[]);
+    let r = reqwest::get(format!("{}/api/openapi.json", server.http))
+        .await
+        .expect("openapi");
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/api/login",
+        "/api/login/crew",
+        "/api/calls",
+        "/api/calls/events",
+        "/api/calls/{room}/accept",
+        "/api/rooms",
+        "/api/rooms/{room}",
+        "/api/rooms/{room}/members",
+        "/api/rooms/{room}/members/{user}",
+        "/api/rooms/{room}/leave",
+        "/api/rooms/{room}/lead",
+        "/api/rooms/{room}/token",
+        "/api/audit",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the document");
+    }
+    let error = &doc["components"]["schemas"]["ErrorBody"]["properties"];
+    assert!(error["code"].is_object() && error["message"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
