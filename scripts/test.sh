@@ -15,6 +15,10 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # pdftoppm and pdftotext check the ECG snapshot documents.
 command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
+# schemathesis (PyPI) fuzzes the control API from its OpenAPI document (tests/api_fuzz.rs);
+# it is installed into a virtual environment under target/.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -25,6 +29,13 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "medsfu needs a Rust toolchain (https://rustup.rs): cargo was not found" >&2
   exit 1
+fi
+
+st=target/schemathesis/bin/st
+if [ ! -x "$st" ]; then
+  echo "== installing schemathesis into target/schemathesis"
+  python3 -m venv target/schemathesis
+  target/schemathesis/bin/pip install -q "schemathesis==4.32.5"
 fi
 
 echo "== format"

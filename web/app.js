@@ -9,6 +9,9 @@ const state = {
   subscribedAt: new Map(), firstFrameAt: new Map(), errors: [], publishing: Promise.resolve(),
   answerWaiter: null, speaker: null, speakers: [],
   camera: { pan_deg: 0, zoom: 1, sector: 0 }, cameraStates: 0,
+  recording: false, screenshots: [], calls: new Map(), room: null,
+  // The control API session (docs/control.md): a login token, kept for this tab only.
+  api: { token: sessionStorage.getItem('medsfu.api'), user: sessionStorage.getItem('medsfu.user') },
 };
 window.medsfu = state; // read by the end-to-end tests
 
@@ -16,7 +19,86 @@ function setConn(s) { const c = $('conn'); c.dataset.state = s; c.textContent = 
 function showError(msg) { state.errors.push(msg); $('error').textContent = msg; }
 function send(msg) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(msg)); }
 
+// The control API: JSON in and out; errors are { code, message }.
+async function apiCall(method, path, body) {
+  const headers = { authorization: `Bearer ${state.api.token}` };
+  if (body) headers['content-type'] = 'application/json';
+  const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  const text = await r.text();
+  const v = text ? JSON.parse(text) : null;
+  if (!r.ok) throw new Error(v ? `${v.code}: ${v.message}` : `HTTP ${r.status}`);
+  return v;
+}
+
+async function login(user, password) {
+  const r = await fetch('/api/login', {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user, password }),
+  });
+  const v = await r.json();
+  if (!r.ok) { showError(`${v.code}: ${v.message}`); return; }
+  state.api = { token: v.token, user: v.user, role: v.role };
+  sessionStorage.setItem('medsfu.api', v.token); sessionStorage.setItem('medsfu.user', v.user);
+  showCentre();
+}
+
+// The centre: incoming calls live (server-sent events) and the rooms one belongs to.
+function showCentre() {
+  $('login-form').hidden = true; $('centre').hidden = false;
+  $('whoami').textContent = state.api.user || '';
+  const es = new EventSource(`/api/calls/events?access_token=${encodeURIComponent(state.api.token)}`);
+  const onCall = (ev) => {
+    const m = JSON.parse(ev.data);
+    if (m.type === 'call') state.calls.set(m.room, m); else state.calls.delete(m.room);
+    renderCalls(); refreshRooms();
+  };
+  for (const t of ['call', 'call_taken', 'call_closed']) es.addEventListener(t, onCall);
+  es.addEventListener('resync', () => { es.close(); state.calls.clear(); showCentre(); });
+  es.onerror = () => { if (es.readyState === 2) showError('incoming calls: connection lost'); };
+  state.callFeed = es;
+  refreshRooms();
+}
+
+function renderCalls() {
+  const ul = $('calls'); ul.textContent = '';
+  if (!state.calls.size) {
+    const li = document.createElement('li'); li.className = 'hint'; li.id = 'no-calls';
+    li.textContent = 'no calls waiting'; ul.appendChild(li);
+  }
+  for (const c of state.calls.values()) {
+    const li = document.createElement('li'); li.className = 'call'; li.dataset.room = c.room;
+    li.textContent = `${c.vehicle || c.by} calls (${c.room}) `;
+    const b = document.createElement('button'); b.textContent = 'Accept'; b.className = 'accept';
+    b.onclick = () => accept(c.room);
+    li.appendChild(b); ul.appendChild(li);
+  }
+}
+
+async function refreshRooms() {
+  try {
+    const rooms = await apiCall('GET', '/api/rooms');
+    const ul = $('my-rooms'); ul.textContent = '';
+    for (const r of rooms.filter((r) => r.state === 'active')) {
+      const li = document.createElement('li'); li.textContent = `${r.name} (lead ${r.lead || 'none'}) `;
+      const b = document.createElement('button'); b.textContent = 'Join';
+      b.onclick = async () => {
+        try { const t = await apiCall('POST', `/api/rooms/${r.name}/token`); join(r.name, t.token); }
+        catch (e) { showError(e.message); }
+      };
+      li.appendChild(b); ul.appendChild(li);
+    }
+  } catch (e) { showError(`rooms: ${e.message}`); }
+}
+
+async function accept(room) {
+  try {
+    const t = await apiCall('POST', `/api/calls/${room}/accept`);
+    join(room, t.token);
+  } catch (e) { showError(e.message); }
+}
+
 function join(room, token) {
+  state.room = room;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${proto}://${location.host}/ws`);
   state.ws = ws;
@@ -46,12 +128,33 @@ async function onMessage(m) {
       break;
     case 'participant_joined': addParticipant(m); break;
     case 'participant_left': state.participants.delete(m.participant); renderParticipants(); break;
+    case 'role_changed': {
+      const p = state.participants.get(m.participant);
+      if (p) p.role = m.role;
+      if (state.me && m.participant === state.me.participant) {
+        state.me.role = m.role; notice(`you are ${m.role} now`);
+      }
+      renderParticipants();
+      break;
+    }
+    case 'recording':
+      state.recording = m.active; $('rec-indicator').hidden = !m.active;
+      $('record').textContent = m.active ? 'Stop recording' : 'Start recording';
+      break;
+    case 'screenshot':
+      state.screenshots.push(m);
+      if (m.file) notice(`screenshot stored: ${m.file}`); else showError(`screenshot: ${m.error}`);
+      break;
     case 'camera_state':
       state.camera = { pan_deg: m.pan_deg, zoom: m.zoom, sector: m.sector };
       state.cameraStates++;
       $('cam-state').textContent = `pan ${Math.round(m.pan_deg)}°, zoom ${m.zoom.toFixed(1)}×` +
         (m.sector ? `, sector ${m.sector}` : '');
       $('cam-sector').value = String(m.sector);
+      $('cam-pan').value = String(m.pan_deg);
+      for (const b of document.querySelectorAll('#cam-sectors button')) {
+        b.setAttribute('aria-pressed', String(Number(b.dataset.sector) === m.sector));
+      }
       break;
     case 'camera_sent': break;
     case 'track_published': state.tracks.set(m.track, m); break;
@@ -76,6 +179,7 @@ async function onMessage(m) {
 }
 
 function addParticipant(p) { state.participants.set(p.participant, p); renderParticipants(); }
+function notice(msg) { $('notice').textContent = msg; }
 
 // The lead steers the roof camera of the room's vehicle (the server checks the role too).
 function vehicle() {
@@ -95,8 +199,39 @@ $('cam-right').onclick = () => steer({ pan_deg: clamp(state.camera.pan_deg + 15,
 $('cam-zoom-in').onclick = () => steer({ zoom: clamp(state.camera.zoom + 0.5, 1, 4) });
 $('cam-zoom-out').onclick = () => steer({ zoom: clamp(state.camera.zoom - 0.5, 1, 4) });
 $('cam-sector').onchange = (e) => steer({ sector: Number(e.target.value) });
+$('cam-pan').onchange = (e) => steer({ pan_deg: Number(e.target.value) });
+for (const b of document.querySelectorAll('#cam-sectors button')) {
+  b.onclick = () => steer({ sector: Number(b.dataset.sector) });
+}
+// The server takes the screenshot from the roof camera's stream, at the current sector.
+function roofTrack() {
+  for (const t of state.tracks.values()) {
+    if (t.source === 'roof_camera' && !t.identity.endsWith('~h264')) return t.track;
+  }
+  return null;
+}
+$('cam-screenshot').onclick = () => {
+  const t = roofTrack();
+  if (t) send({ type: 'screenshot', track: t, sector: state.camera.sector });
+};
+$('record').onclick = () => send({ type: 'record', action: state.recording ? 'stop' : 'start' });
+$('invite-form').onsubmit = async (e) => {
+  e.preventDefault();
+  try {
+    const m = await apiCall('POST', `/api/rooms/${state.room}/members`, { user: $('invite-user').value });
+    notice(`${m.name} invited as ${m.role}`); $('invite-user').value = '';
+  } catch (err) { showError(err.message); }
+};
+async function memberAction(method, path, body, done) {
+  try { await apiCall(method, path, body); notice(done); } catch (e) { showError(e.message); }
+}
 function renderParticipants() {
-  $('camera-controls').hidden = !(state.me && state.me.role === 'lead' && vehicle());
+  const role = state.me && state.me.role;
+  $('camera-controls').hidden = !(role === 'lead' && vehicle());
+  $('record').hidden = !(role === 'lead' || role === 'team');
+  // Membership is managed through the control API: only with a login session.
+  const manages = role === 'lead' && !!state.api.token;
+  $('invite-form').hidden = !manages;
   const ul = $('participants'); ul.textContent = '';
   for (const p of state.participants.values()) {
     const li = document.createElement('li');
@@ -104,7 +239,21 @@ function renderParticipants() {
     if (p.participant === state.speaker) li.className = 'speaking';
     li.textContent = p.identity;
     const r = document.createElement('span'); r.className = 'role'; r.textContent = p.role;
-    li.appendChild(r); ul.appendChild(li);
+    li.appendChild(r);
+    const mine = state.me && p.participant === state.me.participant;
+    if (manages && !mine && p.role === 'consultant') {
+      const b = document.createElement('button'); b.textContent = 'Hand over lead'; b.className = 'hand-over';
+      b.onclick = () => memberAction('POST', `/api/rooms/${state.room}/lead`, { user: p.identity },
+        `lead handed to ${p.identity}`);
+      li.appendChild(b);
+    }
+    if (manages && !mine && (p.role === 'consultant' || p.role === 'dispatcher')) {
+      const b = document.createElement('button'); b.textContent = 'Remove'; b.className = 'remove';
+      b.onclick = () => memberAction('DELETE', `/api/rooms/${state.room}/members/${p.identity}`, null,
+        `${p.identity} removed`);
+      li.appendChild(b);
+    }
+    ul.appendChild(li);
   }
 }
 
@@ -187,6 +336,8 @@ state.videoStats = async () => {
 };
 
 $('join-form').onsubmit = (e) => { e.preventDefault(); join($('room').value, $('token').value); };
+$('login-form').onsubmit = (e) => { e.preventDefault(); login($('login-user').value, $('login-password').value); };
+if (state.api.token) showCentre();
 $('publish-mic').onclick = () => publish('microphone');
 $('publish-cam').onclick = () => publish('camera');
 $('leave').onclick = () => { send({ type: 'leave' }); };

@@ -308,8 +308,8 @@ impl From<RoomView> for RoomOut {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomRequest {
-    /// Room name (1-64 of A-Z a-z 0-9 . _ -).
-    #[schema(max_length = 64)]
+    /// Room name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot).
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
     name: String,
 }
 
@@ -625,7 +625,7 @@ where
 /// Accepts a ringing call: the first consultant to accept leads it. Answers with the
 /// room and a room token to join it.
 #[utoipa::path(post, path = "/api/calls/{room}/accept", tag = "calls", security(("bearer" = [])),
-    params(("room" = String, Path, description = "the call's room")),
+    params(("room" = String, Path, description = "the call's room", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = RoomTokenResponse), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody),
@@ -702,10 +702,11 @@ pub async fn create_room(
 
 /// A room and its members (members and admins).
 #[utoipa::path(get, path = "/api/rooms/{room}", tag = "rooms", security(("bearer" = [])),
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = RoomOut), (status = 401, body = ErrorBody),
         (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the room is closed (members)")))]
 pub async fn get_room(
     State(state): State<AppState>,
     c: Caller,
@@ -724,7 +725,7 @@ pub async fn get_room(
 
 /// Ends the call (the lead, the crew, admins): everyone is taken out.
 #[utoipa::path(delete, path = "/api/rooms/{room}", tag = "rooms", security(("bearer" = [])),
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "already closed")))]
@@ -746,7 +747,7 @@ pub async fn close_room(
 /// Invites an account into the room (the lead, admins).
 #[utoipa::path(post, path = "/api/rooms/{room}/members", tag = "rooms",
     security(("bearer" = [])), request_body = UserRequest,
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 201, body = MemberOut), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 400, body = ErrorBody),
@@ -796,8 +797,8 @@ pub async fn invite(
 /// Takes a member out of the room (the lead, admins); their sessions end.
 #[utoipa::path(delete, path = "/api/rooms/{room}/members/{user}", tag = "rooms",
     security(("bearer" = [])),
-    params(("room" = String, Path, description = "room name"),
-        ("user" = String, Path, description = "the member")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("user" = String, Path, description = "the member", pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -818,7 +819,7 @@ pub async fn remove(
 
 /// Leaves the room; a leaving lead passes the role on.
 #[utoipa::path(post, path = "/api/rooms/{room}/leave", tag = "rooms", security(("bearer" = [])),
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
@@ -840,7 +841,7 @@ pub async fn leave(
 /// Hands the lead role to a consultant of the room (the lead).
 #[utoipa::path(post, path = "/api/rooms/{room}/lead", tag = "rooms", security(("bearer" = [])),
     request_body = UserRequest,
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = RoomOut), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 400, body = ErrorBody),
@@ -867,7 +868,7 @@ pub async fn hand_over(
 
 /// A room token for the caller's current role: joins `/ws`, WHEP and telemetry.
 #[utoipa::path(post, path = "/api/rooms/{room}/token", tag = "rooms", security(("bearer" = [])),
-    params(("room" = String, Path, description = "room name")),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = RoomTokenResponse), (status = 401, body = ErrorBody),
         (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),

@@ -834,6 +834,14 @@ impl Engine {
                 w.1 |= red;
             }
         }
+        // Watching an H.264 rendition is watching its H.265 source.
+        for (source, r) in &self.renditions {
+            if let Some(&(g, red)) = watched.get(&r.track) {
+                let w = watched.entry(*source).or_default();
+                w.0 |= g;
+                w.1 |= red;
+            }
+        }
         let mut changed = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
             if s.kind != SessionKind::Vehicle {

@@ -4,38 +4,13 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use medsfu_control::{may, Action};
 use medsfu_core::Role;
 use serde_json::{json, Value};
-use support::{bin, Server, Ws};
-
-/// `medsfu user add` with the secret on standard input.
-fn user_add(data: &std::path::Path, name: &str, role: &str, secret: &str) {
-    let mut child = Command::new(bin())
-        .args(["user", "add", name, "--role", role, "--data-dir"])
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("medsfu user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{secret}\n").as_bytes())
-        .expect("write secret");
-    let out = child.wait_with_output().expect("user add");
-    assert!(
-        out.status.success(),
-        "user add {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::{bin, user_add, Server, Ws};
 
 /// `medsfu device add`: the device's token.
 fn device_add(data: &std::path::Path, name: &str) -> String {

@@ -62,6 +62,29 @@ pub fn certs(data: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// `medsfu user add` with the secret on standard input.
+pub fn user_add(data: &std::path::Path, name: &str, role: &str, secret: &str) {
+    let mut child = Command::new(bin())
+        .args(["user", "add", name, "--role", role, "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("medsfu user add");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        format!("{secret}\n").as_bytes(),
+    )
+    .expect("write secret");
+    let out = child.wait_with_output().expect("user add");
+    assert!(
+        out.status.success(),
+        "user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The repository's shared ECG recordings.
 pub fn ecg_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ecg")
