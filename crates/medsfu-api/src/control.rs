@@ -56,9 +56,79 @@ impl ControlFailure {
     }
 }
 
+/// Counters of the control API (no names, rooms or addresses in labels).
+#[derive(Clone)]
+pub(crate) struct ControlStats {
+    /// Logins by result: `ok`, `failed`, `locked`, `disabled`.
+    pub logins: prometheus::IntCounterVec,
+    /// Calls opened.
+    pub calls: prometheus::IntCounter,
+    /// Lead changes by reason.
+    pub lead_changes: prometheus::IntCounterVec,
+    /// Refused control requests by code.
+    pub refused: prometheus::IntCounterVec,
+    /// Rooms by state (`ringing`, `active`).
+    pub rooms: prometheus::IntGaugeVec,
+}
+
+impl ControlStats {
+    fn new(r: &prometheus::Registry) -> prometheus::Result<ControlStats> {
+        use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "medsfu_control_logins_total",
+                "Logins to the control API by result",
+            ),
+            &["result"],
+        )?;
+        let calls = IntCounter::new("medsfu_control_calls_opened_total", "Calls opened")?;
+        let lead_changes = IntCounterVec::new(
+            Opts::new(
+                "medsfu_control_lead_changes_total",
+                "Changes of a room's lead by reason (accepted, hand_over, lead_left, lead_away, first_consultant)",
+            ),
+            &["reason"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "medsfu_control_refused_total",
+                "Control API requests refused, by error code",
+            ),
+            &["code"],
+        )?;
+        let rooms = IntGaugeVec::new(
+            Opts::new("medsfu_control_rooms", "Rooms of the control API by state"),
+            &["state"],
+        )?;
+        r.register(Box::new(logins.clone()))?;
+        r.register(Box::new(calls.clone()))?;
+        r.register(Box::new(lead_changes.clone()))?;
+        r.register(Box::new(refused.clone()))?;
+        r.register(Box::new(rooms.clone()))?;
+        // Series exist from the start, so that dashboards and alerts see zeros.
+        for result in ["ok", "failed", "locked", "disabled"] {
+            logins.with_label_values(&[result]);
+        }
+        for reason in ["accepted", "hand_over", "lead_left", "lead_away"] {
+            lead_changes.with_label_values(&[reason]);
+        }
+        for state in ["ringing", "active"] {
+            rooms.with_label_values(&[state]);
+        }
+        Ok(ControlStats {
+            logins,
+            calls,
+            lead_changes,
+            refused,
+            rooms,
+        })
+    }
+}
+
 /// Calls, rooms and membership, shared by the HTTP handlers, signalling and the vehicle
 /// endpoint.
 pub struct Control {
+    pub(crate) stats: ControlStats,
     desk: Mutex<Desk>,
     store: Arc<dyn Store>,
     media: MediaHandle,
@@ -130,7 +200,10 @@ impl Control {
         media: MediaHandle,
         audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
         settings: ControlSettings,
+        registry: &prometheus::Registry,
     ) -> Result<Arc<Control>, StoreError> {
+        let stats = ControlStats::new(registry)
+            .map_err(|e| StoreError::Invalid(format!("control metrics: {e}")))?;
         let mut desk = Desk::new(settings.lead_grace);
         let s = store.clone();
         let open = blocking(move || {
@@ -156,6 +229,7 @@ impl Control {
             desk.restore(&r.name, state, r.vehicle, r.opened_by, members, now);
         }
         let control = Arc::new(Control {
+            stats,
             desk: Mutex::new(desk),
             store,
             media,
@@ -197,6 +271,7 @@ impl Control {
                 self.wake.notify_one();
             }
             Err(e) => {
+                self.stats.refused.with_label_values(&[e.code()]).inc();
                 let detail = json!({ "refused": e.code(), "action": action });
                 audit(
                     self.audit.as_ref(),
@@ -249,10 +324,25 @@ impl Control {
     /// applied in the order they were made).
     async fn apply(&self, desk: &Desk, outputs: Vec<Output>, who: &Principal, source: &str) {
         let now_ms = unix_ms(SystemTime::now());
+        if !outputs.is_empty() {
+            let everyone = Principal {
+                name: String::new(),
+                role: Role::Admin,
+            };
+            let open = desk.rooms_for(&everyone);
+            for state in [RoomState::Ringing, RoomState::Active] {
+                let n = open.iter().filter(|r| r.state == state).count();
+                self.stats
+                    .rooms
+                    .with_label_values(&[state.as_str()])
+                    .set(n as i64);
+            }
+        }
         for o in outputs {
             let (action, room, detail) = match &o {
                 Output::RoomOpened { room } => ("room_open", room.clone(), json!({})),
                 Output::CallOpened { room, vehicle, by } => {
+                    self.stats.calls.inc();
                     let _ = self.feed.send(json!({
                         "type": "call", "room": room, "vehicle": vehicle, "by": by,
                         "state": "ringing",
@@ -304,6 +394,10 @@ impl Control {
                         }));
                     }
                     info!(reason = reason.as_str(), "lead changed");
+                    self.stats
+                        .lead_changes
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
                     (
                         "lead_change",
                         room.clone(),

@@ -99,6 +99,7 @@ impl FromRequestParts<AppState> for Caller {
                 source,
             }),
             Err(e) => {
+                count_refusal(state, e.code());
                 crate::control::audit(
                     state.inner.audit.as_ref(),
                     "",
@@ -120,6 +121,12 @@ fn access_token_param(query: Option<&str>) -> Option<String> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("access_token="))
         .map(str::to_owned)
+}
+
+fn count_refusal(state: &AppState, code: &str) {
+    if let Some(c) = &state.inner.control {
+        c.stats.refused.with_label_values(&[code]).inc();
+    }
 }
 
 fn control(state: &AppState) -> Result<&Arc<Control>, ApiError> {
@@ -169,6 +176,7 @@ impl From<medsfu_store::StoreError> for ApiError {
 /// Audits a request refused before it reached the control logic (its body or path was
 /// bad), then returns the error.
 async fn refused(state: &AppState, c: &Caller, room: &str, e: ApiError) -> ApiError {
+    count_refusal(state, e.code);
     crate::control::audit(
         state.inner.audit.as_ref(),
         &c.who.name,
@@ -412,6 +420,13 @@ async fn login_with(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let detail = json!({ "kind": kind.as_str(), "device": device });
+    let result = match &r {
+        Ok(_) => "ok",
+        Err(LoginError::Locked { .. }) => "locked",
+        Err(LoginError::Disabled) => "disabled",
+        Err(_) => "failed",
+    };
+    c.stats.logins.with_label_values(&[result]).inc();
     match r {
         Ok(account) => {
             let role = account_role(account.role);
@@ -500,6 +515,7 @@ pub async fn login_crew(
     let token = b.device_token.clone();
     let device = blocking(move || store.device_by_token(&token)).await?;
     let Some(device) = device else {
+        c.stats.logins.with_label_values(&["failed"]).inc();
         crate::control::audit(
             state.inner.audit.as_ref(),
             &b.user,
@@ -952,6 +968,31 @@ pub async fn read_audit(
     Ok(Json(out))
 }
 
+/// Parses `bytes` as each control API request body; how many kinds accept it (for the
+/// fuzz target: the parsers must refuse garbage without panicking).
+pub fn parse_request_bodies(bytes: &[u8]) -> usize {
+    [
+        serde_json::from_slice::<LoginRequest>(bytes).is_ok(),
+        serde_json::from_slice::<CrewLoginRequest>(bytes).is_ok(),
+        serde_json::from_slice::<CreateRoomRequest>(bytes).is_ok(),
+        serde_json::from_slice::<UserRequest>(bytes).is_ok(),
+        serde_urlencoded_audit(bytes),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
+}
+
+/// The audit listing's query string, parsed as axum parses it.
+fn serde_urlencoded_audit(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|q| {
+        let uri = format!("/api/audit?{q}");
+        uri.parse::<axum::http::Uri>()
+            .ok()
+            .is_some_and(|u| Query::<AuditQuery>::try_from_uri(&u).is_ok())
+    })
+}
+
 /// The OpenAPI 3.1 document of the control API.
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -982,4 +1023,29 @@ impl utoipa::Modify for BearerAuth {
 pub async fn openapi() -> impl IntoResponse {
     use utoipa::OpenApi as _;
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields_wrong_types_and_garbage() {
+        assert_eq!(parse_request_bodies(br#"{"user":"ana"}"#), 1);
+        assert_eq!(parse_request_bodies(br#"{"user":"ana","password":"x"}"#), 1);
+        assert_eq!(parse_request_bodies(br#"{"user":"ana","admin":true}"#), 0);
+        assert_eq!(parse_request_bodies(br#"{"user":7}"#), 0);
+        assert_eq!(parse_request_bodies(b"\xff\x00{"), 0);
+        assert_eq!(parse_request_bodies(b"room=r1&limit=5"), 1);
+        assert_eq!(parse_request_bodies(b"limit=many"), 0);
+        assert_eq!(parse_request_bodies(b"color=red"), 0);
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_every_path() {
+        use utoipa::OpenApi as _;
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(13));
+    }
 }

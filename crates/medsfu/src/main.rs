@@ -571,6 +571,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             media.clone(),
             Some(audit.clone()),
             cfg.control.to_settings(),
+            &registry,
         )
         .await
         .context("control API")?;
@@ -580,7 +581,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 &pki,
                 &certs::Request {
                     server_names: &["localhost".into(), "127.0.0.1".into()],
-                    devices: &["ambulance-1".into()],
+                    devices: &["ambulance-1".into(), "ambulance-2".into()],
                     device_days: 365,
                     revoke: &[],
                 },
@@ -659,6 +660,30 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             println!("  lead doctor (watches, talks):       http://{http}/?room=demo&token={lead}&publish=microphone");
             println!("  crew tablet (publishes camera+mic): http://{http}/?room=demo&token={crew}&publish=camera,microphone");
             println!("  WHEP (lead token):                  http://{http}/whep/demo  Authorization: Bearer {lead}");
+            // The centre's side: a demo teleconsultant account, its password new each run.
+            let password = format!("demo-{:016x}", rand::random::<u64>());
+            let store = control.store();
+            let pw = password.clone();
+            let made = tokio::task::spawn_blocking(move || {
+                if store.account("dr-demo")?.is_some() {
+                    store.set_secret("dr-demo", &pw)
+                } else {
+                    store.add_account(
+                        &medsfu_store::NewAccount {
+                            name: "dr-demo".into(),
+                            role: medsfu_store::AccountRole::Consultant,
+                            secret: pw,
+                            display_name: "Dr Demo".into(),
+                        },
+                        0,
+                    )
+                }
+            })
+            .await;
+            if let Ok(Ok(())) = made {
+                println!("Teleconsultation centre: http://{http}/  sign in as dr-demo / {password}");
+                println!("  then ring it from a second simulated ambulance:  cargo run -p medsfu -- vehicle --call --device ambulance-2");
+            }
             println!("Stop with Ctrl-C.");
         }
         if let (true, Some(days)) = (cfg.recording.enabled, cfg.recording.voice_retention_days) {

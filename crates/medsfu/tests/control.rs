@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use medsfu_control::{may, Action};
@@ -732,6 +732,17 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The operators' counters tell the same story, without names.
+    assert_eq!(
+        server.metric("medsfu_control_calls_opened_total").await,
+        2.0
+    );
+    let locked = "medsfu_control_logins_total{result=\"locked\"}";
+    assert!(server.metric(locked).await >= 2.0, "locked logins counted");
+    let away = "medsfu_control_lead_changes_total{reason=\"lead_away\"}";
+    assert_eq!(server.metric(away).await, 1.0);
+    let bad_json = "medsfu_control_refused_total{code=\"bad_json\"}";
+    assert_eq!(server.metric(bad_json).await, 1.0);
     // Where requests come from is in the trail, never in the logs.
     assert!(!server.logs().contains("from=127.0.0.1"));
 }
