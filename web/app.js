@@ -26,9 +26,20 @@ async function apiCall(method, path, body) {
   const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
   const text = await r.text();
   const v = text ? JSON.parse(text) : null;
+  // An expired or refused login: back to the sign-in form.
+  if (r.status === 401 || (v && v.code === 'account_disabled')) signOut();
   if (!r.ok) throw new Error(v ? `${v.code}: ${v.message}` : `HTTP ${r.status}`);
   return v;
 }
+
+function signOut() {
+  sessionStorage.removeItem('medsfu.api'); sessionStorage.removeItem('medsfu.user');
+  state.api = { token: null, user: null };
+  if (state.callFeed) { state.callFeed.close(); state.callFeed = null; }
+  state.calls.clear(); renderCalls();
+  $('login-form').hidden = false; $('centre').hidden = true; $('whoami').textContent = '';
+}
+const seg = encodeURIComponent;
 
 async function login(user, password) {
   const r = await fetch('/api/login', {
@@ -47,6 +58,8 @@ function showCentre() {
   $('login-form').hidden = true; $('centre').hidden = false;
   $('whoami').textContent = state.api.user || '';
   const es = new EventSource(`/api/calls/events?access_token=${encodeURIComponent(state.api.token)}`);
+  // Every (re)connection starts with the ringing calls: forget the old list then.
+  es.onopen = () => { state.calls.clear(); renderCalls(); };
   const onCall = (ev) => {
     const m = JSON.parse(ev.data);
     if (m.type === 'call') state.calls.set(m.room, m); else state.calls.delete(m.room);
@@ -82,7 +95,7 @@ async function refreshRooms() {
       const li = document.createElement('li'); li.textContent = `${r.name} (lead ${r.lead || 'none'}) `;
       const b = document.createElement('button'); b.textContent = 'Join';
       b.onclick = async () => {
-        try { const t = await apiCall('POST', `/api/rooms/${r.name}/token`); join(r.name, t.token); }
+        try { const t = await apiCall('POST', `/api/rooms/${seg(r.name)}/token`); join(r.name, t.token); }
         catch (e) { showError(e.message); }
       };
       li.appendChild(b); ul.appendChild(li);
@@ -92,7 +105,7 @@ async function refreshRooms() {
 
 async function accept(room) {
   try {
-    const t = await apiCall('POST', `/api/calls/${room}/accept`);
+    const t = await apiCall('POST', `/api/calls/${seg(room)}/accept`);
     join(room, t.token);
   } catch (e) { showError(e.message); }
 }
@@ -218,7 +231,7 @@ $('record').onclick = () => send({ type: 'record', action: state.recording ? 'st
 $('invite-form').onsubmit = async (e) => {
   e.preventDefault();
   try {
-    const m = await apiCall('POST', `/api/rooms/${state.room}/members`, { user: $('invite-user').value });
+    const m = await apiCall('POST', `/api/rooms/${seg(state.room)}/members`, { user: $('invite-user').value });
     notice(`${m.name} invited as ${m.role}`); $('invite-user').value = '';
   } catch (err) { showError(err.message); }
 };
@@ -243,13 +256,13 @@ function renderParticipants() {
     const mine = state.me && p.participant === state.me.participant;
     if (manages && !mine && p.role === 'consultant') {
       const b = document.createElement('button'); b.textContent = 'Hand over lead'; b.className = 'hand-over';
-      b.onclick = () => memberAction('POST', `/api/rooms/${state.room}/lead`, { user: p.identity },
+      b.onclick = () => memberAction('POST', `/api/rooms/${seg(state.room)}/lead`, { user: p.identity },
         `lead handed to ${p.identity}`);
       li.appendChild(b);
     }
     if (manages && !mine && (p.role === 'consultant' || p.role === 'dispatcher')) {
       const b = document.createElement('button'); b.textContent = 'Remove'; b.className = 'remove';
-      b.onclick = () => memberAction('DELETE', `/api/rooms/${state.room}/members/${p.identity}`, null,
+      b.onclick = () => memberAction('DELETE', `/api/rooms/${seg(state.room)}/members/${seg(p.identity)}`, null,
         `${p.identity} removed`);
       li.appendChild(b);
     }

@@ -115,6 +115,15 @@ impl ControlStats {
         for state in ["ringing", "active"] {
             rooms.with_label_values(&[state]);
         }
+        for code in [
+            "forbidden",
+            "not_a_member",
+            "bad_json",
+            "bad_field",
+            "token_expired",
+        ] {
+            refused.with_label_values(&[code]);
+        }
         Ok(ControlStats {
             logins,
             calls,
@@ -134,7 +143,10 @@ pub struct Control {
     media: MediaHandle,
     audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
     feed: broadcast::Sender<Value>,
-    wake: Notify,
+    /// Memberships ended: (room, member), or (room, None) when the room closed. Streams
+    /// that a room token opened end on it.
+    revoked: broadcast::Sender<(String, Option<String>)>,
+    wake: Arc<Notify>,
     /// Settings.
     pub settings: ControlSettings,
 }
@@ -206,19 +218,26 @@ impl Control {
             .map_err(|e| StoreError::Invalid(format!("control metrics: {e}")))?;
         let mut desk = Desk::new(settings.lead_grace);
         let s = store.clone();
-        let open = blocking(move || {
+        // Closed rooms come back too: their names stay taken and their old room tokens
+        // stay refused.
+        let kept = blocking(move || {
             let mut out = Vec::new();
-            for r in s.rooms(false)? {
-                let members = s.members(&r.name)?;
+            for r in s.rooms(true)? {
+                let members = if r.status == RoomStatus::Closed {
+                    Vec::new()
+                } else {
+                    s.members(&r.name)?
+                };
                 out.push((r, members));
             }
             Ok(out)
         })
         .await?;
         let now = Instant::now();
-        for (r, members) in open {
+        for (r, members) in kept {
             let state = match r.status {
                 RoomStatus::Ringing => RoomState::Ringing,
+                RoomStatus::Closed => RoomState::Closed,
                 _ => RoomState::Active,
             };
             let members = members
@@ -235,10 +254,11 @@ impl Control {
             media,
             audit,
             feed: broadcast::channel(256).0,
-            wake: Notify::new(),
+            revoked: broadcast::channel(256).0,
+            wake: Arc::new(Notify::new()),
             settings,
         });
-        tokio::spawn(timer(Arc::downgrade(&control)));
+        tokio::spawn(timer(Arc::downgrade(&control), control.wake.clone()));
         Ok(control)
     }
 
@@ -294,29 +314,62 @@ impl Control {
         f(&*self.desk.lock().await)
     }
 
-    /// A member's signalling session opened.
-    pub async fn connected(&self, room: &str, name: &str) {
-        self.presence(room, name, true).await;
-    }
-
-    /// A member's signalling session closed.
-    pub async fn disconnected(&self, room: &str, name: &str) {
-        self.presence(room, name, false).await;
-    }
-
-    async fn presence(&self, room: &str, name: &str, up: bool) {
-        let mut desk = self.desk.lock().await;
-        if up {
-            desk.handle_connected(room, name, Instant::now());
-        } else {
-            desk.handle_disconnected(room, name, Instant::now());
+    /// Resolves when `identity`'s membership of `room` ends (removed, left, or the room
+    /// closed).
+    pub fn revoked(&self, room: &str, identity: &str) -> impl std::future::Future<Output = ()> {
+        let mut rx = self.revoked.subscribe();
+        let (room, identity) = (room.to_owned(), identity.to_owned());
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok((r, who)) if r == room && who.as_deref().is_none_or(|w| w == identity) => {
+                        return;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
         }
+    }
+
+    /// A member's signalling session `conn` joined the media room. The session is given
+    /// the member's role as it is now (a hand-over may have happened since its token was
+    /// read), or removed if the membership ended meanwhile.
+    pub async fn connected(&self, room: &str, name: &str, conn: u64) {
+        let mut desk = self.desk.lock().await;
+        if let Some(view) = desk.room(room) {
+            match view.members.iter().find(|m| m.name == name) {
+                Some(m) => self.media.set_role(room, name, m.role).await,
+                None => {
+                    let reason = if view.state == RoomState::Closed {
+                        LeaveReason::RoomClosed
+                    } else {
+                        LeaveReason::Removed
+                    };
+                    self.media.remove_from_room(room, Some(name), reason).await;
+                }
+            }
+        }
+        desk.handle_connected(room, name, conn, Instant::now());
+        self.settle(desk).await;
+    }
+
+    /// A member's signalling session `conn` closed.
+    pub async fn disconnected(&self, room: &str, name: &str, conn: u64) {
+        let mut desk = self.desk.lock().await;
+        desk.handle_disconnected(room, name, conn, Instant::now());
+        self.settle(desk).await;
+    }
+
+    /// Applies what a presence change or the timer caused.
+    async fn settle(&self, mut desk: tokio::sync::MutexGuard<'_, Desk>) {
         let outputs: Vec<Output> = std::iter::from_fn(|| desk.poll_output()).collect();
         let system = Principal {
             name: "medsfu".into(),
             role: Role::Admin,
         };
         self.apply(&desk, outputs, &system, "presence").await;
+        drop(desk);
         self.wake.notify_one();
     }
 
@@ -372,6 +425,7 @@ impl Control {
                             .remove_from_room(room, Some(member), reason)
                             .await;
                     }
+                    let _ = self.revoked.send((room.clone(), Some(member.clone())));
                     (
                         if *removed { "member_remove" } else { "leave" },
                         room.clone(),
@@ -408,6 +462,7 @@ impl Control {
                     self.media
                         .remove_from_room(room, None, LeaveReason::RoomClosed)
                         .await;
+                    let _ = self.revoked.send((room.clone(), None));
                     let _ = self
                         .feed
                         .send(json!({ "type": "call_closed", "room": room }));
@@ -441,13 +496,10 @@ impl Control {
                 blocking(move || store.end_member(&room, &member, now_ms)).await
             }
             Output::LeadChanged { room, from, to, .. } => {
+                // The first lead also makes a ringing call active.
                 let record = desk.room(&room);
                 blocking(move || {
-                    if let Some(from) = from {
-                        // A lead who left has no membership to change.
-                        let _ = store.set_member_role(&room, &from, Role::Consultant.as_str());
-                    }
-                    store.set_member_role(&room, &to, Role::Lead.as_str())?;
+                    store.change_lead(&room, from.as_deref(), &to)?;
                     sync_room(&*store, record, now_ms)
                 })
                 .await
@@ -524,12 +576,13 @@ fn sync_room(
 }
 
 /// Sleeps until the desk's next deadline (or a change), then lets it hand leads over.
-async fn timer(control: std::sync::Weak<Control>) {
+/// Holds the control only while working, so that it can be dropped.
+async fn timer(control: std::sync::Weak<Control>, wake: Arc<Notify>) {
     loop {
-        let Some(c) = control.upgrade() else {
-            return;
+        let next = match control.upgrade() {
+            Some(c) => c.read(|d| d.poll_timeout()).await,
+            None => return,
         };
-        let next = c.read(|d| d.poll_timeout()).await;
         let sleep = async {
             match next {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -538,14 +591,12 @@ async fn timer(control: std::sync::Weak<Control>) {
         };
         tokio::select! {
             () = sleep => {
+                let Some(c) = control.upgrade() else { return };
                 let mut desk = c.desk.lock().await;
                 desk.handle_timeout(Instant::now());
-                let outputs: Vec<Output> = std::iter::from_fn(|| desk.poll_output()).collect();
-                let system = Principal { name: "medsfu".into(), role: Role::Admin };
-                c.apply(&desk, outputs, &system, "lead timer").await;
+                c.settle(desk).await;
             }
-            () = c.wake.notified() => {}
+            () = wake.notified() => {}
         }
-        drop(c);
     }
 }

@@ -86,10 +86,18 @@ impl FromRequestParts<AppState> for Caller {
         let source = Origin::of(parts);
         let token = match crate::bearer(&parts.headers) {
             Ok(t) => Ok(t.to_owned()),
-            // EventSource cannot send headers: the feed takes the token as a parameter.
-            Err(e) => access_token_param(parts.uri.query()).ok_or(e),
+            // EventSource cannot send headers: the call feed (only) takes the token as a
+            // parameter.
+            Err(e) if parts.uri.path() == "/api/calls/events" => {
+                access_token_param(parts.uri.query()).ok_or(e)
+            }
+            Err(e) => Err(e),
         };
         let verified = token.and_then(|t| state.inner.tokens.verify_api(&t, SystemTime::now()));
+        let verified = match verified {
+            Ok(g) => account_still_valid(state, g).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
         match verified {
             Ok(g) => Ok(Caller {
                 who: Principal {
@@ -99,7 +107,7 @@ impl FromRequestParts<AppState> for Caller {
                 source,
             }),
             Err(e) => {
-                count_refusal(state, e.code());
+                count_refusal(state, e.code);
                 crate::control::audit(
                     state.inner.audit.as_ref(),
                     "",
@@ -107,12 +115,35 @@ impl FromRequestParts<AppState> for Caller {
                     "refused",
                     "",
                     &source,
-                    json!({ "refused": e.code(), "path": parts.uri.path() }),
+                    json!({ "refused": e.code, "path": parts.uri.path() }),
                 )
                 .await;
-                Err(e.into())
+                Err(e)
             }
         }
+    }
+}
+
+/// A login token stays good only while its account exists and is not disabled (an
+/// operator's `user disable` takes effect at the next request).
+async fn account_still_valid(state: &AppState, g: crate::Grant) -> Result<crate::Grant, ApiError> {
+    let Some(c) = &state.inner.control else {
+        return Ok(g);
+    };
+    let store = c.store();
+    let name = g.identity.clone();
+    match blocking(move || store.account(&name)).await? {
+        Some(a) if !a.disabled => Ok(g),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "account disabled",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "account_unknown",
+            "the token's account no longer exists",
+        )),
     }
 }
 
@@ -609,6 +640,8 @@ pub async fn call_events(
         loop {
             tokio::select! {
                 () = stopping.stopping() => return,
+                // The client went away: stop at once, not at the next event.
+                () = tx.closed() => return,
                 ev = feed.recv() => match ev {
                     Ok(ev) => if tx.send(ev).await.is_err() { return },
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -682,7 +715,8 @@ fn room_token_for(state: &AppState, room: &str, user: &str, role: Role) -> RoomT
 
 /// Rooms the caller may see (admins: all open rooms).
 #[utoipa::path(get, path = "/api/rooms", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Vec<RoomOut>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Vec<RoomOut>), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "account disabled")))]
 pub async fn list_rooms(
     State(state): State<AppState>,
     c: Caller,

@@ -126,6 +126,34 @@ impl AppState {
         self
     }
 
+    /// The grant with the holder's current role. In rooms of the control API the role is
+    /// the membership's now (the lead may have changed since the token was issued), and
+    /// non-members and closed rooms are refused; other rooms (an operator's token) keep
+    /// the token's role.
+    pub(crate) async fn current_role(&self, mut g: Grant) -> Result<Grant, ApiError> {
+        use axum::http::StatusCode;
+        let Some(c) = &self.inner.control else {
+            return Ok(g);
+        };
+        let Some(room) = c.read(|d| d.room(&g.room)).await else {
+            return Ok(g);
+        };
+        if room.state == medsfu_control::RoomState::Closed {
+            let msg = format!("room {} is closed", g.room);
+            return Err(ApiError::new(StatusCode::CONFLICT, "room_closed", msg));
+        }
+        match room.members.iter().find(|m| m.name == g.identity) {
+            Some(m) => {
+                g.role = m.role;
+                Ok(g)
+            }
+            None => {
+                let msg = format!("not a member of room {}", g.room);
+                Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", msg))
+            }
+        }
+    }
+
     /// Starts stopping: `/readyz` answers 503, signalling sessions are told
     /// `server_shutdown` and closed, telemetry streams end.
     pub fn begin_shutdown(&self) {

@@ -141,14 +141,20 @@ enum Target {
     Subscriber,
 }
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    axum::Extension(origin): axum::Extension<crate::control_api::Origin>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let span = tracing::Span::current();
+    // "signalling req=N from=IP": where the session's audited accesses come from.
+    let source = origin.0.replacen("http", "signalling", 1);
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             use tracing::Instrument as _;
             // The session outlives the request; it keeps the request's span (its id).
-            session(state, socket).instrument(span)
+            session(state, socket, source).instrument(span)
         })
 }
 
@@ -314,7 +320,7 @@ fn parse(text: &str) -> Result<ClientMessage, Value> {
     })
 }
 
-async fn session(state: AppState, mut socket: WebSocket) {
+async fn session(state: AppState, mut socket: WebSocket, source: String) {
     let s = &state.inner;
     let mut last_seen = Instant::now();
     // The first message must be a join with a valid token, within JOIN_WITHIN.
@@ -348,10 +354,10 @@ async fn session(state: AppState, mut socket: WebSocket) {
                             return;
                         }
                     }
-                    Ok(g) => match current_role(&state, g).await {
+                    Ok(g) => match state.current_role(g).await {
                         Ok(g) => break (g, id, decodes_h265),
-                        Err((code, message)) => {
-                            if !send(&mut socket, &error(code, message, id)).await {
+                        Err(e) => {
+                            if !send(&mut socket, &error(e.code, e.message, id)).await {
                                 return;
                             }
                         }
@@ -400,38 +406,20 @@ async fn session(state: AppState, mut socket: WebSocket) {
     use tracing::Instrument as _;
     let control = state.inner.control.clone();
     let (room, identity) = (grant.room.clone(), grant.identity.clone());
+    let mut grant = grant;
     if let Some(c) = &control {
-        c.connected(&room, &identity).await;
+        // Gives the media session the membership's role as it is now (a hand-over may
+        // have come between reading it and joining), or removes it.
+        c.connected(&room, &identity, me.0).await;
+        if let Ok(now) = state.current_role(grant.clone()).await {
+            grant.role = now.role;
+        }
     }
-    joined_session(state, socket, grant, join_id, joined, events)
+    joined_session(state, socket, grant, join_id, joined, events, source)
         .instrument(span)
         .await;
     if let Some(c) = &control {
-        c.disconnected(&room, &identity).await;
-    }
-}
-
-/// The grant with the holder's current role: in rooms of the control API the role is
-/// the membership's now (the lead may have changed since the token was issued), and
-/// non-members and closed rooms are refused.
-async fn current_role(state: &AppState, mut g: Grant) -> Result<Grant, (&'static str, String)> {
-    let Some(c) = &state.inner.control else {
-        return Ok(g);
-    };
-    let room = c.read(|d| d.room(&g.room)).await;
-    let Some(room) = room else {
-        // Not a room of the control API: the operator's token decides.
-        return Ok(g);
-    };
-    if room.state == medsfu_control::RoomState::Closed {
-        return Err(("room_closed", format!("room {} is closed", g.room)));
-    }
-    match room.members.iter().find(|m| m.name == g.identity) {
-        Some(m) => {
-            g.role = m.role;
-            Ok(g)
-        }
-        None => Err(("not_a_member", format!("not a member of room {}", g.room))),
+        c.disconnected(&room, &identity, me.0).await;
     }
 }
 
@@ -443,6 +431,7 @@ async fn joined_session(
     join_id: Option<Value>,
     joined: Joined,
     mut events: mpsc::UnboundedReceiver<SessionEvent>,
+    source: String,
 ) {
     let s = &state.inner;
     let me = joined.participant;
@@ -454,7 +443,7 @@ async fn joined_session(
             grant.role,
             "join",
             &grant.room,
-            "signalling",
+            &source,
             json!({ "participant": me.to_string() }),
         )
         .await;
@@ -477,7 +466,7 @@ async fn joined_session(
                     grant.role,
                     "history_replay",
                     &grant.room,
-                    "signalling",
+                    &source,
                     json!({ "participant": me.to_string() }),
                 )
                 .await;
@@ -492,6 +481,7 @@ async fn joined_session(
             None
         };
         let mut who = Who {
+            source,
             me,
             room: grant.room.clone(),
             identity: grant.identity.clone(),
@@ -544,6 +534,8 @@ async fn replay(state: &AppState, socket: &mut WebSocket, room: &str) -> Result<
 
 /// Who a joined session is.
 struct Who {
+    /// Where from, for the audit trail.
+    source: String,
     me: ParticipantId,
     room: String,
     identity: String,
@@ -618,7 +610,7 @@ async fn run(
                     if let Some((action, detail)) = audited {
                         // Only what was done: refused requests change nothing.
                         if reply.as_ref().is_none_or(|r| r["type"] != "error") {
-                            state.audit(&who.identity, who.role, action, &who.room, "signalling", detail).await;
+                            state.audit(&who.identity, who.role, action, &who.room, &who.source, detail).await;
                         }
                     }
                     let leaving = reply.as_ref().is_some_and(|r| r["type"] == "left");

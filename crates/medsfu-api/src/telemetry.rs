@@ -67,6 +67,7 @@ pub async fn stream(
         .inner
         .tokens
         .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
+    let grant = state.current_role(grant).await?;
     if !may_read(grant.role) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -90,11 +91,25 @@ pub async fn stream(
         let batch = feed.next().await?;
         Some((Ok::<_, std::io::Error>(ndjson(&batch)), feed))
     });
-    // A stopping server ends the stream; the client reconnects and replays from history.
+    // A stopping server ends the stream (the client reconnects and replays from
+    // history), and so does the end of the holder's membership (removed, room closed).
     let stopping = state.clone();
+    let revoked = state
+        .inner
+        .control
+        .as_ref()
+        .map(|c| c.revoked(&room, &grant.identity));
     let live = futures_util::StreamExt::take_until(
         live,
-        Box::pin(async move { stopping.stopping().await }),
+        Box::pin(async move {
+            match revoked {
+                Some(r) => tokio::select! {
+                    () = stopping.stopping() => {}
+                    () = r => {}
+                },
+                None => stopping.stopping().await,
+            }
+        }),
     );
     let body = futures_util::StreamExt::chain(
         futures_util::stream::once(async move { Ok(history) }),

@@ -107,6 +107,7 @@ async fn create(
     let grant = s
         .tokens
         .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
+    let grant = state.current_role(grant).await?;
     let offer = sdp_body(&headers, &body)?;
     // Reject bad SDP and forbidden media before the participant appears to anyone.
     let sections = medsfu_webrtc::sdp::media_sections(&offer)

@@ -214,8 +214,9 @@ pub struct RoomView {
 struct Member {
     name: String,
     role: Role,
-    /// Connections open now (signalling sessions).
-    online: u32,
+    /// Connections open now (signalling sessions), by the shell's connection id: a late
+    /// close of a connection from an earlier membership is not this one's.
+    online: std::collections::BTreeSet<u64>,
     /// Since when connected without a break (for "longest present").
     online_since: Option<Instant>,
     /// Order of joining the membership (ties of presence go to the earlier member).
@@ -251,7 +252,7 @@ impl Room {
         let consultants = self.members.iter().filter(|m| m.role == Role::Consultant);
         let online = consultants
             .clone()
-            .filter(|m| m.online > 0)
+            .filter(|m| !m.online.is_empty())
             .min_by_key(|m| (m.online_since, m.order));
         match online {
             Some(m) => Some(m.name.clone()),
@@ -291,6 +292,23 @@ impl Desk {
         members: Vec<(String, Role)>,
         now: Instant,
     ) {
+        // What the store says is mended to the invariant: at most one lead (the first),
+        // and one (the earliest consultant) if there are consultants.
+        let mut members = members;
+        let mut seen_lead = false;
+        for (_, role) in &mut members {
+            if *role == Role::Lead {
+                if seen_lead {
+                    *role = Role::Consultant;
+                }
+                seen_lead = true;
+            }
+        }
+        if !seen_lead && state != RoomState::Closed {
+            if let Some((_, role)) = members.iter_mut().find(|(_, r)| *r == Role::Consultant) {
+                *role = Role::Lead;
+            }
+        }
         let has_lead = members.iter().any(|(_, r)| *r == Role::Lead);
         let members = members
             .into_iter()
@@ -299,7 +317,7 @@ impl Desk {
                 Member {
                     name,
                     role,
-                    online: 0,
+                    online: Default::default(),
                     online_since: None,
                     order: self.next_order,
                 }
@@ -371,7 +389,7 @@ impl Desk {
                 .map(|m| MemberView {
                     name: m.name.clone(),
                     role: m.role,
-                    online: m.online > 0,
+                    online: !m.online.is_empty(),
                 })
                 .collect(),
         })
@@ -454,7 +472,7 @@ impl Desk {
             r.members.push(Member {
                 name: name.to_owned(),
                 role,
-                online: 0,
+                online: Default::default(),
                 online_since: None,
                 order,
             });
@@ -686,18 +704,19 @@ impl Desk {
         Ok(())
     }
 
-    /// A member's connection opened (a signalling session joined).
-    pub fn handle_connected(&mut self, room: &str, name: &str, now: Instant) {
+    /// A member's connection `conn` (an id unique in the shell) opened: a signalling
+    /// session joined.
+    pub fn handle_connected(&mut self, room: &str, name: &str, conn: u64, now: Instant) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
         let Some(m) = r.member_mut(name) else {
             return;
         };
-        m.online += 1;
-        if m.online == 1 {
+        if m.online.is_empty() {
             m.online_since = Some(now);
         }
+        m.online.insert(conn);
         if m.role == Role::Lead {
             r.lead_away_since = None;
         }
@@ -705,16 +724,19 @@ impl Desk {
         self.handle_timeout(now);
     }
 
-    /// A member's connection closed.
-    pub fn handle_disconnected(&mut self, room: &str, name: &str, now: Instant) {
+    /// A member's connection `conn` closed (ignored if it is not one of this
+    /// membership's).
+    pub fn handle_disconnected(&mut self, room: &str, name: &str, conn: u64, now: Instant) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
         let Some(m) = r.member_mut(name) else {
             return;
         };
-        m.online = m.online.saturating_sub(1);
-        if m.online == 0 {
+        if !m.online.remove(&conn) {
+            return;
+        }
+        if m.online.is_empty() {
             m.online_since = None;
             if m.role == Role::Lead {
                 r.lead_away_since = Some(now);
@@ -765,7 +787,7 @@ impl Desk {
         let mut online = false;
         if let Some(m) = r.member_mut(to) {
             m.role = Role::Lead;
-            online = m.online > 0;
+            online = !m.online.is_empty();
         }
         // A lead who is not connected has the grace time to connect.
         r.lead_away_since = (!online).then_some(now);
@@ -816,6 +838,11 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // tests need some instant to start from
     fn start() -> Instant {
         Instant::now()
+    }
+
+    /// One connection id per person (tests where a person has one connection at a time).
+    fn conn(name: &str) -> u64 {
+        name.bytes().map(u64::from).sum()
     }
 
     fn drain(d: &mut Desk) -> Vec<Output> {
@@ -961,18 +988,18 @@ mod tests {
         let (_amb, ana, bob) = call_with_lead(&mut d);
         let cid = p("cid", Role::Consultant);
         d.invite("call-1", &ana, &cid, start()).unwrap();
-        d.handle_connected("call-1", "ana", t0);
-        d.handle_connected("call-1", "cid", t0 + Duration::from_secs(1));
-        d.handle_connected("call-1", "bob", t0 + Duration::from_secs(2));
+        d.handle_connected("call-1", "ana", conn("ana"), t0);
+        d.handle_connected("call-1", "cid", conn("cid"), t0 + Duration::from_secs(1));
+        d.handle_connected("call-1", "bob", conn("bob"), t0 + Duration::from_secs(2));
         drain(&mut d);
         assert_eq!(d.poll_timeout(), None);
         let gone = t0 + Duration::from_secs(10);
-        d.handle_disconnected("call-1", "ana", gone);
+        d.handle_disconnected("call-1", "ana", conn("ana"), gone);
         assert_eq!(d.poll_timeout(), Some(gone + grace));
         // Back within the grace time: nothing changes.
-        d.handle_connected("call-1", "ana", gone + Duration::from_secs(5));
+        d.handle_connected("call-1", "ana", conn("ana"), gone + Duration::from_secs(5));
         assert_eq!(d.poll_timeout(), None);
-        d.handle_disconnected("call-1", "ana", gone + Duration::from_secs(6));
+        d.handle_disconnected("call-1", "ana", conn("ana"), gone + Duration::from_secs(6));
         d.handle_timeout(gone + Duration::from_secs(35));
         assert!(
             drain(&mut d).is_empty(),
@@ -1001,14 +1028,14 @@ mod tests {
         let grace = Duration::from_secs(30);
         let mut d = Desk::new(grace);
         let (_amb, _ana, _bob) = call_with_lead(&mut d);
-        d.handle_connected("call-1", "ana", t0);
-        d.handle_disconnected("call-1", "ana", t0);
+        d.handle_connected("call-1", "ana", conn("ana"), t0);
+        d.handle_disconnected("call-1", "ana", conn("ana"), t0);
         assert_eq!(d.poll_timeout(), None, "no one to pass the lead to");
         d.handle_timeout(t0 + Duration::from_secs(60));
         drain(&mut d);
         assert_eq!(d.room("call-1").unwrap().lead.as_deref(), Some("ana"));
         // Bob connects long after the grace time: he takes over at once.
-        d.handle_connected("call-1", "bob", t0 + Duration::from_secs(90));
+        d.handle_connected("call-1", "bob", conn("bob"), t0 + Duration::from_secs(90));
         assert_eq!(d.room("call-1").unwrap().lead.as_deref(), Some("bob"));
         check_invariant(&d);
     }
@@ -1054,6 +1081,47 @@ mod tests {
     }
 
     #[test]
+    fn a_late_close_of_an_old_connection_does_not_take_a_new_membership_offline() {
+        let t0 = start();
+        let mut d = Desk::new(Duration::from_secs(30));
+        let (_amb, ana, bob) = call_with_lead(&mut d);
+        d.handle_connected("call-1", "bob", 1, t0);
+        d.remove("call-1", &ana, "bob", t0).unwrap();
+        d.invite("call-1", &ana, &bob, t0).unwrap();
+        d.handle_connected("call-1", "bob", 2, t0);
+        // The removed session's socket closes only now.
+        d.handle_disconnected("call-1", "bob", 1, t0);
+        let room = d.room("call-1").unwrap();
+        assert!(room.members.iter().any(|m| m.name == "bob" && m.online));
+    }
+
+    #[test]
+    fn a_restored_room_is_mended_to_one_lead() {
+        let t0 = start();
+        let mut d = Desk::new(Duration::from_secs(30));
+        let two = vec![
+            ("ana".to_owned(), Role::Lead),
+            ("bob".to_owned(), Role::Lead),
+        ];
+        d.restore("r1", RoomState::Active, None, "x".into(), two, t0);
+        let none = vec![
+            ("amb".to_owned(), Role::Vehicle),
+            ("cid".to_owned(), Role::Consultant),
+        ];
+        d.restore("r2", RoomState::Active, None, "x".into(), none, t0);
+        assert_eq!(d.room("r1").unwrap().lead.as_deref(), Some("ana"));
+        assert_eq!(d.room("r2").unwrap().lead.as_deref(), Some("cid"));
+        check_invariant(&d);
+        // A closed room stays closed, and its name stays taken.
+        d.restore("old", RoomState::Closed, None, "x".into(), vec![], t0);
+        let admin = p("root", Role::Admin);
+        assert_eq!(
+            d.create_room("old", &admin).unwrap_err().code(),
+            "room_exists"
+        );
+    }
+
+    #[test]
     fn random_sequences_keep_exactly_one_lead() {
         // A small deterministic generator: the same sequences every run.
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -1092,8 +1160,8 @@ mod tests {
                     2 => {
                         let _ = d.leave("r", &me, start());
                     }
-                    3 => d.handle_connected("r", who, now),
-                    4 => d.handle_disconnected("r", who, now),
+                    3 => d.handle_connected("r", who, conn(who), now),
+                    4 => d.handle_disconnected("r", who, conn(who), now),
                     5 => {
                         if let Some(l) = &lead {
                             let _ = d.remove("r", l, other, start());

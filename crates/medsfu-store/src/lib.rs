@@ -102,8 +102,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Records that `member` left `room`'s membership.
     fn end_member(&self, room: &str, member: &str, now_ms: i64) -> Result<(), StoreError>;
-    /// Records a member's new role (lead hand-over).
+    /// Records a member's new role.
     fn set_member_role(&self, room: &str, member: &str, role: &str) -> Result<(), StoreError>;
+    /// Records a lead hand-over in one transaction: `from` (if still a member) becomes a
+    /// consultant, `to` the lead, and the room names `to` as its lead.
+    fn change_lead(&self, room: &str, from: Option<&str>, to: &str) -> Result<(), StoreError>;
     /// A room's memberships, current and past, in the order they began.
     fn members(&self, room: &str) -> Result<Vec<MemberRecord>, StoreError>;
 }

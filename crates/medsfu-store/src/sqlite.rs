@@ -57,6 +57,18 @@ fn migrations() -> Migrations<'static> {
 /// The SQLite store (one file; WAL, foreign keys on).
 pub struct SqliteStore {
     db: Mutex<Connection>,
+    /// Logins of one account take turns (by a stripe of its name), so that parallel
+    /// guesses cannot all read the same failure count and slip past the lockout.
+    login_turns: [Mutex<()>; LOGIN_STRIPES],
+}
+
+const LOGIN_STRIPES: usize = 64;
+
+fn stripe(name: &str) -> usize {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % LOGIN_STRIPES as u64) as usize
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -74,7 +86,14 @@ impl SqliteStore {
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations().to_latest(&mut db)?;
-        Ok(SqliteStore { db: Mutex::new(db) })
+        Ok(SqliteStore::with(db))
+    }
+
+    fn with(db: Connection) -> SqliteStore {
+        SqliteStore {
+            db: Mutex::new(db),
+            login_turns: std::array::from_fn(|_| Mutex::new(())),
+        }
     }
 
     /// An empty in-memory store (tests, tools).
@@ -82,7 +101,7 @@ impl SqliteStore {
         let mut db = Connection::open_in_memory()?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         migrations().to_latest(&mut db)?;
-        Ok(SqliteStore { db: Mutex::new(db) })
+        Ok(SqliteStore::with(db))
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -250,6 +269,10 @@ impl Store for SqliteStore {
         policy: &LoginPolicy,
         now_ms: i64,
     ) -> Result<Account, LoginError> {
+        // Held for the whole check: the count read below is the one written back.
+        let _turn = self.login_turns[stripe(name)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let row = {
             let db = self.db();
             db.query_row(
@@ -429,6 +452,31 @@ impl Store for SqliteStore {
         changed(n, &format!("membership of {member} in {room}"))
     }
 
+    fn change_lead(&self, room: &str, from: Option<&str>, to: &str) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if let Some(from) = from {
+            // A lead who left has no open membership: nothing to change then.
+            tx.execute(
+                "UPDATE memberships SET role = 'consultant'
+                 WHERE room = ?1 AND member = ?2 AND left_ms IS NULL",
+                params![room, from],
+            )?;
+        }
+        let n = tx.execute(
+            "UPDATE memberships SET role = 'lead'
+             WHERE room = ?1 AND member = ?2 AND left_ms IS NULL",
+            params![room, to],
+        )?;
+        changed(n, &format!("membership of {to} in {room}"))?;
+        tx.execute(
+            "UPDATE rooms SET lead = ?2 WHERE name = ?1",
+            params![room, to],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn members(&self, room: &str) -> Result<Vec<MemberRecord>, StoreError> {
         let db = self.db();
         let mut st = db.prepare(
@@ -506,6 +554,34 @@ mod tests {
         let _ = s.login("ana", "1", pin, &p, 70_000);
         let _ = s.login("ana", "2", pin, &p, 70_001);
         assert!(s.login("ana", "4711", pin, &p, 70_002).is_ok());
+    }
+
+    #[test]
+    fn parallel_guesses_get_no_more_tries_than_the_lockout_allows() {
+        let s = std::sync::Arc::new(store_with(AccountRole::Team, "4711"));
+        let p = LoginPolicy {
+            max_failures: 3,
+            lockout_ms: 60_000,
+        };
+        let tries: Vec<_> = (0..12)
+            .map(|i| {
+                let (s, p) = (s.clone(), p.clone());
+                std::thread::spawn(move || {
+                    s.login("ana", &format!("{:04}", i), SecretKind::Pin, &p, 1000)
+                })
+            })
+            .collect();
+        let results: Vec<_> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+        let checked = results
+            .iter()
+            .filter(|r| matches!(r, Err(LoginError::Wrong)))
+            .count();
+        let locked = results
+            .iter()
+            .filter(|r| matches!(r, Err(LoginError::Locked { .. })))
+            .count();
+        // Two wrong PINs are checked; the third locks; the other nine find it locked.
+        assert_eq!((checked, locked), (2, 10), "{results:?}");
     }
 
     #[test]
@@ -590,8 +666,15 @@ mod tests {
         s.add_member("call-1", "amb-7", "vehicle", 5).unwrap();
         s.add_member("call-1", "ana", "lead", 6).unwrap();
         s.add_member("call-1", "bob", "consultant", 7).unwrap();
-        s.set_member_role("call-1", "ana", "consultant").unwrap();
-        s.set_member_role("call-1", "bob", "lead").unwrap();
+        s.set_member_role("call-1", "ana", "lead").unwrap();
+        s.change_lead("call-1", Some("ana"), "bob").unwrap();
+        assert_eq!(
+            s.change_lead("call-1", Some("bob"), "nobody")
+                .unwrap_err()
+                .code(),
+            "not_found",
+            "a failed hand-over changes nothing"
+        );
         s.end_member("call-1", "ana", 9).unwrap();
         assert_eq!(
             s.end_member("call-1", "ana", 10).unwrap_err().code(),

@@ -528,7 +528,17 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .map(|m| m.iter().filter(|m| m["role"] == "lead").count());
     assert_eq!(leads, Some(1));
 
-    // Removal: the dispatcher's session ends and they cannot come back.
+    // Removal: the dispatcher's session ends and they cannot come back, not even with a
+    // room token issued before (signalling, WHEP, the telemetry stream).
+    let dis_old = api.room_token(r, &dis).await;
+    // An open telemetry stream of the dispatcher's, which must end with the membership.
+    let mut dis_stream = reqwest::Client::new()
+        .get(format!("{}/api/rooms/{r}/telemetry", server.http))
+        .header("authorization", format!("Bearer {dis_old}"))
+        .send()
+        .await
+        .expect("telemetry stream");
+    assert_eq!(dis_stream.status().as_u16(), 200);
     let (s, _) = api
         .call("DELETE", &format!("/api/rooms/{r}/members/dis"), &ana, None)
         .await;
@@ -539,6 +549,40 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .call("POST", &format!("/api/rooms/{r}/token"), &dis, None)
         .await;
     assert_eq!((s, v["code"].as_str()), (403, Some("not_a_member")));
+    let (s, v) = api
+        .raw(
+            "POST",
+            &format!("/whep/{r}"),
+            &dis_old,
+            Some("v=0\r\n".into()),
+            "application/sdp",
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("not_a_member")),
+        "WHEP: {v}"
+    );
+    let (s, v) = api
+        .call("GET", &format!("/api/rooms/{r}/telemetry"), &dis_old, None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("not_a_member")),
+        "telemetry: {v}"
+    );
+    let mut back = Ws::connect(&server).await;
+    back.send(json!({ "type": "join", "token": dis_old })).await;
+    let v = back.recv().await;
+    assert_eq!(v["code"], "not_a_member", "{v}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(_chunk) = dis_stream.chunk().await.expect("stream read") {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the removed member's telemetry stream did not end"
+    );
     let (s, _) = api
         .call("DELETE", &format!("/api/rooms/{r}/members/dis"), &ana, None)
         .await;
@@ -655,6 +699,21 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .call("DELETE", &format!("/api/rooms/{r}"), &crew, None)
         .await;
     assert_eq!((s, v["code"].as_str()), (409, Some("room_closed")));
+    // An operator disables an account: its login token stops working at once.
+    let out = Command::new(bin())
+        .args(["user", "disable", "carol", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("user disable");
+    assert!(out.status.success());
+    let (s, v) = api.call("GET", "/api/rooms", &carol, None).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("account_disabled")));
+    let out = Command::new(bin())
+        .args(["user", "enable", "carol", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("user enable");
+    assert!(out.status.success());
     // A dispatcher leaves a room (allowed), an admin closes one (allowed).
     let (s, v) = api.call("POST", "/api/calls", &crew, None).await;
     assert_eq!(s, 201);
@@ -780,4 +839,110 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_memberships_and_leads_survive_a_restart_and_closed_rooms_stay_closed() {
+    let server = Server::start(&[]);
+    let data = server.data.0.clone();
+    for (name, role) in [
+        ("ana", "consultant"),
+        ("bob", "consultant"),
+        ("root", "admin"),
+    ] {
+        user_add(&data, name, role, PW);
+    }
+    user_add(&data, "crew1", "team", "4711");
+    let tablet = device_add(&data, "tablet-1");
+    let api = Api::new(&server);
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login/crew",
+            "",
+            Some(json!({ "device_token": tablet, "user": "crew1", "pin": "4711" })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let crew = v["token"].as_str().expect("token").to_owned();
+    let ana = api.login("ana", PW).await;
+    // One call ends, a second stays open with ana leading and bob invited.
+    let (_, first) = api.call("POST", "/api/calls", &crew, None).await;
+    let first = first["name"].as_str().expect("room").to_owned();
+    let (s, _) = api
+        .call("POST", &format!("/api/calls/{first}/accept"), &ana, None)
+        .await;
+    assert_eq!(s, 200);
+    let old_token = api.room_token(&first, &ana).await;
+    let (s, _) = api
+        .call("DELETE", &format!("/api/rooms/{first}"), &ana, None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, second) = api.call("POST", "/api/calls", &crew, None).await;
+    let second = second["name"].as_str().expect("room").to_owned();
+    api.call("POST", &format!("/api/calls/{second}/accept"), &ana, None)
+        .await;
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{second}/members"),
+            &ana,
+            Some(json!({ "user": "bob" })),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (status, _, data_dir) = server.terminate(Duration::from_secs(15)).await;
+    assert!(status.success());
+
+    let server = Server::start_in(data_dir, &[], &[]);
+    let api = Api::new(&server);
+    let root = api.login("root", PW).await;
+    let (s, room) = api
+        .call("GET", &format!("/api/rooms/{second}"), &root, None)
+        .await;
+    assert_eq!(s, 200, "{room}");
+    assert_eq!(
+        (room["state"].as_str(), room["lead"].as_str()),
+        (Some("active"), Some("ana"))
+    );
+    let members: Vec<(String, String)> = room["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_owned(),
+                m["role"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("crew1".to_owned(), "team".to_owned()),
+            ("ana".to_owned(), "lead".to_owned()),
+            ("bob".to_owned(), "consultant".to_owned())
+        ]
+    );
+    // The closed call is still closed: its old token joins nothing, its name is taken.
+    let mut ws = Ws::connect(&server).await;
+    ws.send(json!({ "type": "join", "token": old_token })).await;
+    let v = ws.recv().await;
+    assert_eq!(v["code"], "room_closed", "{v}");
+    let (s, v) = api
+        .call("POST", "/api/rooms", &root, Some(json!({ "name": first })))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("room_exists")));
+    // The lead still leads after the restart.
+    let ana = api.login("ana", PW).await;
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{second}/lead"),
+            &ana,
+            Some(json!({ "user": "bob" })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["lead"], "bob");
 }
