@@ -10,6 +10,8 @@ const state = {
   answerWaiter: null, speaker: null, speakers: [],
   camera: { pan_deg: 0, zoom: 1, sector: 0 }, cameraStates: 0,
   recording: false, screenshots: [], calls: new Map(), room: null,
+  // cameraGrant: the lead lent us the camera; granted: whom we (as lead) lent it to.
+  cameraGrant: false, granted: new Set(),
   // The control API session (docs/control.md): a login token, kept for this tab only.
   api: { token: sessionStorage.getItem('medsfu.api'), user: sessionStorage.getItem('medsfu.user') },
 };
@@ -146,10 +148,16 @@ async function onMessage(m) {
       if (p) p.role = m.role;
       if (state.me && m.participant === state.me.participant) {
         state.me.role = m.role; notice(`you are ${m.role} now`);
+        state.granted.clear(); // a new lead starts with no grants given
       }
       renderParticipants();
       break;
     }
+    case 'camera_grant':
+      state.cameraGrant = m.camera;
+      notice(m.camera ? 'the lead lent you the camera' : 'the lead took the camera back');
+      renderParticipants();
+      break;
     case 'recording':
       state.recording = m.active; $('rec-indicator').hidden = !m.active;
       $('record').textContent = m.active ? 'Stop recording' : 'Start recording';
@@ -240,7 +248,7 @@ async function memberAction(method, path, body, done) {
 }
 function renderParticipants() {
   const role = state.me && state.me.role;
-  $('camera-controls').hidden = !(role === 'lead' && vehicle());
+  $('camera-controls').hidden = !((role === 'lead' || (role === 'consultant' && state.cameraGrant)) && vehicle());
   $('record').hidden = !(role === 'lead' || role === 'team');
   // Membership is managed through the control API: only with a login session.
   const manages = role === 'lead' && !!state.api.token;
@@ -258,6 +266,19 @@ function renderParticipants() {
       const b = document.createElement('button'); b.textContent = 'Hand over lead'; b.className = 'hand-over';
       b.onclick = () => memberAction('POST', `/api/rooms/${seg(state.room)}/lead`, { user: p.identity },
         `lead handed to ${p.identity}`);
+      li.appendChild(b);
+    }
+    if (manages && !mine && p.role === 'consultant') {
+      const lent = state.granted.has(p.identity);
+      const b = document.createElement('button'); b.className = 'grant';
+      b.textContent = lent ? 'Take camera back' : 'Lend camera';
+      b.onclick = async () => {
+        try {
+          await apiCall('POST', `/api/rooms/${seg(state.room)}/grants`, { user: p.identity, camera: !lent });
+          if (lent) state.granted.delete(p.identity); else state.granted.add(p.identity);
+          renderParticipants();
+        } catch (e) { showError(e.message); }
+      };
       li.appendChild(b);
     }
     if (manages && !mine && (p.role === 'consultant' || p.role === 'dispatcher')) {

@@ -339,7 +339,12 @@ impl Control {
         let mut desk = self.desk.lock().await;
         if let Some(view) = desk.room(room) {
             match view.members.iter().find(|m| m.name == name) {
-                Some(m) => self.media.set_role(room, name, m.role).await,
+                Some(m) => {
+                    self.media.set_role(room, name, m.role).await;
+                    if m.camera {
+                        self.media.set_camera_grant(room, name, true).await;
+                    }
+                }
                 None => {
                     let reason = if view.state == RoomState::Closed {
                         LeaveReason::RoomClosed
@@ -456,6 +461,18 @@ impl Control {
                         "lead_change",
                         room.clone(),
                         json!({ "from": from, "to": to, "reason": reason.as_str() }),
+                    )
+                }
+                Output::CameraGrant {
+                    room,
+                    member,
+                    camera,
+                } => {
+                    self.media.set_camera_grant(room, member, *camera).await;
+                    (
+                        "camera_grant",
+                        room.clone(),
+                        json!({ "member": member, "camera": camera }),
                     )
                 }
                 Output::RoomClosed { room, by } => {

@@ -303,6 +303,8 @@ pub struct MemberOut {
     role: String,
     /// Connected now.
     online: bool,
+    /// Granted the camera by the lead.
+    camera: bool,
 }
 
 /// A room (call).
@@ -337,6 +339,7 @@ impl From<RoomView> for RoomOut {
                     name: m.name,
                     role: m.role.as_str().to_owned(),
                     online: m.online,
+                    camera: m.camera,
                 })
                 .collect(),
         }
@@ -359,6 +362,17 @@ pub struct UserRequest {
     /// Account name.
     #[schema(max_length = 64)]
     user: String,
+}
+
+/// A camera grant.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The consultant.
+    #[schema(max_length = 64)]
+    user: String,
+    /// May steer the camera and take screenshots.
+    camera: bool,
 }
 
 /// A room token: joins the room's signalling, media and telemetry.
@@ -840,6 +854,7 @@ pub async fn invite(
         name: account.name,
         role: role.as_str().to_owned(),
         online: false,
+        camera: false,
     };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -910,6 +925,35 @@ pub async fn hand_over(
     let view = ctl
         .act(&c.who, "hand_over", &room, &c.source, |d, now| {
             d.hand_over(&room, &who, &b.user, now)?;
+            d.room(&room).ok_or(ControlError::UnknownRoom(room.clone()))
+        })
+        .await?;
+    Ok(Json(view.into()))
+}
+
+/// Lets a consultant steer the camera and take screenshots, or takes it back (the lead).
+/// A new lead starts with no grants given.
+#[utoipa::path(post, path = "/api/rooms/{room}/grants", tag = "rooms", security(("bearer" = [])),
+    request_body = GrantRequest,
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
+    responses((status = 200, body = RoomOut), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn grant(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(room): Path<String>,
+    b: Result<Body<GrantRequest>, ApiError>,
+) -> Result<Json<RoomOut>, ApiError> {
+    check_room_name(&state, &c, &room).await?;
+    let b = body(&state, &c, &room, b).await?;
+    let ctl = control(&state)?;
+    let who = c.who.clone();
+    let view = ctl
+        .act(&c.who, "grant", &room, &c.source, |d, _| {
+            d.grant_camera(&room, &who, &b.user, b.camera)?;
             d.room(&room).ok_or(ControlError::UnknownRoom(room.clone()))
         })
         .await?;
@@ -1010,6 +1054,7 @@ pub fn parse_request_bodies(bytes: &[u8]) -> usize {
         serde_json::from_slice::<CrewLoginRequest>(bytes).is_ok(),
         serde_json::from_slice::<CreateRoomRequest>(bytes).is_ok(),
         serde_json::from_slice::<UserRequest>(bytes).is_ok(),
+        serde_json::from_slice::<GrantRequest>(bytes).is_ok(),
         serde_urlencoded_audit(bytes),
     ]
     .into_iter()
@@ -1032,10 +1077,11 @@ fn serde_urlencoded_audit(bytes: &[u8]) -> bool {
 #[openapi(
     info(title = "medsfu control API", description = "Calls, rooms, membership, the lead teleconsultant, room tokens and the audit trail. Errors are JSON {code, message} with stable codes."),
     paths(login, login_crew, open_call, list_calls, call_events, accept_call, list_rooms,
-        create_room, get_room, close_room, invite, remove, leave, hand_over, room_token,
-        read_audit),
+        create_room, get_room, close_room, invite, remove, leave, hand_over, grant,
+        room_token, read_audit),
     components(schemas(ErrorBody, LoginRequest, CrewLoginRequest, LoginResponse, MemberOut,
-        RoomOut, CreateRoomRequest, UserRequest, RoomTokenResponse, AuditEntryOut)),
+        RoomOut, CreateRoomRequest, UserRequest, GrantRequest, RoomTokenResponse,
+        AuditEntryOut)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -1080,6 +1126,6 @@ mod tests {
         use utoipa::OpenApi as _;
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
-        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(13));
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(14));
     }
 }

@@ -292,6 +292,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/rooms/{room}/leave", post(control_api::leave))
         .route("/api/rooms/{room}/lead", post(control_api::hand_over))
+        .route("/api/rooms/{room}/grants", post(control_api::grant))
         .route("/api/rooms/{room}/token", post(control_api::room_token))
         .route("/api/audit", get(control_api::read_audit))
         .route(

@@ -207,6 +207,7 @@ fn event_json(ev: &SessionEvent) -> Value {
             "pan_deg": state.pan_deg, "zoom": state.zoom, "sector": state.sector,
         }),
         SessionEvent::Recording { active } => json!({ "type": "recording", "active": active }),
+        SessionEvent::CameraGrant { camera } => json!({ "type": "camera_grant", "camera": camera }),
         SessionEvent::RecordingFailed { track, message } => json!({
             "type": "recording_failed", "track": track.to_string(), "message": message,
         }),

@@ -28,6 +28,8 @@ pub enum Action {
     Leave,
     /// Hand the lead role to a consultant.
     HandOver,
+    /// Let a consultant steer the camera and take screenshots (or take that back).
+    Grant,
     /// Get a media access token and join the room's media and telemetry.
     JoinMedia,
     /// Pan, zoom or choose a sector of the roof camera.
@@ -46,7 +48,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for tests that walk the whole matrix.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Action::OpenCall,
         Action::WatchCalls,
         Action::AcceptCall,
@@ -58,6 +60,7 @@ impl Action {
         Action::Remove,
         Action::Leave,
         Action::HandOver,
+        Action::Grant,
         Action::JoinMedia,
         Action::Camera,
         Action::Record,
@@ -98,7 +101,7 @@ pub fn may(role: Role, action: Action) -> bool {
         A::CloseRoom => matches!(role, R::Lead | R::Team | R::Admin),
         A::Invite | A::Remove => matches!(role, R::Lead | R::Admin),
         A::Leave => !matches!(role, R::Admin | R::Recorder),
-        A::HandOver => role == R::Lead,
+        A::HandOver | A::Grant => role == R::Lead,
         A::JoinMedia => role != R::Admin,
         A::Camera | A::Screenshot => role == R::Lead,
         A::Record => matches!(role, R::Lead | R::Team),
@@ -120,7 +123,13 @@ mod tests {
     #[test]
     fn the_roles_table_holds() {
         // Lead-only powers.
-        for a in [Action::HandOver, Action::Camera, Action::Screenshot] {
+        // (Consultants may steer the camera by the lead's grant, not by their role.)
+        for a in [
+            Action::HandOver,
+            Action::Grant,
+            Action::Camera,
+            Action::Screenshot,
+        ] {
             let who: Vec<_> = Role::ALL.into_iter().filter(|r| may(*r, a)).collect();
             assert_eq!(who, [Role::Lead], "{a:?}");
         }

@@ -173,6 +173,15 @@ pub enum Output {
         /// Why.
         reason: LeadChange,
     },
+    /// A consultant may (or may no longer) steer the camera and take screenshots.
+    CameraGrant {
+        /// The room.
+        room: String,
+        /// Who.
+        member: String,
+        /// Granted or taken back.
+        camera: bool,
+    },
     /// The room was closed.
     RoomClosed {
         /// The room.
@@ -191,6 +200,8 @@ pub struct MemberView {
     pub role: Role,
     /// Whether they are connected now.
     pub online: bool,
+    /// Granted the camera by the lead.
+    pub camera: bool,
 }
 
 /// A room as the API shows it.
@@ -221,6 +232,8 @@ struct Member {
     online_since: Option<Instant>,
     /// Order of joining the membership (ties of presence go to the earlier member).
     order: u64,
+    /// Granted the camera by the lead.
+    camera: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -320,6 +333,7 @@ impl Desk {
                     online: Default::default(),
                     online_since: None,
                     order: self.next_order,
+                    camera: false,
                 }
             })
             .collect();
@@ -390,6 +404,7 @@ impl Desk {
                     name: m.name.clone(),
                     role: m.role,
                     online: !m.online.is_empty(),
+                    camera: m.camera,
                 })
                 .collect(),
         })
@@ -475,6 +490,7 @@ impl Desk {
                 online: Default::default(),
                 online_since: None,
                 order,
+                camera: false,
             });
             self.out.push_back(Output::MemberAdded {
                 room: room.to_owned(),
@@ -683,6 +699,37 @@ impl Desk {
         Ok(())
     }
 
+    /// The lead lets a consultant of the room steer the camera and take screenshots, or
+    /// takes that back.
+    pub fn grant_camera(
+        &mut self,
+        room: &str,
+        by: &Principal,
+        to: &str,
+        camera: bool,
+    ) -> Result<(), ControlError> {
+        self.authorize(by, Action::Grant, Some(room))?;
+        let r = self.open_room(room)?;
+        let Some(m) = r.member_mut(to) else {
+            return Err(ControlError::BadTarget(format!("{to} is not a member")));
+        };
+        if m.role != Role::Consultant {
+            return Err(ControlError::BadTarget(format!(
+                "the camera is granted to consultants; {to} is {}",
+                m.role.as_str()
+            )));
+        }
+        if m.camera != camera {
+            m.camera = camera;
+            self.out.push_back(Output::CameraGrant {
+                room: room.to_owned(),
+                member: to.to_owned(),
+                camera,
+            });
+        }
+        Ok(())
+    }
+
     /// Ends the call: every membership ends.
     pub fn close(&mut self, room: &str, by: &Principal) -> Result<(), ControlError> {
         self.authorize(by, Action::CloseRoom, Some(room))?;
@@ -783,6 +830,15 @@ impl Desk {
             if m.role == Role::Lead {
                 m.role = Role::Consultant;
             }
+            // The new lead decides who else steers: grants end with the old lead.
+            if m.camera {
+                m.camera = false;
+                self.out.push_back(Output::CameraGrant {
+                    room: room.to_owned(),
+                    member: m.name.clone(),
+                    camera: false,
+                });
+            }
         }
         let mut online = false;
         if let Some(m) = r.member_mut(to) {
@@ -814,6 +870,7 @@ pub(crate) fn action_name(a: Action) -> &'static str {
         Action::Remove => "remove members",
         Action::Leave => "leave this room",
         Action::HandOver => "hand the lead over",
+        Action::Grant => "lend the camera",
         Action::JoinMedia => "join this room's media",
         Action::Camera => "steer the camera",
         Action::Record => "record",
@@ -1119,6 +1176,51 @@ mod tests {
             d.create_room("old", &admin).unwrap_err().code(),
             "room_exists"
         );
+    }
+
+    #[test]
+    fn the_lead_grants_the_camera_to_consultants_and_a_new_lead_starts_afresh() {
+        let t0 = start();
+        let mut d = Desk::new(Duration::from_secs(30));
+        let (_amb, ana, bob) = call_with_lead(&mut d);
+        drain(&mut d);
+        assert_eq!(
+            d.grant_camera("call-1", &bob, "bob", true)
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
+        assert_eq!(
+            d.grant_camera("call-1", &ana, "amb-7", true)
+                .unwrap_err()
+                .code(),
+            "bad_target"
+        );
+        d.grant_camera("call-1", &ana, "bob", true).unwrap();
+        // Granting again changes nothing and says nothing.
+        d.grant_camera("call-1", &ana, "bob", true).unwrap();
+        let grant = Output::CameraGrant {
+            room: "call-1".into(),
+            member: "bob".into(),
+            camera: true,
+        };
+        assert_eq!(drain(&mut d), [grant]);
+        assert!(d
+            .room("call-1")
+            .unwrap()
+            .members
+            .iter()
+            .any(|m| m.name == "bob" && m.camera));
+        let cid = p("cid", Role::Consultant);
+        d.invite("call-1", &ana, &cid, t0).unwrap();
+        d.hand_over("call-1", &ana, "cid", t0).unwrap();
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::CameraGrant {
+            room: "call-1".into(),
+            member: "bob".into(),
+            camera: false
+        }));
+        assert!(!d.room("call-1").unwrap().members.iter().any(|m| m.camera));
     }
 
     #[test]

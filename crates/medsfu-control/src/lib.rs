@@ -5,7 +5,9 @@
 //! [`Desk`] takes requests and presence changes with the time as an argument and queues
 //! [`Output`]s (what changed) for the IO shell to store, announce and apply to media. Its
 //! one timer is [`Desk::poll_timeout`]. Invariant, checked by the tests: a room has at
-//! most one lead, and exactly one while any teleconsultant is a member.
+//! most one lead, and exactly one while any teleconsultant is a member. The lead may
+//! grant a consultant the camera (steering and screenshots); a new lead starts with no
+//! grants given.
 
 #![forbid(unsafe_code)]
 

@@ -52,6 +52,8 @@ struct Session {
     subscriber: Option<PeerId>,
     /// Indicator state last told to a vehicle (green, red).
     indicator: (bool, bool),
+    /// The lead let this (consultant's) session steer the camera and take screenshots.
+    camera_grant: bool,
     /// A recorder's own participant (internal): what it records.
     recorder: Option<Recorder>,
 }
@@ -1196,6 +1198,7 @@ impl Engine {
                         publisher: None,
                         subscriber: None,
                         indicator: (false, false),
+                        camera_grant: false,
                         internal: false,
                         decodes_h265,
                         recorder: None,
@@ -1263,6 +1266,20 @@ impl Engine {
                     }
                     // The session exists, so its participant does.
                     let _ = self.sfu.set_role(pid, role);
+                }
+            }
+            Command::SetCameraGrant {
+                room,
+                identity,
+                camera,
+            } => {
+                for pid in self.sessions_of(&room, Some(&identity)) {
+                    if let Some(s) = self.sessions.get_mut(&pid) {
+                        if s.camera_grant != camera {
+                            s.camera_grant = camera;
+                            let _ = s.events.send(SessionEvent::CameraGrant { camera });
+                        }
+                    }
                 }
             }
             Command::RemoveFromRoom {
@@ -1413,7 +1430,7 @@ impl Engine {
         command: CameraCommand,
     ) -> Result<u64, MediaError> {
         let sender = self.sessions.get(&from).ok_or(MediaError::UnknownSession)?;
-        if !sender.role.may_control_camera() {
+        if !sender.role.may_control_camera() && !sender.camera_grant {
             return Err(MediaError::CameraForbidden(sender.role.as_str()));
         }
         let target = self.sessions.get(&vehicle).ok_or(MediaError::NoVehicle)?;
@@ -1742,6 +1759,7 @@ impl Engine {
                 publisher: None,
                 subscriber: None,
                 indicator: (false, false),
+                camera_grant: false,
                 recorder: None,
             },
         );
@@ -1843,7 +1861,7 @@ impl Engine {
             .sessions
             .get(&participant)
             .ok_or(MediaError::UnknownSession)?;
-        if s.role != Role::Lead {
+        if s.role != Role::Lead && !s.camera_grant {
             return Err(MediaError::ScreenshotForbidden(s.role.as_str()));
         }
         if self.recordings.is_none() {
@@ -1934,6 +1952,7 @@ impl Engine {
                 publisher: None,
                 subscriber: None,
                 indicator: (false, false),
+                camera_grant: false,
                 recorder: Some(kind),
             },
         );

@@ -198,6 +198,12 @@ pub enum SessionEvent {
         /// Where the camera points now.
         state: CameraState,
     },
+    /// The lead granted this session the camera (steering and screenshots), or took it
+    /// back.
+    CameraGrant {
+        /// Granted now.
+        camera: bool,
+    },
     /// Recording on demand started or stopped in the room.
     Recording {
         /// Recording now.
@@ -521,6 +527,11 @@ pub(crate) enum Command {
         identity: String,
         role: Role,
     },
+    SetCameraGrant {
+        room: String,
+        identity: String,
+        camera: bool,
+    },
     RemoveFromRoom {
         room: String,
         /// None: everyone.
@@ -819,6 +830,20 @@ impl MediaHandle {
                 room: room.to_owned(),
                 identity: identity.to_owned(),
                 role,
+            })
+            .await;
+    }
+
+    /// Lets `identity`'s sessions in `room` steer the camera and take screenshots (or
+    /// not); they are told.
+    pub async fn set_camera_grant(&self, room: &str, identity: &str, camera: bool) {
+        // A stopped server has no sessions left to change.
+        let _ = self
+            .tx
+            .send(Command::SetCameraGrant {
+                room: room.to_owned(),
+                identity: identity.to_owned(),
+                camera,
             })
             .await;
     }

@@ -360,6 +360,12 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
                 Some(json!({ "user": "nobody" })),
             ),
             (
+                Action::Grant,
+                "POST",
+                format!("/api/rooms/{r}/grants"),
+                Some(json!({ "user": "nobody", "camera": true })),
+            ),
+            (
                 Action::JoinMedia,
                 "POST",
                 format!("/api/rooms/{r}/token"),
@@ -456,6 +462,54 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         let d = it.next().expect("dis");
         ((a.1, a.2), (b.1, b.2), (d.1, d.2))
     };
+
+    // The lead lends the camera to a consultant, and takes it back.
+    let grant = |camera: bool| json!({ "user": "bob", "camera": camera });
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r}/grants"),
+            &ana,
+            Some(grant(true)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let g = bob_ws.0.recv_type("camera_grant").await;
+    assert_eq!(g["camera"], true);
+    let v = ask(
+        &mut bob_ws.0,
+        json!({ "type": "camera", "vehicle": "P999999", "zoom": 2.0 }),
+        40,
+    )
+    .await;
+    assert!(!forbidden(&v), "a consultant with the camera steers: {v}");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r}/grants"),
+            &bob,
+            Some(grant(true)),
+        )
+        .await;
+    assert_eq!(s, 403, "only the lead grants");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{r}/grants"),
+            &ana,
+            Some(grant(false)),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let g = bob_ws.0.recv_type("camera_grant").await;
+    assert_eq!(g["camera"], false);
+    let v = ask(
+        &mut bob_ws.0,
+        json!({ "type": "camera", "vehicle": "P999999", "zoom": 2.0 }),
+        41,
+    )
+    .await;
+    assert!(forbidden(&v), "taken back: {v}");
 
     // Explicit hand-over: everyone is told, and the powers move with the role.
     let (s, v) = api
@@ -757,6 +811,7 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         ("login", "tablet-7"),
         ("call_open", ""),
         ("lead_change", "\"reason\":\"accepted\""),
+        ("camera_grant", "\"camera\":true"),
         ("lead_change", "\"reason\":\"hand_over\""),
         ("lead_change", "\"reason\":\"lead_away\""),
         ("member_add", "\"member\":\"bob\""),
@@ -828,6 +883,7 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
         "/api/rooms/{room}/members/{user}",
         "/api/rooms/{room}/leave",
         "/api/rooms/{room}/lead",
+        "/api/rooms/{room}/grants",
         "/api/rooms/{room}/token",
         "/api/audit",
     ] {

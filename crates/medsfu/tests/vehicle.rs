@@ -1319,6 +1319,75 @@ async fn a_vehicle_call_is_accepted_on_the_page_and_the_lead_steers_the_picture(
     vehicle
         .wait_line("pan +45 deg", Duration::from_secs(10))
         .await;
+    // Invite a second consultant, lend them the camera from the participant list: their
+    // page shows the camera controls.
+    support::user_add(
+        &server.data.0,
+        "dr-bo",
+        "consultant",
+        "correct horse battery",
+    );
+    b.eval(
+        &page,
+        "document.getElementById('invite-user').value = 'dr-bo';
+         document.getElementById('invite-form').requestSubmit(); true",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "document.getElementById('notice').textContent.includes('dr-bo invited as consultant')",
+        Duration::from_secs(10),
+        "the invitation confirmed",
+    )
+    .await;
+    let bo = b.open(&format!("{}/", server.http)).await;
+    b.eval(
+        &bo,
+        "document.getElementById('login-user').value = 'dr-bo';
+         document.getElementById('login-password').value = 'correct horse battery';
+         document.getElementById('login-form').requestSubmit(); true",
+    )
+    .await;
+    let join = format!("[...document.querySelectorAll('#my-rooms li')].find((li) => li.textContent.includes('{room}'))");
+    b.wait_for(
+        &bo,
+        &format!("{join} !== undefined"),
+        Duration::from_secs(10),
+        "the room in the consultant's list",
+    )
+    .await;
+    b.eval(
+        &bo,
+        &format!("{join}.querySelector('button').click(); true"),
+    )
+    .await;
+    b.wait_for(
+        &bo,
+        "window.medsfu.me && window.medsfu.me.role === 'consultant' && document.getElementById('camera-controls').hidden",
+        Duration::from_secs(15),
+        "the consultant in the room, without camera controls",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "(() => { const b = document.querySelector('#participants button.grant'); if (b) b.click(); return !!b; })()",
+        Duration::from_secs(10),
+        "the lend-camera button",
+    )
+    .await;
+    b.wait_for(
+        &bo,
+        "window.medsfu.cameraGrant && !document.getElementById('camera-controls').hidden",
+        Duration::from_secs(10),
+        "camera controls lent to the consultant",
+    )
+    .await;
+    b.eval(
+        &bo,
+        "document.querySelector('#cam-sectors button[data-sector=\"5\"]').click(); true",
+    )
+    .await;
+    vehicle.wait_line("sector 5", Duration::from_secs(10)).await;
     // A screenshot from the page is stored with the record.
     b.eval(
         &page,
