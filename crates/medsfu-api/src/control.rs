@@ -325,7 +325,9 @@ impl Control {
                     Ok((r, who)) if r == room && who.as_deref().is_none_or(|w| w == identity) => {
                         return;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) => {}
+                    // Missed some: end anyway; a client that reconnects is checked again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
                 }
             }

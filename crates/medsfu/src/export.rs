@@ -15,6 +15,59 @@ use serde_json::{json, Value};
 /// Name of the manifest inside an archive (its last entry).
 pub const MANIFEST: &str = "manifest.json";
 
+/// The intervention's record beside its media: `record/room.json` (the room, its lead
+/// and every membership with its role and times, when the control API knows the room)
+/// and `record/audit.ndjson` (every audit entry of the room, with its position and chain
+/// hash, so that it can be checked against the whole trail).
+pub fn record_files(
+    store: Option<&dyn medsfu_store::Store>,
+    audit: Option<&dyn medsfu_audit::AuditStore>,
+    room: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    if let Some(store) = store {
+        if let Some(r) = store.room(room)? {
+            let members: Vec<Value> = store
+                .members(room)?
+                .into_iter()
+                .map(|m| {
+                    json!({
+                        "member": m.member, "role": m.role,
+                        "joined_unix_ms": m.joined_ms, "left_unix_ms": m.left_ms,
+                    })
+                })
+                .collect();
+            let v = json!({
+                "room": r.name, "status": r.status.as_str(), "vehicle": r.vehicle,
+                "opened_by": r.opened_by, "lead": r.lead,
+                "opened_unix_ms": r.created_ms, "closed_unix_ms": r.closed_ms,
+                "memberships": members,
+            });
+            let mut text = serde_json::to_vec_pretty(&v)?;
+            text.push(b'\n');
+            files.push(("record/room.json".to_owned(), text));
+        }
+    }
+    if let Some(audit) = audit {
+        let mut out = Vec::new();
+        for e in audit
+            .entries()?
+            .into_iter()
+            .filter(|e| e.event.room == room)
+        {
+            let v = json!({
+                "seq": e.seq, "at_unix_ms": e.event.at_unix_ms, "actor": e.event.actor,
+                "role": e.event.role, "action": e.event.action, "source": e.event.source,
+                "detail": e.event.detail, "prev": e.prev, "hash": e.hash,
+            });
+            out.extend_from_slice(v.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        files.push(("record/audit.ndjson".to_owned(), out));
+    }
+    Ok(files)
+}
+
 /// Quotes a CSV field when it needs it (RFC 4180).
 fn csv(v: &Value) -> String {
     let s = match v {

@@ -355,11 +355,25 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
         now.minute(),
         now.second()
     );
-    let files = export::collect(
+    let mut files = export::collect(
         &cfg.data.dir.join(&cfg.telemetry.dir),
         &cfg.data.dir.join(&cfg.recording.dir),
         &room,
     )?;
+    // The room's memberships and its audit entries, when this data directory has them.
+    let store = accounts::store_path(&cfg)
+        .exists()
+        .then(|| accounts::open_store(&cfg))
+        .transpose()?;
+    let trail = audit_path(&cfg)
+        .exists()
+        .then(|| open_audit(&cfg))
+        .transpose()?;
+    files.extend(export::record_files(
+        store.as_ref().map(|s| s as &dyn medsfu_store::Store),
+        trail.as_ref().map(|t| t as &dyn medsfu_audit::AuditStore),
+        &room,
+    )?);
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("export-{room}-{stamp}.tar")));

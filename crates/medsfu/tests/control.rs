@@ -846,6 +846,43 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The intervention's export carries its record: memberships and their roles, and
+    // the room's audit entries.
+    let archive = data.join("call.tar");
+    let out = Command::new(bin())
+        .args(["export", "--room", r, "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&archive)
+        .output()
+        .expect("medsfu export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| {
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg(name)
+            .output()
+            .expect("tar -x");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let record: Value = serde_json::from_str(&read("record/room.json")).expect("room.json");
+    assert_eq!(record["status"], "closed");
+    let memberships = record["memberships"].as_array().expect("memberships");
+    assert!(memberships
+        .iter()
+        .any(|m| m["member"] == "dis" && m["left_unix_ms"].is_i64()));
+    assert!(memberships
+        .iter()
+        .any(|m| m["member"] == "ana" && m["role"] == "lead"));
+    let excerpt = read("record/audit.ndjson");
+    assert!(excerpt.lines().all(|l| l.contains("\"hash\":")));
+    assert!(excerpt.contains("\"action\":\"lead_change\""), "{excerpt}");
+
     // The operators' counters tell the same story, without names.
     assert_eq!(
         server.metric("medsfu_control_calls_opened_total").await,

@@ -1923,6 +1923,7 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
         "roof_camera.mp4",
         "cabin_audio.ogg",
         "-voice-",
+        "record/audit.ndjson",
         "manifest.json",
     ] {
         assert!(
@@ -1930,6 +1931,20 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
             "{want} not in the archive:\n{listing}"
         );
     }
+    // The room's audit entries travel with it, chained hashes included.
+    let trail = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("record/audit.ndjson")
+        .output()
+        .expect("tar -x");
+    let trail = String::from_utf8_lossy(&trail.stdout).into_owned();
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.contains("\"action\":\"record_start\"") && l.contains("\"hash\":")),
+        "{trail}"
+    );
     let out = run(&["verify".as_ref(), archive.as_os_str()]);
     assert!(
         out.status.success(),
