@@ -16,7 +16,7 @@ pub use accounts::{
     hash_secret, valid_name, Account, AccountRole, Device, DeviceKind, LoginError, LoginPolicy,
     NewAccount, SecretKind,
 };
-pub use rooms::{MemberRecord, RoomRecord, RoomStatus};
+pub use rooms::{MemberRecord, RoomFilter, RoomRecord, RoomStatus};
 pub use sqlite::SqliteStore;
 
 /// Why the store failed.
@@ -92,6 +92,8 @@ pub trait Store: Send + Sync {
     fn room(&self, name: &str) -> Result<Option<RoomRecord>, StoreError>;
     /// Rooms, newest first; only those not closed unless `closed` is set.
     fn rooms(&self, closed: bool) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Rooms (closed ones too) matching `filter`, newest first: finding an intervention.
+    fn find_rooms(&self, filter: &RoomFilter) -> Result<Vec<RoomRecord>, StoreError>;
     /// Records that `member` joined `room`'s membership with `role`.
     fn add_member(
         &self,

@@ -54,6 +54,19 @@ pub struct RoomRecord {
     pub closed_ms: Option<i64>,
 }
 
+/// What to look for among rooms (every given condition must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomFilter {
+    /// The call of this vehicle.
+    pub vehicle: Option<String>,
+    /// Rooms this account or device was ever a member of.
+    pub participant: Option<String>,
+    /// Rooms open at or after this time (ms since 1970): not closed before it.
+    pub from_ms: Option<i64>,
+    /// Rooms opened at or before this time.
+    pub to_ms: Option<i64>,
+}
+
 /// One membership of a room: who, in which role, from when to when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {

@@ -9,7 +9,7 @@ use rusqlite_migration::{Migrations, M};
 use crate::accounts::{new_device_token, secret_matches, token_hash, valid_name};
 use crate::{
     hash_secret, Account, Device, DeviceKind, LoginError, LoginPolicy, MemberRecord, NewAccount,
-    RoomRecord, SecretKind, Store, StoreError,
+    RoomFilter, RoomRecord, SecretKind, Store, StoreError,
 };
 
 /// The schema, one migration per version; only ever append.
@@ -421,6 +421,29 @@ impl Store for SqliteStore {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    fn find_rooms(&self, filter: &RoomFilter) -> Result<Vec<RoomRecord>, StoreError> {
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r
+             WHERE (?1 IS NULL OR r.vehicle = ?1)
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM memberships m
+                                          WHERE m.room = r.name AND m.member = ?2))
+               AND (?3 IS NULL OR r.closed_ms IS NULL OR r.closed_ms >= ?3)
+               AND (?4 IS NULL OR r.created_ms <= ?4)
+             ORDER BY r.created_ms DESC, r.name"
+        ))?;
+        let rows = st.query_map(
+            params![
+                filter.vehicle,
+                filter.participant,
+                filter.from_ms,
+                filter.to_ms
+            ],
+            room_row,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
     fn add_member(
         &self,
         room: &str,
@@ -699,6 +722,37 @@ mod tests {
                 ("ana", "consultant", Some(9)),
                 ("bob", "lead", None)
             ]
+        );
+        // Finding it again: by vehicle, by participant, by time.
+        let find = |f: RoomFilter| -> Vec<String> {
+            s.find_rooms(&f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        let by = |vehicle: Option<&str>, participant: Option<&str>, from, to| RoomFilter {
+            vehicle: vehicle.map(str::to_owned),
+            participant: participant.map(str::to_owned),
+            from_ms: from,
+            to_ms: to,
+        };
+        assert_eq!(find(by(Some("amb-7"), None, None, None)), ["call-1"]);
+        assert!(find(by(Some("amb-8"), None, None, None)).is_empty());
+        assert_eq!(
+            find(by(None, Some("ana"), None, None)),
+            ["call-1"],
+            "a past member"
+        );
+        assert!(find(by(None, Some("eve"), None, None)).is_empty());
+        assert_eq!(find(by(None, None, Some(11), Some(11))), ["call-1"]);
+        assert!(
+            find(by(None, None, Some(12), None)).is_empty(),
+            "closed before"
+        );
+        assert!(
+            find(by(None, None, None, Some(4))).is_empty(),
+            "opened after"
         );
         // A membership of a room that does not exist is refused by the schema.
         assert!(s.add_member("nowhere", "x", "team", 0).is_err());

@@ -68,6 +68,34 @@ pub fn record_files(
     Ok(files)
 }
 
+/// The rooms matching `filter`, one line each: name, status, vehicle, opened and closed
+/// (UTC), lead, and every member with their role.
+pub fn find(
+    store: &dyn medsfu_store::Store,
+    filter: &medsfu_store::RoomFilter,
+) -> Result<Vec<String>> {
+    let when = |ms: i64| medsfu_record::utc::readable(ms.div_euclid(1000));
+    let mut lines = Vec::new();
+    for r in store.find_rooms(filter)? {
+        let members: Vec<String> = store
+            .members(&r.name)?
+            .into_iter()
+            .map(|m| format!("{}:{}", m.member, m.role))
+            .collect();
+        lines.push(format!(
+            "{}\t{}\tvehicle={}\topened={}\tclosed={}\tlead={}\tmembers={}",
+            r.name,
+            r.status.as_str(),
+            r.vehicle.as_deref().unwrap_or("-"),
+            when(r.created_ms),
+            r.closed_ms.map_or_else(|| "-".to_owned(), when),
+            r.lead.as_deref().unwrap_or("-"),
+            members.join(",")
+        ));
+    }
+    Ok(lines)
+}
+
 /// Quotes a CSV field when it needs it (RFC 4180).
 fn csv(v: &Value) -> String {
     let s = match v {

@@ -184,6 +184,22 @@ fn audit_cmd(a: AuditArgs) -> Result<()> {
 
 #[derive(Subcommand)]
 enum ExportAction {
+    /// Find interventions (rooms of the control API, closed ones too): every condition
+    /// given must hold. Prints one line per room, newest first.
+    Find {
+        /// The call of this vehicle.
+        #[arg(long)]
+        vehicle: Option<String>,
+        /// Rooms this account or device was ever a member of.
+        #[arg(long)]
+        participant: Option<String>,
+        /// Rooms still open at or after this time (YYYY-MM-DD or RFC 3339, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Rooms opened at or before this time (YYYY-MM-DD: the end of that day).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Check every file of an archive against its manifest; exit 1 if any differs.
     Verify {
         /// The archive.
@@ -326,7 +342,59 @@ fn main() -> Result<()> {
     }
 }
 
+/// A time given on the command line: RFC 3339, or a UTC day (its start, or with
+/// `end_of_day` its last millisecond); milliseconds since 1970.
+fn parse_time(s: &str, end_of_day: bool) -> Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let day = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .with_context(|| format!("{s:?} is neither YYYY-MM-DD nor RFC 3339"))?;
+    let start = day.midnight().assume_utc().unix_timestamp() * 1000;
+    Ok(if end_of_day {
+        start + 86_400_000 - 1
+    } else {
+        start
+    })
+}
+
 fn export_cmd(a: ExportArgs) -> Result<()> {
+    if let Some(ExportAction::Find {
+        vehicle,
+        participant,
+        from,
+        to,
+    }) = &a.action
+    {
+        let cfg = load(&a.common, Overrides::default())?;
+        let filter = medsfu_store::RoomFilter {
+            vehicle: vehicle.clone(),
+            participant: participant.clone(),
+            from_ms: from.as_deref().map(|s| parse_time(s, false)).transpose()?,
+            to_ms: to.as_deref().map(|s| parse_time(s, true)).transpose()?,
+        };
+        anyhow::ensure!(
+            accounts::store_path(&cfg).exists(),
+            "no database at {}: this data directory has no rooms of the control API",
+            accounts::store_path(&cfg).display()
+        );
+        let store = accounts::open_store(&cfg)?;
+        let lines = export::find(&store, &filter)?;
+        for l in &lines {
+            println!("{l}");
+        }
+        // Finding interventions reads who took part: it goes into the trail.
+        audit_cli(
+            &open_audit(&cfg)?,
+            "export_find",
+            serde_json::json!({
+                "vehicle": vehicle, "participant": participant, "from": from, "to": to,
+                "found": lines.len(),
+            }),
+        )?;
+        return Ok(());
+    }
     if let Some(ExportAction::Verify { archive }) = a.action {
         let problems = export::verify(&archive)?;
         if problems.is_empty() {

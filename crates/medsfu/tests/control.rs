@@ -846,6 +846,45 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // An admin finds the intervention by participant and time, not by a wrong vehicle.
+    let find = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["export", "find", "--data-dir"])
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("medsfu export find");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let found = find(&["--participant", "dis"]);
+    assert!(
+        found
+            .lines()
+            .any(|l| l.starts_with(r) && l.contains("dis:dispatcher")),
+        "{found}"
+    );
+    assert!(find(&[
+        "--participant",
+        "dis",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2999-12-31"
+    ])
+    .contains(r));
+    assert_eq!(find(&["--vehicle", "amb-none"]), "");
+    assert_eq!(
+        find(&["--to", "2000-01-01"]),
+        "",
+        "nothing opened before 2000"
+    );
+    // Closed long before 2999: only rooms still open then are found.
+    assert!(!find(&["--from", "2999-01-01"]).contains(r));
     // The intervention's export carries its record: memberships and their roles, and
     // the room's audit entries.
     let archive = data.join("call.tar");
