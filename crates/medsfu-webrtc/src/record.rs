@@ -212,6 +212,26 @@ fn record_video(
     Ok(())
 }
 
+/// An Opus packet of 20 ms of silence (CELT, full band, mono: decoders upmix it).
+const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
+/// Samples (48 kHz) in [`OPUS_SILENCE`].
+const SILENCE_SAMPLES: u64 = 960;
+/// The longest gap filled with silence (10 minutes); a longer jump of the clock is taken
+/// as a fault and not filled.
+const MAX_SILENCE_FRAMES: u64 = 30_000;
+
+/// Silence frames to write before a packet at `at` (48 kHz samples on the track's
+/// clock since its first packet) when `written` samples are in the file: the time when
+/// nothing came (a lost packet, a dropped link, a publisher's restart, DTX).
+fn silence_before(at: u64, written: u64) -> u64 {
+    let missing = at.saturating_sub(written) / SILENCE_SAMPLES;
+    if missing > MAX_SILENCE_FRAMES {
+        0
+    } else {
+        missing
+    }
+}
+
 fn record_audio(
     file: &TrackFile,
     mut rx: mpsc::Receiver<RecInput>,
@@ -238,12 +258,23 @@ fn record_audio(
         &comments,
     )
     .map_err(|e| mux_err(&e))?;
+    // The archive keeps the call's time: the n-th second of the file is the n-th second
+    // since the track began. The subscriber's clock advances by wall time across
+    // publisher restarts (see the munger), so its gaps are the gaps in what was heard.
+    let mut clock = Unwrap::default();
+    let mut written: u64 = 0;
     while let Some(i) = rx.blocking_recv() {
-        // The packet's own frame count, not the RTP clock: a gap is not silence written.
         let Some(samples) = opus_packet_samples(&i.payload) else {
             continue;
         };
+        let at = clock.next(i.timestamp);
+        for _ in 0..silence_before(at, written) {
+            w.push(&OPUS_SILENCE, SILENCE_SAMPLES as u32)
+                .map_err(|e| mux_err(&e))?;
+            written += SILENCE_SAMPLES;
+        }
         w.push(&i.payload, samples).map_err(|e| mux_err(&e))?;
+        written += u64::from(samples);
     }
     w.finish().map_err(|e| mux_err(&e))?;
     Ok(())
@@ -340,5 +371,82 @@ mod tests {
         assert_eq!(u.next(3000), 6000);
         assert_eq!(u.next(1000), 4000, "a slightly older packet goes back");
         assert_eq!(u.next(9000), 12000);
+    }
+
+    #[test]
+    fn gaps_in_the_voice_archive_are_filled_with_silence_and_bogus_jumps_are_not() {
+        assert_eq!(opus_packet_samples(&OPUS_SILENCE), Some(960));
+        assert_eq!(silence_before(0, 0), 0);
+        assert_eq!(silence_before(960, 960), 0, "on time");
+        assert_eq!(silence_before(1920, 960), 1, "one packet lost");
+        assert_eq!(
+            silence_before(960 + 48_000 * 5, 960),
+            250,
+            "five seconds of nothing"
+        );
+        assert_eq!(silence_before(500, 960), 0, "a late packet");
+        assert_eq!(silence_before(u64::from(u32::MAX), 0), 0, "a broken clock");
+    }
+
+    #[test]
+    fn an_archived_track_with_a_gap_lasts_as_long_as_the_call() {
+        let dir = std::env::temp_dir().join(format!("medsfu-voice-gap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = TrackFile {
+            base: dir.join("voice"),
+            video: false,
+            meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
+        };
+        let stats = RecordStats {
+            active: IntGauge::new("a", "a").unwrap(),
+            bytes: IntCounter::new("b", "b").unwrap(),
+            failures: IntCounter::new("c", "c").unwrap(),
+        };
+        let (tx, rx) = mpsc::channel(1000);
+        // One second (50 packets of 20 ms), two seconds of nothing, one more.
+        let packet = |ts: u32| RecInput {
+            marker: false,
+            timestamp: ts,
+            payload: Bytes::from_static(&OPUS_SILENCE),
+        };
+        for n in 0..50u32 {
+            tx.try_send(packet(1000 + n * 960)).unwrap();
+        }
+        for n in 150..200u32 {
+            tx.try_send(packet(1000 + n * 960)).unwrap();
+        }
+        drop(tx);
+        record_audio(&file, rx, &stats).unwrap();
+        let ogg = std::fs::read(dir.join("voice.ogg")).unwrap();
+        let last = ogg.windows(4).rposition(|w| w == b"OggS").unwrap();
+        let granule = u64::from_le_bytes(ogg[last + 6..last + 14].try_into().unwrap());
+        assert_eq!(granule, 200 * 960, "four seconds, not two");
+        // Players agree: ffmpeg decodes it without a complaint, four seconds long.
+        let out = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(dir.join("voice.ogg"))
+            .output()
+            .expect("ffprobe (scripts/test.sh installs ffmpeg)");
+        let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!((duration - 4.0).abs() < 0.05, "{duration}");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(dir.join("voice.ogg"))
+            .args(["-f", "null", "-"])
+            .output()
+            .expect("ffmpeg");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
