@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
-use medsfu_control::{Action, ControlError, Principal, RoomView};
+use medsfu_control::{Action, ControlError, Desk, Principal, RoomView};
 use medsfu_core::Role;
 use medsfu_store::{AccountRole, LoginError, SecretKind};
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,32 @@ async fn account_still_valid(state: &AppState, g: crate::Grant) -> Result<crate:
             "the token's account no longer exists",
         )),
     }
+}
+
+impl Caller {
+    /// Runs `f` on the desk as this caller, about `room` ([`Control::act`]: what changed
+    /// is stored, applied and audited; a refusal is audited).
+    async fn act<T>(
+        &self,
+        state: &AppState,
+        action: &str,
+        room: &str,
+        f: impl FnOnce(&mut Desk, &Principal, Instant) -> Result<T, ControlError>,
+    ) -> Result<T, ApiError> {
+        let ctl = control(state)?;
+        let done = ctl
+            .act(&self.who, action, room, &self.source, |d, now| {
+                f(d, &self.who, now)
+            })
+            .await?;
+        Ok(done)
+    }
+}
+
+/// A room as answers show it.
+fn view(d: &Desk, room: &str) -> Result<RoomView, ControlError> {
+    d.room(room)
+        .ok_or_else(|| ControlError::UnknownRoom(room.to_owned()))
 }
 
 fn access_token_param(query: Option<&str>) -> Option<String> {
@@ -593,16 +619,14 @@ pub async fn login_crew(
     responses((status = 201, body = RoomOut), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub async fn open_call(State(state): State<AppState>, c: Caller) -> Result<Response, ApiError> {
-    let ctl = control(&state)?;
     let name = crate::control::new_call_name();
-    let who = c.who.clone();
-    let room = ctl
-        .act(&c.who, "open_call", &name, &c.source, |d, _| {
-            d.open_call(&name, &who)
+    let room = c
+        .act(&state, "open_call", &name, |d, who, _| {
+            let room = d.open_call(&name, who)?;
+            view(d, &room)
         })
         .await?;
-    let view = ctl.read(|d| d.room(&room)).await;
-    Ok((StatusCode::CREATED, Json(view.map(RoomOut::from))).into_response())
+    Ok((StatusCode::CREATED, Json(RoomOut::from(room))).into_response())
 }
 
 /// Calls nobody accepted yet.
@@ -613,12 +637,12 @@ pub async fn list_calls(
     State(state): State<AppState>,
     c: Caller,
 ) -> Result<Json<Vec<RoomOut>>, ApiError> {
-    let ctl = control(&state)?;
-    ctl.act(&c.who, "watch_calls", "", &c.source, |d, _| {
-        d.authorize(&c.who, Action::WatchCalls, None)
-    })
-    .await?;
-    let calls = ctl.read(|d| d.ringing()).await;
+    let calls = c
+        .act(&state, "watch_calls", "", |d, who, _| {
+            d.authorize(who, Action::WatchCalls, None)?;
+            Ok(d.ringing())
+        })
+        .await?;
     Ok(Json(calls.into_iter().map(RoomOut::from).collect()))
 }
 
@@ -633,8 +657,8 @@ pub async fn call_events(
     c: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let ctl = control(&state)?.clone();
-    ctl.act(&c.who, "watch_calls", "", &c.source, |d, _| {
-        d.authorize(&c.who, Action::WatchCalls, None)
+    c.act(&state, "watch_calls", "", |d, who, _| {
+        d.authorize(who, Action::WatchCalls, None)
     })
     .await?;
     // Subscribe before reading the ringing calls, so that nothing falls between.
@@ -699,10 +723,8 @@ pub async fn accept_call(
     Path(room): Path<String>,
 ) -> Result<Json<RoomTokenResponse>, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    ctl.act(&c.who, "accept_call", &room, &c.source, |d, now| {
-        d.accept(&room, &who, now)
+    c.act(&state, "accept_call", &room, |d, who, now| {
+        d.accept(&room, who, now)
     })
     .await?;
     Ok(Json(room_token_for(&state, &room, &c.who.name, Role::Lead)))
@@ -754,14 +776,13 @@ pub async fn create_room(
 ) -> Result<Response, ApiError> {
     let b = body(&state, &c, "", b).await?;
     check_room_name(&state, &c, &b.name).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    ctl.act(&c.who, "create_room", &b.name, &c.source, |d, _| {
-        d.create_room(&b.name, &who)
-    })
-    .await?;
-    let view = ctl.read(|d| d.room(&b.name)).await;
-    Ok((StatusCode::CREATED, Json(view.map(RoomOut::from))).into_response())
+    let room = c
+        .act(&state, "create_room", &b.name, |d, who, _| {
+            d.create_room(&b.name, who)?;
+            view(d, &b.name)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(RoomOut::from(room))).into_response())
 }
 
 /// A room and its members (members and admins).
@@ -777,14 +798,13 @@ pub async fn get_room(
     Path(room): Path<String>,
 ) -> Result<Json<RoomOut>, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let view = ctl
-        .act(&c.who, "get_room", &room, &c.source, |d, _| {
-            d.authorize(&c.who, Action::GetRoom, Some(&room))?;
-            d.room(&room).ok_or(ControlError::UnknownRoom(room.clone()))
+    let room = c
+        .act(&state, "get_room", &room, |d, who, _| {
+            d.authorize(who, Action::GetRoom, Some(&room))?;
+            view(d, &room)
         })
         .await?;
-    Ok(Json(view.into()))
+    Ok(Json(room.into()))
 }
 
 /// Ends the call (the lead, the crew, admins): everyone is taken out.
@@ -799,12 +819,8 @@ pub async fn close_room(
     Path(room): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    ctl.act(&c.who, "close_room", &room, &c.source, |d, _| {
-        d.close(&room, &who)
-    })
-    .await?;
+    c.act(&state, "close_room", &room, |d, who, _| d.close(&room, who))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -844,10 +860,9 @@ pub async fn invite(
         name: account.name.clone(),
         role: account_role(account.role),
     };
-    let who = c.who.clone();
-    let role = ctl
-        .act(&c.who, "invite", &room, &c.source, |d, now| {
-            d.invite(&room, &who, &target, now)
+    let role = c
+        .act(&state, "invite", &room, |d, who, now| {
+            d.invite(&room, who, &target, now)
         })
         .await?;
     let out = MemberOut {
@@ -873,10 +888,8 @@ pub async fn remove(
     Path((room, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    ctl.act(&c.who, "remove", &room, &c.source, |d, now| {
-        d.remove(&room, &who, &user, now)
+    c.act(&state, "remove", &room, |d, who, now| {
+        d.remove(&room, who, &user, now)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -894,10 +907,8 @@ pub async fn leave(
     Path(room): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    ctl.act(&c.who, "leave", &room, &c.source, |d, now| {
-        d.leave(&room, &who, now)
+    c.act(&state, "leave", &room, |d, who, now| {
+        d.leave(&room, who, now)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -920,15 +931,13 @@ pub async fn hand_over(
 ) -> Result<Json<RoomOut>, ApiError> {
     check_room_name(&state, &c, &room).await?;
     let b = body(&state, &c, &room, b).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    let view = ctl
-        .act(&c.who, "hand_over", &room, &c.source, |d, now| {
-            d.hand_over(&room, &who, &b.user, now)?;
-            d.room(&room).ok_or(ControlError::UnknownRoom(room.clone()))
+    let room = c
+        .act(&state, "hand_over", &room, |d, who, now| {
+            d.hand_over(&room, who, &b.user, now)?;
+            view(d, &room)
         })
         .await?;
-    Ok(Json(view.into()))
+    Ok(Json(room.into()))
 }
 
 /// Lets a consultant steer the camera and take screenshots, or takes it back (the lead).
@@ -949,15 +958,13 @@ pub async fn grant(
 ) -> Result<Json<RoomOut>, ApiError> {
     check_room_name(&state, &c, &room).await?;
     let b = body(&state, &c, &room, b).await?;
-    let ctl = control(&state)?;
-    let who = c.who.clone();
-    let view = ctl
-        .act(&c.who, "grant", &room, &c.source, |d, _| {
-            d.grant_camera(&room, &who, &b.user, b.camera)?;
-            d.room(&room).ok_or(ControlError::UnknownRoom(room.clone()))
+    let room = c
+        .act(&state, "grant", &room, |d, who, _| {
+            d.grant_camera(&room, who, &b.user, b.camera)?;
+            view(d, &room)
         })
         .await?;
-    Ok(Json(view.into()))
+    Ok(Json(room.into()))
 }
 
 /// A room token for the caller's current role: joins `/ws`, WHEP and telemetry.
@@ -973,15 +980,14 @@ pub async fn room_token(
     Path(room): Path<String>,
 ) -> Result<Json<RoomTokenResponse>, ApiError> {
     check_room_name(&state, &c, &room).await?;
-    let ctl = control(&state)?;
-    let role = ctl
-        .act(&c.who, "room_token", &room, &c.source, |d, _| {
+    let role = c
+        .act(&state, "room_token", &room, |d, who, _| {
             if d.room(&room)
                 .is_some_and(|r| r.state == medsfu_control::RoomState::Closed)
             {
                 return Err(ControlError::Closed(room.clone()));
             }
-            d.authorize(&c.who, Action::JoinMedia, Some(&room))
+            d.authorize(who, Action::JoinMedia, Some(&room))
         })
         .await?;
     Ok(Json(room_token_for(&state, &room, &c.who.name, role)))
@@ -1005,14 +1011,10 @@ pub async fn read_audit(
             return Err(refused(&state, &c, "", e).await);
         }
     };
-    let ctl = control(&state)?;
-    ctl.act(
-        &c.who,
-        "read_audit",
-        q.room.as_deref().unwrap_or(""),
-        &c.source,
-        |d, _| d.authorize(&c.who, Action::ReadAudit, None),
-    )
+    let room = q.room.as_deref().unwrap_or("");
+    c.act(&state, "read_audit", room, |d, who, _| {
+        d.authorize(who, Action::ReadAudit, None)
+    })
     .await?;
     let Some(log) = state.inner.audit.clone() else {
         return Err(ApiError::new(

@@ -677,6 +677,12 @@ impl MediaHandle {
         &self.stats
     }
 
+    /// Sends a command that needs no answer. A stopped server has nobody left to act on,
+    /// so a failed send is moot.
+    async fn tell(&self, command: Command) {
+        let _ = self.tx.send(command).await;
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -811,54 +817,42 @@ impl MediaHandle {
 
     /// Removes a participant whose connection ended, telling the room why.
     pub async fn disconnect(&self, participant: ParticipantId, reason: LeaveReason) {
-        // A stopped server has no participants left to remove.
-        let _ = self
-            .tx
-            .send(Command::Leave {
-                participant,
-                reason,
-            })
-            .await;
+        self.tell(Command::Leave {
+            participant,
+            reason,
+        })
+        .await;
     }
 
     /// Gives `identity`'s sessions in `room` a new role (lead hand-over); the room is told.
     pub async fn set_role(&self, room: &str, identity: &str, role: Role) {
-        // A stopped server has no sessions left to change.
-        let _ = self
-            .tx
-            .send(Command::SetRole {
-                room: room.to_owned(),
-                identity: identity.to_owned(),
-                role,
-            })
-            .await;
+        self.tell(Command::SetRole {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            role,
+        })
+        .await;
     }
 
     /// Lets `identity`'s sessions in `room` steer the camera and take screenshots (or
     /// not); they are told.
     pub async fn set_camera_grant(&self, room: &str, identity: &str, camera: bool) {
-        // A stopped server has no sessions left to change.
-        let _ = self
-            .tx
-            .send(Command::SetCameraGrant {
-                room: room.to_owned(),
-                identity: identity.to_owned(),
-                camera,
-            })
-            .await;
+        self.tell(Command::SetCameraGrant {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            camera,
+        })
+        .await;
     }
 
     /// Ends `identity`'s sessions in `room` (everyone's, for `None`), telling them why.
     pub async fn remove_from_room(&self, room: &str, identity: Option<&str>, reason: LeaveReason) {
-        // A stopped server has no sessions left to end.
-        let _ = self
-            .tx
-            .send(Command::RemoveFromRoom {
-                room: room.to_owned(),
-                identity: identity.map(str::to_owned),
-                reason,
-            })
-            .await;
+        self.tell(Command::RemoveFromRoom {
+            room: room.to_owned(),
+            identity: identity.map(str::to_owned),
+            reason,
+        })
+        .await;
     }
 
     /// Sends a camera command from `from` (who must be allowed to steer) to a vehicle in
@@ -880,11 +874,7 @@ impl MediaHandle {
 
     /// A vehicle reports where its camera points (after command `id`, or on its own).
     pub async fn camera_state(&self, vehicle: ParticipantId, id: Option<u64>, state: CameraState) {
-        // A stopped server has nobody left to tell.
-        let _ = self
-            .tx
-            .send(Command::CameraState { vehicle, id, state })
-            .await;
+        self.tell(Command::CameraState { vehicle, id, state }).await;
     }
 
     /// Publishes a track of a [`SessionKind::Vehicle`] session; its packets then go to

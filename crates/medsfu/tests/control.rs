@@ -10,22 +10,11 @@ use std::time::Duration;
 use medsfu_control::{may, Action};
 use medsfu_core::Role;
 use serde_json::{json, Value};
-use support::{bin, user_add, Server, Ws};
+use support::{medsfu_ok, user_add, Server, Ws};
 
 /// `medsfu device add`: the device's token.
 fn device_add(data: &std::path::Path, name: &str) -> String {
-    let out = Command::new(bin())
-        .args(["device", "add", name, "--kind", "tablet", "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("medsfu device add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
+    medsfu_ok(data, &["device", "add", name, "--kind", "tablet"])
         .trim()
         .to_owned()
 }
@@ -254,12 +243,7 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
         .await;
     assert_eq!(s, 429, "locked even for the right PIN");
-    let out = Command::new(bin())
-        .args(["user", "unlock", "crew1", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("user unlock");
-    assert!(out.status.success());
+    medsfu_ok(&data, &["user", "unlock", "crew1"]);
     let (s, v) = api
         .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
         .await;
@@ -754,20 +738,10 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .await;
     assert_eq!((s, v["code"].as_str()), (409, Some("room_closed")));
     // An operator disables an account: its login token stops working at once.
-    let out = Command::new(bin())
-        .args(["user", "disable", "carol", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("user disable");
-    assert!(out.status.success());
+    medsfu_ok(&data, &["user", "disable", "carol"]);
     let (s, v) = api.call("GET", "/api/rooms", &carol, None).await;
     assert_eq!((s, v["code"].as_str()), (403, Some("account_disabled")));
-    let out = Command::new(bin())
-        .args(["user", "enable", "carol", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("user enable");
-    assert!(out.status.success());
+    medsfu_ok(&data, &["user", "enable", "carol"]);
     // A dispatcher leaves a room (allowed), an admin closes one (allowed).
     let (s, v) = api.call("POST", "/api/calls", &crew, None).await;
     assert_eq!(s, 201);
@@ -836,30 +810,11 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         "the trail says where requests came from"
     );
     println!("audit trail: {} entries", trail.len());
-    let out = Command::new(bin())
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("audit verify");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    medsfu_ok(&data, &["audit", "verify"]);
     // An admin finds the intervention by participant and time, not by a wrong vehicle.
     let find = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(["export", "find", "--data-dir"])
-            .arg(&data)
-            .args(args)
-            .output()
-            .expect("medsfu export find");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let all: Vec<&str> = ["export", "find"].iter().chain(args).copied().collect();
+        medsfu_ok(&data, &all)
     };
     let found = find(&["--participant", "dis"]);
     assert!(
@@ -888,18 +843,8 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
     // The intervention's export carries its record: memberships and their roles, and
     // the room's audit entries.
     let archive = data.join("call.tar");
-    let out = Command::new(bin())
-        .args(["export", "--room", r, "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&archive)
-        .output()
-        .expect("medsfu export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out_arg = archive.to_string_lossy().into_owned();
+    medsfu_ok(&data, &["export", "--room", r, "--out", &out_arg]);
     let read = |name: &str| {
         let out = Command::new("tar")
             .arg("-xOf")

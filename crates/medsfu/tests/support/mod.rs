@@ -48,18 +48,7 @@ pub struct Server {
 
 /// `medsfu certs` in `data`/pki with these device identities.
 pub fn certs(data: &std::path::Path, args: &[&str]) {
-    let out = Command::new(bin())
-        .arg("certs")
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("medsfu certs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    medsfu_ok(data, &[&["certs"], args].concat());
 }
 
 /// `medsfu user add` with the secret on standard input.
@@ -83,6 +72,24 @@ pub fn user_add(data: &std::path::Path, name: &str, role: &str, secret: &str) {
         "user add {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `medsfu ARGS --data-dir DATA`; asserts it succeeded (showing what it said) and
+/// returns its standard output.
+pub fn medsfu_ok(data: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap_or_else(|e| panic!("medsfu {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "medsfu {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The repository's shared ECG recordings.
@@ -239,8 +246,8 @@ pub fn token_with(
     role: &str,
     ttl: Option<u64>,
 ) -> String {
-    let mut cmd = Command::new(bin());
-    cmd.args([
+    let ttl = ttl.map(|t| t.to_string());
+    let mut args = vec![
         "token",
         "--room",
         room,
@@ -248,22 +255,11 @@ pub fn token_with(
         identity,
         "--role",
         role,
-    ])
-    .arg("--data-dir")
-    .arg(data);
-    if let Some(t) = ttl {
-        cmd.args(["--ttl", &t.to_string()]);
+    ];
+    if let Some(t) = &ttl {
+        args.extend(["--ttl", t.as_str()]);
     }
-    let out = cmd.output().expect("medsfu token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
+    medsfu_ok(data, &args).trim().to_owned()
 }
 
 impl Drop for Server {
