@@ -297,6 +297,16 @@ function newPc() {
   return pc;
 }
 
+// `?video_codec=VP8` (or H264, H265) offers the camera in that codec first, for devices
+// that encode one codec better than another; the server answers with the first it takes.
+function preferCodec(tr, kind) {
+  const want = new URLSearchParams(location.search).get('video_codec');
+  if (kind !== 'video' || !want || !tr.setCodecPreferences) return;
+  const all = RTCRtpReceiver.getCapabilities('video').codecs;
+  const first = all.filter((c) => c.mimeType.toLowerCase() === `video/${want.toLowerCase()}`);
+  if (first.length) tr.setCodecPreferences([...first, ...all.filter((c) => !first.includes(c))]);
+}
+
 // Publishes one at a time: each offer waits for the previous answer (no glare with ourselves).
 function publish(source) {
   state.publishing = state.publishing.then(() => publishOne(source));
@@ -311,6 +321,7 @@ async function publishOne(source) {
     const track = stream.getTracks()[0];
     if (!state.pubPc) state.pubPc = newPc();
     const tr = state.pubPc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    preferCodec(tr, track.kind);
     state.published.set(source, tr);
     if (source === 'camera') addTile('local-camera', stream, 'me (camera)', true);
     const offer = await state.pubPc.createOffer();

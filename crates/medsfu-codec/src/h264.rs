@@ -1,5 +1,7 @@
 //! H.264 RTP payloads (RFC 6184).
 
+use crate::h265_rtp::DepacketizeError;
+
 const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
@@ -76,9 +78,142 @@ pub fn payload_nal_units(nals: &[&[u8]], mtu: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// Rebuilds Annex-B access units from RTP payloads (RFC 6184, packetization modes 0
+/// and 1: single NAL units, STAP-A and FU-A).
+#[derive(Debug, Default)]
+pub struct Depacketizer {
+    au: Vec<u8>,
+    fragment: Option<Vec<u8>>,
+}
+
+impl Depacketizer {
+    /// A depacketizer with nothing buffered.
+    pub fn new() -> Depacketizer {
+        Depacketizer::default()
+    }
+
+    /// Forgets a partly received access unit (after a lost packet).
+    pub fn reset(&mut self) {
+        self.au.clear();
+        self.fragment = None;
+    }
+
+    fn push_nal(&mut self, nal: &[u8]) {
+        self.au.extend_from_slice(&[0, 0, 0, 1]);
+        self.au.extend_from_slice(nal);
+    }
+
+    /// Adds one RTP payload; with `marker`, returns the finished access unit.
+    pub fn push(
+        &mut self,
+        payload: &[u8],
+        marker: bool,
+    ) -> Result<Option<Vec<u8>>, DepacketizeError> {
+        let Some(&first) = payload.first() else {
+            return Err(DepacketizeError::TooShort);
+        };
+        match first & 0x1F {
+            1..=23 => self.push_nal(payload),
+            STAP_A => {
+                let mut rest = &payload[1..];
+                while !rest.is_empty() {
+                    if rest.len() < 2 {
+                        return Err(DepacketizeError::BadAggregation);
+                    }
+                    let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                    let nal = rest
+                        .get(2..2 + size)
+                        .filter(|n| !n.is_empty())
+                        .ok_or(DepacketizeError::BadAggregation)?;
+                    self.push_nal(nal);
+                    rest = &rest[2 + size..];
+                }
+            }
+            FU_A => {
+                let &[indicator, header, ref body @ ..] = payload else {
+                    return Err(DepacketizeError::TooShort);
+                };
+                if header & 0x80 != 0 {
+                    let mut nal = Vec::with_capacity(1 + body.len());
+                    nal.push((indicator & 0xE0) | (header & 0x1F));
+                    nal.extend_from_slice(body);
+                    self.fragment = Some(nal);
+                } else {
+                    self.fragment
+                        .as_mut()
+                        .ok_or(DepacketizeError::OrphanFragment)?
+                        .extend_from_slice(body);
+                }
+                if header & 0x40 != 0 {
+                    if let Some(nal) = self.fragment.take() {
+                        self.push_nal(&nal);
+                    }
+                }
+            }
+            // STAP-B, MTAP and FU-B (interleaved mode) and reserved types.
+            t => return Err(DepacketizeError::Unsupported(t)),
+        }
+        if marker && !self.au.is_empty() {
+            self.fragment = None;
+            return Ok(Some(std::mem::take(&mut self.au)));
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_units_round_trip_through_payloads_and_broken_ones_are_refused() {
+        let idr: Vec<u8> = std::iter::once(0x65)
+            .chain((0..3000u32).map(|i| (i % 251) as u8 + 1))
+            .collect();
+        let (sps, pps) = ([0x67u8, 0x42, 0xe0, 0x1f], [0x68u8, 0xce, 0x3c]);
+        let mut d = Depacketizer::new();
+        // The parameter sets in one STAP-A, then the IDR in FU-As.
+        let mut stap = vec![0x78];
+        for n in [&sps[..], &pps[..]] {
+            stap.extend((n.len() as u16).to_be_bytes());
+            stap.extend_from_slice(n);
+        }
+        assert_eq!(d.push(&stap, false), Ok(None));
+        let fus = payload_nal_units(&[&idr], 1200);
+        let mut out = None;
+        for (i, p) in fus.iter().enumerate() {
+            out = d.push(p, i + 1 == fus.len()).unwrap();
+        }
+        let mut want = Vec::new();
+        for n in [&sps[..], &pps[..], &idr[..]] {
+            want.extend_from_slice(&[0, 0, 0, 1]);
+            want.extend_from_slice(n);
+        }
+        assert_eq!(out, Some(want));
+
+        assert_eq!(d.push(&fus[1], true), Err(DepacketizeError::OrphanFragment));
+        assert_eq!(d.push(&[], true), Err(DepacketizeError::TooShort));
+        assert_eq!(d.push(&[0x7c], true), Err(DepacketizeError::TooShort));
+        assert_eq!(
+            d.push(&[0x78, 0, 9, 0x67], true),
+            Err(DepacketizeError::BadAggregation)
+        );
+        assert_eq!(
+            d.push(&[0x78, 0, 0], true),
+            Err(DepacketizeError::BadAggregation)
+        );
+        assert_eq!(
+            d.push(&[0x79, 0, 0], true),
+            Err(DepacketizeError::Unsupported(25))
+        );
+        // A reset drops the part of an access unit already gathered.
+        assert_eq!(d.push(&[0x41, 1], false), Ok(None));
+        d.reset();
+        assert_eq!(
+            d.push(&[0x41, 2], true),
+            Ok(Some(vec![0, 0, 0, 1, 0x41, 2]))
+        );
+    }
 
     #[test]
     fn large_nal_units_are_fragmented_and_reassemble() {

@@ -135,8 +135,8 @@ pub fn payload_access_unit(au: &[&[u8]], mtu: usize) -> Vec<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DepacketizeError {
-    /// Shorter than a NAL unit header.
-    #[error("payload shorter than a NAL unit header")]
+    /// Shorter than the payload's header (a NAL unit header, a VP8 descriptor).
+    #[error("payload shorter than its header")]
     TooShort,
     /// An aggregation unit's size runs past the payload.
     #[error("aggregation unit overruns the packet")]
@@ -144,7 +144,8 @@ pub enum DepacketizeError {
     /// A middle or end fragment arrived without its start (loss).
     #[error("fragment without its start")]
     OrphanFragment,
-    /// PACI packets (type 50) are not supported.
+    /// A payload type the depacketizer does not handle (H.265 PACI, H.264 interleaved
+    /// mode, reserved types).
     #[error("unsupported payload type {0}")]
     Unsupported(u8),
 }
@@ -160,6 +161,12 @@ impl Depacketizer {
     /// A depacketizer with nothing buffered.
     pub fn new() -> Depacketizer {
         Depacketizer::default()
+    }
+
+    /// Forgets a partly received access unit (after a lost packet).
+    pub fn reset(&mut self) {
+        self.au.clear();
+        self.fragment = None;
     }
 
     fn push_nal(&mut self, nal: &[u8]) {

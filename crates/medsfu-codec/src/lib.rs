@@ -1,7 +1,9 @@
 //! RTP payload inspection for the codecs medsfu forwards.
 //!
-//! Pure functions over a packet's payload: no IO, no clock, no allocation. They never panic
-//! on malformed input; a payload too short or inconsistent is simply "not a keyframe start".
+//! Pure functions over a packet's payload: no IO, no clock, no allocation on the forwarding
+//! path. They never panic on malformed input; a payload too short or inconsistent is simply
+//! "not a keyframe start". The depacketizers, which rebuild pictures for recorders, return
+//! an error for such a payload instead.
 
 #![forbid(unsafe_code)]
 
@@ -12,10 +14,12 @@ mod vp8;
 
 pub use h264::is_keyframe_start as h264_is_keyframe_start;
 pub use h264::payload_nal_units as h264_payload_nal_units;
+pub use h264::Depacketizer as H264Depacketizer;
 pub use h265::is_irap_access_unit as h265_is_irap_access_unit;
 pub use h265::is_keyframe_start as h265_is_keyframe_start;
 pub use h265::NalType as H265NalType;
 pub use vp8::is_keyframe_start as vp8_is_keyframe_start;
+pub use vp8::Depacketizer as Vp8Depacketizer;
 
 /// A codec medsfu knows how to inspect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

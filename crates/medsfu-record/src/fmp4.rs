@@ -1,7 +1,8 @@
-//! Fragmented MP4 (ISO/IEC 14496-12) with one H.265 video track, written as it is
-//! recorded.
+//! Fragmented MP4 (ISO/IEC 14496-12) with one video track (H.265, H.264 or VP8), written
+//! as it is recorded.
 //!
-//! The file is `ftyp`, `moov` (an empty sample table, the `hvc1` sample entry and `mvex`),
+//! The file is `ftyp`, `moov` (an empty sample table, the `hvc1`, `avc1` or `vp08` sample
+//! entry and `mvex`),
 //! then one `moof` + `mdat` pair per fragment. Every fragment is written whole and flushed,
 //! so the file cut after any complete fragment (the recorder killed, the disk full) is a
 //! valid, playable MP4; players also accept a cut inside the last fragment.
@@ -10,9 +11,8 @@ use std::io::Write;
 
 use medsfu_codec::h265_rtp::annexb_nal_units;
 
-use crate::hevc::{
-    nal_type, HevcError, ParameterSets, SpsInfo, NAL_AUD, NAL_PPS, NAL_SPS, NAL_VPS,
-};
+use crate::avc::{self, AvcError};
+use crate::hevc::{self, HevcError, ParameterSets};
 
 /// Media timescale of the video track: the RTP clock of video, so RTP timestamps map 1:1.
 pub const TIMESCALE: u32 = 90_000;
@@ -45,17 +45,102 @@ pub enum Fmp4Error {
     /// Writing to the output failed; the writer must not be used further.
     #[error("writing the MP4 file: {0}")]
     Io(#[from] std::io::Error),
-    /// The SPS of the first keyframe could not be read; that picture was not written.
-    #[error("reading the SPS: {0}")]
+    /// The H.265 SPS of the first keyframe could not be read; that picture was not written.
+    #[error("reading the H.265 SPS: {0}")]
     Sps(#[from] HevcError),
-    /// The stream's parameter sets differ from the file's (the encoder was restarted or
-    /// reconfigured). The picture was not written: `finish` this writer and push it to a
-    /// new one.
-    #[error("the H.265 parameter sets changed; start a new file")]
-    ParameterSetsChanged,
+    /// The H.264 SPS of the first keyframe could not be read; that picture was not written.
+    #[error("reading the H.264 SPS: {0}")]
+    AvcSps(#[from] AvcError),
+    /// A VP8 key frame's header could not be read; that frame was not written.
+    #[error("VP8 key frame header: {0}")]
+    Vp8Header(&'static str),
+    /// The stream's configuration differs from the file's: other parameter sets, or a VP8
+    /// key frame of another size (the encoder was restarted or reconfigured). The picture
+    /// was not written: `finish` this writer and push it to a new one.
+    #[error("the video configuration changed; start a new file")]
+    ConfigChanged,
     /// A size does not fit its MP4 field (the named thing).
     #[error("{0} too large for MP4")]
     TooLarge(&'static str),
+}
+
+impl Fmp4Error {
+    /// Whether the error is in the stream, not the file: that picture was not written and
+    /// the writer goes on with the next one.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Fmp4Error::Sps(_) | Fmp4Error::AvcSps(_) | Fmp4Error::Vp8Header(_)
+        )
+    }
+}
+
+/// The video codec of a recorded track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VideoCodec {
+    /// H.265 access units in Annex-B form; an `hvc1` sample entry.
+    H265,
+    /// H.264 access units in Annex-B form; an `avc1` sample entry.
+    H264,
+    /// VP8 frames; a `vp08` sample entry (the VP codec ISO media file format binding).
+    Vp8,
+}
+
+impl VideoCodec {
+    /// The NAL unit types of the parameter sets the sample entry holds, in its order.
+    fn parameter_set_types(self) -> &'static [u8] {
+        match self {
+            VideoCodec::H265 => &[hevc::NAL_VPS, hevc::NAL_SPS, hevc::NAL_PPS],
+            VideoCodec::H264 => &[avc::NAL_SPS, avc::NAL_PPS],
+            VideoCodec::Vp8 => &[],
+        }
+    }
+
+    fn nal_type(self, nal: &[u8]) -> u8 {
+        match self {
+            VideoCodec::H265 => hevc::nal_type(nal),
+            _ => avc::nal_type(nal),
+        }
+    }
+
+    /// Whether a NAL unit of type `t` is a coded slice.
+    fn is_slice(self, t: u8) -> bool {
+        match self {
+            VideoCodec::H265 => t < 32,
+            _ => avc::is_slice(t),
+        }
+    }
+
+    /// Whether a NAL unit of type `t` stays out of the samples: parameter sets (they live
+    /// in the sample entry, as `hvc1` and `avc1` require) and access unit delimiters.
+    fn is_header(self, t: u8) -> bool {
+        let aud = match self {
+            VideoCodec::H265 => hevc::NAL_AUD,
+            _ => avc::NAL_AUD,
+        };
+        t == aud || self.parameter_set_types().contains(&t)
+    }
+}
+
+/// The displayed size of a VP8 key frame (RFC 6386 §9.1), from its first 10 bytes.
+pub fn vp8_key_frame_size(frame: &[u8]) -> Result<(u32, u32), Fmp4Error> {
+    let header = frame
+        .get(..10)
+        .ok_or(Fmp4Error::Vp8Header("shorter than a key frame header"))?;
+    if header[0] & 1 != 0 {
+        return Err(Fmp4Error::Vp8Header("not a key frame"));
+    }
+    if header[3..6] != [0x9d, 0x01, 0x2a] {
+        return Err(Fmp4Error::Vp8Header("no start code"));
+    }
+    // 14 bits of size, 2 of upscaling (which a player applies, not the container).
+    let width = u32::from(u16::from_le_bytes([header[6], header[7]]) & 0x3FFF);
+    let height = u32::from(u16::from_le_bytes([header[8], header[9]]) & 0x3FFF);
+    if width == 0 || height == 0 {
+        return Err(Fmp4Error::Vp8Header("empty picture"));
+    }
+    Ok((width, height))
 }
 
 /// One buffered sample of the open fragment; its bytes are in `Fmp4Writer::mdat`.
@@ -66,22 +151,25 @@ struct Sample {
     keyframe: bool,
 }
 
-/// Writes one H.265 video track (timescale 90 kHz) as fragmented MP4 with an `hvc1`
-/// sample entry.
+/// Writes one video track (timescale 90 kHz) as fragmented MP4.
 ///
 /// Pictures must come in decode order and the stream must have no B-frames (decode order
-/// = presentation order, as medsfu's zerolatency encoders produce): the file carries one
-/// timestamp per sample and no composition offsets. Parameter sets live only in the sample
-/// entry, as `hvc1` requires; they are removed from the samples with the AUDs.
+/// = presentation order, as real-time encoders produce): the file carries one timestamp
+/// per sample and no composition offsets. H.265 and H.264 parameter sets live only in the
+/// sample entry, as `hvc1` and `avc1` require; they are removed from the samples with the
+/// AUDs.
 #[derive(Debug)]
 pub struct Fmp4Writer<W: Write> {
     out: W,
+    codec: VideoCodec,
     creation_unix_secs: u64,
-    /// VPS, SPS, PPS seen before the file started, latest of each.
-    pending: [Option<Vec<u8>>; 3],
-    /// The parameter sets in `moov`, once the file started.
-    params: Option<ParameterSets>,
-    sps: Option<SpsInfo>,
+    /// Parameter sets seen before the file started, latest of each, in the order of
+    /// [`VideoCodec::parameter_set_types`].
+    pending: Vec<Option<Vec<u8>>>,
+    /// The parameter sets in `moov`, once the file started (none for VP8).
+    params: Option<Vec<Vec<u8>>>,
+    /// The displayed size, once the file started.
+    size: Option<(u32, u32)>,
     /// The pts that maps to decode time 0 (moved when the publisher's clock resets).
     origin: i128,
     last_dts: Option<u64>,
@@ -94,17 +182,19 @@ pub struct Fmp4Writer<W: Write> {
 }
 
 impl<W: Write> Fmp4Writer<W> {
-    /// A writer that writes nothing until the first keyframe with parameter sets.
+    /// A writer that writes nothing until the first keyframe (with parameter sets, for
+    /// H.265 and H.264).
     ///
     /// `creation_unix_secs` (the recording's start, seconds since 1970) goes into the
     /// `mvhd`/`tkhd`/`mdhd` creation and modification times.
-    pub fn new(out: W, creation_unix_secs: u64) -> Self {
+    pub fn new(out: W, codec: VideoCodec, creation_unix_secs: u64) -> Self {
         Fmp4Writer {
             out,
+            codec,
             creation_unix_secs,
-            pending: [None, None, None],
+            pending: vec![None; codec.parameter_set_types().len()],
             params: None,
-            sps: None,
+            size: None,
             origin: 0,
             last_dts: None,
             last_duration: None,
@@ -116,39 +206,40 @@ impl<W: Write> Fmp4Writer<W> {
         }
     }
 
-    /// Adds one picture: `au_annexb` is the access unit in Annex-B form (start codes and
-    /// NAL units), `pts_90k` its timestamp at 90 kHz (an RTP timestamp unwrapped to u64),
-    /// `keyframe` whether a decoder can start at it.
+    /// Adds one picture: `au` is the access unit in Annex-B form (start codes and NAL
+    /// units) for H.265 and H.264, the frame for VP8; `pts_90k` its timestamp at 90 kHz (an
+    /// RTP timestamp unwrapped to u64); `keyframe` whether a decoder can start at it.
     ///
-    /// Pictures before the first keyframe for which a VPS, SPS and PPS are known (from it or
-    /// an earlier access unit) are dropped and counted ([`Self::skipped`]). Access units
+    /// Pictures before the first keyframe for which the parameter sets are known (from it
+    /// or an earlier access unit) are dropped and counted ([`Self::skipped`]). Access units
     /// without a slice (parameter sets alone) add nothing. A timestamp not after the
     /// previous one is moved to just after it and counted ([`Self::clamped`]); after a step
     /// back of a second or more the following pictures keep their own spacing from there,
     /// so a publisher whose clock restarted does not squeeze the rest of the recording.
-    pub fn push(
-        &mut self,
-        au_annexb: &[u8],
-        pts_90k: u64,
-        keyframe: bool,
-    ) -> Result<(), Fmp4Error> {
-        let nals = annexb_nal_units(au_annexb);
-        let last_of = |t: u8| nals.iter().rev().find(|n| nal_type(n) == t).copied();
-        let sets = [last_of(NAL_VPS), last_of(NAL_SPS), last_of(NAL_PPS)];
-        let has_slice = nals.iter().any(|n| nal_type(n) < 32);
+    pub fn push(&mut self, au: &[u8], pts_90k: u64, keyframe: bool) -> Result<(), Fmp4Error> {
+        if self.codec == VideoCodec::Vp8 {
+            return self.push_vp8(au, pts_90k, keyframe);
+        }
+        let codec = self.codec;
+        let nals = annexb_nal_units(au);
+        let types = codec.parameter_set_types();
+        let sets: Vec<Option<&[u8]>> = types
+            .iter()
+            .map(|&t| nals.iter().rev().find(|n| codec.nal_type(n) == t).copied())
+            .collect();
+        let has_slice = nals.iter().any(|n| codec.is_slice(codec.nal_type(n)));
         match &self.params {
-            Some(p) => {
-                let current = [&p.vps, &p.sps, &p.pps];
+            Some(current) => {
                 if sets
                     .iter()
                     .zip(current)
                     .any(|(new, cur)| new.is_some_and(|n| n != cur.as_slice()))
                 {
-                    return Err(Fmp4Error::ParameterSetsChanged);
+                    return Err(Fmp4Error::ConfigChanged);
                 }
             }
             None => {
-                for (slot, new) in self.pending.iter_mut().zip(sets) {
+                for (slot, new) in self.pending.iter_mut().zip(&sets) {
                     if let Some(n) = new {
                         *slot = Some(n.to_vec());
                     }
@@ -156,21 +247,23 @@ impl<W: Write> Fmp4Writer<W> {
                 if !has_slice {
                     return Ok(());
                 }
-                let ready = match &self.pending {
-                    [Some(vps), Some(sps), Some(pps)] if keyframe => Some(ParameterSets {
-                        vps: vps.clone(),
-                        sps: sps.clone(),
-                        pps: pps.clone(),
-                    }),
-                    _ => None,
+                let ready: Option<Vec<Vec<u8>>> = if keyframe {
+                    self.pending.iter().cloned().collect()
+                } else {
+                    None
                 };
                 let Some(ps) = ready else {
                     self.skipped += 1;
                     return Ok(());
                 };
-                if let Err(e) = self.start(ps) {
+                if let Err(e) = self.start_h26x(ps) {
                     // Forget a broken SPS so that a later keyframe's good one is waited for.
-                    self.pending[1] = None;
+                    let sps = types
+                        .iter()
+                        .position(|&t| t == hevc::NAL_SPS || t == avc::NAL_SPS);
+                    if let Some(slot) = sps.and_then(|i| self.pending.get_mut(i)) {
+                        *slot = None;
+                    }
                     return Err(e);
                 }
             }
@@ -178,16 +271,55 @@ impl<W: Write> Fmp4Writer<W> {
         if !has_slice {
             return Ok(());
         }
-
         let kept = || {
             nals.iter()
-                .filter(|n| !matches!(nal_type(n), NAL_VPS | NAL_SPS | NAL_PPS | NAL_AUD))
+                .filter(move |n| !codec.is_header(codec.nal_type(n)))
         };
         let size: usize = kept().map(|n| 4 + n.len()).sum();
+        self.add_sample(pts_90k, keyframe, size, |mdat| {
+            for nal in kept() {
+                // Fits: the sample is at most MAX_SAMPLE_BYTES.
+                mdat.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                mdat.extend_from_slice(nal);
+            }
+        })
+    }
+
+    /// [`Self::push`] for a VP8 frame: the file starts at the first key frame, and a key
+    /// frame of another size ends it.
+    fn push_vp8(&mut self, frame: &[u8], pts_90k: u64, keyframe: bool) -> Result<(), Fmp4Error> {
+        if keyframe {
+            let size = vp8_key_frame_size(frame)?;
+            match self.size {
+                None => self.start(size, &vp08_entry_child())?,
+                Some(current) if current != size => return Err(Fmp4Error::ConfigChanged),
+                Some(_) => {}
+            }
+        }
+        if self.size.is_none() {
+            self.skipped += 1;
+            return Ok(());
+        }
+        if frame.is_empty() {
+            return Ok(());
+        }
+        self.add_sample(pts_90k, keyframe, frame.len(), |mdat| {
+            mdat.extend_from_slice(frame);
+        })
+    }
+
+    /// Appends one sample of `size` bytes, which `write` puts into the media data, at the
+    /// decode time of `pts_90k`; closes the open fragment first when it is long enough.
+    fn add_sample(
+        &mut self,
+        pts_90k: u64,
+        keyframe: bool,
+        size: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Fmp4Error> {
         if size > MAX_SAMPLE_BYTES {
             return Err(Fmp4Error::TooLarge("access unit"));
         }
-
         let raw = i128::from(pts_90k) - self.origin;
         let (dts, origin, clamped) = match self.last_dts {
             // The file's first picture is decode time 0.
@@ -219,14 +351,10 @@ impl<W: Write> Fmp4Writer<W> {
         self.origin = origin;
         self.clamped += u64::from(clamped);
         self.last_dts = Some(dts);
-        for nal in kept() {
-            // Fits: the sample is at most MAX_SAMPLE_BYTES.
-            self.mdat
-                .extend_from_slice(&(nal.len() as u32).to_be_bytes());
-            self.mdat.extend_from_slice(nal);
-        }
+        write(&mut self.mdat);
         self.samples.push(Sample {
             dts,
+            // Fits: checked against MAX_SAMPLE_BYTES above.
             size: size as u32,
             keyframe,
         });
@@ -255,9 +383,9 @@ impl<W: Write> Fmp4Writer<W> {
         self.clamped
     }
 
-    /// The SPS fields of the file, once it started.
-    pub fn sps_info(&self) -> Option<&SpsInfo> {
-        self.sps.as_ref()
+    /// The displayed width and height of the file, once it started.
+    pub fn dimensions(&self) -> Option<(u32, u32)> {
+        self.size
     }
 
     /// The output, e.g. to see how far the file got.
@@ -265,23 +393,52 @@ impl<W: Write> Fmp4Writer<W> {
         &self.out
     }
 
-    /// Writes `ftyp` and `moov` for these parameter sets.
-    fn start(&mut self, ps: ParameterSets) -> Result<(), Fmp4Error> {
-        let sps = ps.sps_info()?;
-        let record = ps.decoder_configuration_record(&sps)?;
-        let width = u16::try_from(sps.width).map_err(|_| Fmp4Error::TooLarge("width"))?;
-        let height = u16::try_from(sps.height).map_err(|_| Fmp4Error::TooLarge("height"))?;
+    /// Writes `ftyp` and `moov` for these H.265 or H.264 parameter sets.
+    fn start_h26x(&mut self, ps: Vec<Vec<u8>>) -> Result<(), Fmp4Error> {
+        let (size, child) = match (self.codec, &ps[..]) {
+            (VideoCodec::H265, [vps, sps, pps]) => {
+                let sets = ParameterSets {
+                    vps: vps.clone(),
+                    sps: sps.clone(),
+                    pps: pps.clone(),
+                };
+                let info = sets.sps_info()?;
+                let record = sets.decoder_configuration_record(&info)?;
+                ((info.width, info.height), boxed(b"hvcC", &[&record]))
+            }
+            (VideoCodec::H264, [sps, pps]) => {
+                let info = avc::parse_sps(sps)?;
+                let record = avc::decoder_configuration_record(sps, pps, &info)?;
+                ((info.width, info.height), boxed(b"avcC", &[&record]))
+            }
+            // parameter_set_types() gives each codec its number of sets.
+            _ => unreachable!("parameter sets of {:?}", self.codec),
+        };
+        self.start(size, &child)?;
+        self.params = Some(ps);
+        Ok(())
+    }
+
+    /// Writes `ftyp` and `moov` with a sample entry of this size around `child` (the
+    /// decoder configuration box).
+    fn start(&mut self, (width, height): (u32, u32), child: &[u8]) -> Result<(), Fmp4Error> {
+        let w = u16::try_from(width).map_err(|_| Fmp4Error::TooLarge("width"))?;
+        let h = u16::try_from(height).map_err(|_| Fmp4Error::TooLarge("height"))?;
+        let fourcc = match self.codec {
+            VideoCodec::H265 => b"hvc1",
+            VideoCodec::H264 => b"avc1",
+            VideoCodec::Vp8 => b"vp08",
+        };
         let mut head = ftyp();
         head.extend(moov(
             self.creation_unix_secs.saturating_add(MP4_EPOCH_OFFSET),
-            width,
-            height,
-            &record,
+            w,
+            h,
+            &boxed(fourcc, &[&visual_sample_entry(w, h), child]),
         ));
         self.out.write_all(&head)?;
         self.out.flush()?;
-        self.params = Some(ps);
-        self.sps = Some(sps);
+        self.size = Some((width, height));
         Ok(())
     }
 
@@ -410,8 +567,42 @@ fn zero_duration(version: u8) -> &'static [u8] {
     }
 }
 
-/// `moov` of a file with one `hvc1` track of the given displayed size.
-fn moov(mp4_secs: u64, width: u16, height: u16, hvcc: &[u8]) -> Vec<u8> {
+/// The `vpcC` box of a VP8 track: 8-bit 4:2:0, colours unspecified, no initialization
+/// data (VP codec ISO media file format binding §2.3).
+fn vp08_entry_child() -> Vec<u8> {
+    let body = [
+        0,      // profile
+        0,      // level (undefined for VP8)
+        8 << 4, // bitDepth 8, chromaSubsampling 0 (4:2:0), videoFullRangeFlag 0
+        2,      // colourPrimaries: unspecified
+        2,      // transferCharacteristics: unspecified
+        2,      // matrixCoefficients: unspecified
+        0,      // codecInitializationDataSize (16 bits)
+        0,
+    ];
+    full_box(b"vpcC", 1, 0, &body)
+}
+
+/// The fields of a `VisualSampleEntry` before its child boxes.
+fn visual_sample_entry(width: u16, height: u16) -> Vec<u8> {
+    let mut entry = vec![0; 6]; // reserved
+    entry.extend_from_slice(&1u16.to_be_bytes()); // data_reference_index
+    entry.extend_from_slice(&[0; 16]); // pre_defined, reserved, pre_defined
+    entry.extend_from_slice(&width.to_be_bytes());
+    entry.extend_from_slice(&height.to_be_bytes());
+    entry.extend_from_slice(&0x0048_0000u32.to_be_bytes()); // 72 dpi
+    entry.extend_from_slice(&0x0048_0000u32.to_be_bytes());
+    entry.extend_from_slice(&[0; 4]);
+    entry.extend_from_slice(&1u16.to_be_bytes()); // frame_count
+    entry.extend_from_slice(&[0; 32]); // compressorname (empty)
+    entry.extend_from_slice(&0x0018u16.to_be_bytes()); // depth
+    entry.extend_from_slice(&(-1i16).to_be_bytes()); // pre_defined
+    entry
+}
+
+/// `moov` of a file with one video track of the given displayed size, described by the
+/// sample entry box `entry` (`hvc1`, `avc1` or `vp08`).
+fn moov(mp4_secs: u64, width: u16, height: u16, entry: &[u8]) -> Vec<u8> {
     let (version, t) = times(mp4_secs);
     let dur = zero_duration(version);
 
@@ -446,26 +637,7 @@ fn moov(mp4_secs: u64, width: u16, height: u16, hvcc: &[u8]) -> Vec<u8> {
     hdlr.extend_from_slice(&[0; 12]);
     hdlr.extend_from_slice(b"medsfu video\0");
 
-    let mut entry = vec![0; 6]; // reserved
-    entry.extend_from_slice(&1u16.to_be_bytes()); // data_reference_index
-    entry.extend_from_slice(&[0; 16]); // pre_defined, reserved, pre_defined
-    entry.extend_from_slice(&width.to_be_bytes());
-    entry.extend_from_slice(&height.to_be_bytes());
-    entry.extend_from_slice(&0x0048_0000u32.to_be_bytes()); // 72 dpi
-    entry.extend_from_slice(&0x0048_0000u32.to_be_bytes());
-    entry.extend_from_slice(&[0; 4]);
-    entry.extend_from_slice(&1u16.to_be_bytes()); // frame_count
-    entry.extend_from_slice(&[0; 32]); // compressorname (empty)
-    entry.extend_from_slice(&0x0018u16.to_be_bytes()); // depth
-    entry.extend_from_slice(&(-1i16).to_be_bytes()); // pre_defined
-    entry.extend(boxed(b"hvcC", &[hvcc]));
-
-    let stsd = full_box(
-        b"stsd",
-        0,
-        0,
-        &[&1u32.to_be_bytes()[..], &boxed(b"hvc1", &[&entry])].concat(),
-    );
+    let stsd = full_box(b"stsd", 0, 0, &[&1u32.to_be_bytes()[..], entry].concat());
     let empty = 0u32.to_be_bytes();
     let stbl = boxed(
         b"stbl",
@@ -511,7 +683,9 @@ fn moov(mp4_secs: u64, width: u16, height: u16, hvcc: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{annexb_access_units, encode_h265, run, s, TempDir};
+    use crate::testutil::{
+        annexb_access_units, encode, encode_h265, h264_access_units, ivf_frames, run, s, TempDir,
+    };
 
     /// The body of the first box at `path` (container types descended in order).
     fn find<'a>(mut data: &'a [u8], path: &[&str]) -> Option<&'a [u8]> {
@@ -608,7 +782,7 @@ mod tests {
 
     /// Muxes `aus` with the given pts; returns the file and the writer's counters.
     fn mux(aus: &[(Vec<u8>, bool)], pts: impl Fn(usize) -> u64) -> (Vec<u8>, u64, u64) {
-        let mut w = Fmp4Writer::new(Vec::new(), 1_750_000_000);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 1_750_000_000);
         for (i, (au, key)) in aus.iter().enumerate() {
             w.push(au, pts(i), *key).unwrap();
         }
@@ -751,13 +925,89 @@ mod tests {
         }
     }
 
+    /// Muxes pictures of `codec` at 30 fps into a file under `dir`, for ffprobe.
+    fn mux_to(
+        dir: &TempDir,
+        codec: VideoCodec,
+        pictures: &[(Vec<u8>, bool)],
+    ) -> std::path::PathBuf {
+        let mut w = Fmp4Writer::new(Vec::new(), codec, 1_750_000_000);
+        for (i, (p, key)) in pictures.iter().enumerate() {
+            w.push(p, 7000 + i as u64 * 3000, *key).unwrap();
+        }
+        assert_eq!(w.skipped(), 0);
+        let path = dir.join("out.mp4");
+        std::fs::write(&path, w.finish().unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn h264_as_browsers_send_it_muxes_to_avc1() {
+        let dir = TempDir::new("fmp4-h264");
+        let aus = h264_access_units(&encode(&dir, "h264", "src", 640, 480, 3, &[]));
+        assert_eq!(aus.len(), 90);
+        assert_eq!(aus.iter().filter(|a| a.1).count(), 3);
+        let path = mux_to(&dir, VideoCodec::H264, &aus);
+        let (codec, tag, w, h, frames, duration) = probe_fields(&path);
+        assert_eq!((codec.as_str(), tag.as_str()), ("h264", "avc1"));
+        assert_eq!((w, h, frames), (640, 480, 90));
+        assert!((duration - 3.0).abs() <= 0.05, "duration {duration}");
+        assert_eq!(decode(&path), (true, String::new()));
+        // Parameter sets are in avcC only, not in the samples.
+        let file = std::fs::read(&path).unwrap();
+        let frags = fragments(&file);
+        let mut mdat = &frags[0].3[..];
+        while !mdat.is_empty() {
+            let len = be32(mdat, 0) as usize;
+            assert!(
+                !matches!(mdat[4] & 0x1F, 7..=9),
+                "NAL {}",
+                mdat[4] & 0x1F
+            );
+            mdat = &mdat[4 + len..];
+        }
+    }
+
+    #[test]
+    fn vp8_muxes_to_vp08_and_a_new_size_ends_the_file() {
+        let dir = TempDir::new("fmp4-vp8");
+        let frames = ivf_frames(&encode(&dir, "vp8", "src", 320, 240, 2, &[]));
+        assert_eq!(frames.len(), 60);
+        assert!(frames[0].1 && frames[30].1 && !frames[1].1);
+        let path = mux_to(&dir, VideoCodec::Vp8, &frames);
+        let (codec, tag, w, h, n, duration) = probe_fields(&path);
+        assert_eq!((codec.as_str(), tag.as_str()), ("vp8", "vp08"));
+        assert_eq!((w, h, n), (320, 240, 60));
+        assert!((duration - 2.0).abs() <= 0.05, "duration {duration}");
+        assert_eq!(decode(&path), (true, String::new()));
+
+        let other = ivf_frames(&encode(&dir, "vp8", "small", 160, 120, 1, &[]));
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::Vp8, 0);
+        // Inter frames before the first key frame are skipped.
+        w.push(&frames[1].0, 0, false).unwrap();
+        w.push(&frames[0].0, 3000, true).unwrap();
+        assert_eq!((w.skipped(), w.dimensions()), (1, Some((320, 240))));
+        assert!(matches!(
+            w.push(&other[0].0, 6000, true),
+            Err(Fmp4Error::ConfigChanged)
+        ));
+        // A broken key frame is refused as bad input; the file goes on.
+        let err = w.push(&[0x00, 0x01, 0x02], 6000, true).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+        assert_eq!(
+            vp8_key_frame_size(&frames[1].0).unwrap_err().to_string(),
+            "VP8 key frame header: not a key frame"
+        );
+        w.push(&frames[1].0, 6000, false).unwrap();
+    }
+
     #[test]
     fn a_file_cut_by_a_crash_still_plays() {
         let dir = TempDir::new("fmp4-cut");
         let aus = annexb_access_units(&encode_h265(&dir, "src", 640, 360, 4, &[]));
         // Killed after 100 pictures: the fragments of pictures 0-89 are out, the rest is
         // in memory.
-        let mut w = Fmp4Writer::new(Vec::new(), 0);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 0);
         for (i, (au, key)) in aus.iter().take(100).enumerate() {
             w.push(au, i as u64 * 3000, *key).unwrap();
         }
@@ -864,7 +1114,7 @@ mod tests {
             .collect();
         aus[20].0 = stripped;
 
-        let mut w = Fmp4Writer::new(Vec::new(), 0);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 0);
         for (i, (au, key)) in aus.iter().enumerate() {
             w.push(au, (i as u64 + 10) * 3000, *key).unwrap();
             if i < 50 {
@@ -872,7 +1122,7 @@ mod tests {
             }
         }
         assert_eq!(w.skipped(), 50);
-        assert_eq!(w.sps_info().map(|s| (s.width, s.height)), Some((640, 360)));
+        assert_eq!(w.dimensions(), Some((640, 360)));
         let path = dir.join("out.mp4");
         std::fs::write(&path, w.finish().unwrap()).unwrap();
         assert_eq!(decode(&path), (true, String::new()));
@@ -886,21 +1136,21 @@ mod tests {
         let dir = TempDir::new("fmp4-change");
         let first = annexb_access_units(&encode_h265(&dir, "a", 640, 360, 2, &[]));
         let second = annexb_access_units(&encode_h265(&dir, "b", 320, 240, 1, &[]));
-        let mut w = Fmp4Writer::new(Vec::new(), 0);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 0);
         for (i, (au, key)) in first.iter().enumerate() {
             w.push(au, i as u64 * 3000, *key).unwrap();
         }
         let pts = 60 * 3000;
         assert!(matches!(
             w.push(&second[0].0, pts, true),
-            Err(Fmp4Error::ParameterSetsChanged)
+            Err(Fmp4Error::ConfigChanged)
         ));
         let a = dir.join("a.mp4");
         std::fs::write(&a, w.finish().unwrap()).unwrap();
         let (_, _, w1, h1, frames, _) = probe_fields(&a);
         assert_eq!((w1, h1, frames), (640, 360, 60), "the old file is whole");
 
-        let mut w = Fmp4Writer::new(Vec::new(), 0);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 0);
         for (i, (au, key)) in second.iter().enumerate() {
             w.push(au, pts + i as u64 * 3000, *key).unwrap();
         }
@@ -957,7 +1207,7 @@ mod tests {
 
     #[test]
     fn a_writer_without_pictures_writes_nothing_and_a_lone_picture_lasts_3000() {
-        let w = Fmp4Writer::new(Vec::new(), 0);
+        let w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, 0);
         assert!(w.finish().unwrap().is_empty());
 
         let dir = TempDir::new("fmp4-lone");
@@ -973,7 +1223,7 @@ mod tests {
         let dir = TempDir::new("fmp4-2040");
         let aus = annexb_access_units(&encode_h265(&dir, "src", 320, 240, 1, &[]));
         let secs = 4_000_000_000u64; // 2096
-        let mut w = Fmp4Writer::new(Vec::new(), secs);
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H265, secs);
         for (i, (au, key)) in aus.iter().enumerate() {
             w.push(au, i as u64 * 3000, *key).unwrap();
         }

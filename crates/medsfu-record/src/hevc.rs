@@ -7,6 +7,9 @@
 
 use medsfu_codec::h265_rtp::annexb_nal_units;
 
+pub use crate::bits::remove_emulation_prevention;
+use crate::bits::{BitError, BitReader};
+
 /// NAL unit type of a video parameter set.
 pub const NAL_VPS: u8 = 32;
 /// NAL unit type of a sequence parameter set.
@@ -34,25 +37,18 @@ pub enum HevcError {
     TooLarge(usize),
 }
 
+impl From<BitError> for HevcError {
+    fn from(e: BitError) -> Self {
+        match e {
+            BitError::Truncated(f) => HevcError::Truncated(f),
+            BitError::Invalid(f) => HevcError::Invalid(f),
+        }
+    }
+}
+
 /// The type of an H.265 NAL unit, from its first header byte (0 for an empty slice).
 pub fn nal_type(nal: &[u8]) -> u8 {
     nal.first().map_or(0, |b| (b >> 1) & 0x3F)
-}
-
-/// The RBSP of a NAL unit: the bytes with every emulation-prevention byte (the `03` of
-/// `00 00 03`) removed, because the bit syntax is defined on the unescaped bytes.
-pub fn remove_emulation_prevention(nal: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nal.len());
-    let mut zeros = 0;
-    for &b in nal {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
 }
 
 /// One VPS, SPS and PPS, each a whole NAL unit (header and emulation prevention kept).
@@ -147,53 +143,6 @@ pub struct SpsInfo {
     pub temporal_id_nesting: bool,
 }
 
-/// Reads bits MSB first from an RBSP.
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl BitReader<'_> {
-    fn bit(&mut self, field: &'static str) -> Result<u32, HevcError> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or(HevcError::Truncated(field))?;
-        let b = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Ok(u32::from(b))
-    }
-
-    fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, HevcError> {
-        let mut v = 0;
-        for _ in 0..n {
-            v = (v << 1) | self.bit(field)?;
-        }
-        Ok(v)
-    }
-
-    fn skip(&mut self, n: usize, field: &'static str) -> Result<(), HevcError> {
-        if self.pos + n > self.data.len() * 8 {
-            return Err(HevcError::Truncated(field));
-        }
-        self.pos += n;
-        Ok(())
-    }
-
-    /// Exp-Golomb ue(v); values needing more than 32 bits are invalid in an SPS.
-    fn ue(&mut self, field: &'static str) -> Result<u32, HevcError> {
-        let mut zeros = 0;
-        while self.bit(field)? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(HevcError::Invalid(field));
-            }
-        }
-        let rest = self.bits(zeros, field)?;
-        Ok(((1u64 << zeros) - 1 + u64::from(rest)) as u32)
-    }
-}
-
 /// Reads an SPS NAL unit (header included, emulation prevention still in) up to the bit
 /// depths, including sub-layer profile/level information when there are sub-layers.
 pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
@@ -201,10 +150,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
         return Err(HevcError::NotSps(nal_type(nal)));
     }
     let rbsp = remove_emulation_prevention(nal);
-    let mut r = BitReader {
-        data: &rbsp,
-        pos: 16, // NAL unit header
-    };
+    let mut r = BitReader::new(&rbsp, 16); // past the NAL unit header
     r.bits(4, "sps_video_parameter_set_id")?;
     let max_sub_layers_minus1 = r.bits(3, "sps_max_sub_layers_minus1")? as u8;
     if max_sub_layers_minus1 > 6 {
@@ -214,7 +160,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
 
     // profile_tier_level(1, sps_max_sub_layers_minus1): the general part is byte aligned
     // here (2 + 4 + 3 + 1 header bits = 16 + 8), so it is copied as bytes.
-    let start = r.pos / 8;
+    let start = r.position() / 8;
     let general: [u8; 12] = rbsp
         .get(start..start + 12)
         .and_then(|s| s.try_into().ok())
@@ -353,19 +299,6 @@ mod tests {
         assert_eq!(info.chroma_format_idc, 2);
         assert_eq!((info.bit_depth_luma, info.bit_depth_chroma), (10, 10));
         assert_eq!(info.general[0] & 0x1F, 4, "RExt profile");
-    }
-
-    #[test]
-    fn emulation_prevention_bytes_are_removed() {
-        assert_eq!(
-            remove_emulation_prevention(&[1, 0, 0, 3, 0, 0, 0, 3, 1, 0, 0, 3]),
-            vec![1, 0, 0, 0, 0, 0, 1, 0, 0]
-        );
-        // A 03 not after two zeros is data.
-        assert_eq!(
-            remove_emulation_prevention(&[0, 3, 0, 0, 3, 3]),
-            vec![0, 3, 0, 0, 3]
-        );
     }
 
     /// Writes bits MSB first, for hand-made SPSs.

@@ -1,4 +1,4 @@
-//! Recording muxers: H.265 in fragmented MP4, Opus in Ogg.
+//! Recording muxers: H.265, H.264 and VP8 in fragmented MP4, Opus in Ogg.
 //!
 //! Pure writers over any [`std::io::Write`]: no clock (timestamps are arguments), no
 //! threads, no codec libraries. Both formats are written so that a file cut at any point
@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod avc;
+mod bits;
 pub mod ecg_pdf;
 pub mod fmp4;
 pub mod hevc;
@@ -15,6 +17,7 @@ pub mod ogg;
 mod testutil;
 pub mod utc;
 
-pub use fmp4::{Fmp4Error, Fmp4Writer};
+pub use avc::{AvcError, AvcSpsInfo};
+pub use fmp4::{Fmp4Error, Fmp4Writer, VideoCodec};
 pub use hevc::{HevcError, ParameterSets, SpsInfo};
 pub use ogg::{opus_packet_samples, OggError, OggOpusWriter};

@@ -54,7 +54,23 @@ pub fn encode_h265(
     secs: u32,
     extra: &[&str],
 ) -> Vec<u8> {
-    let out = dir.join(&format!("{name}.h265"));
+    encode(dir, "h265", name, width, height, secs, extra)
+}
+
+/// Encodes `secs` seconds of testsrc2 at 30 fps, a keyframe every 30 pictures and no
+/// B-frames (as real-time encoders), and returns the stream: Annex-B with AUDs and headers
+/// on every keyframe for `h265`, `h264` (constrained baseline, as browsers send) and
+/// `h264-high` (the profile the pix_fmt in `extra` needs); IVF for `vp8`.
+pub fn encode(
+    dir: &TempDir,
+    codec: &str,
+    name: &str,
+    width: u32,
+    height: u32,
+    secs: u32,
+    extra: &[&str],
+) -> Vec<u8> {
+    let out = dir.join(&format!("{name}.{codec}"));
     let src = format!("testsrc2=size={width}x{height}:rate=30");
     let t = secs.to_string();
     let mut args = vec![
@@ -69,22 +85,69 @@ pub fn encode_h265(
         &t,
     ];
     args.extend_from_slice(extra);
+    let codec_args: &[&str] = match codec {
+        "h265" => &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "aud=1:repeat-headers=1:keyint=30:min-keyint=30:scenecut=0:bframes=0:log-level=error",
+            "-f",
+            "hevc",
+        ],
+        "h264" | "h264-high" => &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-x264-params",
+            "aud=1:keyint=30:min-keyint=30:scenecut=0:bframes=0",
+            "-f",
+            "h264",
+        ],
+        "vp8" => &[
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-b:v",
+            "500k",
+            "-f",
+            "ivf",
+        ],
+        other => panic!("no encoder for {other}"),
+    };
+    args.extend_from_slice(codec_args);
+    if codec == "h264" {
+        args.extend_from_slice(&["-profile:v", "baseline"]);
+    }
     let o = out.to_str().unwrap();
-    args.extend_from_slice(&[
-        "-c:v",
-        "libx265",
-        "-preset",
-        "ultrafast",
-        "-x265-params",
-        "aud=1:repeat-headers=1:keyint=30:min-keyint=30:scenecut=0:bframes=0:log-level=error",
-        "-f",
-        "hevc",
-        "-y",
-        o,
-    ]);
+    args.extend_from_slice(&["-y", o]);
     let (ok, _, err) = run("ffmpeg", &args);
     assert!(ok, "ffmpeg failed: {err}");
     std::fs::read(out).unwrap()
+}
+
+/// The frames of an IVF file, with whether each is a key frame (the P bit of the VP8
+/// frame tag is 0).
+pub fn ivf_frames(ivf: &[u8]) -> Vec<(Vec<u8>, bool)> {
+    assert_eq!(&ivf[..4], b"DKIF");
+    let header = usize::from(u16::from_le_bytes([ivf[6], ivf[7]]));
+    let mut rest = &ivf[header..];
+    let mut out = Vec::new();
+    while rest.len() >= 12 {
+        let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let frame = rest[12..12 + size].to_vec();
+        let key = frame[0] & 1 == 0;
+        out.push((frame, key));
+        rest = &rest[12 + size..];
+    }
+    out
 }
 
 /// The access units of an Annex-B stream, each re-joined with 4-byte start codes, with
@@ -103,6 +166,23 @@ pub fn annexb_access_units(stream: &[u8]) -> Vec<(Vec<u8>, bool)> {
             (bytes, key)
         })
         .collect()
+}
+
+/// The access units of an H.264 Annex-B stream with AUDs (as [`encode`] makes), each
+/// with 4-byte start codes, with whether it holds an IDR picture.
+pub fn h264_access_units(stream: &[u8]) -> Vec<(Vec<u8>, bool)> {
+    let mut out: Vec<(Vec<u8>, bool)> = Vec::new();
+    for nal in annexb_nal_units(stream) {
+        let t = nal[0] & 0x1F;
+        if t == 9 || out.is_empty() {
+            out.push((Vec::new(), false));
+        }
+        let last = out.last_mut().unwrap();
+        last.0.extend_from_slice(&[0, 0, 0, 1]);
+        last.0.extend_from_slice(nal);
+        last.1 |= t == 5;
+    }
+    out
 }
 
 /// The path as a `&str`, for command arguments.

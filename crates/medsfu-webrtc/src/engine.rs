@@ -871,6 +871,7 @@ impl Engine {
     fn send_rtp(&mut self, r: medsfu_core::RtpOut, now: Instant) {
         if let Some(rec) = self.record_inputs.get(&r.down) {
             let input = crate::record::RecInput {
+                seq: r.header.sequence_number,
                 marker: r.header.marker,
                 timestamp: r.header.timestamp,
                 payload: r.payload,
@@ -1874,7 +1875,9 @@ impl Engine {
         }
         let room = s.room.clone();
         let screenshotable = self.sfu.track(track).is_some_and(|t| {
-            t.codec == Codec::H265 && self.sfu.participant_room(t.publisher) == Some(room.as_str())
+            t.codec.is_video()
+                && !self.is_server_worker(t.publisher)
+                && self.sfu.participant_room(t.publisher) == Some(room.as_str())
         });
         if !screenshotable {
             return Err(MediaError::NotScreenshotable(track.to_string()));
@@ -1977,17 +1980,14 @@ impl Engine {
         track: &medsfu_core::TrackInfo,
         now: Instant,
     ) {
-        let video = track.codec == Codec::H265;
-        let recordable = video || track.codec == Codec::Opus;
+        let video = crate::record::video_codec(track.codec);
         let wanted = match kind {
-            Recorder::OnDemand => recordable,
+            // A transcoder's rendition is a copy of a track that is recorded itself.
+            Recorder::OnDemand => !self.is_server_worker(track.publisher),
             Recorder::VoiceArchive => track.codec == Codec::Opus,
-            Recorder::Screenshot { .. } => video,
+            Recorder::Screenshot { .. } => video.is_some(),
         };
         if !wanted {
-            if kind == Recorder::OnDemand {
-                warn!(track = %track.id, codec = track.codec.mime(), "track not recorded: codec not supported by the recorder");
-            }
             let _ = self.sfu.unsubscribe(down);
             return;
         }
@@ -2019,8 +2019,10 @@ impl Engine {
                 track.id, track.source
             ));
             let commands = self.commands.clone();
+            // Screenshots are only of video tracks (`wanted` above).
+            let codec = video.unwrap_or(medsfu_record::VideoCodec::H265);
             tokio::spawn(async move {
-                let result = crate::record::screenshot(rx, path, sector).await;
+                let result = crate::record::screenshot(rx, codec, path, sector).await;
                 let _ = commands
                     .send(Command::ScreenshotDone { recorder, result })
                     .await;
@@ -2059,7 +2061,11 @@ impl Engine {
         });
         let commands = self.commands.clone();
         let tx = crate::record::spawn(
-            crate::record::TrackFile { base, video, meta },
+            crate::record::TrackFile {
+                base,
+                codec: track.codec,
+                meta,
+            },
             crate::record::RecordStats {
                 active: self.stats.recording_active.clone(),
                 bytes: self.stats.recording_bytes.clone(),
@@ -2079,6 +2085,12 @@ impl Engine {
                 tx,
             },
         );
+    }
+
+    /// Whether a participant is one of the server's own workers (a transcoder, a
+    /// recorder), not a person or a vehicle.
+    fn is_server_worker(&self, participant: ParticipantId) -> bool {
+        self.sessions.get(&participant).is_some_and(|s| s.internal)
     }
 
     /// Stops the recorders of rooms where no real participant is left.

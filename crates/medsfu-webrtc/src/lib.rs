@@ -103,8 +103,8 @@ pub enum MediaError {
     /// Only the lead takes screenshots.
     #[error("role {0} may not take screenshots")]
     ScreenshotForbidden(&'static str),
-    /// Screenshots are taken of H.265 video tracks.
-    #[error("track {0} is not an H.265 video track of this room")]
+    /// Screenshots are taken of the room's published video tracks.
+    #[error("track {0} is not a video track published in this room")]
     NotScreenshotable(String),
 }
 

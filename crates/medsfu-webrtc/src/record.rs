@@ -1,6 +1,6 @@
 //! Recorder workers: one thread per recorded track turns the RTP a recorder participant
-//! receives into a file standard players open (H.265 in fragmented MP4, Opus in Ogg),
-//! flushed about every second so that a crash leaves a playable file.
+//! receives into a file standard players open (H.265, H.264 and VP8 in fragmented MP4,
+//! Opus in Ogg), flushed about every second so that a crash leaves a playable file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use medsfu_codec::h265_is_irap_access_unit as is_irap_access_unit;
-use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer};
-use medsfu_record::fmp4::{Fmp4Error, Fmp4Writer};
+use medsfu_codec::h265_rtp::{annexb_nal_units, Depacketizer as H265Depacketizer};
+use medsfu_codec::{Codec, H264Depacketizer, Vp8Depacketizer};
+use medsfu_record::fmp4::{Fmp4Error, Fmp4Writer, VideoCodec};
 use medsfu_record::ogg::{opus_packet_samples, OggOpusWriter};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 /// One RTP packet for a recorder.
 #[derive(Debug)]
 pub(crate) struct RecInput {
+    pub seq: u16,
     pub marker: bool,
     pub timestamp: u32,
     pub payload: Bytes,
@@ -28,8 +30,8 @@ pub(crate) struct RecInput {
 pub(crate) struct TrackFile {
     /// Path without extension; `.mp4` / `.ogg` and `.json` (metadata) are added.
     pub base: PathBuf,
-    /// H.265 video (else Opus audio).
-    pub video: bool,
+    /// The track's codec: video goes to MP4, Opus to Ogg.
+    pub codec: Codec,
     /// Written beside the file: room, track, source, publisher, role, start time, kind.
     pub meta: serde_json::Value,
 }
@@ -114,8 +116,8 @@ pub(crate) fn spawn(
         .name("medsfu-record".into())
         .spawn(move || {
             let r = write_meta(&file).and_then(|()| {
-                if file.video {
-                    record_video(&file.base, rx, &s)
+                if let Some(codec) = video_codec(file.codec) {
+                    record_video(&file.base, codec, rx, &s)
                 } else {
                     record_audio(&file, rx, &s)
                 }
@@ -174,8 +176,106 @@ impl Unwrap {
     }
 }
 
+/// The MP4 codec of a video track; `None` for audio.
+pub(crate) fn video_codec(codec: Codec) -> Option<VideoCodec> {
+    match codec {
+        Codec::H265 => Some(VideoCodec::H265),
+        Codec::H264 => Some(VideoCodec::H264),
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        _ => None,
+    }
+}
+
+/// The depacketizer of one video codec.
+enum Depacketize {
+    H265(H265Depacketizer),
+    H264(H264Depacketizer),
+    Vp8(Vp8Depacketizer),
+}
+
+/// Rebuilds a video track's pictures from its RTP packets. A picture that lost a packet,
+/// or had a damaged one, is dropped whole: the decoder conceals a missing picture better
+/// than a broken one, and the next keyframe heals the stream.
+struct Pictures {
+    depacketize: Depacketize,
+    /// The sequence number the next packet should have.
+    expected: Option<u16>,
+    /// Packets are ignored until the end of the current picture.
+    damaged: bool,
+    /// Pictures dropped as damaged.
+    dropped: u64,
+}
+
+impl Pictures {
+    fn new(codec: VideoCodec) -> Pictures {
+        let depacketize = match codec {
+            VideoCodec::H264 => Depacketize::H264(H264Depacketizer::new()),
+            VideoCodec::Vp8 => Depacketize::Vp8(Vp8Depacketizer::new()),
+            _ => Depacketize::H265(H265Depacketizer::new()),
+        };
+        Pictures {
+            depacketize,
+            expected: None,
+            damaged: false,
+            dropped: 0,
+        }
+    }
+
+    /// Adds one packet; returns a finished picture (Annex-B, or a VP8 frame) and whether
+    /// a decoder can start at it.
+    fn push(&mut self, i: &RecInput) -> Option<(Vec<u8>, bool)> {
+        if let Some(expected) = self.expected {
+            match i.seq.wrapping_sub(expected) as i16 {
+                // A late or repeated packet: its picture was dealt with already.
+                ..0 => return None,
+                0 => {}
+                _ => self.damage(),
+            }
+        }
+        self.expected = Some(i.seq.wrapping_add(1));
+        if self.damaged {
+            self.damaged = !i.marker;
+            return None;
+        }
+        let pushed = match &mut self.depacketize {
+            Depacketize::H265(d) => d.push(&i.payload, i.marker),
+            Depacketize::H264(d) => d.push(&i.payload, i.marker),
+            Depacketize::Vp8(d) => d.push(&i.payload, i.marker),
+        };
+        match pushed {
+            Ok(Some(picture)) => {
+                let keyframe = match self.depacketize {
+                    Depacketize::H265(_) => is_irap_access_unit(annexb_nal_units(&picture)),
+                    Depacketize::H264(_) => annexb_nal_units(&picture)
+                        .iter()
+                        .any(|n| n.first().is_some_and(|h| h & 0x1F == 5)),
+                    Depacketize::Vp8(_) => picture.first().is_some_and(|t| t & 1 == 0),
+                };
+                Some((picture, keyframe))
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.damage();
+                self.damaged = !i.marker;
+                None
+            }
+        }
+    }
+
+    fn damage(&mut self) {
+        match &mut self.depacketize {
+            Depacketize::H265(d) => d.reset(),
+            Depacketize::H264(d) => d.reset(),
+            Depacketize::Vp8(d) => d.reset(),
+        }
+        self.damaged = true;
+        self.dropped += 1;
+    }
+}
+
 fn record_video(
     base: &Path,
+    codec: VideoCodec,
     mut rx: mpsc::Receiver<RecInput>,
     stats: &RecordStats,
 ) -> Result<(), RecordError> {
@@ -185,30 +285,52 @@ fn record_video(
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let mut w = Fmp4Writer::new(create(&path, stats)?, unix_secs(SystemTime::now()));
-    let mut depack = Depacketizer::new();
+    let new_writer = |path: &Path| -> Result<_, RecordError> {
+        Ok(Fmp4Writer::new(
+            create(path, stats)?,
+            codec,
+            unix_secs(SystemTime::now()),
+        ))
+    };
+    let mut w = new_writer(&path)?;
+    let mut pictures = Pictures::new(codec);
     let mut clock = Unwrap::default();
+    let mut refused = 0u64;
     while let Some(i) = rx.blocking_recv() {
-        // A damaged picture is skipped; the next keyframe heals the stream.
-        let Ok(Some(au)) = depack.push(&i.payload, i.marker) else {
+        let Some((picture, keyframe)) = pictures.push(&i) else {
             continue;
         };
         let pts = clock.next(i.timestamp);
-        let keyframe = is_irap_access_unit(annexb_nal_units(&au));
-        match w.push(&au, pts, keyframe) {
+        match w.push(&picture, pts, keyframe) {
             Ok(()) => {}
-            Err(Fmp4Error::ParameterSetsChanged) => {
+            Err(Fmp4Error::ConfigChanged) => {
                 // New resolution or encoder: the next part of the recording, in a new file.
                 w.finish().map_err(|e| mux_err(&path, e))?;
                 part += 1;
                 path = with_ext(base, &format!("-{part}.mp4"));
-                w = Fmp4Writer::new(create(&path, stats)?, unix_secs(SystemTime::now()));
-                w.push(&au, pts, keyframe).map_err(|e| mux_err(&path, e))?;
+                w = new_writer(&path)?;
+                if let Err(e) = w.push(&picture, pts, keyframe) {
+                    if !e.is_bad_input() {
+                        return Err(mux_err(&path, e));
+                    }
+                    refused += 1;
+                }
             }
+            // A picture the publisher broke is left out; the file stays valid.
+            Err(e) if e.is_bad_input() => refused += 1,
             Err(e) => return Err(mux_err(&path, e)),
         }
     }
+    let (skipped, clamped) = (w.skipped(), w.clamped());
     w.finish().map_err(|e| mux_err(&path, e))?;
+    info!(
+        parts = part,
+        damaged = pictures.dropped,
+        refused,
+        before_keyframe = skipped,
+        clamped,
+        "video recording finished"
+    );
     Ok(())
 }
 
@@ -285,14 +407,16 @@ fn record_audio(
 /// last one as PNG, cropped to a sector (1-9 of a 3x3 grid) if asked. Returns the file.
 pub(crate) async fn screenshot(
     mut rx: mpsc::Receiver<RecInput>,
+    codec: VideoCodec,
     path: PathBuf,
     sector: u8,
 ) -> Result<PathBuf, String> {
     use tokio::io::AsyncWriteExt as _;
     const KEYFRAME_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
     const GATHER: std::time::Duration = std::time::Duration::from_millis(300);
-    let mut depack = Depacketizer::new();
-    let mut annexb = Vec::new();
+    let mut pictures = Pictures::new(codec);
+    // Annex-B for H.265 and H.264 (the elementary stream), IVF for VP8.
+    let mut stream = Vec::new();
     let mut deadline = tokio::time::Instant::now() + KEYFRAME_WITHIN;
     let mut have_keyframe = false;
     loop {
@@ -302,16 +426,23 @@ pub(crate) async fn screenshot(
             Err(_) if have_keyframe => break,
             Err(_) => return Err("no keyframe within 5 s".into()),
         };
-        let Ok(Some(au)) = depack.push(&i.payload, i.marker) else {
+        let Some((picture, keyframe)) = pictures.push(&i) else {
             continue;
         };
-        let keyframe = is_irap_access_unit(annexb_nal_units(&au));
         if keyframe && !have_keyframe {
             have_keyframe = true;
             deadline = tokio::time::Instant::now() + GATHER;
+            if codec == VideoCodec::Vp8 {
+                stream.extend_from_slice(&ivf_header());
+            }
         }
         if have_keyframe {
-            annexb.extend_from_slice(&au);
+            if codec == VideoCodec::Vp8 {
+                // Fits: an RTP-carried frame is far below 4 GiB; the pts is unused.
+                stream.extend_from_slice(&(picture.len() as u32).to_le_bytes());
+                stream.extend_from_slice(&[0; 8]);
+            }
+            stream.extend_from_slice(&picture);
         }
     }
     if let Some(dir) = path.parent() {
@@ -324,7 +455,11 @@ pub(crate) async fn screenshot(
         "error",
         "-nostdin",
         "-f",
-        "hevc",
+        match codec {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "ivf",
+            _ => "hevc",
+        },
         "-i",
         "pipe:0",
     ]);
@@ -342,7 +477,7 @@ pub(crate) async fn screenshot(
     let mut child = c.spawn().map_err(|e| format!("starting ffmpeg: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(&annexb)
+            .write_all(&stream)
             .await
             .map_err(|e| format!("feeding ffmpeg: {e}"))?;
     }
@@ -359,6 +494,18 @@ pub(crate) async fn screenshot(
     Ok(path)
 }
 
+/// The header of an IVF file of VP8 frames, as ffmpeg reads it from a pipe: size and
+/// frame rate are placeholders, the decoder takes the size from the key frame.
+fn ivf_header() -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[..4].copy_from_slice(b"DKIF");
+    h[6..8].copy_from_slice(&32u16.to_le_bytes()); // header length
+    h[8..12].copy_from_slice(b"VP80");
+    h[16..20].copy_from_slice(&30u32.to_le_bytes()); // time base: 1/30
+    h[20..24].copy_from_slice(&1u32.to_le_bytes());
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +518,41 @@ mod tests {
         assert_eq!(u.next(3000), 6000);
         assert_eq!(u.next(1000), 4000, "a slightly older packet goes back");
         assert_eq!(u.next(9000), 12000);
+    }
+
+    fn rtp(seq: u16, marker: bool, payload: &[u8]) -> RecInput {
+        RecInput {
+            seq,
+            marker,
+            timestamp: 0,
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    #[test]
+    fn a_picture_that_lost_a_packet_is_dropped_whole_and_the_next_one_kept() {
+        let mut p = Pictures::new(VideoCodec::H264);
+        // An IDR in two slices, each its own packet.
+        assert_eq!(p.push(&rtp(10, false, &[0x65, 1])), None);
+        let (idr, key) = p.push(&rtp(11, true, &[0x65, 2])).unwrap();
+        assert!(key);
+        assert_eq!(idr, [0, 0, 0, 1, 0x65, 1, 0, 0, 0, 1, 0x65, 2]);
+        // Packet 13 is lost: the rest of that picture (14, the marker) is dropped.
+        assert_eq!(p.push(&rtp(12, false, &[0x41, 3])), None);
+        assert_eq!(p.push(&rtp(14, true, &[0x41, 4])), None);
+        // Packet 13 arrives late: ignored.
+        assert_eq!(p.push(&rtp(13, false, &[0x41, 5])), None);
+        let (next, key) = p.push(&rtp(15, true, &[0x41, 6])).unwrap();
+        assert!(!key);
+        assert_eq!(next, [0, 0, 0, 1, 0x41, 6]);
+        // A damaged packet drops its picture; a wrapping sequence number is no gap.
+        assert_eq!(p.push(&rtp(16, false, &[0x7c])), None);
+        assert_eq!(p.push(&rtp(17, true, &[0x41, 7])), None);
+        let mut p2 = Pictures::new(VideoCodec::Vp8);
+        assert!(p2.push(&rtp(u16::MAX, false, &[0x10, 0x9d])).is_none());
+        let (frame, key) = p2.push(&rtp(0, true, &[0x00, 0x01])).unwrap();
+        assert_eq!((frame, key), (vec![0x9d, 0x01], false));
+        assert_eq!((p.dropped, p2.dropped), (2, 0));
     }
 
     #[test]
@@ -394,7 +576,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = TrackFile {
             base: dir.join("voice"),
-            video: false,
+            codec: Codec::Opus,
             meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
         };
         let stats = RecordStats {
@@ -405,6 +587,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1000);
         // One second (50 packets of 20 ms), two seconds of nothing, one more.
         let packet = |ts: u32| RecInput {
+            seq: 0,
             marker: false,
             timestamp: ts,
             payload: Bytes::from_static(&OPUS_SILENCE),

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Browser, Page, Server};
+use support::{decode_errors, probe, Browser, Page, Server, Ws};
 
 fn page_url(server: &Server, room: &str, token: &str, publish: &str) -> String {
     format!(
@@ -172,4 +172,120 @@ async fn a_dispatcher_page_cannot_publish_a_camera() {
         )
         .await;
     assert!(err.as_str().unwrap_or("").contains("dispatcher"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_cameras_are_recorded_in_the_codec_they_send_vp8_and_h264() {
+    use serde_json::json;
+    let server = Server::start(&[]);
+    let mut b = Browser::launch().await;
+    let mut lead = Ws::connect(&server).await;
+    lead.send(json!({ "type": "join", "token": server.token("er", "dr-lead", "lead") }))
+        .await;
+    lead.recv_type("joined").await;
+    let mut pages = Vec::new();
+    for (who, codec) in [("amy", "VP8"), ("ben", "H264")] {
+        let url = format!(
+            "{}&video_codec={codec}",
+            page_url(&server, "er", &server.token("er", who, "team"), "camera")
+        );
+        pages.push(b.open(&url).await);
+    }
+    let mut sent = std::collections::BTreeMap::new();
+    while sent.len() < 2 {
+        let t = lead.recv_type("track_published").await;
+        sent.insert(
+            t["identity"].as_str().unwrap_or_default().to_owned(),
+            (
+                t["codec"].as_str().unwrap_or_default().to_owned(),
+                t["track"].as_str().unwrap_or_default().to_owned(),
+            ),
+        );
+    }
+    assert_eq!(
+        sent.values().map(|v| v.0.as_str()).collect::<Vec<_>>(),
+        ["video/VP8", "video/H264"],
+        "the pages send the codec they prefer"
+    );
+
+    lead.send(json!({ "type": "record", "action": "start", "id": 1 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], true);
+    let started = std::time::Instant::now();
+    // A recording window, not a wait for an event.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    lead.send(json!({ "type": "record", "action": "stop", "id": 2 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], false);
+    let recorded = started.elapsed().as_secs_f64();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("medsfu_recording_tracks_active").await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recorders still running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = server.data.0.join("recordings/er");
+    for (codec, tag) in [("vp8", "vp08"), ("h264", "avc1")] {
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("recordings")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
+            .filter(|p| probe(p, "v:0").0.starts_with(codec))
+            .collect();
+        assert_eq!(files.len(), 1, "one {codec} file in {}", dir.display());
+        let (stream, duration) = probe(&files[0], "v:0");
+        eprintln!(
+            "browser recording: {} -> {stream}, {duration:.2} s for {recorded:.2} s recorded",
+            files[0].file_name().unwrap_or_default().to_string_lossy()
+        );
+        let f: Vec<&str> = stream.split('|').collect();
+        let frames: f64 = f[3].parse().unwrap_or(0.0);
+        assert!(
+            frames >= 15.0 * (recorded - 1.5),
+            "{frames} frames: {stream}"
+        );
+        assert!(
+            (duration - recorded).abs() <= 1.5,
+            "duration {duration} for {recorded}"
+        );
+        assert_eq!(decode_errors(&files[0]), "", "{codec}");
+        let tags = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_tag_string"])
+            .args(["-of", "csv=p=0"])
+            .arg(&files[0])
+            .output()
+            .expect("ffprobe");
+        assert_eq!(String::from_utf8_lossy(&tags.stdout).trim(), tag);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(files[0].with_extension("json")).expect("meta"))
+                .expect("JSON");
+        assert_eq!(meta["role"], "team");
+        assert_eq!(meta["source"], "camera");
+    }
+    // Screenshots of either camera: decoded from its own codec, whole and one sector.
+    for ((codec, track), sector, size) in
+        [(&sent["amy"], 0, "640|360"), (&sent["ben"], 9, "212|120")]
+    {
+        lead.send(json!({ "type": "screenshot", "track": track, "sector": sector, "id": 3 }))
+            .await;
+        let done = lead.recv_type("screenshot").await;
+        let file = done["file"].as_str().unwrap_or_else(|| panic!("{done}"));
+        let (stream, _) = probe(&dir.join(file), "v:0");
+        eprintln!("screenshot of {codec}, sector {sector}: {stream}");
+        assert!(stream.starts_with(&format!("png|{size}")), "{stream}");
+    }
+    // The pages' tracks were the only ones: nothing else was recorded.
+    let mp4s = std::fs::read_dir(&dir)
+        .expect("recordings")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "mp4"))
+        })
+        .count();
+    assert_eq!(mp4s, 2);
+    let logs = server.logs();
+    assert!(!logs.contains("panicked"), "server log: {logs}");
 }

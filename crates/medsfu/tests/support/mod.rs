@@ -775,3 +775,68 @@ pub fn ops_metric_names() -> Vec<String> {
     }
     names.into_iter().collect()
 }
+
+/// `ffprobe` of one stream: codec, width, height, decoded frames, duration (seconds).
+pub fn probe(path: &std::path::Path, stream: &str) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", stream])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames:format=duration",
+        ])
+        .args(["-of", "compact=p=0:nk=1"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let stream = lines.next().unwrap_or_default().to_owned();
+    let duration = lines
+        .next()
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    (stream, duration)
+}
+
+/// Decodes a whole file with ffmpeg; returns its complaints (empty when clean).
+pub fn decode_errors(path: &std::path::Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        // Keep each picture's own time: the null muxer would otherwise round variable
+        // frame timing (a live camera's) to a constant rate and complain about that.
+        .args(["-fps_mode", "passthrough", "-enc_time_base", "-1"])
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        e.push_str(&format!(" (exit {})", out.status));
+    }
+    e
+}
+
+/// The one file in `dir` whose name contains every needle.
+pub fn find_file(dir: &std::path::Path, needles: &[&str]) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            needles.iter().all(|x| n.contains(x))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "files with {needles:?} in {}: {found:?}",
+        dir.display()
+    );
+    found[0].clone()
+}
