@@ -235,6 +235,23 @@ impl<W: Write> Fmp4Writer<W> {
                     .zip(current)
                     .any(|(new, cur)| new.is_some_and(|n| n != cur.as_slice()))
                 {
+                    // An SPS that cannot be read is damage, not a new configuration: the
+                    // picture is refused and the file goes on.
+                    let sps = sets.iter().flatten().find(|n| {
+                        matches!(
+                            (codec, codec.nal_type(n)),
+                            (VideoCodec::H265, hevc::NAL_SPS) | (VideoCodec::H264, avc::NAL_SPS)
+                        )
+                    });
+                    match (codec, sps) {
+                        (VideoCodec::H265, Some(sps)) => {
+                            hevc::parse_sps(sps)?;
+                        }
+                        (VideoCodec::H264, Some(sps)) => {
+                            avc::parse_sps(sps)?;
+                        }
+                        _ => {}
+                    }
                     return Err(Fmp4Error::ConfigChanged);
                 }
             }
@@ -959,11 +976,7 @@ mod tests {
         let mut mdat = &frags[0].3[..];
         while !mdat.is_empty() {
             let len = be32(mdat, 0) as usize;
-            assert!(
-                !matches!(mdat[4] & 0x1F, 7..=9),
-                "NAL {}",
-                mdat[4] & 0x1F
-            );
+            assert!(!matches!(mdat[4] & 0x1F, 7..=9), "NAL {}", mdat[4] & 0x1F);
             mdat = &mdat[4 + len..];
         }
     }
@@ -1141,6 +1154,14 @@ mod tests {
             w.push(au, i as u64 * 3000, *key).unwrap();
         }
         let pts = 60 * 3000;
+        // A keyframe whose SPS is cut short is damage: refused, the file goes on.
+        let broken: Vec<u8> = medsfu_codec::h265_rtp::annexb_nal_units(&second[0].0)
+            .into_iter()
+            .map(|n| if (n[0] >> 1) & 0x3F == 33 { &n[..4] } else { n })
+            .flat_map(|n| [&[0, 0, 0, 1][..], n].concat())
+            .collect();
+        let err = w.push(&broken, pts, true).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
         assert!(matches!(
             w.push(&second[0].0, pts, true),
             Err(Fmp4Error::ConfigChanged)

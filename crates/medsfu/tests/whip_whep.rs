@@ -376,3 +376,124 @@ async fn a_recording_that_cannot_be_written_is_reported_and_forwarding_goes_on()
     assert_eq!(got.packet.payload.as_ref(), &[0xfc, 0xff, 0xfe]);
     assert!(published_track.starts_with('T'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stream_leaves_a_valid_recording_and_the_publisher_is_served_on() {
+    let dir = TempDir::new("damaged");
+    let stream = encode_h265(&dir);
+    let nals = annexb_nal_units(&stream);
+    let aus = access_units(&nals);
+    let packets: Vec<Vec<Vec<u8>>> = aus.iter().map(|au| payload_access_unit(au, 1200)).collect();
+    // Faults, by picture number (30 fps, keyframes at 0, 30, 60, 90, 120):
+    let truncated = 35; // one packet of a single byte
+    let lost = 120; // a keyframe's second packet is never sent
+    assert!(
+        packets[lost % packets.len()].len() >= 3,
+        "a keyframe of several packets"
+    );
+    let broken_sps = 90; // a keyframe whose SPS is cut after 4 bytes
+    let garbage = 110; // a made-up slice NAL unit before the picture's own
+    let clock_reset = 100; // the publisher's clock steps back 2 s from here on
+
+    let server = Server::start(&[]);
+    let amb = server.token("amb-5", "ambulance-5", "vehicle");
+    let mut lead = Ws::connect(&server).await;
+    lead.send(
+        serde_json::json!({ "type": "join", "token": server.token("amb-5", "dr-lead", "lead") }),
+    )
+    .await;
+    lead.recv_type("joined").await;
+    lead.send(serde_json::json!({ "type": "record", "action": "start", "id": 1 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], true);
+
+    let mut publisher = whip(&server.http, "amb-5", &amb, CodecSpec::h265())
+        .await
+        .expect("WHIP");
+    assert_eq!(publisher.connected().await, State::Connected);
+    let mut seq: u16 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    for n in 0..150usize {
+        tick.tick().await;
+        let ts = if n >= clock_reset { n - 60 } else { n } as u32 * 3000;
+        let mut picture = packets[n % packets.len()].clone();
+        if n == truncated {
+            picture[0] = vec![0x02];
+        }
+        if n == broken_sps {
+            for p in &mut picture {
+                if (p[0] >> 1) & 0x3F == 33 {
+                    p.truncate(4);
+                }
+            }
+        }
+        if n == garbage {
+            // NAL type 1 (a trailing picture's slice) with bytes no encoder made.
+            picture.insert(0, [vec![0x02, 0x01], vec![0xA5; 300]].concat());
+        }
+        for (i, p) in picture.iter().enumerate() {
+            if !(n == lost && i == 1) {
+                publisher.send(medsfu_client::packet(
+                    seq,
+                    ts,
+                    i + 1 == picture.len(),
+                    Bytes::from(p.clone()),
+                ));
+            }
+            seq = seq.wrapping_add(1);
+        }
+    }
+    lead.send(serde_json::json!({ "type": "record", "action": "stop", "id": 2 }))
+        .await;
+    assert_eq!(lead.recv_type("record_ok").await["recording"], false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("medsfu_recording_tracks_active").await > 0.0 {
+        assert!(Instant::now() < deadline, "recorder still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(*publisher.state.borrow(), State::Connected, "still served");
+
+    // One file: a broken SPS is damage, not a new configuration that would split it.
+    let recordings = server.data.0.join("recordings/amb-5");
+    let mp4s: Vec<_> = std::fs::read_dir(&recordings)
+        .expect("recordings")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
+        .collect();
+    assert_eq!(mp4s.len(), 1, "{mp4s:?}");
+    let (probed, duration) = support::probe(&mp4s[0], "v:0");
+    eprintln!("damaged stream recorded: {probed}, {duration:.2} s");
+    let f: Vec<&str> = probed.split('|').collect();
+    assert_eq!(&f[..3], &["hevc", "640", "360"], "{probed}");
+    let frames: u32 = f[3].parse().unwrap_or(0);
+    // At most the first GOP is missed (the recorder joins as the track appears), the
+    // truncated and the lost picture are left out, the broken keyframe is refused.
+    assert!((110..=147).contains(&frames), "{frames} frames");
+    // The clock's step back neither squeezes nor stretches the file: 5 s sent.
+    assert!((3.9..=5.2).contains(&duration), "{duration} s");
+    // The decoder conceals what is missing (it may say so) and reads the file to its end.
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&mp4s[0])
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The recorder saw each fault: two damaged pictures dropped, one refused.
+    let logs = server.logs();
+    let field = |name: &str| -> u64 {
+        let at = logs.rfind(&format!("{name}=")).expect(name) + name.len() + 1;
+        logs[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(logs.contains("video recording finished"), "{logs}");
+    assert_eq!((field("damaged"), field("refused")), (2, 1), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
