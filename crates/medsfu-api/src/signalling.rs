@@ -162,7 +162,8 @@ fn error(code: &str, message: impl Into<String>, id: Option<Value>) -> Value {
     json!({ "type": "error", "code": code, "message": message.into(), "id": id })
 }
 
-fn parse_track(s: &str) -> Option<TrackId> {
+/// A track id as the wire writes it (`T<n>`).
+pub(crate) fn parse_track(s: &str) -> Option<TrackId> {
     s.strip_prefix('T')?.parse().ok().map(TrackId)
 }
 

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use medsfu_core::ParticipantId;
@@ -77,16 +77,38 @@ pub async fn create_whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    create(state, room, headers, body, SessionKind::Whip).await
+    create(state, room, headers, body, SessionKind::Whip, None).await
 }
 
+/// `POST /whep/{room}`: the room's tracks onto the offer's receive m-sections, or with
+/// `?track=T<n>` that one track (how a separate recorder takes each track on its own).
 pub async fn create_whep(
     state: State<AppState>,
     room: Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    create(state, room, headers, body, SessionKind::Whep).await
+    let mut only = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let track = pair.strip_prefix("track=").ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "the only query parameter is track=T<n>",
+            )
+        })?;
+        only =
+            Some(crate::signalling::parse_track(track).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_track", "track is T<n>")
+            })?);
+    }
+    create(state, room, headers, body, SessionKind::Whep, only).await
 }
 
 async fn create(
@@ -95,6 +117,7 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
     kind: SessionKind,
+    only: Option<medsfu_core::TrackId>,
 ) -> Result<Response, ApiError> {
     let s = &state.inner;
     if !crate::valid_room(&room) {
@@ -124,7 +147,7 @@ async fn create(
     let participant = joined.participant;
     let answer = match kind {
         SessionKind::Whip => s.media.publish(participant, offer, HashMap::new()).await,
-        _ => s.media.whep_offer(participant, offer).await,
+        _ => s.media.whep_offer(participant, offer, only).await,
     };
     let answer = match answer {
         Ok(a) => a,

@@ -365,7 +365,64 @@ pub async fn whep_with(
     codecs: &[CodecSpec],
     edit: impl FnOnce(String) -> String,
 ) -> Result<Session, ClientError> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    whep_at(base, &format!("{base}/whep/{room}"), token, codecs, edit).await
+}
+
+/// Subscribes with WHEP to one track of the room (`{base}/whep/{room}?track={track}`),
+/// offering the given codecs of its kind.
+pub async fn whep_track(
+    base: &str,
+    room: &str,
+    token: &str,
+    codecs: &[CodecSpec],
+    track: &str,
+) -> Result<Session, ClientError> {
+    let url = format!("{base}/whep/{room}?track={track}");
+    whep_at(base, &url, token, codecs, |sdp| sdp).await
+}
+
+/// A UDP socket on the address this host reaches the server of `base` from (loopback for
+/// a server on this host), so that a subscriber on another machine is reachable too.
+async fn socket_towards(base: &str) -> Result<UdpSocket, ClientError> {
+    let authority = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let server = tokio::net::lookup_host(with_port)
+        .await?
+        .next()
+        .ok_or_else(|| {
+            ClientError::Io(std::io::Error::other(format!("{authority} has no address")))
+        })?;
+    let unspecified: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    // Connecting a UDP socket sends nothing; it only picks the route and its address.
+    let probe = UdpSocket::bind(unspecified).await?;
+    probe.connect(server).await?;
+    Ok(UdpSocket::bind((probe.local_addr()?.ip(), 0)).await?)
+}
+
+async fn whep_at(
+    base: &str,
+    url: &str,
+    token: &str,
+    codecs: &[CodecSpec],
+    edit: impl FnOnce(String) -> String,
+) -> Result<Session, ClientError> {
+    let socket = socket_towards(base).await?;
     let local = socket.local_addr()?;
     let mut pc = build_pc(codecs, local, Instant::now())?;
     let mut kinds = Vec::new();
@@ -385,7 +442,7 @@ pub async fn whep_with(
         )
         .map_err(rtc_err)?;
     }
-    let location = negotiate(&mut pc, &format!("{base}/whep/{room}"), token, edit).await?;
+    let location = negotiate(&mut pc, url, token, edit).await?;
     Ok(spawn(pc, socket, local, None, base, token, location, 0, 0))
 }
 

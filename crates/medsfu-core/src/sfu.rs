@@ -440,7 +440,8 @@ impl Sfu {
     ///
     /// An identity already in the room is replaced: the older session is removed and its
     /// tracks wait `republish_grace` for the new session to publish the same sources, so
-    /// that subscribers see one continuous stream across the reconnect.
+    /// that subscribers see one continuous stream across the reconnect. Recorders are not
+    /// replaced: one recorder holds a signalling session and a WHEP session per track.
     #[must_use = "the participant id is needed for every later call"]
     pub fn join(
         &mut self,
@@ -465,6 +466,7 @@ impl Sfu {
                     })
                     .collect()
             })
+            .filter(|_| role != Role::Recorder)
             .unwrap_or_default();
         for old in existing {
             self.remove_participant(old, LeaveReason::Replaced, now);

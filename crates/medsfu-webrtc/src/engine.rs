@@ -1186,9 +1186,10 @@ impl Engine {
                 events,
                 reply,
             } => {
-                let participant =
-                    self.sfu
-                        .join(&room, &identity, role, kind == SessionKind::Signalling, now);
+                // A recorder on signalling (`medsfu record`) learns of tracks there and
+                // takes each over its own WHEP session: nothing is sent to it here.
+                let auto_subscribe = kind == SessionKind::Signalling && role != Role::Recorder;
+                let participant = self.sfu.join(&room, &identity, role, auto_subscribe, now);
                 self.sessions.insert(
                     participant,
                     Session {
@@ -1228,9 +1229,10 @@ impl Engine {
             Command::WhepOffer {
                 participant,
                 offer,
+                only,
                 reply,
             } => {
-                let r = self.whep_offer(participant, &offer, now);
+                let r = self.whep_offer(participant, &offer, only, now);
                 let _ = reply.send(r);
             }
             Command::Subscribe {
@@ -1582,6 +1584,7 @@ impl Engine {
         &mut self,
         participant: ParticipantId,
         offer: &str,
+        only: Option<TrackId>,
         now: Instant,
     ) -> Result<String, MediaError> {
         let session = self
@@ -1602,6 +1605,7 @@ impl Engine {
             .room_tracks(&room)
             .into_iter()
             .filter(|t| t.publisher_identity != identity && role.may_receive(t.source))
+            .filter(|t| only.is_none_or(|o| o == t.id))
             .collect();
         let mut chosen = Vec::new();
         for m in sections.iter().filter(|m| m.offerer_receives) {
@@ -2038,34 +2042,26 @@ impl Engine {
             );
             return;
         }
-        let base = settings.dir.join(&s.room).join(format!(
-            "{stamp}-{}-{}-{}",
-            kind.name(),
-            track.id,
-            track.source
-        ));
         let role = self
             .sfu
             .participant(track.publisher)
             .map_or("unknown", |p| p.role.as_str());
-        let meta = serde_json::json!({
-            "kind": kind.name(),
-            "room": s.room,
-            "track": track.id.to_string(),
-            "source": track.source.as_str(),
-            "codec": track.codec.mime(),
-            "publisher": track.publisher_identity,
-            "role": role,
-            "started_at": stamp,
-            "started_at_unix_ms": started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        });
+        let file = crate::record::TrackFile::new(
+            &settings.dir,
+            &crate::record::TrackLabel {
+                kind: kind.name(),
+                room: &s.room,
+                track: &track.id.to_string(),
+                source: track.source.as_str(),
+                codec: track.codec,
+                publisher: &track.publisher_identity,
+                role,
+            },
+            started,
+        );
         let commands = self.commands.clone();
         let tx = crate::record::spawn(
-            crate::record::TrackFile {
-                base,
-                codec: track.codec,
-                meta,
-            },
+            file,
             crate::record::RecordStats {
                 active: self.stats.recording_active.clone(),
                 bytes: self.stats.recording_bytes.clone(),

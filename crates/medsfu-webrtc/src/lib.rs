@@ -12,7 +12,7 @@
 pub mod demux;
 mod engine;
 mod peer;
-mod record;
+pub mod record;
 pub mod sdp;
 mod transcode;
 
@@ -562,6 +562,7 @@ pub(crate) enum Command {
     WhepOffer {
         participant: ParticipantId,
         offer: String,
+        only: Option<TrackId>,
         reply: oneshot::Sender<Result<String, MediaError>>,
     },
     Subscribe {
@@ -762,15 +763,18 @@ impl MediaHandle {
         .await?
     }
 
-    /// Answers a WHEP offer with the room's tracks mapped onto its receive m-sections.
+    /// Answers a WHEP offer with the room's tracks mapped onto its receive m-sections;
+    /// with `only`, that one track.
     pub async fn whep_offer(
         &self,
         participant: ParticipantId,
         offer: String,
+        only: Option<TrackId>,
     ) -> Result<String, MediaError> {
         self.ask(|reply| Command::WhepOffer {
             participant,
             offer,
+            only,
             reply,
         })
         .await?

@@ -18,16 +18,20 @@ use tracing::{info, warn};
 
 /// One RTP packet for a recorder.
 #[derive(Debug)]
-pub(crate) struct RecInput {
+pub struct RecInput {
+    /// The RTP sequence number (a gap marks a lost packet).
     pub seq: u16,
+    /// The RTP marker bit (the last packet of a picture).
     pub marker: bool,
+    /// The RTP timestamp.
     pub timestamp: u32,
+    /// The RTP payload.
     pub payload: Bytes,
 }
 
 /// What is recorded, and where.
 #[derive(Debug, Clone)]
-pub(crate) struct TrackFile {
+pub struct TrackFile {
     /// Path without extension; `.mp4` / `.ogg` and `.json` (metadata) are added.
     pub base: PathBuf,
     /// The track's codec: video goes to MP4, Opus to Ogg.
@@ -38,23 +42,85 @@ pub(crate) struct TrackFile {
 
 /// The recorders' counters.
 #[derive(Debug, Clone)]
-pub(crate) struct RecordStats {
+pub struct RecordStats {
+    /// Tracks being recorded.
     pub active: IntGauge,
+    /// Bytes written to recording files.
     pub bytes: IntCounter,
+    /// Recordings that stopped with an error.
     pub failures: IntCounter,
 }
 
 /// Why a recording stopped early.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum RecordError {
+pub enum RecordError {
+    /// The file could not be created or written.
     #[error("recording file {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// The muxer could not go on.
     #[error("recording {path}: {reason}")]
-    Mux { path: PathBuf, reason: String },
+    Mux {
+        /// The file.
+        path: PathBuf,
+        /// What the muxer said.
+        reason: String,
+    },
+}
+
+/// Who and what a recorded track is, for its file name and metadata.
+#[derive(Debug, Clone)]
+pub struct TrackLabel<'a> {
+    /// `recording` or `voice`.
+    pub kind: &'a str,
+    /// The room.
+    pub room: &'a str,
+    /// The track id (`T<n>`).
+    pub track: &'a str,
+    /// The source (`roof_camera`, `camera`, ...).
+    pub source: &'a str,
+    /// The track's codec.
+    pub codec: Codec,
+    /// The publisher's identity.
+    pub publisher: &'a str,
+    /// The publisher's role.
+    pub role: &'a str,
+}
+
+impl TrackFile {
+    /// The file of a track recorded from `started` on, under `dir/ROOM/` and named after
+    /// its start (UTC), kind, track and source; its metadata says the rest.
+    pub fn new(dir: &Path, label: &TrackLabel<'_>, started: SystemTime) -> TrackFile {
+        let since_epoch = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let stamp = medsfu_record::utc::file_stamp(since_epoch.as_secs() as i64);
+        let base = dir.join(label.room).join(format!(
+            "{stamp}-{}-{}-{}",
+            label.kind, label.track, label.source
+        ));
+        let meta = serde_json::json!({
+            "kind": label.kind,
+            "room": label.room,
+            "track": label.track,
+            "source": label.source,
+            "codec": label.codec.mime(),
+            "publisher": label.publisher,
+            "role": label.role,
+            "started_at": stamp,
+            "started_at_unix_ms": since_epoch.as_millis() as u64,
+        });
+        TrackFile {
+            base,
+            codec: label.codec,
+            meta,
+        }
+    }
 }
 
 /// A file whose writes are counted in `medsfu_recording_bytes_written_total`.
@@ -101,14 +167,10 @@ fn with_ext(base: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Called once with the reason when a recording stops with an error.
-pub(crate) type OnFailure = Box<dyn FnOnce(String) + Send>;
+pub type OnFailure = Box<dyn FnOnce(String) + Send>;
 
 /// Starts a recorder thread for one track; dropping the returned sender finishes the file.
-pub(crate) fn spawn(
-    file: TrackFile,
-    stats: RecordStats,
-    failed: OnFailure,
-) -> mpsc::Sender<RecInput> {
+pub fn spawn(file: TrackFile, stats: RecordStats, failed: OnFailure) -> mpsc::Sender<RecInput> {
     let (tx, rx) = mpsc::channel(4096);
     stats.active.inc();
     let s = stats.clone();

@@ -331,10 +331,11 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, Box<figmen
         }
         f = f.merge(Toml::file(path));
     }
-    // MEDSFU_CONFIG names the file (read by the command line), it is not a setting.
+    // MEDSFU_CONFIG names the file and MEDSFU_RECORD_TOKEN is `medsfu record`'s token
+    // (both read by the command line); they are not settings.
     f = f.merge(
         Env::prefixed("MEDSFU_")
-            .filter(|k| k != "config")
+            .filter(|k| k != "config" && k != "record_token")
             .split("__"),
     );
     if let Some(a) = flags.http_listen {

@@ -5,6 +5,7 @@ mod calls;
 mod certs;
 mod config;
 mod export;
+mod record;
 mod retention;
 mod vehicle;
 
@@ -78,6 +79,32 @@ enum Command {
     User(UserArgs),
     /// Manage devices that crews log in on (device tokens).
     Device(DeviceArgs),
+    /// Record a room from a separate process: every track over WHEP, into the same files
+    /// as the server's own recorder.
+    Record(RecordArgs),
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The server's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The room to record.
+    #[arg(long)]
+    room: String,
+    /// An access token for the room with the recorder role (`medsfu token --role
+    /// recorder`); from the environment rather than the command line, where others see it.
+    #[arg(long, env = "MEDSFU_RECORD_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Directory for the files, one subdirectory per room (default: recording.dir under
+    /// data.dir, as the server's own recordings).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: until Ctrl-C or the server ends the session).
+    #[arg(long)]
+    run_for: Option<u64>,
 }
 
 #[derive(Args)]
@@ -339,7 +366,27 @@ fn main() -> Result<()> {
         Command::Audit(a) => audit_cmd(a),
         Command::User(a) => accounts::user(&load(&a.common, Overrides::default())?, a.action),
         Command::Device(a) => accounts::device(&load(&a.common, Overrides::default())?, a.action),
+        Command::Record(a) => record_cmd(a),
     }
+}
+
+fn record_cmd(a: RecordArgs) -> Result<()> {
+    let cfg = load(&a.common, Overrides::default())?;
+    init_logging(&cfg)?;
+    let o = record::Options {
+        server: a.server,
+        room: a.room,
+        token: a.token,
+        dir: a
+            .dir
+            .unwrap_or_else(|| cfg.data.dir.join(&cfg.recording.dir)),
+        run_for: a.run_for.map(Duration::from_secs),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(record::run(o))
 }
 
 /// A time given on the command line: RFC 3339, or a UTC day (its start, or with

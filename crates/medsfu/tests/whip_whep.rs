@@ -497,3 +497,150 @@ async fn a_damaged_stream_leaves_a_valid_recording_and_the_publisher_is_served_o
     assert_eq!((field("damaged"), field("refused")), (2, 1), "{logs}");
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_recorder_process_records_every_track_over_whep() {
+    let dir = TempDir::new("record-process");
+    let stream = encode_h265(&dir);
+    let aus = access_units(&annexb_nal_units(&stream));
+    let packets: Vec<Vec<Vec<u8>>> = aus.iter().map(|au| payload_access_unit(au, 1200)).collect();
+
+    let server = Server::start(&[]);
+    let camera = whip(
+        &server.http,
+        "amb-4",
+        &server.token("amb-4", "ambulance-4", "vehicle"),
+        CodecSpec::h265(),
+    )
+    .await
+    .expect("WHIP camera");
+    let voice = whip(
+        &server.http,
+        "amb-4",
+        &server.token("amb-4", "medic-4", "team"),
+        CodecSpec::opus(),
+    )
+    .await
+    .expect("WHIP microphone");
+    let (mut camera, mut voice) = (camera, voice);
+    assert_eq!(camera.connected().await, State::Connected);
+    assert_eq!(voice.connected().await, State::Connected);
+
+    // Media for 6 s; the recorder runs for 4 of them, from a process of its own.
+    let out = dir.0.join("elsewhere");
+    let mut recorder = None;
+    let (mut seq, mut audio_seq) = (0u16, 0u16);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..300u32 {
+        tick.tick().await;
+        voice.send(medsfu_client::packet(
+            audio_seq,
+            n * 960,
+            false,
+            Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+        ));
+        audio_seq = audio_seq.wrapping_add(1);
+        // 30 pictures a second: on two ticks of three.
+        if n % 3 != 2 {
+            let picture = n / 3 * 2 + n % 3;
+            let au = &packets[picture as usize % packets.len()];
+            for (i, p) in au.iter().enumerate() {
+                camera.send(medsfu_client::packet(
+                    seq,
+                    picture * 3000,
+                    i + 1 == au.len(),
+                    Bytes::from(p.clone()),
+                ));
+                seq = seq.wrapping_add(1);
+            }
+        }
+        if n == 25 {
+            // Both tracks are published by now (half a second of media).
+            recorder = Some(
+                Command::new(support::bin())
+                    .args(["record", "--server", &server.http, "--room", "amb-4"])
+                    .args(["--run-for", "4", "--dir"])
+                    .arg(&out)
+                    .env(
+                        "MEDSFU_RECORD_TOKEN",
+                        server.token("amb-4", "recorder-7", "recorder"),
+                    )
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("medsfu record"),
+            );
+        }
+    }
+    let recorder = recorder.expect("started");
+    let done = tokio::task::spawn_blocking(move || recorder.wait_with_output())
+        .await
+        .expect("join")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "medsfu record: {stderr}");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("recorded room amb-4"), "{stdout}");
+
+    let room = out.join("amb-4");
+    let video = support::find_file(&room, &["-recording-", ".mp4"]);
+    let (probed, duration) = support::probe(&video, "v:0");
+    eprintln!("separate recorder: {probed}, {duration:.2} s");
+    let f: Vec<&str> = probed.split('|').collect();
+    assert_eq!(&f[..3], &["hevc", "640", "360"], "{probed}");
+    assert!(f[3].parse::<u32>().unwrap_or(0) >= 60, "{probed}");
+    // 4 s, and up to a GOP (1 s) before: the server replays the cached GOP on subscribe.
+    assert!((2.5..=5.2).contains(&duration), "{duration} s of 4");
+    assert_eq!(support::decode_errors(&video), "");
+    let audio = support::find_file(&room, &["-recording-", ".ogg"]);
+    let (probed, duration) = support::probe(&audio, "a:0");
+    assert!(probed.starts_with("opus"), "{probed}");
+    assert!((2.5..=4.5).contains(&duration), "{duration} s of 4");
+    let meta = |file: &std::path::Path| -> serde_json::Value {
+        let text = std::fs::read(file.with_extension("json")).expect("metadata");
+        serde_json::from_slice(&text).expect("JSON")
+    };
+    assert_eq!(
+        (
+            meta(&video)["publisher"].clone(),
+            meta(&video)["role"].clone()
+        ),
+        (
+            serde_json::json!("ambulance-4"),
+            serde_json::json!("vehicle")
+        )
+    );
+    assert_eq!(meta(&audio)["publisher"], "medic-4");
+    assert_eq!(meta(&audio)["room"], "amb-4");
+    // The server recorded nothing itself: the voice archive aside, its directory has no
+    // on-demand recording.
+    let own = server.data.0.join("recordings/amb-4");
+    let on_demand = std::fs::read_dir(&own)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains("-recording-"))
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(on_demand, 0);
+
+    // A WHEP query other than one track is refused with a reason.
+    let http = reqwest::Client::new();
+    let token = server.token("amb-4", "viewer-4", "lead");
+    for (query, code) in [("track=X1", "bad_track"), ("tracks=T1", "bad_query")] {
+        let r = http
+            .post(format!("{}/whep/amb-4?{query}", server.http))
+            .bearer_auth(&token)
+            .header("content-type", "application/sdp")
+            .body("v=0\r\n")
+            .send()
+            .await
+            .expect("HTTP");
+        assert_eq!(r.status(), 400, "{query}");
+        let body: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("JSON error");
+        assert_eq!(body["code"], code, "{query}");
+    }
+}

@@ -610,3 +610,24 @@ fn a_joiner_starts_from_the_cached_group_of_pictures_without_asking_the_publishe
     assert!(rtp_to(&out, e).is_empty());
     assert_eq!(keyframe_requests(&out), 1);
 }
+
+#[test]
+fn a_recorder_keeps_its_sessions_where_others_are_replaced() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let signalling = sfu.join("r", "rec", Role::Recorder, false, now);
+    let whep = sfu.join("r", "rec", Role::Recorder, false, now);
+    let team = sfu.join("r", "rec-team", Role::Team, false, now);
+    let out = drain(&mut sfu);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::ParticipantRemoved { .. })),
+        "{out:?}"
+    );
+    assert!(sfu.participant(signalling).is_some() && sfu.participant(whep).is_some());
+    let _ = sfu.join("r", "rec-team", Role::Team, false, now);
+    assert!(drain(&mut sfu).contains(&Output::ParticipantRemoved {
+        participant: team,
+        reason: LeaveReason::Replaced
+    }));
+}
