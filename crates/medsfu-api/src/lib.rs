@@ -142,6 +142,11 @@ impl AppState {
             let msg = format!("room {} is closed", g.room);
             return Err(ApiError::new(StatusCode::CONFLICT, "room_closed", msg));
         }
+        if g.role == medsfu_core::Role::Recorder {
+            // A recorder is a server component, not a member. Only the server's secret
+            // makes a recorder token (`medsfu token`; the API hands out members' roles).
+            return Ok(g);
+        }
         match room.members.iter().find(|m| m.name == g.identity) {
             Some(m) => {
                 g.role = m.role;

@@ -178,10 +178,11 @@ pub fn spawn(file: TrackFile, stats: RecordStats, failed: OnFailure) -> mpsc::Se
         .name("medsfu-record".into())
         .spawn(move || {
             let r = write_meta(&file).and_then(|()| {
+                let open = |path: &Path| create(path, &s);
                 if let Some(codec) = video_codec(file.codec) {
-                    record_video(&file.base, codec, rx, &s)
+                    record_video(&file.base, codec, rx, open)
                 } else {
-                    record_audio(&file, rx, &s)
+                    record_audio(&file, rx, open)
                 }
             });
             match r {
@@ -248,6 +249,10 @@ pub(crate) fn video_codec(codec: Codec) -> Option<VideoCodec> {
     }
 }
 
+/// How far behind the expected sequence number a packet is taken as late (and ignored);
+/// further back, the sequence jumped and is followed from there.
+const LATE_WINDOW: i16 = 1000;
+
 /// The depacketizer of one video codec.
 enum Depacketize {
     H265(H265Depacketizer),
@@ -288,9 +293,10 @@ impl Pictures {
     fn push(&mut self, i: &RecInput) -> Option<(Vec<u8>, bool)> {
         if let Some(expected) = self.expected {
             match i.seq.wrapping_sub(expected) as i16 {
-                // A late or repeated packet: its picture was dealt with already.
-                ..0 => return None,
                 0 => {}
+                // A late or repeated packet: its picture was dealt with already.
+                d if (-LATE_WINDOW..0).contains(&d) => return None,
+                // Lost packets, or a jump of the sequence (a new stream): start again.
                 _ => self.damage(),
             }
         }
@@ -335,11 +341,13 @@ impl Pictures {
     }
 }
 
-fn record_video(
+/// Writes a video track's packets into `base.mp4` (and `base-2.mp4`, ... when the
+/// publisher's configuration changes), each file made by `open`.
+fn record_video<W: Write>(
     base: &Path,
     codec: VideoCodec,
     mut rx: mpsc::Receiver<RecInput>,
-    stats: &RecordStats,
+    open: impl Fn(&Path) -> Result<W, RecordError>,
 ) -> Result<(), RecordError> {
     let mut part = 1;
     let mut path = with_ext(base, ".mp4");
@@ -349,7 +357,7 @@ fn record_video(
     };
     let new_writer = |path: &Path| -> Result<_, RecordError> {
         Ok(Fmp4Writer::new(
-            create(path, stats)?,
+            open(path)?,
             codec,
             unix_secs(SystemTime::now()),
         ))
@@ -416,10 +424,11 @@ fn silence_before(at: u64, written: u64) -> u64 {
     }
 }
 
-fn record_audio(
+/// Writes an Opus track's packets into `base.ogg`, made by `open`.
+fn record_audio<W: Write>(
     file: &TrackFile,
     mut rx: mpsc::Receiver<RecInput>,
-    stats: &RecordStats,
+    open: impl Fn(&Path) -> Result<W, RecordError>,
 ) -> Result<(), RecordError> {
     let path = with_ext(&file.base, ".ogg");
     let mux_err = |e: &dyn std::fmt::Display| RecordError::Mux {
@@ -433,15 +442,8 @@ fn record_audio(
         ("MEDSFU_ROLE", role.as_str()),
         ("MEDSFU_STARTED_AT", started.as_str()),
     ];
-    let mut w = OggOpusWriter::new(
-        create(&path, stats)?,
-        rand::random(),
-        2,
-        312,
-        48_000,
-        &comments,
-    )
-    .map_err(|e| mux_err(&e))?;
+    let mut w = OggOpusWriter::new(open(&path)?, rand::random(), 2, 312, 48_000, &comments)
+        .map_err(|e| mux_err(&e))?;
     // The archive keeps the call's time: the n-th second of the file is the n-th second
     // since the track began. The subscriber's clock advances by wall time across
     // publisher restarts (see the munger), so its gaps are the gaps in what was heard.
@@ -615,6 +617,13 @@ mod tests {
         let (frame, key) = p2.push(&rtp(0, true, &[0x00, 0x01])).unwrap();
         assert_eq!((frame, key), (vec![0x9d, 0x01], false));
         assert_eq!((p.dropped, p2.dropped), (2, 0));
+        // A sequence that jumps far back is a new stream, followed from there; a little
+        // back is a late packet.
+        assert_eq!(p.push(&rtp(10, true, &[0x41, 8])), None);
+        assert_eq!(p.push(&rtp(60_000, true, &[0x41, 8])), None);
+        let (next, _) = p.push(&rtp(60_001, true, &[0x41, 9])).unwrap();
+        assert_eq!(next, [0, 0, 0, 1, 0x41, 9]);
+        assert_eq!(p.dropped, 3);
     }
 
     #[test]
@@ -661,7 +670,7 @@ mod tests {
             tx.try_send(packet(1000 + n * 960)).unwrap();
         }
         drop(tx);
-        record_audio(&file, rx, &stats).unwrap();
+        record_audio(&file, rx, |p| create(p, &stats)).unwrap();
         let ogg = std::fs::read(dir.join("voice.ogg")).unwrap();
         let last = ogg.windows(4).rposition(|w| w == b"OggS").unwrap();
         let granule = u64::from_le_bytes(ogg[last + 6..last + 14].try_into().unwrap());
@@ -692,6 +701,155 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A disk with room for `room` bytes: then writes fail as on a full disk (ENOSPC).
+    struct FullDisk {
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut w = self.written.lock().expect("not poisoned");
+            let left = self.room.saturating_sub(w.len());
+            if left == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(left);
+            w.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs a command; returns (success, stdout, stderr).
+    fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (scripts/test.sh installs ffmpeg): {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_full_disk_ends_the_recording_with_an_error_and_leaves_a_playable_file() {
+        let dir = std::env::temp_dir().join(format!("medsfu-full-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("src.h264");
+        // Four seconds of H.264 as a browser sends it: constrained baseline, a keyframe a
+        // second, an access unit delimiter before each picture.
+        let (ok, _, err) = run(
+            "ffmpeg",
+            &[
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-t",
+                "4",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-profile:v",
+                "baseline",
+                "-x264-params",
+                "aud=1:keyint=30:min-keyint=30:scenecut=0:bframes=0",
+                "-f",
+                "h264",
+                source.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let stream = std::fs::read(&source).unwrap();
+        let mut aus: Vec<Vec<&[u8]>> = Vec::new();
+        for nal in annexb_nal_units(&stream) {
+            if nal[0] & 0x1F == 9 || aus.is_empty() {
+                aus.push(Vec::new());
+            }
+            aus.last_mut().unwrap().push(nal);
+        }
+        assert_eq!(aus.len(), 120);
+        let (tx, rx) = mpsc::channel(100_000);
+        let mut seq = 0u16;
+        for (i, au) in aus.iter().enumerate() {
+            let payloads = medsfu_codec::h264_payload_nal_units(au, 1200);
+            let last = payloads.len() - 1;
+            for (k, p) in payloads.into_iter().enumerate() {
+                let input = RecInput {
+                    seq,
+                    marker: k == last,
+                    timestamp: i as u32 * 3000,
+                    payload: Bytes::from(p),
+                };
+                tx.try_send(input).unwrap();
+                seq = seq.wrapping_add(1);
+            }
+        }
+        drop(tx);
+
+        // The disk fills up half way through the recording.
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let disk = written.clone();
+        let room = stream.len() / 2;
+        let err = record_video(&dir.join("camera"), VideoCodec::H264, rx, move |_| {
+            Ok(FullDisk {
+                written: disk.clone(),
+                room,
+            })
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+
+        // What reached the disk plays up to the last fragment that fitted.
+        let cut = dir.join("cut.mp4");
+        std::fs::write(&cut, &*written.lock().unwrap()).unwrap();
+        let (ok, out, err) = run(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-count_frames",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=codec_name,width,height,nb_read_frames",
+                "-of",
+                "csv=p=0",
+                cut.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let f: Vec<&str> = out.trim().split(',').collect();
+        assert_eq!(&f[..3], &["h264", "320", "240"], "{out}");
+        let frames: u32 = f[3].parse().unwrap();
+        eprintln!("full disk after {room} bytes: {frames} of 120 pictures play");
+        assert!((30..=90).contains(&frames), "{frames} of 120 pictures");
+        let (ok, _, err) = run(
+            "ffmpeg",
+            &[
+                "-v",
+                "error",
+                "-i",
+                cut.to_str().unwrap(),
+                "-f",
+                "null",
+                "-",
+            ],
+        );
+        assert!(ok, "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

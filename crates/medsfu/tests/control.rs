@@ -613,6 +613,14 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
     back.send(json!({ "type": "join", "token": dis_old })).await;
     let v = back.recv().await;
     assert_eq!(v["code"], "not_a_member", "{v}");
+    // A recorder is no member: an operator's recorder token (only the server's secret
+    // makes one) is let in, as `medsfu record` needs.
+    let mut recorder = Ws::connect(&server).await;
+    let rec_token = server.token(r, "site-recorder", "recorder");
+    recorder
+        .send(json!({ "type": "join", "token": rec_token }))
+        .await;
+    assert_eq!(recorder.recv_type("joined").await["role"], "recorder");
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(_chunk) = dis_stream.chunk().await.expect("stream read") {}
     })
