@@ -406,7 +406,12 @@ async fn session(state: AppState, mut socket: WebSocket, source: String) {
     let me = joined.participant;
     let span = tracing::info_span!("session", room = %grant.room, participant = %me);
     use tracing::Instrument as _;
-    let control = state.inner.control.clone();
+    // A recorder is no member: the desk's presence and roles are not about it.
+    let control = state
+        .inner
+        .control
+        .clone()
+        .filter(|_| grant.role != medsfu_core::Role::Recorder);
     let (room, identity) = (grant.room.clone(), grant.identity.clone());
     let mut grant = grant;
     if let Some(c) = &control {

@@ -460,9 +460,9 @@ impl Sfu {
                     .iter()
                     .copied()
                     .filter(|p| {
-                        self.participants
-                            .get(p)
-                            .is_some_and(|p| p.info.identity == identity)
+                        self.participants.get(p).is_some_and(|p| {
+                            p.info.identity == identity && p.info.role != Role::Recorder
+                        })
                     })
                     .collect()
             })

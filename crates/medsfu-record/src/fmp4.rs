@@ -59,7 +59,7 @@ pub enum Fmp4Error {
     /// was not written: `finish` this writer and push it to a new one.
     #[error("the video configuration changed; start a new file")]
     ConfigChanged,
-    /// A size does not fit its MP4 field (the named thing).
+    /// A size does not fit its MP4 field (the named thing); that picture was not written.
     #[error("{0} too large for MP4")]
     TooLarge(&'static str),
 }
@@ -70,7 +70,10 @@ impl Fmp4Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Fmp4Error::Sps(_) | Fmp4Error::AvcSps(_) | Fmp4Error::Vp8Header(_)
+            Fmp4Error::Sps(_)
+                | Fmp4Error::AvcSps(_)
+                | Fmp4Error::Vp8Header(_)
+                | Fmp4Error::TooLarge(_)
         )
     }
 }
@@ -235,23 +238,15 @@ impl<W: Write> Fmp4Writer<W> {
                     .zip(current)
                     .any(|(new, cur)| new.is_some_and(|n| n != cur.as_slice()))
                 {
-                    // An SPS that cannot be read is damage, not a new configuration: the
-                    // picture is refused and the file goes on.
-                    let sps = sets.iter().flatten().find(|n| {
-                        matches!(
-                            (codec, codec.nal_type(n)),
-                            (VideoCodec::H265, hevc::NAL_SPS) | (VideoCodec::H264, avc::NAL_SPS)
-                        )
-                    });
-                    match (codec, sps) {
-                        (VideoCodec::H265, Some(sps)) => {
-                            hevc::parse_sps(sps)?;
-                        }
-                        (VideoCodec::H264, Some(sps)) => {
-                            avc::parse_sps(sps)?;
-                        }
-                        _ => {}
-                    }
+                    // Parameter sets that make no sample entry (an SPS that cannot be
+                    // read, a picture too large for MP4) are damage, not a new
+                    // configuration: the picture is refused and the file goes on.
+                    let next: Vec<Vec<u8>> = sets
+                        .iter()
+                        .zip(current)
+                        .map(|(new, cur)| new.map_or_else(|| cur.clone(), <[u8]>::to_vec))
+                        .collect();
+                    sample_entry(codec, &next)?;
                     return Err(Fmp4Error::ConfigChanged);
                 }
             }
@@ -412,25 +407,7 @@ impl<W: Write> Fmp4Writer<W> {
 
     /// Writes `ftyp` and `moov` for these H.265 or H.264 parameter sets.
     fn start_h26x(&mut self, ps: Vec<Vec<u8>>) -> Result<(), Fmp4Error> {
-        let (size, child) = match (self.codec, &ps[..]) {
-            (VideoCodec::H265, [vps, sps, pps]) => {
-                let sets = ParameterSets {
-                    vps: vps.clone(),
-                    sps: sps.clone(),
-                    pps: pps.clone(),
-                };
-                let info = sets.sps_info()?;
-                let record = sets.decoder_configuration_record(&info)?;
-                ((info.width, info.height), boxed(b"hvcC", &[&record]))
-            }
-            (VideoCodec::H264, [sps, pps]) => {
-                let info = avc::parse_sps(sps)?;
-                let record = avc::decoder_configuration_record(sps, pps, &info)?;
-                ((info.width, info.height), boxed(b"avcC", &[&record]))
-            }
-            // parameter_set_types() gives each codec its number of sets.
-            _ => unreachable!("parameter sets of {:?}", self.codec),
-        };
+        let (size, child) = sample_entry(self.codec, &ps)?;
         self.start(size, &child)?;
         self.params = Some(ps);
         Ok(())
@@ -439,8 +416,7 @@ impl<W: Write> Fmp4Writer<W> {
     /// Writes `ftyp` and `moov` with a sample entry of this size around `child` (the
     /// decoder configuration box).
     fn start(&mut self, (width, height): (u32, u32), child: &[u8]) -> Result<(), Fmp4Error> {
-        let w = u16::try_from(width).map_err(|_| Fmp4Error::TooLarge("width"))?;
-        let h = u16::try_from(height).map_err(|_| Fmp4Error::TooLarge("height"))?;
+        let (w, h) = mp4_size(width, height)?;
         let fourcc = match self.codec {
             VideoCodec::H265 => b"hvc1",
             VideoCodec::H264 => b"avc1",
@@ -584,6 +560,40 @@ fn zero_duration(version: u8) -> &'static [u8] {
     }
 }
 
+/// The displayed size of H.265 or H.264 parameter sets (in the order of
+/// [`VideoCodec::parameter_set_types`]) and the decoder configuration box of their sample
+/// entry; an error when they make none.
+fn sample_entry(codec: VideoCodec, ps: &[Vec<u8>]) -> Result<((u32, u32), Vec<u8>), Fmp4Error> {
+    let (size, child) = match (codec, ps) {
+        (VideoCodec::H265, [vps, sps, pps]) => {
+            let sets = ParameterSets {
+                vps: vps.clone(),
+                sps: sps.clone(),
+                pps: pps.clone(),
+            };
+            let info = sets.sps_info()?;
+            let record = sets.decoder_configuration_record(&info)?;
+            ((info.width, info.height), boxed(b"hvcC", &[&record]))
+        }
+        (VideoCodec::H264, [sps, pps]) => {
+            let info = avc::parse_sps(sps)?;
+            let record = avc::decoder_configuration_record(sps, pps, &info)?;
+            ((info.width, info.height), boxed(b"avcC", &[&record]))
+        }
+        // parameter_set_types() gives each codec its number of sets, and VP8 none.
+        _ => unreachable!("parameter sets of {codec:?}"),
+    };
+    mp4_size(size.0, size.1)?;
+    Ok((size, child))
+}
+
+/// The width and height as the 16-bit fields of `tkhd` and the sample entry hold them.
+fn mp4_size(width: u32, height: u32) -> Result<(u16, u16), Fmp4Error> {
+    let w = u16::try_from(width).map_err(|_| Fmp4Error::TooLarge("width"))?;
+    let h = u16::try_from(height).map_err(|_| Fmp4Error::TooLarge("height"))?;
+    Ok((w, h))
+}
+
 /// The `vpcC` box of a VP8 track: 8-bit 4:2:0, colours unspecified, no initialization
 /// data (VP codec ISO media file format binding §2.3).
 fn vp08_entry_child() -> Vec<u8> {
@@ -701,7 +711,8 @@ fn moov(mp4_secs: u64, width: u16, height: u16, entry: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::testutil::{
-        annexb_access_units, encode, encode_h265, h264_access_units, ivf_frames, run, s, TempDir,
+        annexb_access_units, encode, encode_h265, h264_access_units, h264_sps, ivf_frames, run, s,
+        TempDir,
     };
 
     /// The body of the first box at `path` (container types descended in order).
@@ -979,6 +990,45 @@ mod tests {
             assert!(!matches!(mdat[4] & 0x1F, 7..=9), "NAL {}", mdat[4] & 0x1F);
             mdat = &mdat[4 + len..];
         }
+    }
+
+    #[test]
+    fn parameter_sets_that_make_no_sample_entry_are_refused_and_the_file_goes_on() {
+        let dir = TempDir::new("fmp4-h264-huge");
+        let aus = h264_access_units(&encode(&dir, "h264", "src", 320, 240, 2, &[]));
+        let mut w = Fmp4Writer::new(Vec::new(), VideoCodec::H264, 0);
+        for (i, (au, key)) in aus.iter().enumerate().take(30) {
+            w.push(au, i as u64 * 3000, *key).unwrap();
+        }
+        // The next keyframe claims 5000 x 16 macroblocks (80000 pixels wide): an SPS that
+        // reads, for a picture wider than MP4's 16 bits.
+        assert_eq!(
+            avc::parse_sps(&h264_sps(5000, 16)).map(|i| (i.width, i.height)),
+            Ok((80_000, 256))
+        );
+        let huge: Vec<u8> = medsfu_codec::h265_rtp::annexb_nal_units(&aus[30].0)
+            .into_iter()
+            .map(|n| {
+                if n[0] & 0x1F == 7 {
+                    h264_sps(5000, 16)
+                } else {
+                    n.to_vec()
+                }
+            })
+            .flat_map(|n| [vec![0, 0, 0, 1], n].concat())
+            .collect();
+        let err = w.push(&huge, 30 * 3000, true).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+        for (i, (au, key)) in aus.iter().enumerate().skip(31) {
+            w.push(au, i as u64 * 3000, *key).unwrap();
+        }
+        let file = w.finish().unwrap();
+        let samples: usize = fragments(&file).iter().map(|f| f.2.len()).sum();
+        assert_eq!(samples, 59, "one file, every picture but the refused one");
+        let path = dir.join("out.mp4");
+        std::fs::write(&path, &file).unwrap();
+        let (_, _, width, height, _, _) = probe_fields(&path);
+        assert_eq!((width, height), (320, 240));
     }
 
     #[test]

@@ -189,3 +189,44 @@ pub fn h264_access_units(stream: &[u8]) -> Vec<(Vec<u8>, bool)> {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A hand-made H.264 baseline SPS NAL unit (no cropping, no VUI) of `width_mbs` x
+/// `height_mbs` macroblocks: sizes no encoder makes, for the muxer's limits.
+pub fn h264_sps(width_mbs: u32, height_mbs: u32) -> Vec<u8> {
+    let mut bits: Vec<bool> = Vec::new();
+    let mut put = |v: u32, n: u32| {
+        for i in (0..n).rev() {
+            bits.push((v >> i) & 1 == 1);
+        }
+    };
+    put(66, 8); // profile_idc: baseline
+    put(0xC0, 8); // constraint_set0/1
+    put(30, 8); // level_idc
+    let ue = |put: &mut dyn FnMut(u32, u32), v: u32| {
+        let x = v + 1;
+        let len = 32 - x.leading_zeros();
+        put(0, len - 1);
+        put(x, len);
+    };
+    ue(&mut put, 0); // seq_parameter_set_id
+    ue(&mut put, 0); // log2_max_frame_num_minus4
+    ue(&mut put, 2); // pic_order_cnt_type
+    ue(&mut put, 1); // max_num_ref_frames
+    put(0, 1); // gaps_in_frame_num_value_allowed_flag
+    ue(&mut put, width_mbs - 1);
+    ue(&mut put, height_mbs - 1);
+    put(1, 1); // frame_mbs_only_flag
+    put(1, 1); // direct_8x8_inference_flag
+    put(0, 1); // frame_cropping_flag
+    put(0, 1); // vui_parameters_present_flag
+    put(1, 1); // rbsp_stop_one_bit
+    let mut nal = vec![0x67];
+    for chunk in bits.chunks(8) {
+        let mut b = 0u8;
+        for (i, &bit) in chunk.iter().enumerate() {
+            b |= u8::from(bit) << (7 - i);
+        }
+        nal.push(b);
+    }
+    nal
+}

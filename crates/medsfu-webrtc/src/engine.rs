@@ -2089,7 +2089,8 @@ impl Engine {
         self.sessions.get(&participant).is_some_and(|s| s.internal)
     }
 
-    /// Stops the recorders of rooms where no real participant is left.
+    /// Stops the recorders of rooms where no real participant is left (a separate
+    /// recorder, `medsfu record`, is no participant in that sense).
     fn reap_recorders(&mut self, now: Instant) {
         let idle: Vec<ParticipantId> = self
             .sessions
@@ -2099,7 +2100,7 @@ impl Engine {
                 !self
                     .sessions
                     .values()
-                    .any(|s| !s.internal && s.room == r.room)
+                    .any(|s| !s.internal && s.role != Role::Recorder && s.room == r.room)
             })
             .map(|(p, _)| *p)
             .collect();

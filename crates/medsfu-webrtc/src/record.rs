@@ -538,14 +538,20 @@ pub(crate) async fn screenshot(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // The pictures are gathered; the track's later packets are not wanted.
+    drop(rx);
     let mut child = c.spawn().map_err(|e| format!("starting ffmpeg: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&stream)
-            .await
-            .map_err(|e| format!("feeding ffmpeg: {e}"))?;
-    }
-    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+    let stdin = child.stdin.take();
+    // Feeding and reading at once, within the time limit: an ffmpeg blocked on a full
+    // stderr pipe must not block the feeding (and the feeding must not block the reading).
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A decoder that stops reading early leaves a broken pipe; its exit says why.
+            let _ = stdin.write_all(&stream).await;
+        }
+    };
+    let run = async { tokio::join!(feed, child.wait_with_output()).1 };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), run)
         .await
         .map_err(|_| "ffmpeg took over 20 s".to_owned())?
         .map_err(|e| format!("ffmpeg: {e}"))?;

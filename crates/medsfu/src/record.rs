@@ -2,8 +2,8 @@
 //! the media server. It joins the room's signalling with the recorder role, takes each
 //! track over its own WHEP session (`/whep/ROOM?track=T<n>`) and writes the same files as
 //! the recorder inside `medsfu serve` (fragmented MP4 for video, Ogg for Opus, a `.json`
-//! beside each), until stopped, until `--for` has passed or until the server ends the
-//! session.
+//! beside each), until stopped, until `--run-for` has passed or until the server ends
+//! the session.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,7 +74,7 @@ pub async fn run(o: Options) -> Result<()> {
     let base = o.server.trim_end_matches('/').to_owned();
     let ws_url = match base.split_once("://") {
         Some(("http", rest)) => format!("ws://{rest}/ws"),
-        Some(("https", rest)) => format!("wss://{rest}/ws"),
+        // The WHEP client and this WebSocket speak plain HTTP (medsfu serves no TLS).
         _ => bail!("--server must be an http:// URL, not {base:?}"),
     };
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
@@ -98,13 +98,16 @@ pub async fn run(o: Options) -> Result<()> {
         }
     };
     tokio::pin!(until);
+    // Made once: a Ctrl-C while a message is handled is still seen at the next turn.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     let mut joined = false;
     let mut tasks = tokio::task::JoinSet::new();
     let ended = loop {
         let msg = tokio::select! {
             m = ws.next() => m,
             () = &mut until => break "time is up",
-            _ = tokio::signal::ctrl_c() => break "interrupted",
+            _ = &mut interrupted => break "interrupted",
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -121,6 +124,13 @@ pub async fn run(o: Options) -> Result<()> {
         let field = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
         match m["type"].as_str().unwrap_or_default() {
             "joined" => {
+                if field("room") != o.room {
+                    bail!(
+                        "the token is for room {:?}, not {:?}",
+                        field("room"),
+                        o.room
+                    );
+                }
                 joined = true;
                 info!(room = %o.room, "recorder joined");
                 if field("role") != "recorder" {
@@ -224,6 +234,7 @@ async fn record_track(
         Ok(s) => s,
         Err(e) => {
             warn!(%track, error = %e, "WHEP subscription refused; track not recorded");
+            stats.failures.inc();
             return;
         }
     };

@@ -621,6 +621,12 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .send(json!({ "type": "join", "token": rec_token }))
         .await;
     assert_eq!(recorder.recv_type("joined").await["role"], "recorder");
+    // ... and stays: the engine takes commands in order, so a session the desk had removed
+    // on joining would get `unknown_session` here.
+    recorder
+        .send(json!({ "type": "subscribe", "track": "T999999", "id": 9 }))
+        .await;
+    assert_eq!(recorder.recv_type("error").await["code"], "unknown_track");
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(_chunk) = dis_stream.chunk().await.expect("stream read") {}
     })

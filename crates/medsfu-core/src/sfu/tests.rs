@@ -630,4 +630,13 @@ fn a_recorder_keeps_its_sessions_where_others_are_replaced() {
         participant: team,
         reason: LeaveReason::Replaced
     }));
+    // Someone else with the recorder's identity does not end the recorder's sessions.
+    let _ = sfu.join("r", "rec", Role::Lead, false, now);
+    let out = drain(&mut sfu);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::ParticipantRemoved { .. })),
+        "{out:?}"
+    );
+    assert!(sfu.participant(signalling).is_some() && sfu.participant(whep).is_some());
 }
