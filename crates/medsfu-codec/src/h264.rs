@@ -1,6 +1,6 @@
 //! H.264 RTP payloads (RFC 6184).
 
-use crate::h265_rtp::DepacketizeError;
+use crate::h265_rtp::{Assembly, DepacketizeError};
 
 const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;
@@ -82,8 +82,7 @@ pub fn payload_nal_units(nals: &[&[u8]], mtu: usize) -> Vec<Vec<u8>> {
 /// and 1: single NAL units, STAP-A and FU-A).
 #[derive(Debug, Default)]
 pub struct Depacketizer {
-    au: Vec<u8>,
-    fragment: Option<Vec<u8>>,
+    assembly: Assembly,
 }
 
 impl Depacketizer {
@@ -94,13 +93,7 @@ impl Depacketizer {
 
     /// Forgets a partly received access unit (after a lost packet).
     pub fn reset(&mut self) {
-        self.au.clear();
-        self.fragment = None;
-    }
-
-    fn push_nal(&mut self, nal: &[u8]) {
-        self.au.extend_from_slice(&[0, 0, 0, 1]);
-        self.au.extend_from_slice(nal);
+        self.assembly.reset();
     }
 
     /// Adds one RTP payload; with `marker`, returns the finished access unit.
@@ -113,7 +106,7 @@ impl Depacketizer {
             return Err(DepacketizeError::TooShort);
         };
         match first & 0x1F {
-            1..=23 => self.push_nal(payload),
+            1..=23 => self.assembly.push_nal(payload),
             STAP_A => {
                 let mut rest = &payload[1..];
                 while !rest.is_empty() {
@@ -125,7 +118,7 @@ impl Depacketizer {
                         .get(2..2 + size)
                         .filter(|n| !n.is_empty())
                         .ok_or(DepacketizeError::BadAggregation)?;
-                    self.push_nal(nal);
+                    self.assembly.push_nal(nal);
                     rest = &rest[2 + size..];
                 }
             }
@@ -133,31 +126,23 @@ impl Depacketizer {
                 let &[indicator, header, ref body @ ..] = payload else {
                     return Err(DepacketizeError::TooShort);
                 };
-                if header & 0x80 != 0 {
-                    let mut nal = Vec::with_capacity(1 + body.len());
-                    nal.push((indicator & 0xE0) | (header & 0x1F));
-                    nal.extend_from_slice(body);
-                    self.fragment = Some(nal);
-                } else {
-                    self.fragment
-                        .as_mut()
-                        .ok_or(DepacketizeError::OrphanFragment)?
-                        .extend_from_slice(body);
-                }
-                if header & 0x40 != 0 {
-                    if let Some(nal) = self.fragment.take() {
-                        self.push_nal(&nal);
-                    }
-                }
+                let nal_header = [(indicator & 0xE0) | (header & 0x1F)];
+                self.assembly.fragment(
+                    header & 0x80 != 0,
+                    header & 0x40 != 0,
+                    &nal_header,
+                    body,
+                )?;
             }
             // STAP-B, MTAP and FU-B (interleaved mode) and reserved types.
             t => return Err(DepacketizeError::Unsupported(t)),
         }
-        if marker && !self.au.is_empty() {
-            self.fragment = None;
-            return Ok(Some(std::mem::take(&mut self.au)));
+        let done = self.assembly.finish(marker);
+        if done.is_some() {
+            // A NAL unit still in fragments at the picture's end lost its end.
+            self.assembly.drop_fragment();
         }
-        Ok(None)
+        Ok(done)
     }
 }
 

@@ -150,11 +150,71 @@ pub enum DepacketizeError {
     Unsupported(u8),
 }
 
+/// An access unit being rebuilt in Annex-B form from RTP payloads, and the NAL unit being
+/// rebuilt from fragments: what the H.264 and H.265 depacketizers share.
+#[derive(Debug, Default)]
+pub(crate) struct Assembly {
+    au: Vec<u8>,
+    fragment: Option<Vec<u8>>,
+}
+
+impl Assembly {
+    /// Forgets the partly received access unit and NAL unit.
+    pub(crate) fn reset(&mut self) {
+        self.au.clear();
+        self.fragment = None;
+    }
+
+    /// Adds a whole NAL unit to the access unit.
+    pub(crate) fn push_nal(&mut self, nal: &[u8]) {
+        self.au.extend_from_slice(&START_CODE);
+        self.au.extend_from_slice(nal);
+    }
+
+    /// Handles one fragment: `start` begins the NAL unit with its rebuilt `header`, a
+    /// later fragment continues it (an error without a start: loss), `end` adds it to the
+    /// access unit.
+    pub(crate) fn fragment(
+        &mut self,
+        start: bool,
+        end: bool,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<(), DepacketizeError> {
+        if start {
+            let mut nal = Vec::with_capacity(header.len() + body.len());
+            nal.extend_from_slice(header);
+            nal.extend_from_slice(body);
+            self.fragment = Some(nal);
+        } else {
+            self.fragment
+                .as_mut()
+                .ok_or(DepacketizeError::OrphanFragment)?
+                .extend_from_slice(body);
+        }
+        if end {
+            if let Some(nal) = self.fragment.take() {
+                self.push_nal(&nal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets an unfinished fragmented NAL unit.
+    pub(crate) fn drop_fragment(&mut self) {
+        self.fragment = None;
+    }
+
+    /// With the marker, the finished access unit (if it holds anything).
+    pub(crate) fn finish(&mut self, marker: bool) -> Option<Vec<u8>> {
+        (marker && !self.au.is_empty()).then(|| std::mem::take(&mut self.au))
+    }
+}
+
 /// Rebuilds Annex-B access units from RTP payloads.
 #[derive(Debug, Default)]
 pub struct Depacketizer {
-    au: Vec<u8>,
-    fragment: Option<Vec<u8>>,
+    assembly: Assembly,
 }
 
 impl Depacketizer {
@@ -165,13 +225,7 @@ impl Depacketizer {
 
     /// Forgets a partly received access unit (after a lost packet).
     pub fn reset(&mut self) {
-        self.au.clear();
-        self.fragment = None;
-    }
-
-    fn push_nal(&mut self, nal: &[u8]) {
-        self.au.extend_from_slice(&START_CODE);
-        self.au.extend_from_slice(nal);
+        self.assembly.reset();
     }
 
     /// Adds one RTP payload; with `marker`, returns the finished access unit.
@@ -194,38 +248,20 @@ impl Depacketizer {
                     let nal = rest
                         .get(2..2 + size)
                         .ok_or(DepacketizeError::BadAggregation)?;
-                    self.push_nal(nal);
+                    self.assembly.push_nal(nal);
                     rest = &rest[2 + size..];
                 }
             }
             NalType::Fragment => {
                 let fu = payload[2];
-                let body = &payload[3..];
-                if fu & 0x80 != 0 {
-                    let t = fu & 0x3F;
-                    let mut nal = vec![(payload[0] & 0x81) | (t << 1), payload[1]];
-                    nal.extend_from_slice(body);
-                    self.fragment = Some(nal);
-                } else {
-                    let frag = self
-                        .fragment
-                        .as_mut()
-                        .ok_or(DepacketizeError::OrphanFragment)?;
-                    frag.extend_from_slice(body);
-                }
-                if fu & 0x40 != 0 {
-                    if let Some(nal) = self.fragment.take() {
-                        self.push_nal(&nal);
-                    }
-                }
+                let header = [(payload[0] & 0x81) | ((fu & 0x3F) << 1), payload[1]];
+                self.assembly
+                    .fragment(fu & 0x80 != 0, fu & 0x40 != 0, &header, &payload[3..])?;
             }
             NalType::Other(t) if t == 50 => return Err(DepacketizeError::Unsupported(t)),
-            _ => self.push_nal(payload),
+            _ => self.assembly.push_nal(payload),
         }
-        if marker && !self.au.is_empty() {
-            return Ok(Some(std::mem::take(&mut self.au)));
-        }
-        Ok(None)
+        Ok(self.assembly.finish(marker))
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The SPS is read up to the frame cropping; the PPS is carried as opaque bytes.
 
-use crate::bits::{remove_emulation_prevention, BitError, BitReader};
+use crate::bits::{remove_emulation_prevention, BitReader, SpsError};
 
 /// NAL unit type of a coded slice of an IDR picture.
 pub const NAL_IDR: u8 = 5;
@@ -13,33 +13,6 @@ pub const NAL_SPS: u8 = 7;
 pub const NAL_PPS: u8 = 8;
 /// NAL unit type of an access unit delimiter.
 pub const NAL_AUD: u8 = 9;
-
-/// Why an SPS could not be read or an `avcC` record not built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AvcError {
-    /// The NAL unit is not an SPS.
-    #[error("NAL unit type {0} is not an SPS")]
-    NotSps(u8),
-    /// The SPS ends before the named field.
-    #[error("SPS truncated before {0}")]
-    Truncated(&'static str),
-    /// A field holds a value the specification does not allow.
-    #[error("invalid SPS: {0}")]
-    Invalid(&'static str),
-    /// A parameter set is longer than the record's 16-bit length field.
-    #[error("parameter set of {0} bytes does not fit avcC's 16-bit length")]
-    TooLarge(usize),
-}
-
-impl From<BitError> for AvcError {
-    fn from(e: BitError) -> Self {
-        match e {
-            BitError::Truncated(f) => AvcError::Truncated(f),
-            BitError::Invalid(f) => AvcError::Invalid(f),
-        }
-    }
-}
 
 /// The type of an H.264 NAL unit, from its header byte (0 for an empty slice).
 pub fn nal_type(nal: &[u8]) -> u8 {
@@ -81,13 +54,13 @@ fn high_profile(profile: u8) -> bool {
 }
 
 /// Skips a scaling_list() of `size` coefficients.
-fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), BitError> {
+fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), SpsError> {
     let (mut last, mut next) = (8i64, 8i64);
     for _ in 0..size {
         if next != 0 {
             let delta = r.se("delta_scale")?;
             if !(-128..=127).contains(&delta) {
-                return Err(BitError::Invalid("delta_scale"));
+                return Err(SpsError::Invalid("delta_scale"));
             }
             next = (last + delta + 256) % 256;
         }
@@ -100,9 +73,9 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), BitError>
 
 /// Reads an SPS NAL unit (header included, emulation prevention still in) up to the
 /// frame cropping.
-pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, AvcError> {
+pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, SpsError> {
     if nal_type(nal) != NAL_SPS {
-        return Err(AvcError::NotSps(nal_type(nal)));
+        return Err(SpsError::NotSps(nal_type(nal)));
     }
     let rbsp = remove_emulation_prevention(nal);
     let mut r = BitReader::new(&rbsp, 8); // past the NAL unit header
@@ -114,7 +87,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, AvcError> {
     if high_profile(profile) {
         chroma_format_idc = r.ue("chroma_format_idc")?;
         if chroma_format_idc > 3 {
-            return Err(AvcError::Invalid("chroma_format_idc > 3"));
+            return Err(SpsError::Invalid("chroma_format_idc > 3"));
         }
         if chroma_format_idc == 3 {
             separate_planes = r.flag("separate_colour_plane_flag")?;
@@ -122,7 +95,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, AvcError> {
         luma = r.ue("bit_depth_luma_minus8")?;
         chroma = r.ue("bit_depth_chroma_minus8")?;
         if luma > 6 || chroma > 6 {
-            return Err(AvcError::Invalid("bit depth above 14"));
+            return Err(SpsError::Invalid("bit depth above 14"));
         }
         r.skip(1, "qpprime_y_zero_transform_bypass_flag")?;
         if r.flag("seq_scaling_matrix_present_flag")? {
@@ -145,14 +118,14 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, AvcError> {
             r.se("offset_for_top_to_bottom_field")?;
             let cycle = r.ue("num_ref_frames_in_pic_order_cnt_cycle")?;
             if cycle > 255 {
-                return Err(AvcError::Invalid("num_ref_frames_in_pic_order_cnt_cycle"));
+                return Err(SpsError::Invalid("num_ref_frames_in_pic_order_cnt_cycle"));
             }
             for _ in 0..cycle {
                 r.se("offset_for_ref_frame")?;
             }
         }
         2 => {}
-        _ => return Err(AvcError::Invalid("pic_order_cnt_type")),
+        _ => return Err(SpsError::Invalid("pic_order_cnt_type")),
     }
     r.ue("max_num_ref_frames")?;
     r.skip(1, "gaps_in_frame_num_value_allowed_flag")?;
@@ -179,15 +152,15 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcSpsInfo, AvcError> {
         };
         width = width
             .checked_sub(sub_w * (left + right))
-            .ok_or(AvcError::Invalid("cropping wider than the picture"))?;
+            .ok_or(SpsError::Invalid("cropping wider than the picture"))?;
         height = height
             .checked_sub(sub_h * field_factor * (top + bottom))
-            .ok_or(AvcError::Invalid("cropping taller than the picture"))?;
+            .ok_or(SpsError::Invalid("cropping taller than the picture"))?;
     }
-    let width = u32::try_from(width).map_err(|_| AvcError::Invalid("picture width"))?;
-    let height = u32::try_from(height).map_err(|_| AvcError::Invalid("picture height"))?;
+    let width = u32::try_from(width).map_err(|_| SpsError::Invalid("picture width"))?;
+    let height = u32::try_from(height).map_err(|_| SpsError::Invalid("picture height"))?;
     if width == 0 || height == 0 {
-        return Err(AvcError::Invalid("empty picture"));
+        return Err(SpsError::Invalid("empty picture"));
     }
     Ok(AvcSpsInfo {
         width,
@@ -207,8 +180,8 @@ pub fn decoder_configuration_record(
     sps: &[u8],
     pps: &[u8],
     info: &AvcSpsInfo,
-) -> Result<Vec<u8>, AvcError> {
-    let len = |n: &[u8]| u16::try_from(n.len()).map_err(|_| AvcError::TooLarge(n.len()));
+) -> Result<Vec<u8>, SpsError> {
+    let len = |n: &[u8]| u16::try_from(n.len()).map_err(|_| SpsError::TooLarge(n.len()));
     let mut r = Vec::with_capacity(16 + sps.len() + pps.len());
     r.push(1); // configurationVersion
     r.extend_from_slice(&[info.profile, info.compatibility, info.level]);
@@ -286,8 +259,8 @@ mod tests {
 
     #[test]
     fn broken_spss_are_errors_not_panics() {
-        assert_eq!(parse_sps(&[0x68, 1]), Err(AvcError::NotSps(8)));
-        assert_eq!(parse_sps(&[0x67]), Err(AvcError::Truncated("profile_idc")));
+        assert_eq!(parse_sps(&[0x68, 1]), Err(SpsError::NotSps(8)));
+        assert_eq!(parse_sps(&[0x67]), Err(SpsError::Truncated("profile_idc")));
         let dir = TempDir::new("avc-cut");
         let (sps, _) = sps_pps(&encode(&dir, "h264", "cut", 320, 240, 1, &[]));
         let whole = parse_sps(&sps).unwrap();

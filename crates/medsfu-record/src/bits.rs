@@ -1,13 +1,23 @@
-//! Reading the bit syntax of H.264 and H.265 parameter sets: emulation prevention and an
-//! MSB-first reader with Exp-Golomb codes.
+//! Reading the bit syntax of H.264 and H.265 parameter sets: emulation prevention, an
+//! MSB-first reader with Exp-Golomb codes, and the error both SPS parsers give.
 
-/// Why a field could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BitError {
-    /// The data ends before the named field.
+/// Why an H.264 or H.265 SPS could not be read or a decoder configuration record
+/// (`avcC`, `hvcC`) not built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpsError {
+    /// The NAL unit is not an SPS.
+    #[error("NAL unit type {0} is not an SPS")]
+    NotSps(u8),
+    /// The SPS ends before the named field.
+    #[error("SPS truncated before {0}")]
     Truncated(&'static str),
-    /// The named field holds a value the syntax does not allow.
+    /// A field holds a value the specification does not allow.
+    #[error("invalid SPS: {0}")]
     Invalid(&'static str),
+    /// A parameter set is longer than the record's 16-bit length field.
+    #[error("parameter set of {0} bytes does not fit the record's 16-bit length")]
+    TooLarge(usize),
 }
 
 /// The RBSP of a NAL unit: the bytes with every emulation-prevention byte (the `03` of
@@ -46,22 +56,22 @@ impl<'a> BitReader<'a> {
         self.pos
     }
 
-    pub(crate) fn bit(&mut self, field: &'static str) -> Result<u32, BitError> {
+    pub(crate) fn bit(&mut self, field: &'static str) -> Result<u32, SpsError> {
         let byte = self
             .data
             .get(self.pos / 8)
-            .ok_or(BitError::Truncated(field))?;
+            .ok_or(SpsError::Truncated(field))?;
         let b = (byte >> (7 - self.pos % 8)) & 1;
         self.pos += 1;
         Ok(u32::from(b))
     }
 
-    pub(crate) fn flag(&mut self, field: &'static str) -> Result<bool, BitError> {
+    pub(crate) fn flag(&mut self, field: &'static str) -> Result<bool, SpsError> {
         Ok(self.bit(field)? == 1)
     }
 
     /// `n` bits (at most 32) as an unsigned number.
-    pub(crate) fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, BitError> {
+    pub(crate) fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, SpsError> {
         let mut v = 0;
         for _ in 0..n {
             v = (v << 1) | self.bit(field)?;
@@ -69,21 +79,21 @@ impl<'a> BitReader<'a> {
         Ok(v)
     }
 
-    pub(crate) fn skip(&mut self, n: usize, field: &'static str) -> Result<(), BitError> {
+    pub(crate) fn skip(&mut self, n: usize, field: &'static str) -> Result<(), SpsError> {
         if self.pos + n > self.data.len() * 8 {
-            return Err(BitError::Truncated(field));
+            return Err(SpsError::Truncated(field));
         }
         self.pos += n;
         Ok(())
     }
 
     /// Exp-Golomb ue(v); values needing more than 32 bits are invalid in a parameter set.
-    pub(crate) fn ue(&mut self, field: &'static str) -> Result<u32, BitError> {
+    pub(crate) fn ue(&mut self, field: &'static str) -> Result<u32, SpsError> {
         let mut zeros = 0;
         while self.bit(field)? == 0 {
             zeros += 1;
             if zeros > 31 {
-                return Err(BitError::Invalid(field));
+                return Err(SpsError::Invalid(field));
             }
         }
         let rest = self.bits(zeros, field)?;
@@ -91,7 +101,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// Exp-Golomb se(v): 1, -1, 2, -2, ... for codes 1, 2, 3, 4, ...
-    pub(crate) fn se(&mut self, field: &'static str) -> Result<i64, BitError> {
+    pub(crate) fn se(&mut self, field: &'static str) -> Result<i64, SpsError> {
         let k = i64::from(self.ue(field)?);
         Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
     }
@@ -124,11 +134,11 @@ mod tests {
         assert_eq!(r.se("d"), Ok(2));
         assert_eq!(r.se("e"), Ok(-2));
         assert_eq!(r.position(), 17);
-        assert_eq!(r.bits(8, "f"), Err(BitError::Truncated("f")));
+        assert_eq!(r.bits(8, "f"), Err(SpsError::Truncated("f")));
         let zeros = [0u8; 5];
         assert_eq!(
             BitReader::new(&zeros, 0).ue("g"),
-            Err(BitError::Invalid("g"))
+            Err(SpsError::Invalid("g"))
         );
     }
 }

@@ -11,8 +11,9 @@ use std::io::Write;
 
 use medsfu_codec::h265_rtp::annexb_nal_units;
 
-use crate::avc::{self, AvcError};
-use crate::hevc::{self, HevcError, ParameterSets};
+use crate::avc;
+use crate::bits::SpsError;
+use crate::hevc::{self, ParameterSets};
 
 /// Media timescale of the video track: the RTP clock of video, so RTP timestamps map 1:1.
 pub const TIMESCALE: u32 = 90_000;
@@ -45,12 +46,9 @@ pub enum Fmp4Error {
     /// Writing to the output failed; the writer must not be used further.
     #[error("writing the MP4 file: {0}")]
     Io(#[from] std::io::Error),
-    /// The H.265 SPS of the first keyframe could not be read; that picture was not written.
-    #[error("reading the H.265 SPS: {0}")]
-    Sps(#[from] HevcError),
-    /// The H.264 SPS of the first keyframe could not be read; that picture was not written.
-    #[error("reading the H.264 SPS: {0}")]
-    AvcSps(#[from] AvcError),
+    /// The SPS of a keyframe could not be read; that picture was not written.
+    #[error("reading the SPS: {0}")]
+    Sps(#[from] SpsError),
     /// A VP8 key frame's header could not be read; that frame was not written.
     #[error("VP8 key frame header: {0}")]
     Vp8Header(&'static str),
@@ -70,10 +68,7 @@ impl Fmp4Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Fmp4Error::Sps(_)
-                | Fmp4Error::AvcSps(_)
-                | Fmp4Error::Vp8Header(_)
-                | Fmp4Error::TooLarge(_)
+            Fmp4Error::Sps(_) | Fmp4Error::Vp8Header(_) | Fmp4Error::TooLarge(_)
         )
     }
 }

@@ -8,7 +8,7 @@
 use medsfu_codec::h265_rtp::annexb_nal_units;
 
 pub use crate::bits::remove_emulation_prevention;
-use crate::bits::{BitError, BitReader};
+use crate::bits::{BitReader, SpsError};
 
 /// NAL unit type of a video parameter set.
 pub const NAL_VPS: u8 = 32;
@@ -18,33 +18,6 @@ pub const NAL_SPS: u8 = 33;
 pub const NAL_PPS: u8 = 34;
 /// NAL unit type of an access unit delimiter.
 pub const NAL_AUD: u8 = 35;
-
-/// Why an SPS could not be read or an `hvcC` record not built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HevcError {
-    /// The NAL unit is not an SPS.
-    #[error("NAL unit type {0} is not an SPS")]
-    NotSps(u8),
-    /// The SPS ends before the named field.
-    #[error("SPS truncated before {0}")]
-    Truncated(&'static str),
-    /// A field holds a value the specification does not allow.
-    #[error("invalid SPS: {0}")]
-    Invalid(&'static str),
-    /// A parameter set is longer than the record's 16-bit length field.
-    #[error("parameter set of {0} bytes does not fit hvcC's 16-bit length")]
-    TooLarge(usize),
-}
-
-impl From<BitError> for HevcError {
-    fn from(e: BitError) -> Self {
-        match e {
-            BitError::Truncated(f) => HevcError::Truncated(f),
-            BitError::Invalid(f) => HevcError::Invalid(f),
-        }
-    }
-}
 
 /// The type of an H.265 NAL unit, from its first header byte (0 for an empty slice).
 pub fn nal_type(nal: &[u8]) -> u8 {
@@ -82,13 +55,13 @@ impl ParameterSets {
     }
 
     /// The fields of the SPS a container needs.
-    pub fn sps_info(&self) -> Result<SpsInfo, HevcError> {
+    pub fn sps_info(&self) -> Result<SpsInfo, SpsError> {
         parse_sps(&self.sps)
     }
 
     /// The `HEVCDecoderConfigurationRecord` (the body of an `hvcC` box) with 4-byte NAL
     /// lengths and one complete array each for the VPS, SPS and PPS.
-    pub fn decoder_configuration_record(&self, sps: &SpsInfo) -> Result<Vec<u8>, HevcError> {
+    pub fn decoder_configuration_record(&self, sps: &SpsInfo) -> Result<Vec<u8>, SpsError> {
         let mut r = Vec::with_capacity(23 + 15 + self.vps.len() + self.sps.len() + self.pps.len());
         r.push(1); // configurationVersion
         r.extend_from_slice(&sps.general); // profile space/tier/idc, compat, constraints, level
@@ -110,7 +83,7 @@ impl ParameterSets {
             (NAL_SPS, &self.sps),
             (NAL_PPS, &self.pps),
         ] {
-            let len = u16::try_from(nal.len()).map_err(|_| HevcError::TooLarge(nal.len()))?;
+            let len = u16::try_from(nal.len()).map_err(|_| SpsError::TooLarge(nal.len()))?;
             // array_completeness 1: these are the only parameter sets (required by `hvc1`).
             r.push(0x80 | t);
             r.extend_from_slice(&1u16.to_be_bytes());
@@ -145,16 +118,16 @@ pub struct SpsInfo {
 
 /// Reads an SPS NAL unit (header included, emulation prevention still in) up to the bit
 /// depths, including sub-layer profile/level information when there are sub-layers.
-pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
+pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
     if nal_type(nal) != NAL_SPS {
-        return Err(HevcError::NotSps(nal_type(nal)));
+        return Err(SpsError::NotSps(nal_type(nal)));
     }
     let rbsp = remove_emulation_prevention(nal);
     let mut r = BitReader::new(&rbsp, 16); // past the NAL unit header
     r.bits(4, "sps_video_parameter_set_id")?;
     let max_sub_layers_minus1 = r.bits(3, "sps_max_sub_layers_minus1")? as u8;
     if max_sub_layers_minus1 > 6 {
-        return Err(HevcError::Invalid("sps_max_sub_layers_minus1 > 6"));
+        return Err(SpsError::Invalid("sps_max_sub_layers_minus1 > 6"));
     }
     let temporal_id_nesting = r.bit("sps_temporal_id_nesting_flag")? == 1;
 
@@ -164,7 +137,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
     let general: [u8; 12] = rbsp
         .get(start..start + 12)
         .and_then(|s| s.try_into().ok())
-        .ok_or(HevcError::Truncated("profile_tier_level"))?;
+        .ok_or(SpsError::Truncated("profile_tier_level"))?;
     r.skip(96, "profile_tier_level")?;
     let subs = usize::from(max_sub_layers_minus1);
     let mut profile_present = [false; 8];
@@ -190,7 +163,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
     r.ue("sps_seq_parameter_set_id")?;
     let chroma_format_idc = r.ue("chroma_format_idc")?;
     if chroma_format_idc > 3 {
-        return Err(HevcError::Invalid("chroma_format_idc > 3"));
+        return Err(SpsError::Invalid("chroma_format_idc > 3"));
     }
     let mut separate_colour_plane = false;
     if chroma_format_idc == 3 {
@@ -215,23 +188,23 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, HevcError> {
         width = u64::from(coded_width)
             .checked_sub(sub_w * crop_w)
             .and_then(|w| u32::try_from(w).ok())
-            .ok_or(HevcError::Invalid(
+            .ok_or(SpsError::Invalid(
                 "conformance window wider than the picture",
             ))?;
         height = u64::from(coded_height)
             .checked_sub(sub_h * crop_h)
             .and_then(|h| u32::try_from(h).ok())
-            .ok_or(HevcError::Invalid(
+            .ok_or(SpsError::Invalid(
                 "conformance window taller than the picture",
             ))?;
     }
     if width == 0 || height == 0 {
-        return Err(HevcError::Invalid("empty picture"));
+        return Err(SpsError::Invalid("empty picture"));
     }
     let luma = r.ue("bit_depth_luma_minus8")?;
     let chroma = r.ue("bit_depth_chroma_minus8")?;
     if luma > 8 || chroma > 8 {
-        return Err(HevcError::Invalid("bit depth above 16"));
+        return Err(SpsError::Invalid("bit depth above 16"));
     }
     Ok(SpsInfo {
         width,
@@ -382,13 +355,13 @@ mod tests {
     #[test]
     fn malformed_spss_are_errors_not_panics() {
         let sps = sps_with_sub_layers();
-        assert_eq!(parse_sps(&[0x40, 1, 0]), Err(HevcError::NotSps(32)));
-        assert_eq!(parse_sps(&[]), Err(HevcError::NotSps(0)));
+        assert_eq!(parse_sps(&[0x40, 1, 0]), Err(SpsError::NotSps(32)));
+        assert_eq!(parse_sps(&[]), Err(SpsError::NotSps(0)));
         for cut in 0..sps.len() - 1 {
             assert!(
                 matches!(
                     parse_sps(&sps[..cut]),
-                    Err(HevcError::Truncated(_) | HevcError::NotSps(_))
+                    Err(SpsError::Truncated(_) | SpsError::NotSps(_))
                 ),
                 "cut at {cut}"
             );
@@ -396,7 +369,7 @@ mod tests {
         let mut w = BitWriter::default();
         w.bits(0x4201, 16);
         w.bits(7 << 1, 8); // max_sub_layers_minus1 = 7
-        assert!(matches!(parse_sps(&w.bytes), Err(HevcError::Invalid(_))));
+        assert!(matches!(parse_sps(&w.bytes), Err(SpsError::Invalid(_))));
         let big = ParameterSets {
             vps: vec![0x40; 70_000],
             sps: sps.clone(),
@@ -405,7 +378,7 @@ mod tests {
         let info = parse_sps(&sps).unwrap();
         assert_eq!(
             big.decoder_configuration_record(&info),
-            Err(HevcError::TooLarge(70_000))
+            Err(SpsError::TooLarge(70_000))
         );
     }
 }

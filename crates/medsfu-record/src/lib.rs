@@ -17,7 +17,8 @@ pub mod ogg;
 mod testutil;
 pub mod utc;
 
-pub use avc::{AvcError, AvcSpsInfo};
+pub use avc::AvcSpsInfo;
+pub use bits::SpsError;
 pub use fmp4::{Fmp4Error, Fmp4Writer, VideoCodec};
-pub use hevc::{HevcError, ParameterSets, SpsInfo};
+pub use hevc::{ParameterSets, SpsInfo};
 pub use ogg::{opus_packet_samples, OggError, OggOpusWriter};
