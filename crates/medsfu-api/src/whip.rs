@@ -30,6 +30,15 @@ struct Session {
     identity: String,
     etag: String,
     publisher: bool,
+    /// The client's ICE ufrag from its offer: a PATCH with another one is an ICE restart.
+    client_ufrag: Option<String>,
+}
+
+/// The first `a=ice-ufrag:` value of an SDP or SDP fragment.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
 }
 
 impl Sessions {
@@ -132,12 +141,12 @@ async fn create(
         .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
     let grant = state.current_role(grant).await?;
     let offer = sdp_body(&headers, &body)?;
+    let client_ufrag = ice_ufrag(&offer).map(str::to_owned);
     // Reject bad SDP and forbidden media before the participant appears to anyone.
     let sections = medsfu_webrtc::sdp::media_sections(&offer)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string()))?;
     if kind == SessionKind::Whip {
-        medsfu_webrtc::sdp::check_publish(grant.role, &sections, &HashMap::new())
-            .map_err(medsfu_webrtc::MediaError::from)?;
+        medsfu_webrtc::sdp::check_whip(grant.role, &sections)?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let joined = s
@@ -166,6 +175,7 @@ async fn create(
             identity: grant.identity.clone(),
             etag: etag.clone(),
             publisher: kind == SessionKind::Whip,
+            client_ufrag,
         },
     );
     // Forget the session when the server ends it (timeout, replaced by a reconnect).
@@ -257,6 +267,18 @@ pub async fn patch(
         }
     }
     let frag = String::from_utf8_lossy(&body);
+    // RFC 9725 4.3.1: a session that takes trickled candidates but cannot restart ICE
+    // answers an ICE restart (new ufrag and password) with 422 and keeps the session.
+    if let Some(ufrag) = ice_ufrag(&frag) {
+        if session.client_ufrag.as_deref() != Some(ufrag) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ice_restart_unsupported",
+                "ICE restart is not supported: the session keeps its ICE credentials; \
+                 DELETE it and POST a new offer to reconnect",
+            ));
+        }
+    }
     let publisher = session.publisher;
     for (mid, cand) in sdpfrag_candidates(&frag) {
         // With ICE-lite the server learns the client's address from its checks; a

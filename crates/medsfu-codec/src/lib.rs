@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod h264;
+pub mod h264_profile;
 mod h265;
 pub mod h265_rtp;
 mod vp8;

@@ -37,6 +37,14 @@ pub struct CoreConfig {
     /// keyframe onward) when it is complete in the retransmission cache, instead of asking
     /// the publisher for a new keyframe: faster first picture, no burst on the uplink.
     pub gop_replay: bool,
+    /// The replay is paced at this multiple of the stream's own bitrate (measured over the
+    /// cached group of pictures), so that it catches up with the live stream without a
+    /// burst that the network or the subscriber's socket would drop.
+    pub replay_pace_factor: u32,
+    /// The replay is never paced slower than this (bits per second).
+    pub replay_min_bitrate: u64,
+    /// What a replay may send at once before pacing starts (bytes).
+    pub replay_burst_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -52,6 +60,9 @@ impl Default for CoreConfig {
             speaker_interval: Duration::from_millis(300),
             seed: 0x6d65_6473_6675,
             gop_replay: true,
+            replay_pace_factor: 4,
+            replay_min_bitrate: 4_000_000,
+            replay_burst_bytes: 16 * 1200,
         }
     }
 }
@@ -190,6 +201,10 @@ pub struct RtpOut {
     pub payload: Bytes,
     /// Whether this answers a NACK.
     pub retransmission: bool,
+    /// Whether this is a late joiner's replay of the cached group of pictures.
+    pub replay: bool,
+    /// When the packet arrived from the publisher (the start of the SFU's added latency).
+    pub received: Instant,
 }
 
 /// What the core asks its shell to do.
@@ -299,6 +314,8 @@ struct UpTrack {
     /// Where the current group of pictures starts: the first packet of the last keyframe
     /// (its SSRC, sequence number and timestamp) and the newest sequence number since.
     gop: Option<Gop>,
+    /// The newest sequence number received on the current SSRC, and its timestamp.
+    newest: Option<(u16, u32)>,
 }
 
 /// The current group of pictures of a video track, as far as the cache holds it.
@@ -318,6 +335,24 @@ struct DownTrack {
     munger: Option<Munger>,
     initial: (u16, u32),
     stats: DownTrackStats,
+    /// A late joiner's paced replay of the cached group of pictures, while it runs: live
+    /// packets are not forwarded to it until the replay has caught up with them.
+    replay: Option<Replay>,
+}
+
+/// Progress of one down track's paced replay.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// The publisher SSRC replayed; a new one ends the replay.
+    ssrc: u32,
+    /// The next publisher sequence number to send.
+    next_seq: u16,
+    /// Pacing: since when, at how many bytes per second, and how many were sent.
+    started: Instant,
+    bytes_per_sec: u64,
+    sent_bytes: u64,
+    /// When the next packets may go.
+    next_at: Instant,
 }
 
 /// All rooms of one server: the sans-IO forwarding core.
@@ -331,6 +366,8 @@ pub struct Sfu {
     next_id: u64,
     next_tick: Option<Instant>,
     next_speaker_eval: Option<Instant>,
+    /// Down tracks with a replay running (few, and only for a moment after a join).
+    replaying: Vec<DownTrackId>,
     out: VecDeque<Output>,
 }
 
@@ -353,6 +390,7 @@ impl Sfu {
             next_id: 1,
             next_tick: None,
             next_speaker_eval: None,
+            replaying: Vec::new(),
             out: VecDeque::with_capacity(1024),
         }
     }
@@ -729,6 +767,7 @@ impl Sfu {
                     loudness_peak: 0.0,
                     loud_at: None,
                     gop: None,
+                    newest: None,
                 },
             );
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -845,6 +884,7 @@ impl Sfu {
                 munger: None,
                 initial,
                 stats: DownTrackStats::default(),
+                replay: None,
             });
         }
         if let Some(p) = self.participants.get_mut(&subscriber) {
@@ -902,54 +942,160 @@ impl Sfu {
         Ok(())
     }
 
-    /// Sends a freshly bound down track the cached current group of pictures, if the cache
-    /// holds all of it; returns whether it did.
+    /// Starts a paced replay of the cached current group of pictures to a freshly bound
+    /// down track, if the cache holds all of it; returns whether it did.
     fn replay_gop(&mut self, track: TrackId, down: DownTrackId, now: Instant) -> bool {
+        let cfg = &self.cfg;
         let Some(up) = self.tracks.get_mut(&track) else {
             return false;
         };
-        let (Some(gop), Some(ssrc)) = (up.gop, up.ssrc) else {
+        let (Some(gop), Some(ssrc), Some((newest, newest_ts))) = (up.gop, up.ssrc, up.newest)
+        else {
             return false;
         };
-        let len = usize::from(gop.last_seq.wrapping_sub(gop.first_seq)) + 1;
-        let complete = gop.ssrc == ssrc
-            && len <= up.cache.capacity()
-            && (0..len).all(|i| {
-                up.cache
-                    .get(ssrc, gop.first_seq.wrapping_add(i as u16))
-                    .is_some()
-            });
-        if !complete {
+        let len = usize::from(newest.wrapping_sub(gop.first_seq)) + 1;
+        if gop.ssrc != ssrc || len > up.cache.capacity() {
             return false;
         }
-        let (epoch, clock) = (up.epoch, up.info.codec.clock_rate());
+        let mut bytes = 0u64;
+        for i in 0..len {
+            match up.cache.get(ssrc, gop.first_seq.wrapping_add(i as u16)) {
+                Some(c) => bytes += c.payload.len() as u64,
+                None => return false,
+            }
+        }
+        let Some(first) = up.cache.get(ssrc, gop.first_seq) else {
+            return false;
+        };
+        // The stream's rate over the cached pictures; a group shorter than half a second
+        // (a keyframe alone) is measured as half a second, so one large picture does not
+        // read as a high bitrate.
+        let clock = up.info.codec.clock_rate();
+        let span = f64::from(newest_ts.wrapping_sub(gop.timestamp)) / f64::from(clock.max(1));
+        let rate_bps = (bytes as f64 * 8.0 / span.max(0.5)) as u64;
+        let pace_bps = rate_bps
+            .saturating_mul(u64::from(cfg.replay_pace_factor.max(1)))
+            .max(cfg.replay_min_bitrate.max(8));
+        let epoch = up.epoch;
         let Some(d) = up.downs.iter_mut().find(|d| d.id == down) else {
             return false;
         };
         let Some(m) = d.munger.as_mut() else {
             return false;
         };
-        for i in 0..len {
-            let Some((h, payload)) = up.cache.get(ssrc, gop.first_seq.wrapping_add(i as u16))
-            else {
+        m.anchor(epoch, &first.header, clock, d.initial, now);
+        d.replay = Some(Replay {
+            ssrc,
+            next_seq: gop.first_seq,
+            started: now,
+            bytes_per_sec: pace_bps / 8,
+            sent_bytes: 0,
+            next_at: now,
+        });
+        self.replaying.push(down);
+        self.pace_replays(now);
+        true
+    }
+
+    /// Sends what each running replay's pace allows by `now`; a replay that has caught up
+    /// with the live stream ends, and live forwarding takes over.
+    fn pace_replays(&mut self, now: Instant) {
+        let burst = self.cfg.replay_burst_bytes;
+        let mut i = 0;
+        while i < self.replaying.len() {
+            let down = self.replaying[i];
+            let running = match Self::find_down(&self.down_index, &mut self.tracks, down) {
+                Ok((_, up, idx)) => Self::pace_one(up, idx, burst, now, &mut self.out),
+                Err(_) => false,
+            };
+            if running {
+                i += 1;
+            } else {
+                self.replaying.swap_remove(i);
+            }
+        }
+    }
+
+    /// Paces one down track's replay; returns whether it still runs.
+    fn pace_one(
+        up: &mut UpTrack,
+        idx: usize,
+        burst: u64,
+        now: Instant,
+        out: &mut VecDeque<Output>,
+    ) -> bool {
+        let d = &mut up.downs[idx];
+        let (Some(mut r), Some(m)) = (d.replay, d.munger.as_mut()) else {
+            d.replay = None;
+            return false;
+        };
+        let newest = match up.newest {
+            Some((seq, _)) if up.ssrc == Some(r.ssrc) => seq,
+            // The publisher restarted: the live path waits for its next keyframe.
+            _ => {
+                d.replay = None;
+                m.reset_anchor();
+                return false;
+            }
+        };
+        if now < r.next_at {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(r.started);
+        let allowed = burst + (elapsed.as_secs_f64() * r.bytes_per_sec as f64) as u64;
+        while !seq_is_newer(r.next_seq, newest) {
+            if usize::from(newest.wrapping_sub(r.next_seq)) >= up.cache.capacity() {
+                // Fell out of the cache: start over from the next keyframe like any joiner.
+                d.replay = None;
+                m.reset_anchor();
+                return false;
+            }
+            let Some(c) = up.cache.get(r.ssrc, r.next_seq) else {
+                // Lost on the uplink: the subscriber's NACK asks for it like any loss.
+                r.next_seq = r.next_seq.wrapping_add(1);
                 continue;
             };
-            if i == 0 {
-                m.anchor(epoch, h, clock, d.initial, now);
+            let len = c.payload.len() as u64;
+            if r.sent_bytes + len > allowed {
+                let wait = (r.sent_bytes + len - allowed) as f64 / r.bytes_per_sec.max(1) as f64;
+                r.next_at = now + Duration::from_secs_f64(wait).max(Duration::from_millis(1));
+                d.replay = Some(r);
+                return true;
             }
-            if let Some(header) = m.rewrite(h, now) {
+            r.sent_bytes += len;
+            r.next_seq = r.next_seq.wrapping_add(1);
+            if let Some(header) = m.rewrite(&c.header, now) {
                 d.stats.packets += 1;
-                d.stats.payload_bytes += payload.len() as u64;
-                self.out.push_back(Output::Rtp(RtpOut {
+                d.stats.payload_bytes += len;
+                out.push_back(Output::Rtp(RtpOut {
                     down: d.id,
                     subscriber: d.subscriber,
                     header,
-                    payload: payload.clone(),
+                    payload: c.payload.clone(),
                     retransmission: false,
+                    replay: true,
+                    received: c.received,
                 }));
             }
         }
-        true
+        d.replay = None;
+        false
+    }
+
+    /// When the next running replay may send.
+    fn next_replay(&self) -> Option<Instant> {
+        self.replaying
+            .iter()
+            .filter_map(|d| {
+                let t = self.down_index.get(d)?;
+                let up = self.tracks.get(t)?;
+                up.downs
+                    .iter()
+                    .find(|x| x.id == *d)?
+                    .replay
+                    .map(|r| r.next_at)
+            })
+            .min()
     }
 
     /// The track carrying a down track, its up track, and the down track's index there.
@@ -1012,7 +1158,14 @@ impl Sfu {
             }
             up.ssrc = Some(h.ssrc);
         }
-        up.cache.insert(h, &packet.payload);
+        up.cache.insert(h, &packet.payload, now);
+        if restarted
+            || up
+                .newest
+                .is_none_or(|(n, _)| seq_is_newer(h.sequence_number, n))
+        {
+            up.newest = Some((h.sequence_number, h.timestamp));
+        }
         let codec = up.info.codec;
         let epoch = up.epoch;
         let mut keyframe: Option<bool> = None;
@@ -1042,6 +1195,14 @@ impl Sfu {
             let Some(m) = d.munger.as_mut() else {
                 continue;
             };
+            if let Some(r) = d.replay {
+                if r.ssrc == h.ssrc {
+                    // The replay sends this one from the cache when it gets there.
+                    continue;
+                }
+                d.replay = None;
+                m.reset_anchor();
+            }
             if !m.is_anchored_in(epoch) {
                 if codec.is_video() {
                     let k =
@@ -1063,6 +1224,8 @@ impl Sfu {
                     header,
                     payload: packet.payload.clone(),
                     retransmission: false,
+                    replay: false,
+                    received: now,
                 }));
             }
         }
@@ -1170,7 +1333,8 @@ impl Sfu {
                 continue;
             };
             match up.cache.get(ssrc, seq_in) {
-                Some((h, payload)) => {
+                Some(c) => {
+                    let (h, payload) = (&c.header, &c.payload);
                     let mut header = *h;
                     header.sequence_number = seq_out;
                     header.timestamp = m.timestamp_for(h.timestamp);
@@ -1185,6 +1349,8 @@ impl Sfu {
                         header,
                         payload: payload.clone(),
                         retransmission: true,
+                        replay: false,
+                        received: c.received,
                     }));
                 }
                 None => missing.push(seq_in),
@@ -1217,12 +1383,25 @@ impl Sfu {
     /// When [`Sfu::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.next_replay()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Runs due timers: participant timeouts, orphaned tracks, deferred and repeated
-    /// keyframe requests.
+    /// Whether the core's periodic tick (timeouts, keyframe retries, speakers) is due at
+    /// `now`; replays are paced more finely than that.
+    #[must_use]
+    pub fn tick_due(&self, now: Instant) -> bool {
+        self.next_tick.is_some_and(|t| now >= t)
+    }
+
+    /// Runs due timers: paced replays, participant timeouts, orphaned tracks, deferred and
+    /// repeated keyframe requests.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.replaying.is_empty() {
+            self.pace_replays(now);
+        }
         match self.next_tick {
             Some(t) if now >= t => {}
             _ => return,

@@ -29,7 +29,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::demux::{classify, stun_server_ufrag, DatagramKind};
+use crate::demux::{check_stun, classify, stun_server_ufrag, DatagramKind, StunVerdict};
 use crate::peer::{self, Direction};
 use crate::sdp::{accept_bundle_only, check_publish, media_sections};
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
@@ -116,6 +116,19 @@ struct Peer {
     participant: ParticipantId,
     direction: Direction,
     ufrag: String,
+    /// Our ICE password: what a peer's binding requests must be signed with.
+    pwd: String,
+    /// The peer's ICE password (from its description): what its responses are signed with.
+    remote_pwd: Option<String>,
+    /// The m-sections of the peer's last description: what it takes, by mid.
+    remote_sections: Vec<crate::sdp::MediaSection>,
+    /// When something authenticated (a signed STUN request, SRTP, SRTCP) last counted as a
+    /// sign of life (at most once a second, so the per-packet path stays cheap).
+    alive_at: Option<Instant>,
+    /// When the connection was set up: the start of its silence until anything arrives.
+    created_at: Instant,
+    /// The connection was declared failed after a silence (told once).
+    silent_failed: bool,
     addrs: Vec<SocketAddr>,
     deadline: Option<Instant>,
     // Publishing side.
@@ -162,13 +175,20 @@ impl Peer {
         pc: RTCPeerConnection,
         participant: ParticipantId,
         direction: Direction,
-        ufrag: String,
+        (ufrag, pwd): (String, String),
+        now: Instant,
     ) -> Peer {
         Peer {
             pc,
             participant,
             direction,
             ufrag,
+            pwd,
+            remote_pwd: None,
+            remote_sections: Vec::new(),
+            alive_at: None,
+            created_at: now,
+            silent_failed: false,
             addrs: Vec::new(),
             deadline: None,
             sources: HashMap::new(),
@@ -217,7 +237,25 @@ pub(crate) struct Engine {
     /// Recorder participants, kept out of the room's participant events.
     hidden: std::collections::HashSet<ParticipantId>,
     next_screenshot: u64,
+    /// The kernel's count of datagrams dropped on the media socket, where it tells.
+    kernel_drops: Option<crate::socket::KernelDrops>,
+    /// When the kernel's drop count is read next.
+    next_drop_read: Option<Instant>,
+    /// Rejected STUN messages not yet logged (one line per interval, not one per message).
+    stun_rejected_unlogged: u64,
+    /// When a rejected STUN message may be logged next.
+    next_stun_log: Option<Instant>,
 }
+
+/// How often rejected STUN messages are logged (with their count), at most.
+const STUN_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A peer's authenticated media or RTCP counts as a sign of life at most this often.
+const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A connection with nothing authenticated from its peer for this long has failed (what
+/// webrtc-rs's ICE timeouts, 5 s + 25 s, did before they were switched off, see `peer`).
+const MEDIA_SILENCE_FAILS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An H.264 rendition of an H.265 track.
 struct Rendition {
@@ -272,6 +310,10 @@ impl Engine {
             record_inputs: HashMap::new(),
             hidden: std::collections::HashSet::new(),
             next_screenshot: 1,
+            kernel_drops: None,
+            next_drop_read: None,
+            stun_rejected_unlogged: 0,
+            next_stun_log: None,
         }
     }
 
@@ -284,7 +326,8 @@ impl Engine {
     }
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
+        self.kernel_drops = crate::socket::KernelDrops::new(&self.socket);
         info!(addr = %self.announce, "media server listening");
         loop {
             let deadline = self.next_deadline();
@@ -316,9 +359,30 @@ impl Engine {
         let pid = match classify(data) {
             DatagramKind::Stun => {
                 let by_name = stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied());
+                // Requests name us in USERNAME; responses to our own checks come back from
+                // the address they went to.
+                let verdict = by_name
+                    .or_else(|| self.by_addr.get(&src).copied())
+                    .and_then(|pid| self.peers.get(&pid))
+                    .map_or(StunVerdict::Rejected, |p| {
+                        check_stun(
+                            data,
+                            p.pwd.as_bytes(),
+                            p.remote_pwd.as_deref().map(str::as_bytes),
+                        )
+                    });
+                match verdict {
+                    StunVerdict::Authentic => {}
+                    StunVerdict::Keepalive => return,
+                    StunVerdict::Rejected => {
+                        self.stun_rejected(src, now);
+                        return;
+                    }
+                }
                 match by_name {
                     Some(pid) => {
                         if let Some(p) = self.peers.get_mut(&pid) {
+                            p.alive_at = Some(now);
                             if !p.addrs.contains(&src) {
                                 // Bounded: checks from ever-new addresses (a peer roaming,
                                 // or a flood with a leaked ufrag) cannot grow the maps.
@@ -366,10 +430,26 @@ impl Engine {
         self.drain_core(now);
     }
 
+    /// Counts a STUN message dropped before ICE and logs (at most once per interval, with
+    /// how many there were) that it happened; the address is not logged (patient data).
+    fn stun_rejected(&mut self, _src: SocketAddr, now: Instant) {
+        MediaStats::inc(&self.stats.stun_rejected);
+        self.stun_rejected_unlogged += 1;
+        if self.next_stun_log.is_none_or(|t| now >= t) {
+            warn!(
+                count = self.stun_rejected_unlogged,
+                "STUN dropped: not a binding request signed with a session's ICE password"
+            );
+            self.stun_rejected_unlogged = 0;
+            self.next_stun_log = Some(now + STUN_LOG_INTERVAL);
+        }
+    }
+
     /// Drains a peer connection's events and messages, then its outgoing datagrams.
     fn process_peer(&mut self, pid: PeerId, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         let mut msgs = std::mem::take(&mut self.scratch_msgs);
+        let mut alive = None;
         if let Some(p) = self.peers.get_mut(&pid) {
             while let Some(e) = p.pc.poll_event() {
                 events.push(e);
@@ -377,6 +457,16 @@ impl Engine {
             while let Some(m) = p.pc.poll_read() {
                 msgs.push(m.message);
             }
+            // RTP and RTCP came out of SRTP, so they are authenticated: like a consent
+            // check, they show the peer is there (RFC 7675 leaves how to the endpoint;
+            // clients such as GStreamer stop checking once connected).
+            if !msgs.is_empty() && p.alive_at.is_none_or(|t| now >= t + ALIVE_EVERY) {
+                p.alive_at = Some(now);
+                alive = Some(p.participant);
+            }
+        }
+        if let Some(participant) = alive {
+            self.sfu.handle_activity(participant, now);
         }
         for e in events.drain(..) {
             self.on_peer_event(pid, e, now);
@@ -445,32 +535,41 @@ impl Engine {
                     // keyframe they ask for is not written into a connection without keys.
                     let _ = self.bind_senders(pid, now);
                 }
-                if matches!(
-                    state,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                ) {
-                    let kind = self.sessions.get(&participant).map(|s| s.kind);
-                    match kind {
-                        Some(SessionKind::Whip | SessionKind::Whep) => {
-                            // A WHIP/WHEP session is its one connection.
-                            let _ = self.sfu.disconnect(participant, LeaveReason::Timeout, now);
-                            self.end_session(participant, Some(LeaveReason::Timeout));
-                        }
-                        Some(SessionKind::Signalling) => {
-                            self.tell(
-                                participant,
-                                SessionEvent::Error {
-                                    code: "connection_failed",
-                                    message: format!("media connection {state}"),
-                                },
-                            );
-                        }
-                        // Vehicles have no peer connection.
-                        Some(SessionKind::Vehicle) | None => {}
-                    }
+                let handled = self.peers.get(&pid).is_some_and(|p| p.silent_failed);
+                if !handled
+                    && matches!(
+                        state,
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                    )
+                {
+                    self.connection_lost(participant, &state.to_string(), now);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A participant's connection failed or closed: a WHIP/WHEP session ends with it, a
+    /// signalling session is told and keeps its WebSocket.
+    fn connection_lost(&mut self, participant: ParticipantId, state: &str, now: Instant) {
+        let kind = self.sessions.get(&participant).map(|s| s.kind);
+        match kind {
+            Some(SessionKind::Whip | SessionKind::Whep) => {
+                // A WHIP/WHEP session is its one connection.
+                let _ = self.sfu.disconnect(participant, LeaveReason::Timeout, now);
+                self.end_session(participant, Some(LeaveReason::Timeout));
+            }
+            Some(SessionKind::Signalling) => {
+                self.tell(
+                    participant,
+                    SessionEvent::Error {
+                        code: "connection_failed",
+                        message: format!("media connection {state}"),
+                    },
+                );
+            }
+            // Vehicles have no peer connection.
+            Some(SessionKind::Vehicle) | None => {}
         }
     }
 
@@ -933,10 +1032,14 @@ impl Engine {
         }
         self.flush(pid);
         if ok && !r.retransmission {
-            // `now` is when the engine took the packet in; the copy is on the socket now.
-            self.stats
-                .forward_latency
-                .observe(now.elapsed().as_secs_f64());
+            // From the packet's own arrival to its copy on the socket. A replayed packet is
+            // old by design: its age goes to its own histogram, not to the added latency.
+            let age = r.received.elapsed().as_secs_f64();
+            if r.replay {
+                self.stats.replay_lag.observe(age);
+            } else {
+                self.stats.forward_latency.observe(age);
+            }
         }
     }
 
@@ -1005,8 +1108,10 @@ impl Engine {
         let pid = self.next_peer;
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), pid);
-        self.peers
-            .insert(pid, Peer::new(pc, participant, direction, ufrag));
+        self.peers.insert(
+            pid,
+            Peer::new(pc, participant, direction, (ufrag, pwd), now),
+        );
         Ok(pid)
     }
 
@@ -1142,19 +1247,36 @@ impl Engine {
         let connected = p.connected;
         let mut binds = Vec::new();
         for (down, s) in p.senders.iter_mut().filter(|(_, s)| !s.bound) {
-            let pt = p.pc.rtp_sender(s.sender).and_then(|mut snd| {
-                snd.get_parameters()
-                    .rtp_parameters
-                    .codecs
+            // The payload type the peer listed for the track's codec on its section (its
+            // own in an offer, ours echoed in an answer); a codec it did not list is not
+            // sent, whatever the sender was set up with.
+            let tid: usize = s.sender.into();
+            let mid = p.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
+            let section = mid.and_then(|m| {
+                p.remote_sections
                     .iter()
-                    .find(|c| {
-                        c.rtp_codec
-                            .mime_type
-                            .eq_ignore_ascii_case(&s.codec.mime_type)
-                            && fmtp_compatible(&c.rtp_codec, &s.codec)
-                    })
+                    .find(|x| x.mid.as_deref() == Some(m.as_str()))
+            });
+            let listed = section.map(|sec| {
+                sec.codec_for(&s.codec.mime_type, &s.codec.sdp_fmtp_line)
                     .map(|c| c.payload_type)
             });
+            let pt = match listed {
+                Some(pt) => pt,
+                None => p.pc.rtp_sender(s.sender).and_then(|mut snd| {
+                    snd.get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| {
+                            c.rtp_codec
+                                .mime_type
+                                .eq_ignore_ascii_case(&s.codec.mime_type)
+                                && fmtp_compatible(&c.rtp_codec, &s.codec)
+                        })
+                        .map(|c| c.payload_type)
+                }),
+            };
             match pt {
                 Some(pt) if connected => {
                     s.bound = true;
@@ -1523,6 +1645,7 @@ impl Engine {
             let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
             p.sources.extend(sources);
             p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+            p.remote_pwd = crate::sdp::ice_pwd(offer).map(str::to_owned);
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
             p.pc.set_local_description(now, answer).map_err(rtc_err)?;
             p.pc.local_description()
@@ -1557,8 +1680,12 @@ impl Engine {
         if !p.offer_pending {
             return Err(MediaError::NoPendingOffer);
         }
+        let remote_pwd = crate::sdp::ice_pwd(&answer).map(str::to_owned);
+        let sections = media_sections(&answer).map_err(sdp_err)?;
         let desc = RTCSessionDescription::answer(answer).map_err(sdp_err)?;
         p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+        p.remote_pwd = remote_pwd;
+        p.remote_sections = sections;
         p.offer_pending = false;
         let unsupported = self.bind_senders(pid, now);
         for t in unsupported {
@@ -1599,22 +1726,70 @@ impl Engine {
             .unwrap_or_default();
         let sections = media_sections(offer).map_err(sdp_err)?;
         let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
-        // One room track per receiving m-section of the same kind, in publication order.
+        // One room track per receiving m-section of the same kind, in publication order,
+        // in a codec the section lists: an H.265 track goes to a section without H.265 as
+        // its H.264 rendition. Renditions are not offered as tracks of their own.
         let mut available: Vec<_> = self
             .sfu
             .room_tracks(&room)
             .into_iter()
             .filter(|t| t.publisher_identity != identity && role.may_receive(t.source))
+            .filter(|t| !self.is_server_worker(t.publisher))
             .filter(|t| only.is_none_or(|o| o == t.id))
             .collect();
+        let h264 = h264_rendition_codec();
         let mut chosen = Vec::new();
+        let mut unfit = false;
         for m in sections.iter().filter(|m| m.offerer_receives) {
-            if let Some(i) = available.iter().position(|t| Some(t.kind()) == m.kind) {
-                chosen.push(available.remove(i));
+            let fits = |t: &medsfu_core::TrackInfo| -> Option<bool> {
+                if Some(t.kind()) != m.kind {
+                    return None;
+                }
+                let codec = self.track_codecs.get(&t.id)?;
+                if m.accepts(&codec.mime_type, &codec.sdp_fmtp_line) {
+                    Some(false)
+                } else if t.codec == Codec::H265
+                    && h264
+                        .as_ref()
+                        .is_some_and(|c| m.accepts(&c.mime_type, &c.sdp_fmtp_line))
+                {
+                    Some(true)
+                } else {
+                    None
+                }
+            };
+            if let Some((i, rendition)) = available
+                .iter()
+                .enumerate()
+                .find_map(|(i, t)| fits(t).map(|r| (i, r)))
+            {
+                chosen.push((available.remove(i), rendition));
+            } else if available.iter().any(|t| Some(t.kind()) == m.kind) {
+                unfit = true;
             }
         }
         if chosen.is_empty() {
-            return Err(MediaError::NoTracks);
+            return Err(if unfit {
+                MediaError::NoCodec
+            } else {
+                MediaError::NoTracks
+            });
+        }
+        // Renditions start now (or are running already); one that cannot start leaves its
+        // section out rather than silent.
+        let mut tracks = Vec::new();
+        for (t, rendition) in chosen {
+            if !rendition {
+                tracks.push(t.id);
+                continue;
+            }
+            match self.ensure_rendition(t.id, now) {
+                Ok(()) => tracks.extend(self.renditions.get(&t.id).map(|r| r.track)),
+                Err(e) => warn!(track = %t.id, error = %e, "no H.264 rendition for a WHEP viewer"),
+            }
+        }
+        if tracks.is_empty() {
+            return Err(MediaError::NoCodec);
         }
         let pid = self.new_peer(participant, Direction::Subscribe, now)?;
         if let Some(s) = self.sessions.get_mut(&participant) {
@@ -1623,13 +1798,15 @@ impl Engine {
         let result = (|| {
             let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
             p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
+            p.remote_pwd = crate::sdp::ice_pwd(offer).map(str::to_owned);
+            p.remote_sections = sections.clone();
             let mut attached = Vec::new();
-            for t in &chosen {
-                let Some(codec) = self.track_codecs.get(&t.id) else {
+            for t in &tracks {
+                let Some(codec) = self.track_codecs.get(t) else {
                     continue;
                 };
-                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, t.id, codec) {
-                    attached.push((t.id, sender, ssrc, codec.clone()));
+                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, codec) {
+                    attached.push((*t, sender, ssrc, codec.clone()));
                 }
             }
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
@@ -1709,7 +1886,10 @@ impl Engine {
             }
             self.process_peer(pid, now);
         }
-        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) && !self.sfu.tick_due(now) {
+            // Only a paced replay is due, not the periodic tick.
+            self.sfu.handle_timeout(now);
+        } else if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             // A signalling session is alive while its WebSocket is open.
             let alive: Vec<ParticipantId> = self
                 .sessions
@@ -1721,11 +1901,62 @@ impl Engine {
                 self.sfu.handle_activity(p, now);
             }
             self.sfu.handle_timeout(now);
+            self.each_second(now);
             self.reap_renditions(now);
             self.reap_recorders(now);
             self.update_gauges();
         }
         self.drain_core(now);
+    }
+
+    /// Once a second: what the kernel dropped on the media socket, and connections whose
+    /// peer has gone silent.
+    fn each_second(&mut self, now: Instant) {
+        if self.next_drop_read.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_drop_read = Some(now + std::time::Duration::from_secs(1));
+        self.fail_silent_peers(now);
+        if let Some(k) = self.kernel_drops.as_mut() {
+            let n = k.new_drops();
+            if n > 0 {
+                self.stats.socket_drops.inc_by(n);
+                warn!(
+                    dropped = n,
+                    "the kernel dropped datagrams on the media socket: its receive buffer was \
+                     full (see webrtc.receive_buffer_bytes)"
+                );
+            }
+        }
+    }
+
+    /// Closes connections with nothing authenticated from their peer for
+    /// [`MEDIA_SILENCE_FAILS`], as a failed ICE connection: a WHIP/WHEP session ends with
+    /// it (its core timeout usually came first), a signalling session is told
+    /// `connection_failed` and keeps its WebSocket.
+    fn fail_silent_peers(&mut self, now: Instant) {
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.silent_failed
+                    && now.saturating_duration_since(p.alive_at.unwrap_or(p.created_at))
+                        >= MEDIA_SILENCE_FAILS
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for pid in silent {
+            let Some(p) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            p.silent_failed = true;
+            let participant = p.participant;
+            // A close_notify to a peer that may still listen; errors are moot now.
+            let _ = p.pc.close();
+            self.flush(pid);
+            info!(%participant, "media connection silent: closed");
+            self.connection_lost(participant, "silent", now);
+        }
     }
 
     // ----- H.264 renditions ----------------------------------------------------------------
@@ -1743,11 +1974,7 @@ impl Engine {
             .participant_room(info.publisher)
             .ok_or(MediaError::UnknownSession)?
             .to_owned();
-        let h264 = peer::codec_table()
-            .into_iter()
-            .map(|(c, _)| c.rtp_codec)
-            .find(|c| Codec::from_mime(&c.mime_type) == Some(Codec::H264))
-            .ok_or(MediaError::NoCodec)?;
+        let h264 = h264_rendition_codec().ok_or(MediaError::NoCodec)?;
         let identity = format!("{}~h264", info.publisher_identity);
         let internal = self.sfu.join(&room, &identity, Role::Vehicle, false, now);
         // Nobody listens to a transcoder's session events.
@@ -2142,6 +2369,14 @@ impl Engine {
     }
 }
 
+/// The codec H.264 renditions are published in (the first H.264 entry of the codec table).
+fn h264_rendition_codec() -> Option<RTCRtpCodec> {
+    peer::codec_table()
+        .into_iter()
+        .map(|(c, _)| c.rtp_codec)
+        .find(|c| Codec::from_mime(&c.mime_type) == Some(Codec::H264))
+}
+
 /// Adds a send-only track for `track` in `codec` with a fresh SSRC.
 fn attach_track(
     pc: &mut RTCPeerConnection,
@@ -2171,24 +2406,36 @@ fn attach_track(
         }],
     );
     let sender = pc.add_track(t).map_err(rtc_err)?;
+    // Offer every codec of the kind on the m-section, the track's own first. webrtc-rs
+    // takes a connection's codecs of a kind from the first m-section of that kind in the
+    // answer and refuses later tracks in any other codec (its multi-codec negotiation
+    // cannot be switched on), so the first section must carry them all for a viewer to
+    // receive H.264 and VP8 cameras at once. Later sections keep their own codec if the
+    // full list is refused (it holds codecs the viewer did not accept).
+    let mut prefs: Vec<_> = peer::codec_table()
+        .into_iter()
+        .filter(|(_, k)| *k == kind)
+        .map(|(c, _)| c)
+        .collect();
+    if let Some(i) = prefs.iter().position(|c| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+            && fmtp_compatible(&c.rtp_codec, codec)
+    }) {
+        let own = prefs.remove(i);
+        prefs.insert(0, own);
+        let tid: usize = sender.into();
+        if let Some(mut t) = pc.rtp_transceiver(tid) {
+            // Refused: the section keeps the track's codec alone (see above).
+            let _ = t.set_codec_preferences(prefs);
+        }
+    }
     Ok((sender, ssrc))
 }
 
-/// Whether two codec descriptions of the same MIME type are interchangeable (H.264 must
-/// agree on profile and packetization mode; others match loosely).
-fn fmtp_compatible(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
-    if !a.mime_type.eq_ignore_ascii_case("video/h264") {
-        return true;
-    }
-    let param = |c: &RTCRtpCodec, key: &str| {
-        c.sdp_fmtp_line
-            .split(';')
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    let profile = |c: &RTCRtpCodec| {
-        param(c, "profile-level-id").map(|p| p.chars().take(4).collect::<String>())
-    };
-    param(a, "packetization-mode") == param(b, "packetization-mode") && profile(a) == profile(b)
+/// Whether a subscriber that negotiated `answered` decodes a track published as `sent` (both
+/// of one MIME type). H.264 compares profiles and packetization modes (RFC 6184, as libwebrtc
+/// does); other codecs have nothing in their `fmtp` that stops a decoder.
+fn fmtp_compatible(answered: &RTCRtpCodec, sent: &RTCRtpCodec) -> bool {
+    !answered.mime_type.eq_ignore_ascii_case("video/h264")
+        || crate::sdp::h264_decodes(&answered.sdp_fmtp_line, &sent.sdp_fmtp_line)
 }

@@ -14,6 +14,7 @@ mod engine;
 mod peer;
 pub mod record;
 pub mod sdp;
+pub mod socket;
 mod transcode;
 
 use std::collections::HashMap;
@@ -39,6 +40,10 @@ pub struct MediaConfig {
     pub listen: SocketAddr,
     /// The address put in ICE candidates (for 1:1 NAT); the bound address when `None`.
     pub announce: Option<SocketAddr>,
+    /// SO_RCVBUF asked for the media socket (0: the kernel's default).
+    pub receive_buffer_bytes: usize,
+    /// SO_SNDBUF asked for the media socket (0: the kernel's default).
+    pub send_buffer_bytes: usize,
     /// Room-core tunables.
     pub core: CoreConfig,
     /// Recording on demand and the automatic voice archive; `None` records nothing.
@@ -265,8 +270,17 @@ pub struct MediaStats {
     pub rtp_forwarded_bytes: ByKind,
     /// RTP packets not forwarded, by reason.
     pub rtp_dropped: Drops,
-    /// Time from the engine taking a packet in to handing a subscriber's copy to the socket.
+    /// Time from a packet's arrival to handing a subscriber's copy to the socket.
     pub forward_latency: Histogram,
+    /// Age of a late joiner's replayed packets when they are sent.
+    pub replay_lag: Histogram,
+    /// STUN messages dropped before reaching ICE (failed MESSAGE-INTEGRITY, not a binding
+    /// request, unknown username).
+    pub stun_rejected: IntCounter,
+    /// Datagrams the kernel dropped because the media socket's receive buffer was full.
+    pub socket_drops: IntCounter,
+    /// The media socket's receive and send buffer sizes as the kernel granted them.
+    pub socket_buffer: IntGaugeVec,
     /// NACKs received from subscribers.
     pub nacks_received: IntCounter,
     /// Keyframe requests (PLI, FIR) received from subscribers.
@@ -410,12 +424,46 @@ impl MediaStats {
                 "RTP payload bytes sent to subscribers, by kind",
             )?,
             rtp_dropped: Drops::new(registry)?,
+            replay_lag: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "medsfu_media_replay_lag_seconds",
+                        "Age of a late joiner's replayed packets (the cached group of \
+                         pictures, paced) when each is handed to the socket",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            stun_rejected: c(
+                "medsfu_media_stun_rejected_total",
+                "STUN messages dropped before ICE: not a binding request signed with a \
+                 session's password, nor a response signed with its peer's",
+            )?,
+            socket_drops: c(
+                "medsfu_media_socket_drops_total",
+                "Datagrams the kernel dropped because the media socket's receive buffer was \
+                 full (drops of /proc/net/udp)",
+            )?,
+            socket_buffer: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "medsfu_media_socket_buffer_bytes",
+                        "Media socket buffer size granted by the kernel, by direction",
+                    ),
+                    &["direction"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             forward_latency: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
                         "medsfu_media_forward_latency_seconds",
-                        "Time from the media engine taking a packet in to handing each \
-                         subscriber's copy to the socket (the SFU's added latency)",
+                        "Time from a packet's arrival at the media engine to handing each \
+                         subscriber's copy to the socket (the SFU's added latency; replays \
+                         and retransmissions excluded)",
                     )
                     .buckets(vec![
                         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
@@ -645,10 +693,17 @@ impl MediaServer {
     /// Binds the media socket and starts the server task on the current tokio runtime;
     /// its counters are registered in `registry`.
     pub async fn start(cfg: MediaConfig, registry: &Registry) -> std::io::Result<MediaHandle> {
-        let socket = tokio::net::UdpSocket::bind(cfg.listen).await?;
+        let (socket, granted) =
+            socket::bind(cfg.listen, cfg.receive_buffer_bytes, cfg.send_buffer_bytes)?;
         let local_addr = socket.local_addr()?;
         let announce = cfg.announce.unwrap_or(local_addr);
         let stats = Arc::new(MediaStats::new(registry).map_err(std::io::Error::other)?);
+        for (direction, bytes) in [("receive", granted.receive), ("send", granted.send)] {
+            stats
+                .socket_buffer
+                .with_label_values(&[direction])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let (tx, rx) = mpsc::channel(1024);
         let engine = engine::Engine::new(
             socket,

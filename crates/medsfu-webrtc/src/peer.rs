@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -161,10 +161,15 @@ pub fn build(
     candidate: SocketAddr,
     now: Instant,
 ) -> Result<RTCPeerConnection, RtcError> {
+    // webrtc-rs's ICE agent counts only STUN as a sign of life: media does not reach its
+    // consent timer, so a client that stops checking once connected (GStreamer) would be
+    // "failed" after 30 s with media flowing. Its timeouts are off; the engine decides
+    // liveness from everything authenticated (STUN with integrity, SRTP, SRTCP).
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
         .build();
     let mut media = MediaEngine::default();
     for (codec, kind) in codec_table() {

@@ -15,6 +15,46 @@ pub struct MediaSection {
     pub offerer_sends: bool,
     /// Whether the offerer wants to receive on it (sendrecv or recvonly).
     pub offerer_receives: bool,
+    /// The codecs it lists (`a=rtpmap` with their `a=fmtp`), in the offer's order.
+    pub codecs: Vec<OfferedCodec>,
+}
+
+/// One codec of an m-section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedCodec {
+    /// The payload type.
+    pub payload_type: u8,
+    /// The encoding name as written (`H264`, `VP8`, `opus`, ...).
+    pub name: String,
+    /// The `a=fmtp` parameters, empty when there are none.
+    pub fmtp: String,
+}
+
+impl MediaSection {
+    /// Whether this section takes a stream in `mime` (`video/H264`) with `fmtp`: the name
+    /// matches and, for H.264, a listed profile decodes it (RFC 6184).
+    pub fn accepts(&self, mime: &str, fmtp: &str) -> bool {
+        self.codec_for(mime, fmtp).is_some()
+    }
+
+    /// The first codec of this section that takes a stream in `mime` with `fmtp`.
+    pub fn codec_for(&self, mime: &str, fmtp: &str) -> Option<&OfferedCodec> {
+        let name = mime.rsplit('/').next().unwrap_or(mime);
+        self.codecs.iter().find(|c| {
+            c.name.eq_ignore_ascii_case(name)
+                && (!name.eq_ignore_ascii_case("h264") || h264_decodes(&c.fmtp, fmtp))
+        })
+    }
+}
+
+/// Whether a receiver that lists H.264 with `receiver` parameters decodes a stream sent with
+/// `sent` parameters.
+pub fn h264_decodes(receiver: &str, sent: &str) -> bool {
+    use medsfu_codec::h264_profile::H264Format;
+    match (H264Format::from_fmtp(receiver), H264Format::from_fmtp(sent)) {
+        (Some(r), Some(s)) => r.decodes(&s),
+        _ => false,
+    }
 }
 
 /// Why an offer was refused before negotiation.
@@ -57,6 +97,7 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
                 mid: None,
                 offerer_sends: true,
                 offerer_receives: true,
+                codecs: Vec::new(),
             });
         } else if let Some(cur) = out.last_mut() {
             match line {
@@ -67,6 +108,17 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
                 _ => {
                     if let Some(mid) = line.strip_prefix("a=mid:") {
                         cur.mid = Some(mid.to_owned());
+                    } else if let Some((pt, v)) = attribute_of_pt(line, "a=rtpmap:") {
+                        let name = v.split('/').next().unwrap_or_default();
+                        cur.codecs.push(OfferedCodec {
+                            payload_type: pt,
+                            name: name.to_owned(),
+                            fmtp: String::new(),
+                        });
+                    } else if let Some((pt, v)) = attribute_of_pt(line, "a=fmtp:") {
+                        if let Some(c) = cur.codecs.iter_mut().find(|c| c.payload_type == pt) {
+                            c.fmtp = v.trim().to_owned();
+                        }
                     }
                 }
             }
@@ -76,6 +128,20 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
         return Err(SdpError::NotSdp("it has no m= section"));
     }
     Ok(out)
+}
+
+/// The first `a=ice-pwd:` of a description (session or media level; medsfu bundles all).
+pub fn ice_pwd(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-pwd:"))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// `a=rtpmap:96 VP8/90000` as `(96, "VP8/90000")` for `prefix` `a=rtpmap:`.
+fn attribute_of_pt<'a>(line: &'a str, prefix: &str) -> Option<(u8, &'a str)> {
+    let (pt, value) = line.strip_prefix(prefix)?.split_once(' ')?;
+    Some((pt.parse().ok()?, value))
 }
 
 /// Checks that `role` may publish every m-section the offerer sends on, with the source
@@ -113,6 +179,29 @@ pub fn check_publish(
         }
     }
     Ok(())
+}
+
+/// Checks a WHIP offer as a whole: a role that may publish nothing is refused whatever the
+/// offer says (`recorder`, `admin`), and an offer must send audio or video; then each sending
+/// m-section as [`check_publish`] does.
+pub fn check_whip(role: Role, sections: &[MediaSection]) -> Result<(), crate::MediaError> {
+    let sending = sections
+        .iter()
+        .find_map(|m| m.kind.filter(|_| m.offerer_sends));
+    if !TrackSource::ALL.iter().any(|s| role.may_publish(*s)) {
+        let kind = sending.unwrap_or(MediaKind::Video);
+        return Err(CoreError::PublishForbidden {
+            role,
+            track_source: TrackSource::default_for(role, kind),
+        }
+        .into());
+    }
+    if sending.is_none() {
+        return Err(crate::MediaError::BadSdp(
+            "a WHIP offer must send audio or video (no sendonly or sendrecv m-section)".into(),
+        ));
+    }
+    check_publish(role, sections, &HashMap::new()).map_err(Into::into)
 }
 
 /// Gives `a=bundle-only` m-sections (port 0 in an offer, RFC 8843) the discard port, so
@@ -179,6 +268,28 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n
 m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\na=mid:1\r\na=recvonly\r\na=rtpmap:96 H265/90000\r\n";
 
     #[test]
+    fn lists_codecs_and_what_each_section_accepts() {
+        // The video section of Chromium 156's recvonly offer (captured on Debian).
+        let chromium =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102 104 108\r\na=mid:0\r\na=recvonly\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:104 H264/90000\r\n\
+a=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
+a=fmtp:999 ignored\r\na=fmtp:x ignored\r\na=rtpmap:bad\r\n";
+        let s = media_sections(chromium).unwrap();
+        assert_eq!(s[0].codecs.len(), 3);
+        assert_eq!(s[0].codecs[1].payload_type, 102);
+        assert_eq!(s[0].codecs[1].name, "H264");
+        assert!(s[0].codecs[1].fmtp.ends_with("42001f"));
+        assert!(s[0].accepts("video/VP8", ""));
+        assert!(!s[0].accepts("video/H265", ""));
+        // GStreamer's x264 constrained baseline, which a 4-digit comparison refused.
+        assert!(s[0].accepts("video/H264", "packetization-mode=1;profile-level-id=42c01f"));
+        assert!(!s[0].accepts("video/H264", "packetization-mode=1;profile-level-id=640028"));
+    }
+
+    #[test]
     fn lists_sections_with_direction() {
         let s = media_sections(OFFER).unwrap();
         assert_eq!(s.len(), 2);
@@ -206,6 +317,30 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\na=mid:1\r
             check_publish(Role::Team, &s, &cam).map_err(|e| e.code()),
             Err("codec_mismatch"),
             "an audio section declared as a camera"
+        );
+    }
+
+    #[test]
+    fn whip_needs_a_role_that_publishes_and_an_offer_that_sends() {
+        let s = media_sections(OFFER).unwrap();
+        let recv_only = media_sections(&OFFER.replace("a=sendonly", "a=recvonly")).unwrap();
+        for role in [Role::Admin, Role::Recorder] {
+            for offer in [&s, &recv_only] {
+                assert_eq!(
+                    check_whip(role, offer).map_err(|e| e.code()),
+                    Err("publish_forbidden"),
+                    "{role}"
+                );
+            }
+        }
+        assert_eq!(
+            check_whip(Role::Team, &recv_only).map_err(|e| e.code()),
+            Err("bad_sdp")
+        );
+        assert!(check_whip(Role::Team, &s).is_ok());
+        assert!(
+            check_whip(Role::Dispatcher, &s).is_ok(),
+            "audio: microphone"
         );
     }
 

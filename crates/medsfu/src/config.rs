@@ -133,6 +133,10 @@ pub struct WebRtc {
     pub listen: SocketAddr,
     /// Address announced in ICE candidates when it differs from `listen` (1:1 NAT).
     pub announce: Option<SocketAddr>,
+    /// Receive buffer asked of the kernel for the media socket (SO_RCVBUF), in bytes.
+    pub receive_buffer_bytes: usize,
+    /// Send buffer asked of the kernel for the media socket (SO_SNDBUF), in bytes.
+    pub send_buffer_bytes: usize,
 }
 
 /// Data settings.
@@ -210,6 +214,10 @@ pub struct Core {
     pub rtx_cache_audio: usize,
     /// New video subscribers start from the cached current group of pictures.
     pub gop_replay: bool,
+    /// The replay is paced at this multiple of the stream's bitrate.
+    pub replay_pace_factor: u32,
+    /// The replay is never paced slower than this, in bits per second.
+    pub replay_min_bitrate: u64,
 }
 
 /// Log settings.
@@ -236,6 +244,8 @@ impl Default for WebRtc {
         WebRtc {
             listen: ([127, 0, 0, 1], 50000).into(),
             announce: None,
+            receive_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -269,6 +279,8 @@ impl Default for Core {
             rtx_cache_video: c.rtx_cache_video,
             rtx_cache_audio: c.rtx_cache_audio,
             gop_replay: c.gop_replay,
+            replay_pace_factor: c.replay_pace_factor,
+            replay_min_bitrate: c.replay_min_bitrate,
         }
     }
 }
@@ -293,6 +305,8 @@ impl Core {
             rtx_cache_video: self.rtx_cache_video,
             rtx_cache_audio: self.rtx_cache_audio,
             gop_replay: self.gop_replay,
+            replay_pace_factor: self.replay_pace_factor,
+            replay_min_bitrate: self.replay_min_bitrate,
             ..medsfu_core::CoreConfig::default()
         }
     }

@@ -671,6 +671,8 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             MediaConfig {
                 listen: cfg.webrtc.listen,
                 announce: cfg.webrtc.announce,
+                receive_buffer_bytes: cfg.webrtc.receive_buffer_bytes,
+                send_buffer_bytes: cfg.webrtc.send_buffer_bytes,
                 core: cfg.core.to_core(),
                 recordings: cfg.recording.enabled.then(|| medsfu_webrtc::RecordingSettings {
                     dir: cfg.data.dir.join(&cfg.recording.dir),

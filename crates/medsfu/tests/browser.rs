@@ -295,3 +295,41 @@ async fn browser_cameras_are_recorded_in_the_codec_they_send_vp8_and_h264() {
     let logs = server.logs();
     assert!(!logs.contains("panicked"), "server log: {logs}");
 }
+
+/// One viewer decodes an H.264 camera and a VP8 camera at once, each on its own m-line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_viewer_decodes_an_h264_and_a_vp8_camera_at_once() {
+    let _turn = CAMERAS.lock().await;
+    let server = Server::start(&[]);
+    let mut b = Browser::launch().await;
+    for (who, codec) in [("amy", "VP8"), ("ben", "H264")] {
+        let url = format!(
+            "{}&video_codec={codec}",
+            page_url(&server, "mix", &server.token("mix", who, "team"), "camera")
+        );
+        b.open(&url).await;
+    }
+    let viewer = b
+        .open(&page_url(
+            &server,
+            "mix",
+            &server.token("mix", "dr-lead", "lead"),
+            "",
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    eprintln!("DEBUGLOGS {}", server.logs());
+    let amy = decoded_from(&mut b, &viewer, "amy", 30).await;
+    let ben = decoded_from(&mut b, &viewer, "ben", 30).await;
+    let codecs = b
+        .eval(
+            &viewer,
+            "(async () => { const pc = window.medsfu.subPc || window.medsfu.pc; const s = await (pc ? pc.getStats() : null); const out = []; if (s) s.forEach(r => { if (r.type === 'codec') out.push(r.mimeType); }); return out.sort().join(','); })()",
+        )
+        .await;
+    eprintln!("viewer decodes {amy} and {ben}; codecs {codecs}");
+    let errors = b.eval(&viewer, "window.medsfu.errors.join('; ')").await;
+    assert_eq!(errors, "", "no codec error on the viewer's page");
+    let logs = server.logs();
+    assert!(!logs.contains("codec_unsupported"), "server log: {logs}");
+}

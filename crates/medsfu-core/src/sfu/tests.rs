@@ -640,3 +640,190 @@ fn a_recorder_keeps_its_sessions_where_others_are_replaced() {
     );
     assert!(sfu.participant(signalling).is_some() && sfu.participant(whep).is_some());
 }
+
+/// Feeds one video frame of `packets` packets of 1200 bytes (a keyframe when `key`).
+fn frame(
+    sfu: &mut Sfu,
+    t: TrackId,
+    seq: &mut u16,
+    ts: u32,
+    packets: usize,
+    key: bool,
+    now: Instant,
+) {
+    for i in 0..packets {
+        let mut payload = vec![0u8; 1200];
+        payload[..3].copy_from_slice(if key && i == 0 { &VP8_KEY } else { &VP8_DELTA });
+        if i > 0 {
+            // Not the start of a partition: no keyframe start either.
+            payload[0] = 0x00;
+        }
+        let mut p = pkt(7, *seq, ts, &payload);
+        p.header.marker = i + 1 == packets;
+        sfu.handle_rtp(t, p, now).unwrap();
+        *seq = seq.wrapping_add(1);
+    }
+}
+
+#[test]
+fn a_late_joiners_replay_is_paced_gapless_and_hands_over_to_live() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
+    // One second of a 30 fps stream: a 150-packet keyframe, then 29 frames of 5 packets.
+    let mut seq = 1000u16;
+    let mut ts = 0u32;
+    let mut bytes_in = 0u64;
+    for f in 0..30 {
+        let now = clock.advance(33);
+        let n = if f == 0 { 150 } else { 5 };
+        frame(&mut sfu, t, &mut seq, ts, n, f == 0, now);
+        bytes_in += 1200 * n as u64;
+        ts += 3000;
+    }
+    drain(&mut sfu);
+    let joined = clock.advance(1);
+    let c = sfu.join("r", "late", Role::Consultant, true, joined);
+    let down = added_down(&drain(&mut sfu), c).unwrap();
+    sfu.bind_down_track(down, 0xC0C, 96, joined).unwrap();
+    let first = drain(&mut sfu);
+    assert_eq!(keyframe_requests(&first), 0);
+    let burst = rtp_to(&first, c);
+    let cfg = CoreConfig::default();
+    assert!(
+        !burst.is_empty() && burst.len() as u64 * 1200 <= cfg.replay_burst_bytes,
+        "{} packets at once",
+        burst.len()
+    );
+    // Run on: live frames every 33 ms, the core's timers whenever due.
+    let mut got: Vec<(Instant, RtpOut)> = burst.into_iter().map(|r| (joined, r)).collect();
+    let mut next_frame = joined + Duration::from_millis(33);
+    let mut caught_up = None;
+    while clock.0 < joined + Duration::from_secs(2) {
+        let timer = sfu.poll_timeout().unwrap();
+        let now = timer.min(next_frame);
+        clock.0 = now;
+        if now == next_frame {
+            frame(&mut sfu, t, &mut seq, ts, 5, false, now);
+            bytes_in += 6000;
+            ts += 3000;
+            next_frame += Duration::from_millis(33);
+        }
+        sfu.handle_timeout(now);
+        for r in rtp_to(&drain(&mut sfu), c) {
+            if !r.replay && caught_up.is_none() {
+                caught_up = Some(now);
+            }
+            got.push((now, r));
+        }
+    }
+    // Every packet once, in order, numbered without a gap: replay, then live.
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].1.header.sequence_number,
+            w[0].1.header.sequence_number.wrapping_add(1),
+            "gapless"
+        );
+    }
+    let bytes_out: u64 = got.iter().map(|(_, r)| r.payload.len() as u64).sum();
+    assert_eq!(
+        bytes_out, bytes_in,
+        "each packet exactly once to the late joiner"
+    );
+    let replayed = got.iter().filter(|(_, r)| r.replay).count();
+    assert!(
+        replayed >= 295,
+        "the whole group cached at the join is replayed: {replayed}"
+    );
+    assert!(got[..replayed].iter().all(|(_, r)| r.replay));
+    assert!(got[replayed..].iter().all(|(_, r)| !r.replay));
+    // Paced: in no 20 ms window more than the burst plus 20 ms at the pace. The stream's
+    // rate over the group is 354 kB/s; four times that is the pace.
+    let pace = 4.0 * 354_000.0;
+    for (i, (at, _)) in got.iter().enumerate().filter(|(_, (_, r))| r.replay) {
+        let window: u64 = got[i..]
+            .iter()
+            .take_while(|(t2, r)| r.replay && *t2 < *at + Duration::from_millis(20))
+            .map(|(_, r)| r.payload.len() as u64)
+            .sum();
+        assert!(
+            window as f64 <= cfg.replay_burst_bytes as f64 + pace * 0.020 + 1200.0,
+            "{window} bytes in 20 ms"
+        );
+    }
+    // Caught up in about a third of the group's second (4x pace), and live since.
+    let caught_up = caught_up.expect("the replay ends");
+    let took = caught_up - joined;
+    eprintln!("replay of {replayed} packets caught up after {took:?}");
+    assert!(
+        took > Duration::from_millis(150) && took < Duration::from_millis(600),
+        "caught up after {took:?}"
+    );
+    // Replayed packets keep their own arrival time (for the latency histograms).
+    assert!(got[0].1.received < joined - Duration::from_millis(900));
+    // A NACK of a replayed packet is answered from the cache.
+    let lost = got[20].1.header.sequence_number;
+    sfu.handle_nack(down, &[lost], clock.0).unwrap();
+    let again = rtp_to(&drain(&mut sfu), c);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].retransmission);
+    assert_eq!(again[0].header.sequence_number, lost);
+    assert_eq!(again[0].payload, got[20].1.payload);
+}
+
+#[test]
+fn a_replay_that_cannot_catch_up_falls_back_to_a_keyframe_request() {
+    let mut clock = Clock(Instant::now());
+    let cfg = CoreConfig {
+        rtx_cache_video: 256,
+        // Slower than the stream itself: the live edge runs away from the replay.
+        replay_pace_factor: 1,
+        replay_min_bitrate: 8,
+        replay_burst_bytes: 1200,
+        ..CoreConfig::default()
+    };
+    let mut sfu = Sfu::new(cfg);
+    let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
+    let (mut seq, mut ts) = (1u16, 0u32);
+    let now = clock.advance(33);
+    frame(&mut sfu, t, &mut seq, ts, 100, true, now);
+    for _ in 0..20 {
+        ts += 3000;
+        let now = clock.advance(33);
+        frame(&mut sfu, t, &mut seq, ts, 5, false, now);
+    }
+    drain(&mut sfu);
+    let joined = clock.advance(1);
+    let c = sfu.join("r", "late", Role::Consultant, true, joined);
+    let down = added_down(&drain(&mut sfu), c).unwrap();
+    sfu.bind_down_track(down, 0xC0C, 96, joined).unwrap();
+    let mut got = rtp_to(&drain(&mut sfu), c);
+    let mut requests = 0;
+    for _ in 0..100 {
+        ts += 3000;
+        let now = clock.advance(33);
+        frame(&mut sfu, t, &mut seq, ts, 20, false, now);
+        sfu.handle_timeout(now);
+        let out = drain(&mut sfu);
+        requests += keyframe_requests(&out);
+        got.extend(rtp_to(&out, c));
+    }
+    assert!(
+        requests >= 1,
+        "a keyframe is asked for once the replay fell out of the cache"
+    );
+    let replayed = got.iter().filter(|r| r.replay).count();
+    assert!(
+        replayed > 0 && replayed < 100 + 20 * 5,
+        "{replayed} replayed before giving up"
+    );
+    // The next keyframe starts the live stream, numbered on from the replay.
+    ts += 3000;
+    let now = clock.advance(33);
+    frame(&mut sfu, t, &mut seq, ts, 3, true, now);
+    let live = rtp_to(&drain(&mut sfu), c);
+    assert_eq!(live.len(), 3);
+    assert!(!live[0].replay);
+    let last = got.last().expect("replayed packets").header.sequence_number;
+    assert_eq!(live[0].header.sequence_number, last.wrapping_add(1));
+}
