@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of medsfu. Installs what the tests need first (Debian packages chromium,
-# firefox-esr, ffmpeg, iproute2 and prometheus for promtool, when missing), so it works on a fresh Debian machine
-# with a Rust toolchain.
+# firefox-esr, ffmpeg, iproute2, prometheus for promtool, GStreamer with webrtcbin and
+# python3-gi, when missing), so it works on a fresh Debian machine with a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,17 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # pdftoppm and pdftotext check the ECG snapshot documents.
 command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
+# GStreamer's webrtcbin is the third-party WHIP/WHEP client of tests/interop.rs, driven by
+# tests/clients/gst_webrtc.py under Debian's own Python (python3-gi).
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import gi; gi.require_version("GstWebRTC", "1.0")' >/dev/null 2>&1 \
+  || need+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0)
+for plugin in webrtcbin nicesrc x264enc vp8enc opusenc avdec_h264 rtph264pay; do
+  if ! gst-inspect-1.0 --exists "$plugin" >/dev/null 2>&1; then
+    need+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+      gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-libav)
+    break
+  fi
+done
 # schemathesis (PyPI) fuzzes the control API from its OpenAPI document (tests/api_fuzz.rs);
 # it is installed into a virtual environment under target/.
 command -v python3 >/dev/null 2>&1 || need+=(python3)

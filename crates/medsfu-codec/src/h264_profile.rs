@@ -96,7 +96,11 @@ pub fn profile_of(profile_level_id: &str) -> Option<H264Profile> {
         return None;
     }
     let byte = |i: usize| u8::from_str_radix(v.get(i..i + 2)?, 16).ok();
-    let (idc, iop, level) = (byte(0)?, byte(2)?, byte(4)?);
+    profile_of_bytes(byte(0)?, byte(2)?, byte(4)?)
+}
+
+/// The profile of `profile_idc`, the constraint flags and `level_idc` (as in an SPS).
+fn profile_of_bytes(idc: u8, iop: u8, level: u8) -> Option<H264Profile> {
     if level == 0 {
         return None;
     }
@@ -104,6 +108,41 @@ pub fn profile_of(profile_level_id: &str) -> Option<H264Profile> {
         .iter()
         .find(|p| p.idc == idc && iop & p.mask == p.value)
         .map(|p| p.profile)
+}
+
+/// The profile of the first SPS in `sprop-parameter-sets` (base64 NAL units, comma-separated).
+fn profile_of_sprop(sprop: &str) -> Option<H264Profile> {
+    let sps = sprop.split(',').find_map(|ps| {
+        let b = base64_prefix(ps.trim())?;
+        (b[0] & 0x1f == 7).then_some(b)
+    })?;
+    profile_of_bytes(sps[1], sps[2], sps[3])
+}
+
+/// The first 6 bytes of a base64 (standard alphabet) text of at least 8 characters.
+fn base64_prefix(text: &str) -> Option<[u8; 6]> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let t = text.as_bytes().get(..8)?;
+    let mut out = [0u8; 6];
+    for (group, chunk) in t.chunks(4).enumerate() {
+        let mut n = 0u32;
+        for &c in chunk {
+            n = (n << 6) | digit(c)?;
+        }
+        out[group * 3] = (n >> 16) as u8;
+        out[group * 3 + 1] = (n >> 8) as u8;
+        out[group * 3 + 2] = n as u8;
+    }
+    Some(out)
 }
 
 /// The H.264 parameters of one `a=fmtp` line that decide whether a stream fits.
@@ -125,7 +164,16 @@ impl H264Format {
                 .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
                 .map(|(_, v)| v.trim())
         };
-        let profile = profile_of(param("profile-level-id").unwrap_or(DEFAULT_PROFILE_LEVEL_ID))?;
+        // Without profile-level-id the RFC's default applies, unless the offer carries the
+        // stream's own SPS (GStreamer's rtph264pay sends sprop-parameter-sets only): then
+        // the SPS says what is actually sent.
+        let profile = match (param("profile-level-id"), param("sprop-parameter-sets")) {
+            (Some(id), _) => profile_of(id)?,
+            (None, Some(sprop)) => {
+                profile_of_sprop(sprop).or_else(|| profile_of(DEFAULT_PROFILE_LEVEL_ID))?
+            }
+            (None, None) => profile_of(DEFAULT_PROFILE_LEVEL_ID)?,
+        };
         let packetization_mode = match param("packetization-mode") {
             None => 0,
             Some(v) => v.parse().ok()?,
@@ -193,6 +241,44 @@ mod tests {
         }
     }
 
+    /// GStreamer 1.22's rtph264pay offers no profile-level-id, only the SPS (captured here
+    /// from x264 in constrained-baseline and in high configuration).
+    #[test]
+    fn without_profile_level_id_the_sps_tells() {
+        const GST_CB: &str = "packetization-mode=1;sprop-parameter-sets=Z0LAHtoCgL/lwFqDAwNSgAAAAwCAAAAeR4sXUA==,aM48gA==";
+        const GST_HIGH: &str = "packetization-mode=1;sprop-parameter-sets=Z2QAHqy0BQF/y4C1BgYGpQAAAwABAAADADyPFi6g,aO48sA==";
+        assert_eq!(
+            H264Format::from_fmtp(GST_CB).map(|f| f.profile),
+            Some(ConstrainedBaseline)
+        );
+        assert_eq!(
+            H264Format::from_fmtp(GST_HIGH).map(|f| f.profile),
+            Some(High)
+        );
+        // The PPS first, then the SPS; junk falls back to the RFC's default.
+        assert_eq!(
+            H264Format::from_fmtp("sprop-parameter-sets=aO48sA==,Z2QAHqy0BQF").map(|f| f.profile),
+            Some(High)
+        );
+        for junk in [
+            "sprop-parameter-sets=",
+            "sprop-parameter-sets=!!!!!!!!",
+            "sprop-parameter-sets=Z2Q",
+        ] {
+            assert_eq!(
+                H264Format::from_fmtp(junk).map(|f| f.profile),
+                Some(ConstrainedBaseline),
+                "{junk}"
+            );
+        }
+        // An explicit profile-level-id wins over the SPS.
+        assert_eq!(
+            H264Format::from_fmtp(&format!("profile-level-id=4d001f;{GST_HIGH}"))
+                .map(|f| f.profile),
+            Some(Main)
+        );
+    }
+
     #[test]
     fn a_format_defaults_to_constrained_baseline_mode_0() {
         assert_eq!(
@@ -214,51 +300,55 @@ mod tests {
     }
 
     /// The `a=fmtp` lines of real offers, and whether a receiver that answered with the one
-    /// decodes a publisher that sent the other. Sources: Chromium 156, Firefox ESR 153 and
-    /// GStreamer 1.22 webrtcbin offers captured on Debian (docs/webrtc-clients.md), ffmpeg's
-    /// WHIP muxer (it writes the SPS's own profile and flags: 42e01f for x264 baseline
-    /// streams), and medsfu's own codec table.
+    /// decodes a publisher that sent the other. Captured on Debian: Chromium 156 (sendonly and
+    /// recvonly offers), GStreamer 1.22 webrtcbin with x264 (publisher: SPS only, see above).
+    /// Firefox ESR 153 offers no H.264 without its downloaded OpenH264 plugin (VP8 only here);
+    /// the Firefox line below is the shape it writes with the plugin, to cover its key order.
     #[test]
     fn real_offers_match_per_profile() {
-        const CHROMIUM_CB_M1: &str =
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
         const CHROMIUM_B_M1: &str =
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
+        const CHROMIUM_B_M0: &str =
+            "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f";
+        const CHROMIUM_CB_M1: &str =
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
         const CHROMIUM_CB_M0: &str =
             "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f";
         const CHROMIUM_MAIN: &str =
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f";
-        const CHROMIUM_HIGH: &str =
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f";
-        const FIREFOX: &str =
+        const CHROMIUM_444: &str =
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f";
+        const FIREFOX_SHAPE: &str =
             "profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1";
-        const FIREFOX_M0: &str = "profile-level-id=42e01f;level-asymmetry-allowed=1";
-        const GST_X264_CB: &str = "packetization-mode=1;profile-level-id=42c01f";
-        const GST_X264_HIGH: &str = "packetization-mode=1;profile-level-id=640028";
-        const FFMPEG: &str =
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+        const GST_X264_CB: &str = "packetization-mode=1;sprop-parameter-sets=Z0LAHtoCgL/lwFqDAwNSgAAAAwCAAAAeR4sXUA==,aM48gA==";
+        const GST_X264_HIGH: &str = "packetization-mode=1;sprop-parameter-sets=Z2QAHqy0BQF/y4C1BgYGpQAAAwABAAADADyPFi6g,aO48sA==";
+        const ISSUE_42C01F: &str = "packetization-mode=1;profile-level-id=42c01f";
+        const MEDSFU_HIGH: &str =
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f";
         let f = |s: &str| H264Format::from_fmtp(s).unwrap_or_else(|| panic!("{s}"));
         // (receiver's answer, what the publisher sends, decodes?)
         let table = [
-            (CHROMIUM_CB_M1, GST_X264_CB, true),
-            (CHROMIUM_B_M1, GST_X264_CB, true),
-            (FIREFOX, GST_X264_CB, true),
-            (GST_X264_CB, CHROMIUM_CB_M1, true),
-            (GST_X264_CB, FFMPEG, true),
+            // The issue's case: 42c01f, 42e01f and 42001f never matched by 4 digits.
+            (CHROMIUM_CB_M1, ISSUE_42C01F, true),
+            (CHROMIUM_B_M1, ISSUE_42C01F, true),
+            (CHROMIUM_B_M1, CHROMIUM_CB_M1, true),
             (CHROMIUM_CB_M1, CHROMIUM_B_M1, true),
+            (CHROMIUM_CB_M1, GST_X264_CB, true),
+            (FIREFOX_SHAPE, GST_X264_CB, true),
+            (FIREFOX_SHAPE, CHROMIUM_B_M1, true),
             (CHROMIUM_MAIN, CHROMIUM_CB_M1, true),
-            (CHROMIUM_HIGH, CHROMIUM_CB_M1, true),
-            (CHROMIUM_HIGH, CHROMIUM_MAIN, true),
-            (CHROMIUM_HIGH, GST_X264_HIGH, true),
+            (MEDSFU_HIGH, CHROMIUM_MAIN, true),
+            (MEDSFU_HIGH, GST_X264_HIGH, true),
+            (CHROMIUM_444, GST_X264_HIGH, true),
             // A baseline-only receiver cannot take High or Main.
             (CHROMIUM_CB_M1, GST_X264_HIGH, false),
-            (FIREFOX, CHROMIUM_HIGH, false),
             (CHROMIUM_B_M1, CHROMIUM_MAIN, false),
-            (CHROMIUM_MAIN, CHROMIUM_HIGH, false),
+            (CHROMIUM_MAIN, GST_X264_HIGH, false),
+            (FIREFOX_SHAPE, MEDSFU_HIGH, false),
             // Packetization modes never mix.
             (CHROMIUM_CB_M0, CHROMIUM_CB_M1, false),
-            (FIREFOX_M0, GST_X264_CB, false),
-            (CHROMIUM_CB_M0, FIREFOX_M0, true),
+            (CHROMIUM_B_M0, GST_X264_CB, false),
+            (CHROMIUM_B_M0, CHROMIUM_CB_M0, true),
         ];
         for (receiver, sent, want) in table {
             assert_eq!(

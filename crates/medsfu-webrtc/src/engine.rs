@@ -1741,29 +1741,26 @@ impl Engine {
         let mut chosen = Vec::new();
         let mut unfit = false;
         for m in sections.iter().filter(|m| m.offerer_receives) {
-            let fits = |t: &medsfu_core::TrackInfo| -> Option<bool> {
+            // Whether the section takes the track (or its rendition), and the format of the
+            // section's own that it goes out in.
+            let fits = |t: &medsfu_core::TrackInfo| -> Option<(bool, String)> {
                 if Some(t.kind()) != m.kind {
                     return None;
                 }
                 let codec = self.track_codecs.get(&t.id)?;
-                if m.accepts(&codec.mime_type, &codec.sdp_fmtp_line) {
-                    Some(false)
-                } else if t.codec == Codec::H265
-                    && h264
-                        .as_ref()
-                        .is_some_and(|c| m.accepts(&c.mime_type, &c.sdp_fmtp_line))
-                {
-                    Some(true)
-                } else {
-                    None
+                if let Some(c) = m.codec_for(&codec.mime_type, &codec.sdp_fmtp_line) {
+                    return Some((false, c.fmtp.clone()));
                 }
+                let h264 = h264.as_ref().filter(|_| t.codec == Codec::H265)?;
+                m.codec_for(&h264.mime_type, &h264.sdp_fmtp_line)
+                    .map(|c| (true, c.fmtp.clone()))
             };
-            if let Some((i, rendition)) = available
+            if let Some((i, (rendition, fmtp))) = available
                 .iter()
                 .enumerate()
                 .find_map(|(i, t)| fits(t).map(|r| (i, r)))
             {
-                chosen.push((available.remove(i), rendition));
+                chosen.push((available.remove(i), rendition, fmtp));
             } else if available.iter().any(|t| Some(t.kind()) == m.kind) {
                 unfit = true;
             }
@@ -1778,13 +1775,13 @@ impl Engine {
         // Renditions start now (or are running already); one that cannot start leaves its
         // section out rather than silent.
         let mut tracks = Vec::new();
-        for (t, rendition) in chosen {
+        for (t, rendition, fmtp) in chosen {
             if !rendition {
-                tracks.push(t.id);
+                tracks.push((t.id, fmtp));
                 continue;
             }
             match self.ensure_rendition(t.id, now) {
-                Ok(()) => tracks.extend(self.renditions.get(&t.id).map(|r| r.track)),
+                Ok(()) => tracks.extend(self.renditions.get(&t.id).map(|r| (r.track, fmtp))),
                 Err(e) => warn!(track = %t.id, error = %e, "no H.264 rendition for a WHEP viewer"),
             }
         }
@@ -1801,12 +1798,15 @@ impl Engine {
             p.remote_pwd = crate::sdp::ice_pwd(offer).map(str::to_owned);
             p.remote_sections = sections.clone();
             let mut attached = Vec::new();
-            for t in &tracks {
-                let Some(codec) = self.track_codecs.get(t) else {
+            for (t, fmtp) in &tracks {
+                // Sent as the offer's own format that takes it (for H.264, the offer's
+                // profile line), so the answer names the payload type it arrives on.
+                let Some(mut codec) = self.track_codecs.get(t).cloned() else {
                     continue;
                 };
-                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, codec) {
-                    attached.push((*t, sender, ssrc, codec.clone()));
+                codec.sdp_fmtp_line.clone_from(fmtp);
+                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, &codec) {
+                    attached.push((*t, sender, ssrc, codec));
                 }
             }
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
@@ -1886,10 +1886,9 @@ impl Engine {
             }
             self.process_peer(pid, now);
         }
-        if self.sfu.poll_timeout().is_some_and(|t| t <= now) && !self.sfu.tick_due(now) {
-            // Only a paced replay is due, not the periodic tick.
-            self.sfu.handle_timeout(now);
-        } else if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+        // The core's periodic tick, or only a paced replay (which comes more often).
+        let tick = self.sfu.tick_due(now);
+        if tick {
             // A signalling session is alive while its WebSocket is open.
             let alive: Vec<ParticipantId> = self
                 .sessions
@@ -1900,7 +1899,11 @@ impl Engine {
             for p in alive {
                 self.sfu.handle_activity(p, now);
             }
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.sfu.handle_timeout(now);
+        }
+        if tick {
             self.each_second(now);
             self.reap_renditions(now);
             self.reap_recorders(now);

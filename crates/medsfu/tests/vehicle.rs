@@ -1898,3 +1898,59 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
     assert!(!out.status.success(), "a changed byte verified: {said}");
     assert!(said.contains(".ogg: altered"), "{said}");
 }
+
+/// Issue 15, item 4: a WHEP viewer that cannot decode H.265 gets the vehicle's roof camera as
+/// the H.264 rendition (GStreamer's webrtcbin decodes it); one that takes neither H.265 nor
+/// H.264 gets 406 with a JSON reason, never a 201 with a silent m-line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_viewer_without_h265_gets_the_h264_rendition_or_a_clear_406() {
+    let _turn = TRANSCODING.lock().await;
+    let server = vehicle_server(&[], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut vehicle = Vehicle::start(&server.data.0, quic, &["--run-for", "60"]);
+    vehicle
+        .wait_line("connected to room r1", Duration::from_secs(20))
+        .await;
+    wait_metric(
+        &server,
+        "medsfu_media_rtp_received_packets_total{kind=\"video\"}",
+        1.0,
+    )
+    .await;
+    let whep = format!("{}/whep/r1", server.http);
+    let token = server.token("r1", "dr-gst", "consultant");
+
+    let refused = support::Gst::start("subscribe", &whep, &token, &["--video-codecs", "vp8"]);
+    let (code, events) = refused.finish(Duration::from_secs(30)).await;
+    let error = events
+        .iter()
+        .find(|v| v["event"] == "error")
+        .unwrap_or_else(|| panic!("an error: {events:?}"));
+    assert_eq!(code, 3, "{events:?}");
+    assert_eq!(error["status"], 406);
+    let body: serde_json::Value =
+        serde_json::from_str(error["body"].as_str().unwrap_or_default()).expect("JSON body");
+    assert_eq!(body["code"], "no_codec");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+    let viewer = support::Gst::start(
+        "subscribe",
+        &whep,
+        &token,
+        &["--video-codecs", "h264", "--seconds", "8"],
+    );
+    let (code, events) = viewer.finish(Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{events:?}");
+    let frames = events
+        .iter()
+        .filter(|v| v["event"] == "stats")
+        .filter_map(|v| v["frames"].as_u64())
+        .next_back()
+        .unwrap_or(0);
+    eprintln!("gst viewer without H.265: {frames} frames of the H.264 rendition in 8 s");
+    assert!(frames >= 100, "{frames} frames");
+    assert_eq!(
+        server.metric("medsfu_media_renditions_started_total").await,
+        1.0
+    );
+}

@@ -6,6 +6,7 @@ GStreamer 1.22 plugins: base, good, bad, ugly, libav, nice).
 
     gst_webrtc.py publish   --url http://H:P/whip/ROOM --token T --video h264|vp8 [--audio]
                             [--seconds N] [--h264-profile constrained-baseline|baseline|high]
+                            [--key-int FRAMES] [--bitrate KBITS] [--mtu BYTES] [--pattern P]
     gst_webrtc.py subscribe --url http://H:P/whep/ROOM --token T [--seconds N]
                             [--video-codecs h264,vp8] [--audio]
 
@@ -225,13 +226,15 @@ class Client:
 
     def build_publish(self):
         a = self.args
-        src = self.make("videotestsrc", "vsrc", is_live=True, pattern="ball")
+        src = self.make("videotestsrc", "vsrc", is_live=True, pattern=a.pattern)
         conv = self.make("videoconvert", "vconv")
         raw = self.make("capsfilter", "vraw")
         raw.set_property("caps", Gst.Caps.from_string("video/x-raw,width=640,height=360,framerate=30/1,format=I420"))
         q = self.make("queue", "vq", max_size_buffers=2, leaky=2)
         if a.video == "h264":
-            enc = self.make("x264enc", "venc", tune="zerolatency", speed_preset="ultrafast", key_int_max=60, bitrate=1000)
+            enc = self.make(
+                "x264enc", "venc", tune="zerolatency", speed_preset="ultrafast", key_int_max=a.key_int, bitrate=a.bitrate
+            )
             if a.h264_profile == "high":
                 # ultrafast turns off every High tool and x264 then writes a Constrained Baseline
                 # SPS whatever the caps say; CABAC and the 8x8 transform make it a real High stream.
@@ -244,12 +247,16 @@ class Client:
                     "video/x-h264,profile=%s,stream-format=byte-stream,alignment=au" % a.h264_profile
                 ),
             )
-            pay = self.make("rtph264pay", "vpay", config_interval=-1, pt=VIDEO_PT_H264, aggregate_mode="zero-latency")
+            pay = self.make(
+                "rtph264pay", "vpay", config_interval=-1, pt=VIDEO_PT_H264, aggregate_mode="zero-latency", mtu=a.mtu
+            )
             self.link_chain(src, conv, raw, q, enc, ecaps, pay)
             self.count_probe(ecaps.get_static_pad("src"), "video")
         else:
-            enc = self.make("vp8enc", "venc", deadline=1, target_bitrate=1000000, keyframe_max_dist=60)
-            pay = self.make("rtpvp8pay", "vpay", pt=VIDEO_PT_VP8)
+            enc = self.make(
+                "vp8enc", "venc", deadline=1, target_bitrate=a.bitrate * 1000, keyframe_max_dist=a.key_int
+            )
+            pay = self.make("rtpvp8pay", "vpay", pt=VIDEO_PT_VP8, mtu=a.mtu)
             self.link_chain(src, conv, raw, q, enc, pay)
             self.count_probe(enc.get_static_pad("src"), "video")
         self.attach_sender(pay)
@@ -542,6 +549,10 @@ def main():
     pub.add_argument(
         "--h264-profile", choices=["constrained-baseline", "baseline", "high"], default="constrained-baseline"
     )
+    pub.add_argument("--key-int", type=int, default=60, help="frames between keyframes")
+    pub.add_argument("--bitrate", type=int, default=1000, help="video bitrate, kbit/s")
+    pub.add_argument("--mtu", type=int, default=1200, help="largest RTP packet the payloader makes")
+    pub.add_argument("--pattern", default="ball", help="videotestsrc pattern (snow: large pictures)")
     s = sub.add_parser("subscribe", help="WHEP viewer")
     s.add_argument("--url", required=True)
     s.add_argument("--token", required=True)

@@ -840,3 +840,118 @@ pub fn find_file(dir: &std::path::Path, needles: &[&str]) -> std::path::PathBuf 
     );
     found[0].clone()
 }
+
+/// Debian's Python, which has GStreamer's introspection bindings (python3-gi).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// A GStreamer webrtcbin WHIP publisher or WHEP viewer (`tests/clients/gst_webrtc.py`) in a
+/// child process: a client medsfu did not write. Its JSON lines arrive on a channel.
+pub struct Gst {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// Every event read so far.
+    pub seen: Vec<Value>,
+}
+
+impl Gst {
+    /// `gst_webrtc.py publish|subscribe --url URL --token T ARGS...`.
+    pub fn start(mode: &str, url: &str, token: &str, args: &[&str]) -> Gst {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/gst_webrtc.py");
+        let mut child = Command::new(SYSTEM_PYTHON)
+            .arg(script)
+            .args([mode, "--url", url, "--token", token])
+            .args(args)
+            .env("GST_DEBUG", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gst_webrtc.py (install python3-gi and GStreamer: scripts/test.sh)");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&l)
+                    .unwrap_or_else(|_| json!({ "event": "text", "line": l }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Gst {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event named `name` within `within`; panics with what came instead.
+    pub async fn event(&mut self, name: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == name {
+                        return v;
+                    }
+                }
+                Ok(None) => panic!("gst client exited before {name:?}: {}", self.summary()),
+                Err(_) => panic!(
+                    "no {name:?} from the gst client within {within:?}: {}",
+                    self.summary()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the client to exit by itself (within `within`); its exit code and every
+    /// event it printed.
+    pub async fn finish(mut self, within: Duration) -> (i32, Vec<Value>) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(v)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            self.seen.push(v);
+        }
+        let mut child =
+            std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
+        let code = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("gst client exit")
+            .code()
+            .unwrap_or(-1);
+        (code, std::mem::take(&mut self.seen))
+    }
+
+    /// The events seen, without SDP bodies (for failure messages).
+    pub fn summary(&self) -> String {
+        self.seen
+            .iter()
+            .filter(|v| v["event"] != "offer" && v["event"] != "answer")
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Gst {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a metric reaches `at_least` (polling /metrics), within `within`.
+pub async fn metric_reaches(server: &Server, name: &str, at_least: f64, within: Duration) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = server.metric(name).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {v}, below {at_least}, for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
