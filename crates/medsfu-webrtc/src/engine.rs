@@ -360,17 +360,19 @@ impl Engine {
             DatagramKind::Stun => {
                 let by_name = stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied());
                 // Requests name us in USERNAME; responses to our own checks come back from
-                // the address they went to.
-                let verdict = by_name
+                // the address they went to. STUN for no session is unknown, like any datagram.
+                let Some(owner) = by_name
                     .or_else(|| self.by_addr.get(&src).copied())
                     .and_then(|pid| self.peers.get(&pid))
-                    .map_or(StunVerdict::Rejected, |p| {
-                        check_stun(
-                            data,
-                            p.pwd.as_bytes(),
-                            p.remote_pwd.as_deref().map(str::as_bytes),
-                        )
-                    });
+                else {
+                    MediaStats::inc(&self.stats.datagrams_unknown);
+                    return;
+                };
+                let verdict = check_stun(
+                    data,
+                    owner.pwd.as_bytes(),
+                    owner.remote_pwd.as_deref().map(str::as_bytes),
+                );
                 match verdict {
                     StunVerdict::Authentic => {}
                     StunVerdict::Keepalive => return,

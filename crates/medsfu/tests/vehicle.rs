@@ -227,12 +227,27 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         "medsfu_media_forward_latency_seconds_count",
         "medsfu_media_forward_latency_seconds_sum",
     );
+    // The second subscriber starts with a paced replay of the cached pictures; measure the
+    // steady state after it has caught up (its count stops moving), and count any replayed
+    // copies in the window apart.
+    let replayed = "medsfu_media_replay_lag_seconds_count";
+    let mut last = server.metric(replayed).await;
+    let settle = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = server.metric(replayed).await;
+        if now == last || settle.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        last = now;
+    }
     let at = |s: &'static str| server.metric(s);
     let before = (
         at(video_in).await,
         at(video_out).await,
         at(lat_n).await,
         at(lat_s).await,
+        at(replayed).await,
     );
     // A measuring window, not a wait for an event.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -241,12 +256,15 @@ async fn the_roof_camera_reaches_a_whep_subscriber_as_h265_and_the_lamp_shows_wh
         at(video_out).await,
         at(lat_n).await,
         at(lat_s).await,
+        at(replayed).await,
     );
-    let (din, dout) = (after.0 - before.0, after.1 - before.1);
+    let din = after.0 - before.0;
+    let dreplay = after.4 - before.4;
+    let dout = after.1 - before.1 - dreplay;
     let ratio = dout / din;
     eprintln!(
-        "metrics: {din} video packets in, {dout} out to 2 subscribers (ratio {ratio:.3}); \
-         mean added latency {:.0} us over {} copies",
+        "metrics: {din} video packets in, {dout} live out to 2 subscribers (ratio {ratio:.3}) \
+         and {dreplay} replayed; mean added latency {:.0} us over {} copies",
         1e6 * (after.3 - before.3) / (after.2 - before.2),
         after.2 - before.2
     );
