@@ -24,9 +24,10 @@ pub(crate) struct RtxCache {
 }
 
 impl RtxCache {
-    /// A cache of `capacity` rounded up to a power of two (at least 16).
+    /// A cache of `capacity` rounded up to a power of two, at least 16 and at most 32768
+    /// (half the sequence space, where "newer" stops being well defined).
     pub fn new(capacity: usize) -> RtxCache {
-        let n = capacity.max(16).next_power_of_two();
+        let n = capacity.clamp(16, 0x8000).next_power_of_two();
         RtxCache {
             slots: vec![None; n],
             mask: n - 1,

@@ -343,8 +343,9 @@ struct DownTrack {
 /// Progress of one down track's paced replay.
 #[derive(Debug, Clone, Copy)]
 struct Replay {
-    /// The publisher SSRC replayed; a new one ends the replay.
+    /// The publisher SSRC and epoch replayed; a new one ends the replay.
     ssrc: u32,
+    epoch: u32,
     /// The next publisher sequence number to send.
     next_seq: u16,
     /// Pacing: since when, at how many bytes per second, and how many were sent.
@@ -368,6 +369,8 @@ pub struct Sfu {
     next_speaker_eval: Option<Instant>,
     /// Down tracks with a replay running (few, and only for a moment after a join).
     replaying: Vec<DownTrackId>,
+    /// When the earliest running replay may send next (kept, not searched per packet).
+    next_replay_at: Option<Instant>,
     out: VecDeque<Output>,
 }
 
@@ -391,6 +394,7 @@ impl Sfu {
             next_tick: None,
             next_speaker_eval: None,
             replaying: Vec::new(),
+            next_replay_at: None,
             out: VecDeque::with_capacity(1024),
         }
     }
@@ -733,6 +737,9 @@ impl Sfu {
                 up.info.publisher = publisher;
                 up.ssrc = None;
                 up.epoch = up.epoch.wrapping_add(1);
+                // The old stream's pictures are not the new one's start.
+                up.newest = None;
+                up.gop = None;
                 up.keyframe = KeyframeRequester::default();
                 let info = up.info.clone();
                 self.notify_room(&room, &RoomEvent::TrackPublished(info));
@@ -936,6 +943,8 @@ impl Sfu {
         let (track, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
         let d = &mut up.downs[i];
         d.munger = Some(Munger::new(ssrc, payload_type));
+        // A rebind starts over: a replay of the old binding is moot.
+        d.replay = None;
         if up.info.codec.is_video() && !(self.cfg.gop_replay && self.replay_gop(track, down, now)) {
             self.request_keyframe(track, now);
         }
@@ -954,7 +963,9 @@ impl Sfu {
             return false;
         };
         let len = usize::from(newest.wrapping_sub(gop.first_seq)) + 1;
-        if gop.ssrc != ssrc || len > up.cache.capacity() {
+        // Half the sequence space at most: beyond it "newer" is ambiguous (the cache is
+        // never larger, see RtxCache::new).
+        if gop.ssrc != ssrc || len > up.cache.capacity() || len >= 0x8000 {
             return false;
         }
         let mut bytes = 0u64;
@@ -986,13 +997,16 @@ impl Sfu {
         m.anchor(epoch, &first.header, clock, d.initial, now);
         d.replay = Some(Replay {
             ssrc,
+            epoch,
             next_seq: gop.first_seq,
             started: now,
             bytes_per_sec: pace_bps / 8,
             sent_bytes: 0,
             next_at: now,
         });
-        self.replaying.push(down);
+        if !self.replaying.contains(&down) {
+            self.replaying.push(down);
+        }
         self.pace_replays(now);
         true
     }
@@ -1001,45 +1015,51 @@ impl Sfu {
     /// with the live stream ends, and live forwarding takes over.
     fn pace_replays(&mut self, now: Instant) {
         let burst = self.cfg.replay_burst_bytes;
+        let mut next: Option<Instant> = None;
         let mut i = 0;
         while i < self.replaying.len() {
             let down = self.replaying[i];
             let running = match Self::find_down(&self.down_index, &mut self.tracks, down) {
                 Ok((_, up, idx)) => Self::pace_one(up, idx, burst, now, &mut self.out),
-                Err(_) => false,
+                Err(_) => None,
             };
-            if running {
-                i += 1;
-            } else {
-                self.replaying.swap_remove(i);
+            match running {
+                Some(at) => {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    i += 1;
+                }
+                None => {
+                    self.replaying.swap_remove(i);
+                }
             }
         }
+        self.next_replay_at = next;
     }
 
-    /// Paces one down track's replay; returns whether it still runs.
+    /// Paces one down track's replay; when it still runs, when it may send next.
     fn pace_one(
         up: &mut UpTrack,
         idx: usize,
         burst: u64,
         now: Instant,
         out: &mut VecDeque<Output>,
-    ) -> bool {
+    ) -> Option<Instant> {
         let d = &mut up.downs[idx];
         let (Some(mut r), Some(m)) = (d.replay, d.munger.as_mut()) else {
             d.replay = None;
-            return false;
+            return None;
         };
         let newest = match up.newest {
-            Some((seq, _)) if up.ssrc == Some(r.ssrc) => seq,
+            Some((seq, _)) if up.ssrc == Some(r.ssrc) && up.epoch == r.epoch => seq,
             // The publisher restarted: the live path waits for its next keyframe.
             _ => {
                 d.replay = None;
                 m.reset_anchor();
-                return false;
+                return None;
             }
         };
         if now < r.next_at {
-            return true;
+            return Some(r.next_at);
         }
         let elapsed = now.saturating_duration_since(r.started);
         let allowed = burst + (elapsed.as_secs_f64() * r.bytes_per_sec as f64) as u64;
@@ -1048,7 +1068,7 @@ impl Sfu {
                 // Fell out of the cache: start over from the next keyframe like any joiner.
                 d.replay = None;
                 m.reset_anchor();
-                return false;
+                return None;
             }
             let Some(c) = up.cache.get(r.ssrc, r.next_seq) else {
                 // Lost on the uplink: the subscriber's NACK asks for it like any loss.
@@ -1060,7 +1080,7 @@ impl Sfu {
                 let wait = (r.sent_bytes + len - allowed) as f64 / r.bytes_per_sec.max(1) as f64;
                 r.next_at = now + Duration::from_secs_f64(wait).max(Duration::from_millis(1));
                 d.replay = Some(r);
-                return true;
+                return Some(r.next_at);
             }
             r.sent_bytes += len;
             r.next_seq = r.next_seq.wrapping_add(1);
@@ -1079,23 +1099,7 @@ impl Sfu {
             }
         }
         d.replay = None;
-        false
-    }
-
-    /// When the next running replay may send.
-    fn next_replay(&self) -> Option<Instant> {
-        self.replaying
-            .iter()
-            .filter_map(|d| {
-                let t = self.down_index.get(d)?;
-                let up = self.tracks.get(t)?;
-                up.downs
-                    .iter()
-                    .find(|x| x.id == *d)?
-                    .replay
-                    .map(|r| r.next_at)
-            })
-            .min()
+        None
     }
 
     /// The track carrying a down track, its up track, and the down track's index there.
@@ -1151,7 +1155,8 @@ impl Sfu {
             .ok_or(CoreError::UnknownTrack(track))?;
         let h = packet.header;
         let mut restarted = false;
-        if up.ssrc != Some(h.ssrc) {
+        let new_stream = up.ssrc != Some(h.ssrc);
+        if new_stream {
             if up.ssrc.is_some() {
                 up.epoch = up.epoch.wrapping_add(1);
                 restarted = true;
@@ -1159,7 +1164,7 @@ impl Sfu {
             up.ssrc = Some(h.ssrc);
         }
         up.cache.insert(h, &packet.payload, now);
-        if restarted
+        if new_stream
             || up
                 .newest
                 .is_none_or(|(n, _)| seq_is_newer(h.sequence_number, n))
@@ -1196,12 +1201,17 @@ impl Sfu {
                 continue;
             };
             if let Some(r) = d.replay {
-                if r.ssrc == h.ssrc {
-                    // The replay sends this one from the cache when it gets there.
-                    continue;
+                if r.ssrc == h.ssrc && r.epoch == epoch {
+                    if !seq_is_newer(r.next_seq, h.sequence_number) {
+                        // The replay sends this one from the cache when it gets there.
+                        continue;
+                    }
+                    // Behind the replay's cursor (a publisher's retransmission of a packet
+                    // the replay skipped): it goes now, like a live one.
+                } else {
+                    d.replay = None;
+                    m.reset_anchor();
                 }
-                d.replay = None;
-                m.reset_anchor();
             }
             if !m.is_anchored_in(epoch) {
                 if codec.is_video() {
@@ -1383,7 +1393,7 @@ impl Sfu {
     /// When [`Sfu::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next_tick, self.next_replay()) {
+        match (self.next_tick, self.next_replay_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -55,7 +55,9 @@ pub enum StunVerdict {
 /// description; `None` until it is known).
 ///
 /// Everything ICE would act on (role conflicts, nominations) is behind this check, so a
-/// forged message from a live peer's address changes nothing.
+/// forged message from a live peer's address changes nothing. This is where the check
+/// must be: webrtc-rs's ICE agent (rtc-ice 0.21.1, `Agent::handle_inbound`) acts on
+/// ICE-CONTROLLING/-CONTROLLED before it verifies MESSAGE-INTEGRITY.
 pub fn check_stun(msg: &[u8], local_pwd: &[u8], remote_pwd: Option<&[u8]>) -> StunVerdict {
     use hmac::{Hmac, Mac};
     if msg.len() < 20 || msg[4..8] != MAGIC_COOKIE {
@@ -96,9 +98,15 @@ pub fn check_stun(msg: &[u8], local_pwd: &[u8], remote_pwd: Option<&[u8]>) -> St
             mac.update(&msg[..2]);
             mac.update(&covered.to_be_bytes());
             mac.update(&msg[4..20 + offset]);
-            return match mac.verify_slice(value) {
-                Ok(()) => StunVerdict::Authentic,
-                Err(_) => StunVerdict::Rejected,
+            if mac.verify_slice(value).is_err() {
+                return StunVerdict::Rejected;
+            }
+            // Nothing but FINGERPRINT may follow (RFC 5389 15.4): attributes appended to a
+            // signed message (USE-CANDIDATE, ICE-CONTROLLING) are not covered by it.
+            return match &body[offset + 24..] {
+                [] => StunVerdict::Authentic,
+                [0x80, 0x28, 0x00, 0x04, _, _, _, _] => StunVerdict::Authentic,
+                _ => StunVerdict::Rejected,
             };
         }
         offset += 4 + ((len + 3) & !3);
@@ -262,6 +270,24 @@ mod tests {
                 "{cut}"
             );
         }
+        // An attribute appended after MESSAGE-INTEGRITY, even with the length fixed up.
+        let mut appended = m.to_vec();
+        appended.extend_from_slice(&[0x00, 0x25, 0x00, 0x00]); // USE-CANDIDATE
+        appended[3] += 4;
+        assert_eq!(
+            check_stun(&appended, RFC5769_PASSWORD, None),
+            StunVerdict::Rejected
+        );
+        let no_fingerprint = {
+            let mut v = m[..100].to_vec();
+            v[3] = 80;
+            v
+        };
+        assert_eq!(
+            check_stun(&no_fingerprint, RFC5769_PASSWORD, None),
+            StunVerdict::Authentic,
+            "FINGERPRINT is optional"
+        );
         let mut short_mi = *m;
         short_mi[79] = 0x10;
         assert_eq!(

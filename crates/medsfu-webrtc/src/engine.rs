@@ -120,14 +120,15 @@ struct Peer {
     pwd: String,
     /// The peer's ICE password (from its description): what its responses are signed with.
     remote_pwd: Option<String>,
-    /// The m-sections of the peer's last description: what it takes, by mid.
-    remote_sections: Vec<crate::sdp::MediaSection>,
+    /// The m-sections of the answer in force (the peer's to our offer, ours to its offer):
+    /// the codecs and payload types it takes, by mid.
+    answer_sections: Vec<crate::sdp::MediaSection>,
     /// When something authenticated (a signed STUN request, SRTP, SRTCP) last counted as a
     /// sign of life (at most once a second, so the per-packet path stays cheap).
     alive_at: Option<Instant>,
     /// When the connection was set up: the start of its silence until anything arrives.
     created_at: Instant,
-    /// The connection was declared failed after a silence (told once).
+    /// The connection was declared failed after a silence (told once per silence).
     silent_failed: bool,
     addrs: Vec<SocketAddr>,
     deadline: Option<Instant>,
@@ -185,7 +186,7 @@ impl Peer {
             ufrag,
             pwd,
             remote_pwd: None,
-            remote_sections: Vec::new(),
+            answer_sections: Vec::new(),
             alive_at: None,
             created_at: now,
             silent_failed: false,
@@ -237,10 +238,8 @@ pub(crate) struct Engine {
     /// Recorder participants, kept out of the room's participant events.
     hidden: std::collections::HashSet<ParticipantId>,
     next_screenshot: u64,
-    /// The kernel's count of datagrams dropped on the media socket, where it tells.
-    kernel_drops: Option<crate::socket::KernelDrops>,
-    /// When the kernel's drop count is read next.
-    next_drop_read: Option<Instant>,
+    /// When the once-a-second housekeeping runs next.
+    next_second: Option<Instant>,
     /// Rejected STUN messages not yet logged (one line per interval, not one per message).
     stun_rejected_unlogged: u64,
     /// When a rejected STUN message may be logged next.
@@ -310,8 +309,7 @@ impl Engine {
             record_inputs: HashMap::new(),
             hidden: std::collections::HashSet::new(),
             next_screenshot: 1,
-            kernel_drops: None,
-            next_drop_read: None,
+            next_second: None,
             stun_rejected_unlogged: 0,
             next_stun_log: None,
         }
@@ -327,7 +325,6 @@ impl Engine {
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
-        self.kernel_drops = crate::socket::KernelDrops::new(&self.socket);
         info!(addr = %self.announce, "media server listening");
         loop {
             let deadline = self.next_deadline();
@@ -377,7 +374,7 @@ impl Engine {
                     StunVerdict::Authentic => {}
                     StunVerdict::Keepalive => return,
                     StunVerdict::Rejected => {
-                        self.stun_rejected(src, now);
+                        self.stun_rejected(now);
                         return;
                     }
                 }
@@ -385,6 +382,7 @@ impl Engine {
                     Some(pid) => {
                         if let Some(p) = self.peers.get_mut(&pid) {
                             p.alive_at = Some(now);
+                            p.silent_failed = false;
                             if !p.addrs.contains(&src) {
                                 // Bounded: checks from ever-new addresses (a peer roaming,
                                 // or a flood with a leaked ufrag) cannot grow the maps.
@@ -434,17 +432,22 @@ impl Engine {
 
     /// Counts a STUN message dropped before ICE and logs (at most once per interval, with
     /// how many there were) that it happened; the address is not logged (patient data).
-    fn stun_rejected(&mut self, _src: SocketAddr, now: Instant) {
+    fn stun_rejected(&mut self, now: Instant) {
         MediaStats::inc(&self.stats.stun_rejected);
         self.stun_rejected_unlogged += 1;
         if self.next_stun_log.is_none_or(|t| now >= t) {
-            warn!(
-                count = self.stun_rejected_unlogged,
-                "STUN dropped: not a binding request signed with a session's ICE password"
-            );
-            self.stun_rejected_unlogged = 0;
-            self.next_stun_log = Some(now + STUN_LOG_INTERVAL);
+            self.log_stun_rejected(now);
         }
+    }
+
+    /// Logs how many STUN messages were rejected since the last such line.
+    fn log_stun_rejected(&mut self, now: Instant) {
+        warn!(
+            count = self.stun_rejected_unlogged,
+            "STUN dropped: it names a session but fails its ICE credentials (MESSAGE-INTEGRITY)"
+        );
+        self.stun_rejected_unlogged = 0;
+        self.next_stun_log = Some(now + STUN_LOG_INTERVAL);
     }
 
     /// Drains a peer connection's events and messages, then its outgoing datagrams.
@@ -464,6 +467,7 @@ impl Engine {
             // clients such as GStreamer stop checking once connected).
             if !msgs.is_empty() && p.alive_at.is_none_or(|t| now >= t + ALIVE_EVERY) {
                 p.alive_at = Some(now);
+                p.silent_failed = false;
                 alive = Some(p.participant);
             }
         }
@@ -537,13 +541,10 @@ impl Engine {
                     // keyframe they ask for is not written into a connection without keys.
                     let _ = self.bind_senders(pid, now);
                 }
-                let handled = self.peers.get(&pid).is_some_and(|p| p.silent_failed);
-                if !handled
-                    && matches!(
-                        state,
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                    )
-                {
+                if matches!(
+                    state,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
                     self.connection_lost(participant, &state.to_string(), now);
                 }
             }
@@ -1255,7 +1256,7 @@ impl Engine {
             let tid: usize = s.sender.into();
             let mid = p.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
             let section = mid.and_then(|m| {
-                p.remote_sections
+                p.answer_sections
                     .iter()
                     .find(|x| x.mid.as_deref() == Some(m.as_str()))
             });
@@ -1687,7 +1688,7 @@ impl Engine {
         let desc = RTCSessionDescription::answer(answer).map_err(sdp_err)?;
         p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
         p.remote_pwd = remote_pwd;
-        p.remote_sections = sections;
+        p.answer_sections = sections;
         p.offer_pending = false;
         let unsupported = self.bind_senders(pid, now);
         for t in unsupported {
@@ -1798,16 +1799,16 @@ impl Engine {
             let p = self.peers.get_mut(&pid).ok_or(MediaError::UnknownSession)?;
             p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
             p.remote_pwd = crate::sdp::ice_pwd(offer).map(str::to_owned);
-            p.remote_sections = sections.clone();
             let mut attached = Vec::new();
             for (t, fmtp) in &tracks {
-                // Sent as the offer's own format that takes it (for H.264, the offer's
-                // profile line), so the answer names the payload type it arrives on.
-                let Some(mut codec) = self.track_codecs.get(t).cloned() else {
+                // Set up in the offer's own format that takes it (for H.264, the offer's
+                // profile line), so that webrtc-rs answers with that payload type.
+                let Some(codec) = self.track_codecs.get(t).cloned() else {
                     continue;
                 };
-                codec.sdp_fmtp_line.clone_from(fmtp);
-                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, &codec) {
+                let mut steer = codec.clone();
+                steer.sdp_fmtp_line.clone_from(fmtp);
+                if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, &steer) {
                     attached.push((*t, sender, ssrc, codec));
                 }
             }
@@ -1817,6 +1818,23 @@ impl Engine {
                 p.pc.local_description()
                     .map(|d| d.sdp.clone())
                     .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
+            // The answer is what the client will take: every track must find, on the
+            // m-section webrtc-rs gave it, a codec of the answer that decodes what is sent.
+            // (webrtc-rs matches H.264 by four hex digits and may leave a line out, and puts
+            // a track on the first free section of its kind.) Otherwise 406, never a 201
+            // with a silent m-section.
+            let negotiated = media_sections(&sdp).map_err(sdp_err)?;
+            for (_, sender, _, codec) in &attached {
+                let tid: usize = (*sender).into();
+                let mid = p.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
+                let fits = mid
+                    .and_then(|m| negotiated.iter().find(|s| s.mid.as_deref() == Some(&m)))
+                    .is_some_and(|s| s.accepts(&codec.mime_type, &codec.sdp_fmtp_line));
+                if !fits {
+                    return Err(MediaError::NoCodec);
+                }
+            }
+            p.answer_sections = negotiated;
             Ok((sdp, attached))
         })();
         let result = result.and_then(|(sdp, attached)| {
@@ -1914,31 +1932,24 @@ impl Engine {
         self.drain_core(now);
     }
 
-    /// Once a second: what the kernel dropped on the media socket, and connections whose
-    /// peer has gone silent.
+    /// Once a second: connections whose peer has gone silent, and rejected STUN not yet
+    /// logged.
     fn each_second(&mut self, now: Instant) {
-        if self.next_drop_read.is_some_and(|t| now < t) {
+        if self.next_second.is_some_and(|t| now < t) {
             return;
         }
-        self.next_drop_read = Some(now + std::time::Duration::from_secs(1));
+        self.next_second = Some(now + std::time::Duration::from_secs(1));
         self.fail_silent_peers(now);
-        if let Some(k) = self.kernel_drops.as_mut() {
-            let n = k.new_drops();
-            if n > 0 {
-                self.stats.socket_drops.inc_by(n);
-                warn!(
-                    dropped = n,
-                    "the kernel dropped datagrams on the media socket: its receive buffer was \
-                     full (see webrtc.receive_buffer_bytes)"
-                );
-            }
+        if self.stun_rejected_unlogged > 0 && self.next_stun_log.is_none_or(|t| now >= t) {
+            self.log_stun_rejected(now);
         }
     }
 
-    /// Closes connections with nothing authenticated from their peer for
-    /// [`MEDIA_SILENCE_FAILS`], as a failed ICE connection: a WHIP/WHEP session ends with
-    /// it (its core timeout usually came first), a signalling session is told
-    /// `connection_failed` and keeps its WebSocket.
+    /// Treats connections with nothing authenticated from their peer for
+    /// [`MEDIA_SILENCE_FAILS`] as a failed ICE connection: a WHIP/WHEP session ends (its
+    /// core timeout usually came first), a signalling session is told `connection_failed`
+    /// once per silence and keeps its WebSocket and its connection, which recovers if its
+    /// peer is heard again.
     fn fail_silent_peers(&mut self, now: Instant) {
         let silent: Vec<PeerId> = self
             .peers
@@ -1956,10 +1967,7 @@ impl Engine {
             };
             p.silent_failed = true;
             let participant = p.participant;
-            // A close_notify to a peer that may still listen; errors are moot now.
-            let _ = p.pc.close();
-            self.flush(pid);
-            info!(%participant, "media connection silent: closed");
+            info!(%participant, "media connection silent for 30 s");
             self.connection_lost(participant, "silent", now);
         }
     }

@@ -704,6 +704,9 @@ impl MediaServer {
                 .with_label_values(&[direction])
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
+        if let Some(drops) = socket::KernelDrops::new(&socket) {
+            tokio::spawn(socket::watch_drops(drops, stats.socket_drops.clone()));
+        }
         let (tx, rx) = mpsc::channel(1024);
         let engine = engine::Engine::new(
             socket,

@@ -204,7 +204,8 @@ pub struct Core {
     pub keyframe_request_interval_ms: u64,
     /// A subscriber still waiting for a keyframe re-asks after this long.
     pub keyframe_retry_interval_ms: u64,
-    /// A participant silent this long (no ICE consent, no WebSocket) is removed.
+    /// A participant silent this long (nothing authenticated from its peer, no WebSocket)
+    /// is removed.
     pub participant_timeout_ms: u64,
     /// How long a reconnecting identity may take its old tracks over.
     pub republish_grace_ms: u64,

@@ -667,11 +667,20 @@ fn frame(
 
 #[test]
 fn a_late_joiners_replay_is_paced_gapless_and_hands_over_to_live() {
+    paced_replay_from(1000);
+}
+
+#[test]
+fn a_replay_across_the_sequence_wrap_is_the_same() {
+    paced_replay_from(65_400);
+}
+
+fn paced_replay_from(first_seq: u16) {
     let mut clock = Clock(Instant::now());
     let mut sfu = Sfu::new(CoreConfig::default());
     let (_a, t, _b, _d) = room_with_video(&mut sfu, clock.0);
     // One second of a 30 fps stream: a 150-packet keyframe, then 29 frames of 5 packets.
-    let mut seq = 1000u16;
+    let mut seq = first_seq;
     let mut ts = 0u32;
     let mut bytes_in = 0u64;
     for f in 0..30 {
@@ -826,4 +835,96 @@ fn a_replay_that_cannot_catch_up_falls_back_to_a_keyframe_request() {
     assert!(!live[0].replay);
     let last = got.last().expect("replayed packets").header.sequence_number;
     assert_eq!(live[0].header.sequence_number, last.wrapping_add(1));
+}
+
+/// A joiner whose replay is running; the packets it got so far.
+fn mid_replay(sfu: &mut Sfu, clock: &mut Clock) -> (TrackId, ParticipantId, DownTrackId, u16) {
+    let (_a, t, _b, _d) = room_with_video(sfu, clock.0);
+    let mut seq = 100u16;
+    for f in 0..30u32 {
+        let now = clock.advance(33);
+        frame(
+            sfu,
+            t,
+            &mut seq,
+            f * 3000,
+            if f == 0 { 150 } else { 5 },
+            f == 0,
+            now,
+        );
+    }
+    drain(sfu);
+    let now = clock.advance(1);
+    let c = sfu.join("r", "late", Role::Consultant, true, now);
+    let down = added_down(&drain(sfu), c).unwrap();
+    sfu.bind_down_track(down, 0xC0C, 96, now).unwrap();
+    let first = rtp_to(&drain(sfu), c);
+    assert!(
+        first.iter().all(|r| r.replay) && first.len() < 50,
+        "a replay is under way"
+    );
+    (t, c, down, seq)
+}
+
+#[test]
+fn a_new_publisher_stream_mid_replay_ends_it_and_waits_for_its_keyframe() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (t, c, _down, _) = mid_replay(&mut sfu, &mut clock);
+    // The publisher restarts (new SSRC): old pictures must not continue into it.
+    let now = clock.advance(5);
+    let mut p = pkt(8, 5000, 0, &VP8_DELTA);
+    p.payload = Bytes::from(vec![0u8; 1200]);
+    sfu.handle_rtp(t, p, now).unwrap();
+    sfu.handle_timeout(clock.advance(20));
+    let out = rtp_to(&drain(&mut sfu), c);
+    assert!(
+        out.is_empty(),
+        "neither the old replay nor a delta of the new stream: {out:?}"
+    );
+    // Its keyframe starts the subscriber's stream again.
+    let now = clock.advance(33);
+    sfu.handle_rtp(t, pkt(8, 5001, 3000, &VP8_KEY), now)
+        .unwrap();
+    let out = rtp_to(&drain(&mut sfu), c);
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].replay);
+}
+
+#[test]
+fn an_unsubscribe_mid_replay_stops_it() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (_t, c, down, _) = mid_replay(&mut sfu, &mut clock);
+    sfu.unsubscribe(down).unwrap();
+    drain(&mut sfu);
+    for _ in 0..20 {
+        let now = clock.advance(20);
+        sfu.handle_timeout(now);
+        assert!(rtp_to(&drain(&mut sfu), c).is_empty());
+    }
+    // Only the periodic tick is left.
+    let next = sfu.poll_timeout().unwrap();
+    assert!(next >= clock.0 + Duration::from_millis(1));
+}
+
+#[test]
+fn an_uplink_retransmission_behind_the_replay_goes_out_at_once() {
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(CoreConfig::default());
+    let (t, c, _down, next_seq) = mid_replay(&mut sfu, &mut clock);
+    // The publisher re-sends an old packet (seq 105, already replayed) and a new one.
+    let now = clock.advance(1);
+    let mut old = pkt(7, 105, 0, &[0u8; 1200]);
+    old.header.marker = false;
+    sfu.handle_rtp(t, old, now).unwrap();
+    let out = rtp_to(&drain(&mut sfu), c);
+    assert_eq!(out.len(), 1, "behind the cursor: forwarded now");
+    assert!(!out[0].replay);
+    sfu.handle_rtp(t, pkt(7, next_seq, 90_000, &VP8_DELTA), now)
+        .unwrap();
+    assert!(
+        rtp_to(&drain(&mut sfu), c).iter().all(|r| r.replay),
+        "ahead of the cursor: the replay sends it in order"
+    );
 }
