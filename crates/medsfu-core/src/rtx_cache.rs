@@ -86,4 +86,11 @@ mod tests {
         assert_eq!(p.payload[0], 30);
         assert_eq!(p.received - t0, std::time::Duration::from_millis(30));
     }
+
+    #[test]
+    fn holds_at_most_half_the_sequence_space() {
+        assert_eq!(RtxCache::new(100_000).capacity(), 0x8000);
+        assert_eq!(RtxCache::new(1000).capacity(), 1024);
+        assert_eq!(RtxCache::new(0).capacity(), 16);
+    }
 }

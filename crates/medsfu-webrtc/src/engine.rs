@@ -1763,7 +1763,7 @@ impl Engine {
                 .enumerate()
                 .find_map(|(i, t)| fits(t).map(|r| (i, r)))
             {
-                chosen.push((available.remove(i), rendition, fmtp));
+                chosen.push((available.remove(i), rendition, fmtp, m.mid.clone()));
             } else if available.iter().any(|t| Some(t.kind()) == m.kind) {
                 unfit = true;
             }
@@ -1778,13 +1778,15 @@ impl Engine {
         // Renditions start now (or are running already); one that cannot start leaves its
         // section out rather than silent.
         let mut tracks = Vec::new();
-        for (t, rendition, fmtp) in chosen {
+        for (t, rendition, fmtp, mid) in chosen {
             if !rendition {
-                tracks.push((t.id, fmtp));
+                tracks.push((t.id, fmtp, mid));
                 continue;
             }
             match self.ensure_rendition(t.id, now) {
-                Ok(()) => tracks.extend(self.renditions.get(&t.id).map(|r| (r.track, fmtp))),
+                Ok(()) => {
+                    tracks.extend(self.renditions.get(&t.id).map(|r| (r.track, fmtp, mid)));
+                }
                 Err(e) => warn!(track = %t.id, error = %e, "no H.264 rendition for a WHEP viewer"),
             }
         }
@@ -1800,7 +1802,7 @@ impl Engine {
             p.pc.set_remote_description(now, desc).map_err(sdp_err)?;
             p.remote_pwd = crate::sdp::ice_pwd(offer).map(str::to_owned);
             let mut attached = Vec::new();
-            for (t, fmtp) in &tracks {
+            for (t, fmtp, mid) in &tracks {
                 // Set up in the offer's own format that takes it (for H.264, the offer's
                 // profile line), so that webrtc-rs answers with that payload type.
                 let Some(codec) = self.track_codecs.get(t).cloned() else {
@@ -1809,7 +1811,7 @@ impl Engine {
                 let mut steer = codec.clone();
                 steer.sdp_fmtp_line.clone_from(fmtp);
                 if let Ok((sender, ssrc)) = attach_track(&mut p.pc, *t, &steer) {
-                    attached.push((*t, sender, ssrc, codec));
+                    attached.push((*t, sender, ssrc, codec, mid.clone()));
                 }
             }
             let answer = p.pc.create_answer(None).map_err(sdp_err)?;
@@ -1818,23 +1820,35 @@ impl Engine {
                 p.pc.local_description()
                     .map(|d| d.sdp.clone())
                     .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
-            // The answer is what the client will take: every track must find, on the
-            // m-section webrtc-rs gave it, a codec of the answer that decodes what is sent.
-            // (webrtc-rs matches H.264 by four hex digits and may leave a line out, and puts
-            // a track on the first free section of its kind.) Otherwise 406, never a 201
-            // with a silent m-section.
+            // The answer is what the client will take: every track must sit on the m-section
+            // it was chosen for, sent there (webrtc-rs puts a track on the first free section
+            // of its kind, whatever that section's direction), with a codec of the answer
+            // that decodes what is sent (webrtc-rs matches H.264 by four hex digits and may
+            // leave a line out). Otherwise 406, never a 201 with a silent m-section.
             let negotiated = media_sections(&sdp).map_err(sdp_err)?;
-            for (_, sender, _, codec) in &attached {
+            for (_, sender, _, codec, chosen_mid) in &attached {
                 let tid: usize = (*sender).into();
                 let mid = p.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
                 let fits = mid
-                    .and_then(|m| negotiated.iter().find(|s| s.mid.as_deref() == Some(&m)))
-                    .is_some_and(|s| s.accepts(&codec.mime_type, &codec.sdp_fmtp_line));
+                    .filter(|m| Some(m) == chosen_mid.as_ref())
+                    .and_then(|m| {
+                        negotiated
+                            .iter()
+                            .find(|s| s.mid.as_deref() == Some(m.as_str()))
+                    });
+                // In our answer, "offerer sends" reads as: the server sends there.
+                let fits = fits.is_some_and(|s| {
+                    s.offerer_sends && s.accepts(&codec.mime_type, &codec.sdp_fmtp_line)
+                });
                 if !fits {
                     return Err(MediaError::NoCodec);
                 }
             }
             p.answer_sections = negotiated;
+            let attached: Vec<_> = attached
+                .into_iter()
+                .map(|(t, sender, ssrc, codec, _)| (t, sender, ssrc, codec))
+                .collect();
             Ok((sdp, attached))
         })();
         let result = result.and_then(|(sdp, attached)| {

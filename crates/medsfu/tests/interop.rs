@@ -151,6 +151,7 @@ async fn forged_stun_naming_a_session_changes_nothing() {
     let answer = viewer.event("answer", Duration::from_secs(20)).await;
     viewer.event("connected", Duration::from_secs(20)).await;
     viewer.event("stats", Duration::from_secs(5)).await;
+    // The publisher runs on (30 s): the core ticks through the next log interval.
     let ufrag = ice_ufrag(answer["sdp"].as_str().unwrap_or_default());
     let forger = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     for n in 0..50u8 {
@@ -174,16 +175,28 @@ async fn forged_stun_naming_a_session_changes_nothing() {
     let last = stats(&events).last().map_or(0, |s| s.1);
     eprintln!("forged STUN: viewer decoded {at_forgery} frames then, {last} at the end");
     assert!(last >= at_forgery + 100, "decoding went on");
+    // One line at once, and the rest of the burst counted in the next (at most 10 s on).
+    let forger_addr = forger.local_addr().expect("addr").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while server.logs().matches("STUN dropped").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let logs = server.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("STUN dropped"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("count=1"), "{lines:?}");
+    assert!(lines[1].contains("count=49"), "{lines:?}");
+    assert!(
+        !logs.contains(&forger_addr),
+        "the forger's messages reached ICE: {logs}"
+    );
     assert!(
         !logs.contains("Switching from controlled to controlling"),
         "{logs}"
-    );
-    assert!(!logs.contains("discard message from"), "{logs}");
-    let warned = logs.matches("STUN dropped").count();
-    assert!(
-        (1..=2).contains(&warned),
-        "50 rejected messages, {warned} log lines"
     );
 }
 
@@ -533,8 +546,11 @@ async fn whip_refuses_roles_that_publish_nothing_and_answers_an_ice_restart_with
         eprintln!("WHIP refusals: {outcomes:?}");
     }
     assert_eq!(
-        server.metric("medsfu_participants{role=\"admin\"}").await,
-        0.0
+        server
+            .metric_opt("medsfu_participants{role=\"admin\"}")
+            .await,
+        Some(0.0),
+        "no refused client ever joined"
     );
 
     // ICE restart on a live publisher's session.

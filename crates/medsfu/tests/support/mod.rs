@@ -224,6 +224,11 @@ impl Server {
 
     /// A metric's value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metric_opt(name).await.unwrap_or(0.0)
+    }
+
+    /// A metric's value from /metrics, `None` when the series is not exported.
+    pub async fn metric_opt(&self, name: &str) -> Option<f64> {
         let body = reqwest::get(format!("{}/metrics", self.http))
             .await
             .expect("GET /metrics")
@@ -235,7 +240,6 @@ impl Server {
             .filter_map(|l| l.rsplit_once(' '))
             .find(|(k, _)| *k == name)
             .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0.0)
     }
 }
 
