@@ -106,7 +106,7 @@ impl ControlStats {
         r.register(Box::new(refused.clone()))?;
         r.register(Box::new(rooms.clone()))?;
         // Series exist from the start, so that dashboards and alerts see zeros.
-        for result in ["ok", "failed", "locked", "disabled"] {
+        for result in ["ok", "failed", "locked", "disabled", "busy"] {
             logins.with_label_values(&[result]);
         }
         for reason in ["accepted", "hand_over", "lead_left", "lead_away"] {
@@ -147,6 +147,8 @@ pub struct Control {
     /// that a room token opened end on it.
     revoked: broadcast::Sender<(String, Option<String>)>,
     wake: Arc<Notify>,
+    /// Sign-ins checking or waiting for a password check now.
+    pub(crate) logins_in_progress: std::sync::atomic::AtomicUsize,
     /// Settings.
     pub settings: ControlSettings,
 }
@@ -256,6 +258,7 @@ impl Control {
             feed: broadcast::channel(256).0,
             revoked: broadcast::channel(256).0,
             wake: Arc::new(Notify::new()),
+            logins_in_progress: std::sync::atomic::AtomicUsize::new(0),
             settings,
         });
         tokio::spawn(timer(Arc::downgrade(&control), control.wake.clone()));

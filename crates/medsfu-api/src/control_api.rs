@@ -474,6 +474,20 @@ fn login_error(e: LoginError) -> ApiError {
     ApiError::new(status, e.code(), message)
 }
 
+/// Sign-ins in progress (checking or waiting for a check) beyond which more are refused at
+/// once with 503: password checks run a few at a time (medsfu_store::checks_at_once), and
+/// a flood must neither queue without bound nor hold a thread and memory each.
+const LOGINS_IN_PROGRESS: usize = 32;
+
+/// One sign-in counted in progress until dropped.
+struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 async fn login_with(
     state: &AppState,
     source: &str,
@@ -483,6 +497,18 @@ async fn login_with(
     device: Option<String>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let c = control(state)?;
+    let before = c
+        .logins_in_progress
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let _in_progress = InProgress(&c.logins_in_progress);
+    if before >= LOGINS_IN_PROGRESS {
+        c.stats.logins.with_label_values(&["busy"]).inc();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many sign-ins at once; try again in a moment",
+        ));
+    }
     let store = c.store();
     let policy = c.settings.login.clone();
     let name = user.clone();
@@ -547,6 +573,7 @@ async fn login_with(
     responses((status = 200, body = LoginResponse),
         (status = 401, body = ErrorBody, description = "wrong user name or password"),
         (status = 429, body = ErrorBody, description = "locked after repeated failures"),
+        (status = 503, body = ErrorBody, description = "too many sign-ins at once (busy)"),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "account disabled")))]
@@ -572,6 +599,7 @@ pub async fn login(
     responses((status = 200, body = LoginResponse),
         (status = 401, body = ErrorBody, description = "unknown device, user or PIN"),
         (status = 429, body = ErrorBody, description = "locked after repeated wrong PINs"),
+        (status = 503, body = ErrorBody, description = "too many sign-ins at once (busy)"),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "account disabled")))]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHasher};
 
 /// What an account is for; the room role follows from it (a consultant becomes the
 /// lead of a call by accepting it).
@@ -260,14 +260,86 @@ pub fn hash_secret(secret: &str) -> Result<String, crate::StoreError> {
 }
 
 /// Whether `secret` matches an argon2 PHC hash (a malformed hash matches nothing).
+///
+/// At most [`checks_at_once`] checks run at a time, process-wide, each in one of as many
+/// working memories that are allocated once and reused: argon2 needs 19 MiB per check,
+/// and a flood of logins must not hold that many times over (nor leave it in the
+/// allocator's arenas). Callers beyond the limit wait here; bound them before (the HTTP
+/// layer answers 503 past a short queue).
 pub(crate) fn secret_matches(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(secret.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(alg), Ok(version), Ok(params), Some(salt), Some(expected)) = (
+        argon2::Algorithm::try_from(h.algorithm),
+        h.version
+            .map_or(Ok(argon2::Version::default()), argon2::Version::try_from),
+        argon2::Params::try_from(&h),
+        h.salt,
+        h.hash,
+    ) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; argon2::password_hash::Salt::MAX_LENGTH];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if blocks > MAX_BLOCKS {
+        return false;
+    }
+    let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    let computed = with_memory(blocks, |memory| {
+        Argon2::new(alg, version, params)
+            .hash_password_into_with_memory(secret.as_bytes(), salt, out, memory)
+            .is_ok()
+    });
+    // `Output`'s equality is constant-time.
+    computed && argon2::password_hash::Output::new(out).is_ok_and(|o| o == expected)
+}
+
+/// The most memory one check may use (64 MiB in 1 KiB blocks); medsfu's hashes use 19 MiB.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+/// How many password checks run at once: one per core, at most four.
+pub fn checks_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// The reusable working memories of password checks, and how many are in use.
+struct Memories {
+    free: std::sync::Mutex<(Vec<Vec<argon2::Block>>, usize)>,
+    returned: std::sync::Condvar,
+}
+
+/// Runs `f` on a working memory of `blocks` blocks, waiting for one to be free.
+fn with_memory<R>(blocks: usize, f: impl FnOnce(&mut [argon2::Block]) -> R) -> R {
+    static MEMORIES: std::sync::OnceLock<Memories> = std::sync::OnceLock::new();
+    let m = MEMORIES.get_or_init(|| Memories {
+        free: std::sync::Mutex::new((Vec::new(), 0)),
+        returned: std::sync::Condvar::new(),
+    });
+    let limit = checks_at_once();
+    let mut memory = {
+        let mut g = m.free.lock().unwrap_or_else(|p| p.into_inner());
+        while g.1 >= limit {
+            g = m.returned.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.1 += 1;
+        g.0.pop().unwrap_or_default()
+    };
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let r = f(&mut memory[..blocks]);
+    let mut g = m.free.lock().unwrap_or_else(|p| p.into_inner());
+    g.0.push(memory);
+    g.1 -= 1;
+    m.returned.notify_one();
+    r
 }
 
 /// A device token: 32 random bytes, hex.
@@ -298,6 +370,14 @@ mod tests {
         assert_ne!(a, b, "each hash has its own salt");
         assert!(a.starts_with("$argon2id$"));
         assert!(secret_matches("correct horse", &a));
+        assert!(!secret_matches(
+            "correct horse",
+            &a.replace("m=19456", "m=99999999")
+        ));
+        assert!(!secret_matches(
+            "correct horse",
+            &a.replace("$argon2id$", "$argon2xx$")
+        ));
         assert!(!secret_matches("correct horsE", &a));
         assert!(!secret_matches("correct horse", "not a hash"));
     }

@@ -13,8 +13,8 @@ mod rooms;
 mod sqlite;
 
 pub use accounts::{
-    hash_secret, valid_name, Account, AccountRole, Device, DeviceKind, LoginError, LoginPolicy,
-    NewAccount, SecretKind,
+    checks_at_once, hash_secret, valid_name, Account, AccountRole, Device, DeviceKind, LoginError,
+    LoginPolicy, NewAccount, SecretKind,
 };
 pub use rooms::{MemberRecord, RoomFilter, RoomRecord, RoomStatus};
 pub use sqlite::SqliteStore;

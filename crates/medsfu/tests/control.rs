@@ -1037,3 +1037,82 @@ async fn rooms_memberships_and_leads_survive_a_restart_and_closed_rooms_stay_clo
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["lead"], "bob");
 }
+
+/// The server's resident memory, from /proc (kB).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 16 (critical), first part: 3000 sign-ins at once (300 in flight) keep the server's
+/// memory bounded (argon2's 19 MiB per check runs a few at a time in reused memory; past a
+/// short queue the answer is 503 at once), and a real sign-in works right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_keeps_memory_bounded_and_a_real_login_still_works() {
+    use futures_util::StreamExt as _;
+    let server = Server::start(&[]);
+    user_add(&server.data.0, "ana", "consultant", PW);
+    let pid = server.child.id();
+    let api = Api::new(&server);
+    let _ = api.login("ana", PW).await;
+    let before = rss_kb(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kb(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/login", server.http);
+    let statuses: Vec<u16> = futures_util::stream::iter(0..3000)
+        .map(|i| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.post(&url)
+                    .header("content-type", "application/json")
+                    .body(
+                        json!({ "user": format!("nobody{}", i % 50), "password": "wrong" })
+                            .to_string(),
+                    )
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            }
+        })
+        .buffer_unordered(300)
+        .collect()
+        .await;
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let count = |s: u16| statuses.iter().filter(|&&x| x == s).count();
+    eprintln!(
+        "login flood: {} x 401, {} x 503, {} other; RSS {before} kB before, {peak} kB at most",
+        count(401),
+        count(503),
+        statuses.len() - count(401) - count(503)
+    );
+    assert_eq!(count(401) + count(503), 3000, "only refusals: {statuses:?}");
+    assert!(count(503) > 0, "the queue is bounded");
+    // A few working memories of 19 MiB, not one per request (the flood took 3 GB before).
+    assert!(
+        peak < before + 160 * 1024,
+        "RSS grew from {before} kB to {peak} kB"
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login",
+            "",
+            Some(json!({ "user": "ana", "password": PW })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
