@@ -22,6 +22,8 @@ pub struct ControlSettings {
     pub login: medsfu_store::LoginPolicy,
     /// Lifetime of login (API) tokens.
     pub api_token_ttl: Duration,
+    /// Sign-in attempts one address may make per minute (0: no limit).
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for ControlSettings {
@@ -30,6 +32,7 @@ impl Default for ControlSettings {
             lead_grace: Duration::from_secs(30),
             login: medsfu_store::LoginPolicy::default(),
             api_token_ttl: Duration::from_secs(8 * 3600),
+            login_attempts_per_minute: 30,
         }
     }
 }
@@ -106,7 +109,7 @@ impl ControlStats {
         r.register(Box::new(refused.clone()))?;
         r.register(Box::new(rooms.clone()))?;
         // Series exist from the start, so that dashboards and alerts see zeros.
-        for result in ["ok", "failed", "locked", "disabled", "busy"] {
+        for result in ["ok", "failed", "locked", "disabled", "busy", "rate_limited"] {
             logins.with_label_values(&[result]);
         }
         for reason in ["accepted", "hand_over", "lead_left", "lead_away"] {
@@ -149,6 +152,8 @@ pub struct Control {
     wake: Arc<Notify>,
     /// Sign-ins checking or waiting for a password check now.
     pub(crate) logins_in_progress: std::sync::atomic::AtomicUsize,
+    /// Sign-in allowances by source address.
+    pub(crate) login_rate: crate::login_rate::LoginRate,
     /// Settings.
     pub settings: ControlSettings,
 }
@@ -259,6 +264,7 @@ impl Control {
             revoked: broadcast::channel(256).0,
             wake: Arc::new(Notify::new()),
             logins_in_progress: std::sync::atomic::AtomicUsize::new(0),
+            login_rate: crate::login_rate::LoginRate::new(settings.login_attempts_per_minute),
             settings,
         });
         tokio::spawn(timer(Arc::downgrade(&control), control.wake.clone()));

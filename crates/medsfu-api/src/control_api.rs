@@ -62,6 +62,29 @@ fn json_rejection(e: JsonRejection) -> ApiError {
 #[derive(Debug, Clone)]
 pub struct Origin(pub String);
 
+/// The peer's address of a request, for per-address limits (never logged).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+/// Takes one sign-in attempt of the peer's allowance, or refuses with 429 `rate_limited`
+/// (counted, not audited one by one: a flood must not fill the disk).
+fn admit_login(c: &Control, peer: Peer) -> Result<(), ApiError> {
+    let Some(ip) = peer.0 else { return Ok(()) };
+    c.login_rate
+        .take(ip, std::time::Instant::now())
+        .map_err(|wait| {
+            c.stats.logins.with_label_values(&["rate_limited"]).inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many sign-ins from this address; try again in {} s",
+                    wait.as_secs() + 1
+                ),
+            )
+        })
+}
+
 impl Origin {
     fn of(parts: &Parts) -> String {
         parts
@@ -572,7 +595,7 @@ async fn login_with(
 #[utoipa::path(post, path = "/api/login", tag = "login", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 401, body = ErrorBody, description = "wrong user name or password"),
-        (status = 429, body = ErrorBody, description = "locked after repeated failures"),
+        (status = 429, body = ErrorBody, description = "locked after repeated failures, or too many sign-ins from this address (rate_limited)"),
         (status = 503, body = ErrorBody, description = "too many sign-ins at once (busy)"),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -580,8 +603,10 @@ async fn login_with(
 pub async fn login(
     State(state): State<AppState>,
     axum::Extension(origin): axum::Extension<Origin>,
+    axum::Extension(peer): axum::Extension<Peer>,
     b: Result<Body<LoginRequest>, ApiError>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    admit_login(control(&state)?, peer)?;
     let Body(b) = b?;
     login_with(
         &state,
@@ -598,7 +623,7 @@ pub async fn login(
 #[utoipa::path(post, path = "/api/login/crew", tag = "login", request_body = CrewLoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 401, body = ErrorBody, description = "unknown device, user or PIN"),
-        (status = 429, body = ErrorBody, description = "locked after repeated wrong PINs"),
+        (status = 429, body = ErrorBody, description = "locked after repeated wrong PINs, or too many sign-ins from this address (rate_limited)"),
         (status = 503, body = ErrorBody, description = "too many sign-ins at once (busy)"),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -606,10 +631,12 @@ pub async fn login(
 pub async fn login_crew(
     State(state): State<AppState>,
     axum::Extension(origin): axum::Extension<Origin>,
+    axum::Extension(peer): axum::Extension<Peer>,
     b: Result<Body<CrewLoginRequest>, ApiError>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let Body(b) = b?;
     let c = control(&state)?;
+    admit_login(c, peer)?;
+    let Body(b) = b?;
     let store = c.store();
     let token = b.device_token.clone();
     let device = blocking(move || store.device_by_token(&token)).await?;

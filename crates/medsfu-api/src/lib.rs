@@ -8,6 +8,7 @@ pub mod control;
 pub mod control_api;
 mod ecg_snapshot;
 mod error;
+pub mod login_rate;
 mod signalling;
 pub mod telemetry;
 pub mod token;
@@ -224,6 +225,7 @@ async fn request_span(
         None => format!("http req={id}"),
     };
     req.extensions_mut().insert(control_api::Origin(origin));
+    req.extensions_mut().insert(control_api::Peer(peer));
     let span =
         tracing::info_span!("request", req = id, method = %req.method(), path = %req.uri().path());
     next.run(req).instrument(span).await

@@ -169,6 +169,8 @@ pub struct Control {
     pub lockout_secs: u64,
     /// Lifetime of login tokens and of the room tokens the API issues.
     pub api_token_ttl_secs: u64,
+    /// Sign-in attempts one address may make per minute (0: no limit).
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for Control {
@@ -178,6 +180,7 @@ impl Default for Control {
             max_login_failures: 5,
             lockout_secs: 300,
             api_token_ttl_secs: 8 * 3600,
+            login_attempts_per_minute: 30,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Control {
                 lockout_ms: self.lockout_secs.saturating_mul(1000) as i64,
             },
             api_token_ttl: Duration::from_secs(self.api_token_ttl_secs),
+            login_attempts_per_minute: self.login_attempts_per_minute,
         }
     }
 }

@@ -1054,7 +1054,8 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_keeps_memory_bounded_and_a_real_login_still_works() {
     use futures_util::StreamExt as _;
-    let server = Server::start(&[]);
+    // All from one address: without the per-address limit, to measure the checks themselves.
+    let server = Server::start(&[("MEDSFU_CONTROL__LOGIN_ATTEMPTS_PER_MINUTE", "0")]);
     user_add(&server.data.0, "ana", "consultant", PW);
     let pid = server.child.id();
     let api = Api::new(&server);
@@ -1115,4 +1116,66 @@ async fn a_login_flood_keeps_memory_bounded_and_a_real_login_still_works() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Issue 16: one address gets its allowance of sign-in attempts (30 a minute by default),
+/// then 429 `rate_limited` at once: counted, not checked, not audited one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_from_one_address_are_rate_limited() {
+    let server = Server::start(&[]);
+    user_add(&server.data.0, "ana", "consultant", PW);
+    let api = Api::new(&server);
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/api/login",
+                "",
+                Some(json!({ "user": format!("nobody{i}"), "password": "wrong" })),
+            )
+            .await;
+        codes.push((s, v["code"].as_str().unwrap_or_default().to_owned()));
+        if s == 429 {
+            assert!(
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("try again in")),
+                "{v}"
+            );
+        }
+    }
+    let failed = codes
+        .iter()
+        .filter(|(s, c)| *s == 401 && c == "login_failed")
+        .count();
+    let limited = codes
+        .iter()
+        .filter(|(s, c)| *s == 429 && c == "rate_limited")
+        .count();
+    eprintln!("40 wrong sign-ins from one address: {failed} x 401, {limited} x 429");
+    assert_eq!((failed, limited), (30, 10), "{codes:?}");
+    assert_eq!(
+        server
+            .metric("medsfu_control_logins_total{result=\"rate_limited\"}")
+            .await,
+        10.0
+    );
+    assert_eq!(
+        server
+            .metric("medsfu_control_logins_total{result=\"failed\"}")
+            .await,
+        30.0,
+        "only the admitted attempts were checked (and audited)"
+    );
+    // The crew's sign-in shares the address's allowance.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login/crew",
+            "",
+            Some(json!({ "device_token": "x", "user": "crew1", "pin": "1" })),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (429, Some("rate_limited")), "{v}");
 }
