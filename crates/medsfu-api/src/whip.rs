@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use medsfu_core::ParticipantId;
-use medsfu_webrtc::sdp::sdpfrag_candidates;
+use medsfu_webrtc::sdp::{ice_ufrag, sdpfrag_candidates};
 use medsfu_webrtc::{SessionEvent, SessionKind};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
@@ -32,13 +32,6 @@ struct Session {
     publisher: bool,
     /// The client's ICE ufrag from its offer: a PATCH with another one is an ICE restart.
     client_ufrag: Option<String>,
-}
-
-/// The first `a=ice-ufrag:` value of an SDP or SDP fragment.
-fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
-        .map(str::trim)
 }
 
 impl Sessions {

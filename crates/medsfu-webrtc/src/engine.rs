@@ -1582,11 +1582,7 @@ impl Engine {
         if !self.is_vehicle(participant) {
             return Err(MediaError::UnknownSession);
         }
-        let rtc_codec = peer::codec_table()
-            .into_iter()
-            .map(|(c, _)| c.rtp_codec)
-            .find(|c| Codec::from_mime(&c.mime_type) == Some(codec))
-            .ok_or(MediaError::NoCodec)?;
+        let rtc_codec = table_codec(codec).ok_or(MediaError::NoCodec)?;
         let track = self.sfu.publish(participant, source, codec, now)?;
         self.track_codecs.insert(track, rtc_codec);
         info!(%participant, %track, %source, codec = codec.mime(), "vehicle track published");
@@ -2396,12 +2392,17 @@ impl Engine {
     }
 }
 
-/// The codec H.264 renditions are published in (the first H.264 entry of the codec table).
-fn h264_rendition_codec() -> Option<RTCRtpCodec> {
+/// The first entry of the codec table in `codec` (how vehicles' tracks are described).
+fn table_codec(codec: Codec) -> Option<RTCRtpCodec> {
     peer::codec_table()
         .into_iter()
         .map(|(c, _)| c.rtp_codec)
-        .find(|c| Codec::from_mime(&c.mime_type) == Some(Codec::H264))
+        .find(|c| Codec::from_mime(&c.mime_type) == Some(codec))
+}
+
+/// The codec H.264 renditions are published in (the first H.264 entry of the codec table).
+fn h264_rendition_codec() -> Option<RTCRtpCodec> {
+    table_codec(Codec::H264)
 }
 
 /// Adds a send-only track for `track` in `codec` with a fresh SSRC.

@@ -130,12 +130,22 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
     Ok(out)
 }
 
-/// The first `a=ice-pwd:` of a description (session or media level; medsfu bundles all).
+/// The first non-empty `a=ice-pwd:` of a description (session or media level;
+/// medsfu bundles all).
 pub fn ice_pwd(sdp: &str) -> Option<&str> {
+    first_value(sdp, "a=ice-pwd:").filter(|v| !v.is_empty())
+}
+
+/// The first `a=ice-ufrag:` of a description or fragment.
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    first_value(sdp, "a=ice-ufrag:")
+}
+
+/// The value of the first line that starts with `prefix`, trimmed.
+fn first_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
     sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("a=ice-pwd:"))
+        .find_map(|l| l.trim_end().strip_prefix(prefix))
         .map(str::trim)
-        .filter(|p| !p.is_empty())
 }
 
 /// `a=rtpmap:96 VP8/90000` as `(96, "VP8/90000")` for `prefix` `a=rtpmap:`.

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,15 +46,7 @@ impl Vehicle {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn medsfu vehicle");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::lines_of(child.stdout.take().expect("stdout"), |l| l);
         Vehicle {
             child,
             lines,

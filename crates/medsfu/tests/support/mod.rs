@@ -845,6 +845,22 @@ pub fn find_file(dir: &std::path::Path, needles: &[&str]) -> std::path::PathBuf 
     found[0].clone()
 }
 
+/// A child's output lines, each made into a `T`, on a channel (read on a thread of its own).
+pub fn lines_of<T: Send + 'static>(
+    out: impl std::io::Read + Send + 'static,
+    each: impl Fn(String) -> T + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<T> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(each(l)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Debian's Python, which has GStreamer's introspection bindings (python3-gi).
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -870,16 +886,8 @@ impl Gst {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn gst_webrtc.py (install python3-gi and GStreamer: scripts/test.sh)");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&l)
-                    .unwrap_or_else(|_| json!({ "event": "text", "line": l }));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
+        let lines = lines_of(child.stdout.take().expect("stdout"), |l| {
+            serde_json::from_str(&l).unwrap_or_else(|_| json!({ "event": "text", "line": l }))
         });
         Gst {
             child,
