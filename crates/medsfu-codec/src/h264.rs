@@ -106,7 +106,7 @@ impl Depacketizer {
             return Err(DepacketizeError::TooShort);
         };
         match first & 0x1F {
-            1..=23 => self.assembly.push_nal(payload),
+            1..=23 => self.assembly.push_nal(payload)?,
             STAP_A => {
                 let mut rest = &payload[1..];
                 while !rest.is_empty() {
@@ -118,7 +118,7 @@ impl Depacketizer {
                         .get(2..2 + size)
                         .filter(|n| !n.is_empty())
                         .ok_or(DepacketizeError::BadAggregation)?;
-                    self.assembly.push_nal(nal);
+                    self.assembly.push_nal(nal)?;
                     rest = &rest[2 + size..];
                 }
             }
@@ -249,5 +249,19 @@ mod tests {
         assert!(!is_keyframe_start(&[0x7c, 0x05, 0xaa])); // middle fragment
         assert!(!is_keyframe_start(&[0x7c, 0x81, 0xaa])); // S bit, non-IDR
         assert!(!is_keyframe_start(&[0x7c]));
+    }
+
+    #[test]
+    fn a_picture_without_an_end_is_dropped_at_the_size_cap() {
+        let mut d = Depacketizer::new();
+        let mut fu = vec![0x7c, 0x81];
+        fu.extend(std::iter::repeat_n(7u8, 1200));
+        assert_eq!(d.push(&fu, false), Ok(None));
+        fu[1] = 0x01;
+        let sent = crate::h265_rtp::tests::fill_until_refused(|m| d.push(&fu, m), 1200);
+        assert!(sent > crate::h265_rtp::MAX_ACCESS_UNIT - 2000, "{sent}");
+        let slice = [0x41u8, 9, 9];
+        assert!(crate::h265_rtp::tests::fill_until_refused(|m| d.push(&slice, m), 3) > 1 << 20);
+        assert_eq!(d.push(&slice, true), Ok(Some(vec![0, 0, 0, 1, 0x41, 9, 9])));
     }
 }

@@ -148,7 +148,16 @@ pub enum DepacketizeError {
     /// mode, reserved types).
     #[error("unsupported payload type {0}")]
     Unsupported(u8),
+    /// The picture being rebuilt grew past [`MAX_ACCESS_UNIT`] without its end: a
+    /// publisher that never sets the marker bit. What was buffered is dropped.
+    #[error("picture larger than {MAX_ACCESS_UNIT} bytes")]
+    TooLarge,
 }
+
+/// The largest picture a depacketizer rebuilds (8 MiB). A 4K H.265 keyframe at a high
+/// bitrate is well under 2 MiB; beyond this a publisher is breaking the stream, and
+/// buffering more would let it fill the server's memory.
+pub const MAX_ACCESS_UNIT: usize = 8 << 20;
 
 /// An access unit being rebuilt in Annex-B form from RTP payloads, and the NAL unit being
 /// rebuilt from fragments: what the H.264 and H.265 depacketizers share.
@@ -165,10 +174,16 @@ impl Assembly {
         self.fragment = None;
     }
 
-    /// Adds a whole NAL unit to the access unit.
-    pub(crate) fn push_nal(&mut self, nal: &[u8]) {
+    /// Adds a whole NAL unit to the access unit; past [`MAX_ACCESS_UNIT`] the access
+    /// unit is dropped.
+    pub(crate) fn push_nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
+        if self.au.len() + START_CODE.len() + nal.len() > MAX_ACCESS_UNIT {
+            self.reset();
+            return Err(DepacketizeError::TooLarge);
+        }
         self.au.extend_from_slice(&START_CODE);
         self.au.extend_from_slice(nal);
+        Ok(())
     }
 
     /// Handles one fragment: `start` begins the NAL unit with its rebuilt `header`, a
@@ -187,14 +202,19 @@ impl Assembly {
             nal.extend_from_slice(body);
             self.fragment = Some(nal);
         } else {
-            self.fragment
+            let nal = self
+                .fragment
                 .as_mut()
-                .ok_or(DepacketizeError::OrphanFragment)?
-                .extend_from_slice(body);
+                .ok_or(DepacketizeError::OrphanFragment)?;
+            if self.au.len() + nal.len() + body.len() > MAX_ACCESS_UNIT {
+                self.reset();
+                return Err(DepacketizeError::TooLarge);
+            }
+            nal.extend_from_slice(body);
         }
         if end {
             if let Some(nal) = self.fragment.take() {
-                self.push_nal(&nal);
+                self.push_nal(&nal)?;
             }
         }
         Ok(())
@@ -248,7 +268,7 @@ impl Depacketizer {
                     let nal = rest
                         .get(2..2 + size)
                         .ok_or(DepacketizeError::BadAggregation)?;
-                    self.assembly.push_nal(nal);
+                    self.assembly.push_nal(nal)?;
                     rest = &rest[2 + size..];
                 }
             }
@@ -259,14 +279,14 @@ impl Depacketizer {
                     .fragment(fu & 0x80 != 0, fu & 0x40 != 0, &header, &payload[3..])?;
             }
             NalType::Other(t) if t == 50 => return Err(DepacketizeError::Unsupported(t)),
-            _ => self.assembly.push_nal(payload),
+            _ => self.assembly.push_nal(payload)?,
         }
         Ok(self.assembly.finish(marker))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const AP_TYPE: u8 = 48;
@@ -359,5 +379,44 @@ mod tests {
             Err(DepacketizeError::OrphanFragment)
         );
         assert_eq!(d.push(&[1], false), Err(DepacketizeError::TooShort));
+    }
+
+    /// Pushes `payload` without the marker until the depacketizer refuses it, and
+    /// returns how many bytes it took first.
+    pub(crate) fn fill_until_refused(
+        mut push: impl FnMut(bool) -> Result<Option<Vec<u8>>, DepacketizeError>,
+        each: usize,
+    ) -> usize {
+        let mut sent = 0;
+        loop {
+            match push(false) {
+                Ok(None) => sent += each,
+                Err(DepacketizeError::TooLarge) => return sent,
+                other => panic!("after {sent} bytes: {other:?}"),
+            }
+            assert!(sent <= 2 * MAX_ACCESS_UNIT, "never refused");
+        }
+    }
+
+    #[test]
+    fn a_picture_without_an_end_is_dropped_at_the_size_cap() {
+        let mut d = Depacketizer::new();
+        // Whole NAL units, none with the marker: a publisher that never ends a picture.
+        let slice = nal(1, true, 1200);
+        let sent = fill_until_refused(|m| d.push(&slice, m), slice.len());
+        // Each NAL unit is buffered with its 4-byte start code.
+        assert!(sent > MAX_ACCESS_UNIT / 1207 * 1203 - 2000 && sent <= MAX_ACCESS_UNIT, "{sent}");
+        assert!(d.assembly.au.capacity() <= 2 * MAX_ACCESS_UNIT);
+        assert!(d.assembly.au.is_empty(), "what was buffered is dropped");
+        // One endless fragmented NAL unit is refused the same way.
+        let mut fu = vec![49 << 1, 1, 0x80 | 1];
+        fu.extend(std::iter::repeat_n(7u8, 1200));
+        assert_eq!(d.push(&fu, false), Ok(None));
+        fu[2] = 1;
+        let sent = fill_until_refused(|m| d.push(&fu, m), 1200);
+        assert!(sent > MAX_ACCESS_UNIT - 2000, "{sent}");
+        assert!(d.assembly.fragment.is_none() && d.assembly.au.is_empty());
+        // The next picture is rebuilt as usual.
+        assert_eq!(d.push(&slice, true).unwrap().map(|p| p.len()), Some(4 + slice.len()));
     }
 }

@@ -1,6 +1,6 @@
 //! VP8 RTP payloads (RFC 7741).
 
-use crate::h265_rtp::DepacketizeError;
+use crate::h265_rtp::{DepacketizeError, MAX_ACCESS_UNIT};
 
 /// The length of the VP8 payload descriptor at the start of an RTP payload, if the
 /// payload holds all of it.
@@ -77,6 +77,10 @@ impl Depacketizer {
         } else if !self.started {
             return Err(DepacketizeError::OrphanFragment);
         }
+        if self.frame.len() + payload.len() - at > MAX_ACCESS_UNIT {
+            self.reset();
+            return Err(DepacketizeError::TooLarge);
+        }
         self.frame.extend_from_slice(&payload[at..]);
         if marker {
             self.started = false;
@@ -146,5 +150,21 @@ mod tests {
     #[test]
     fn extended_descriptor_with_tl0_and_tid() {
         assert!(is_keyframe_start(&[0x90, 0xE0, 0x05, 0x01, 0x20, 0x00]));
+    }
+
+    #[test]
+    fn a_frame_without_an_end_is_dropped_at_the_size_cap() {
+        let mut d = Depacketizer::new();
+        let mut start = vec![0x10, 0x00];
+        start.extend(std::iter::repeat_n(7u8, 1200));
+        assert_eq!(d.push(&start, false), Ok(None));
+        let mut more = vec![0x00];
+        more.extend(std::iter::repeat_n(7u8, 1200));
+        let sent = crate::h265_rtp::tests::fill_until_refused(|m| d.push(&more, m), 1200);
+        assert!(sent > MAX_ACCESS_UNIT - 2500, "{sent}");
+        assert!(d.frame.is_empty() && !d.started);
+        // A frame after a start without its end is an orphan until the next start.
+        assert_eq!(d.push(&more, true), Err(DepacketizeError::OrphanFragment));
+        assert_eq!(d.push(&start, true).unwrap().map(|f| f.len()), Some(1201));
     }
 }

@@ -977,6 +977,7 @@ impl Engine {
                 marker: r.header.marker,
                 timestamp: r.header.timestamp,
                 payload: r.payload,
+                arrived: now,
             };
             // A recorder that cannot keep up loses packets, never the engine's time.
             if rec.tx.try_send(input).is_err() {
@@ -2316,6 +2317,7 @@ impl Engine {
                 active: self.stats.recording_active.clone(),
                 bytes: self.stats.recording_bytes.clone(),
                 failures: self.stats.recording_failures.clone(),
+                refused: self.stats.recording_refused.clone(),
             },
             Box::new(move |message| {
                 // From the recorder's own thread: a full queue loses the notice, not data.

@@ -307,6 +307,8 @@ pub struct MediaStats {
     pub recording_bytes: IntCounter,
     /// Recordings that stopped with an error.
     pub recording_failures: IntCounter,
+    /// Publisher input the recorders refused as out of bounds.
+    pub recording_refused: IntCounter,
 }
 
 /// One counter per media kind, resolved once so that counting takes no lock.
@@ -552,6 +554,11 @@ impl MediaStats {
             recording_failures: c(
                 "medsfu_recording_failures_total",
                 "Track recordings that stopped with an error (disk full, unwritable directory)",
+            )?,
+            recording_refused: c(
+                "medsfu_recording_input_refused_total",
+                "Publisher input a recorder refused: pictures over 8 MiB without an end, \
+                 audio clock jumps past the time that really passed (not filled with silence)",
             )?,
             transcoders_running: {
                 let g = IntGauge::new(

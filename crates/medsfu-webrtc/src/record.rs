@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use medsfu_codec::h265_is_irap_access_unit as is_irap_access_unit;
@@ -27,6 +27,8 @@ pub struct RecInput {
     pub timestamp: u32,
     /// The RTP payload.
     pub payload: Bytes,
+    /// When the server received it: gaps are filled only as far as time really passed.
+    pub arrived: Instant,
 }
 
 /// What is recorded, and where.
@@ -49,6 +51,9 @@ pub struct RecordStats {
     pub bytes: IntCounter,
     /// Recordings that stopped with an error.
     pub failures: IntCounter,
+    /// Publisher input refused as out of bounds: pictures over the size cap, clock jumps
+    /// past the time that really passed.
+    pub refused: IntCounter,
 }
 
 /// Why a recording stopped early.
@@ -180,9 +185,9 @@ pub fn spawn(file: TrackFile, stats: RecordStats, failed: OnFailure) -> mpsc::Se
             let r = write_meta(&file).and_then(|()| {
                 let open = |path: &Path| create(path, &s);
                 if let Some(codec) = video_codec(file.codec) {
-                    record_video(&file.base, codec, rx, open)
+                    record_video(&file.base, codec, rx, open, &s.refused)
                 } else {
-                    record_audio(&file, rx, open)
+                    record_audio(&file, rx, open, &s.refused)
                 }
             });
             match r {
@@ -271,6 +276,8 @@ struct Pictures {
     damaged: bool,
     /// Pictures dropped as damaged.
     dropped: u64,
+    /// Of those, pictures dropped for growing past the size cap.
+    oversized: u64,
 }
 
 impl Pictures {
@@ -285,6 +292,7 @@ impl Pictures {
             expected: None,
             damaged: false,
             dropped: 0,
+            oversized: 0,
         }
     }
 
@@ -322,7 +330,10 @@ impl Pictures {
                 Some((picture, keyframe))
             }
             Ok(None) => None,
-            Err(_) => {
+            Err(e) => {
+                if e == medsfu_codec::h265_rtp::DepacketizeError::TooLarge {
+                    self.oversized += 1;
+                }
                 self.damage();
                 self.damaged = !i.marker;
                 None
@@ -348,6 +359,7 @@ fn record_video<W: Write>(
     codec: VideoCodec,
     mut rx: mpsc::Receiver<RecInput>,
     open: impl Fn(&Path) -> Result<W, RecordError>,
+    refused_input: &IntCounter,
 ) -> Result<(), RecordError> {
     let mut part = 1;
     let mut path = with_ext(base, ".mp4");
@@ -366,8 +378,14 @@ fn record_video<W: Write>(
     let mut pictures = Pictures::new(codec);
     let mut clock = Unwrap::default();
     let mut refused = 0u64;
+    let mut oversized = 0;
     while let Some(i) = rx.blocking_recv() {
-        let Some((picture, keyframe)) = pictures.push(&i) else {
+        let picture = pictures.push(&i);
+        if pictures.oversized != oversized {
+            oversized = pictures.oversized;
+            refused_input.inc();
+        }
+        let Some((picture, keyframe)) = picture else {
             continue;
         };
         let pts = clock.next(i.timestamp);
@@ -396,6 +414,7 @@ fn record_video<W: Write>(
     info!(
         parts = part,
         damaged = pictures.dropped,
+        oversized,
         refused,
         before_keyframe = skipped,
         clamped,
@@ -408,20 +427,29 @@ fn record_video<W: Write>(
 const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
 /// Samples (48 kHz) in [`OPUS_SILENCE`].
 const SILENCE_SAMPLES: u64 = 960;
-/// The longest gap filled with silence (10 minutes); a longer jump of the clock is taken
-/// as a fault and not filled.
-const MAX_SILENCE_FRAMES: u64 = 30_000;
+/// How far (48 kHz samples, one second) the archive may run ahead of the time that
+/// really passed since the track's first packet: jitter, and packets sent in a burst.
+const AHEAD_SAMPLES: u64 = 48_000;
 
 /// Silence frames to write before a packet at `at` (48 kHz samples on the track's
-/// clock since its first packet) when `written` samples are in the file: the time when
-/// nothing came (a lost packet, a dropped link, a publisher's restart, DTX).
-fn silence_before(at: u64, written: u64) -> u64 {
-    let missing = at.saturating_sub(written) / SILENCE_SAMPLES;
-    if missing > MAX_SILENCE_FRAMES {
-        0
+/// clock since its first packet) when `written` samples are in the file and `elapsed`
+/// samples of real time passed since the first packet: the time when nothing came (a
+/// lost packet, a dropped link, a publisher's restart, DTX). The publisher's clock says
+/// how long the gap was, unless it claims more than really passed: then it jumped (a
+/// fault, or an attack that would turn each tiny packet into minutes of silence on
+/// disk) and the file is filled only up to the time that passed.
+fn silence_before(at: u64, written: u64, elapsed: u64) -> u64 {
+    let missing = at.saturating_sub(written);
+    if written + missing <= elapsed + AHEAD_SAMPLES {
+        missing / SILENCE_SAMPLES
     } else {
-        missing
+        elapsed.saturating_sub(written) / SILENCE_SAMPLES
     }
+}
+
+/// 48 kHz samples in `d`.
+fn samples_48k(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros() * 48 / 1000).unwrap_or(u64::MAX)
 }
 
 /// Writes an Opus track's packets into `base.ogg`, made by `open`.
@@ -429,6 +457,7 @@ fn record_audio<W: Write>(
     file: &TrackFile,
     mut rx: mpsc::Receiver<RecInput>,
     open: impl Fn(&Path) -> Result<W, RecordError>,
+    refused_input: &IntCounter,
 ) -> Result<(), RecordError> {
     let path = with_ext(&file.base, ".ogg");
     let mux_err = |e: &dyn std::fmt::Display| RecordError::Mux {
@@ -449,12 +478,26 @@ fn record_audio<W: Write>(
     // publisher restarts (see the munger), so its gaps are the gaps in what was heard.
     let mut clock = Unwrap::default();
     let mut written: u64 = 0;
+    let mut first: Option<Instant> = None;
+    // Taken off the publisher's clock after it jumped ahead of real time.
+    let mut skipped: u64 = 0;
+    let mut jumps = 0u64;
     while let Some(i) = rx.blocking_recv() {
         let Some(samples) = opus_packet_samples(&i.payload) else {
             continue;
         };
-        let at = clock.next(i.timestamp);
-        for _ in 0..silence_before(at, written) {
+        let at = clock.next(i.timestamp).saturating_sub(skipped);
+        let elapsed = samples_48k(i.arrived - *first.get_or_insert(i.arrived));
+        let fill = silence_before(at, written, elapsed);
+        let filled_to = written + fill * SILENCE_SAMPLES;
+        if at >= filled_to + SILENCE_SAMPLES {
+            // The publisher's clock ran ahead of real time: the file follows real time,
+            // and later gaps are measured from here.
+            skipped += at - filled_to;
+            jumps += 1;
+            refused_input.inc();
+        }
+        for _ in 0..fill {
             w.push(&OPUS_SILENCE, SILENCE_SAMPLES as u32)
                 .map_err(|e| mux_err(&e))?;
             written += SILENCE_SAMPLES;
@@ -463,6 +506,9 @@ fn record_audio<W: Write>(
         written += u64::from(samples);
     }
     w.finish().map_err(|e| mux_err(&e))?;
+    if jumps > 0 {
+        info!(jumps, "voice archive: publisher clock jumps not filled with silence");
+    }
     Ok(())
 }
 
@@ -580,6 +626,15 @@ fn ivf_header() -> [u8; 32] {
 mod tests {
     use super::*;
 
+    fn test_stats() -> RecordStats {
+        RecordStats {
+            active: IntGauge::new("a", "a").unwrap(),
+            bytes: IntCounter::new("b", "b").unwrap(),
+            failures: IntCounter::new("c", "c").unwrap(),
+            refused: IntCounter::new("d", "d").unwrap(),
+        }
+    }
+
     #[test]
     fn rtp_timestamps_unwrap_across_the_32_bit_boundary_and_small_reorders() {
         let mut u = Unwrap::default();
@@ -596,6 +651,7 @@ mod tests {
             marker,
             timestamp: 0,
             payload: Bytes::copy_from_slice(payload),
+            arrived: Instant::now(),
         }
     }
 
@@ -633,18 +689,132 @@ mod tests {
     }
 
     #[test]
+    fn a_picture_that_never_ends_is_dropped_at_the_cap_and_counted() {
+        let mut p = Pictures::new(VideoCodec::H264);
+        let mut fu = vec![0x7c, 0x85];
+        fu.extend(std::iter::repeat_n(1u8, 1200));
+        let mut seq = 0u16;
+        // 10 MB of one fragmented IDR that never ends (34 MB stayed in memory before).
+        for _ in 0..(10 << 20) / 1200 {
+            assert!(p.push(&rtp(seq, false, &fu)).is_none());
+            fu[1] = 0x05;
+            seq = seq.wrapping_add(1);
+        }
+        assert_eq!(p.oversized, 1);
+        assert!(p.dropped >= 1);
+        // The broken picture's end is ignored, the next picture recorded.
+        assert!(p.push(&rtp(seq, true, &fu)).is_none());
+        let (next, key) = p.push(&rtp(seq.wrapping_add(1), true, &[0x65, 7])).unwrap();
+        assert_eq!((next, key), (vec![0, 0, 0, 1, 0x65, 7], true));
+    }
+
+    #[test]
     fn gaps_in_the_voice_archive_are_filled_with_silence_and_bogus_jumps_are_not() {
         assert_eq!(opus_packet_samples(&OPUS_SILENCE), Some(960));
-        assert_eq!(silence_before(0, 0), 0);
-        assert_eq!(silence_before(960, 960), 0, "on time");
-        assert_eq!(silence_before(1920, 960), 1, "one packet lost");
+        let s = 48_000;
+        assert_eq!(silence_before(0, 0, 0), 0);
+        assert_eq!(silence_before(960, 960, 960), 0, "on time");
+        assert_eq!(silence_before(1920, 960, 1920), 1, "one packet lost");
         assert_eq!(
-            silence_before(960 + 48_000 * 5, 960),
+            silence_before(960 + s * 5, 960, 960 + s * 5),
             250,
             "five seconds of nothing"
         );
-        assert_eq!(silence_before(500, 960), 0, "a late packet");
-        assert_eq!(silence_before(u64::from(u32::MAX), 0), 0, "a broken clock");
+        assert_eq!(silence_before(500, 960, 960), 0, "a late packet");
+        // A clock that jumps further than time passed is followed only as far as time
+        // passed (plus a second of jitter).
+        assert_eq!(silence_before(u64::from(u32::MAX), 0, 0), 0, "a broken clock");
+        assert_eq!(silence_before(s * 3600, s * 10, s * 10 + 1920), 2, "up to real time");
+        assert_eq!(silence_before(s * 3600, s * 11, s * 10), 0, "a second ahead already");
+        assert_eq!(silence_before(s * 11, s * 10, s * 10), 50, "a second of lead is jitter");
+    }
+
+    /// Runs packets `(rtp timestamp, arrival in ms)` through the voice archive; returns
+    /// the file's length in samples and bytes, and how many jumps were refused.
+    fn archive(packets: &[(u32, u64)]) -> (u64, u64, u64) {
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("medsfu-jumps-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = TrackFile {
+            base: dir.join("voice"),
+            codec: Codec::Opus,
+            meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
+        };
+        let stats = test_stats();
+        let (tx, rx) = mpsc::channel(packets.len() + 1);
+        let t0 = Instant::now();
+        for &(ts, ms) in packets {
+            tx.try_send(RecInput {
+                seq: 0,
+                marker: false,
+                timestamp: ts,
+                payload: Bytes::from_static(&OPUS_SILENCE),
+                arrived: t0 + std::time::Duration::from_millis(ms),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        record_audio(&file, rx, |p| create(p, &stats), &stats.refused).unwrap();
+        let ogg = std::fs::read(dir.join("voice.ogg")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let last = ogg.windows(4).rposition(|w| w == b"OggS").unwrap();
+        let granule = u64::from_le_bytes(ogg[last + 6..last + 14].try_into().unwrap());
+        (granule, ogg.len() as u64, stats.refused.get())
+    }
+
+    #[test]
+    fn a_publisher_jumping_its_clock_cannot_fill_the_disk_with_silence() {
+        // The attack measured: 200 tiny packets, each jumping the clock by ten minutes,
+        // sent 5 ms apart (one second in all). It made 27 MB of silence.
+        let jumps: Vec<(u32, u64)> = (0..200u32)
+            .map(|n| (n.wrapping_mul(48_000 * 600), u64::from(n) * 5))
+            .collect();
+        let (samples, bytes, refused) = archive(&jumps);
+        assert_eq!(samples, 200 * 960, "the packets' own 20 ms each, no silence");
+        assert!(bytes < 20_000, "{bytes} bytes on disk for 200 packets of 3 bytes");
+        assert!(refused >= 199, "each jump counted: {refused}");
+        // After jumps the archive keeps real gaps: one second of packets, a real second
+        // of nothing, one more second.
+        let mut p: Vec<(u32, u64)> = vec![(0, 0), (48_000 * 3600, 20)];
+        p.extend((2..50u32).map(|n| (48_000 * 3600 + (n - 1) * 960, u64::from(n) * 20)));
+        p.extend((150..200u32).map(|n| (48_000 * 3600 + (n - 1) * 960, u64::from(n) * 20)));
+        let (samples, _, _) = archive(&p);
+        assert_eq!(samples, 200 * 960, "four seconds, as on the wall clock");
+    }
+
+    #[test]
+    fn bytes_on_disk_stay_bounded_by_real_time_whatever_the_timestamps() {
+        // Property: for any timestamps, the archive is at most one second longer than the
+        // time the packets really took to arrive, and a refused jump is counted.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20 {
+            let n = 20 + next() % 200;
+            let mut ms = 0u64;
+            let mut ts = 0u32;
+            let packets: Vec<(u32, u64)> = (0..n)
+                .map(|_| {
+                    ms += next() % 100;
+                    ts = match next() % 4 {
+                        0 => next() as u32,
+                        1 => ts.wrapping_sub((next() % 5000) as u32),
+                        _ => ts.wrapping_add(960),
+                    };
+                    (ts, ms)
+                })
+                .collect();
+            let (samples, bytes, _) = archive(&packets);
+            let bound = (ms + 1000) * 48 + 960 * n;
+            assert!(samples <= bound, "{samples} > {bound} for {packets:?}");
+            // Silence frames are 3 bytes plus lacing; pages add 27 bytes a second.
+            assert!(bytes <= 2_000 + samples / 960 * 5 + n * 5, "{bytes} for {samples}");
+        }
     }
 
     #[test]
@@ -656,27 +826,26 @@ mod tests {
             codec: Codec::Opus,
             meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
         };
-        let stats = RecordStats {
-            active: IntGauge::new("a", "a").unwrap(),
-            bytes: IntCounter::new("b", "b").unwrap(),
-            failures: IntCounter::new("c", "c").unwrap(),
-        };
+        let stats = test_stats();
         let (tx, rx) = mpsc::channel(1000);
         // One second (50 packets of 20 ms), two seconds of nothing, one more.
-        let packet = |ts: u32| RecInput {
+        let t0 = Instant::now();
+        let packet = |n: u32| RecInput {
             seq: 0,
             marker: false,
-            timestamp: ts,
+            timestamp: 1000 + n * 960,
             payload: Bytes::from_static(&OPUS_SILENCE),
+            arrived: t0 + std::time::Duration::from_millis(u64::from(n) * 20),
         };
         for n in 0..50u32 {
-            tx.try_send(packet(1000 + n * 960)).unwrap();
+            tx.try_send(packet(n)).unwrap();
         }
         for n in 150..200u32 {
-            tx.try_send(packet(1000 + n * 960)).unwrap();
+            tx.try_send(packet(n)).unwrap();
         }
         drop(tx);
-        record_audio(&file, rx, |p| create(p, &stats)).unwrap();
+        record_audio(&file, rx, |p| create(p, &stats), &stats.refused).unwrap();
+        assert_eq!(stats.refused.get(), 0, "a real gap is no jump");
         let ogg = std::fs::read(dir.join("voice.ogg")).unwrap();
         let last = ogg.windows(4).rposition(|w| w == b"OggS").unwrap();
         let granule = u64::from_le_bytes(ogg[last + 6..last + 14].try_into().unwrap());
@@ -799,6 +968,7 @@ mod tests {
                     marker: k == last,
                     timestamp: i as u32 * 3000,
                     payload: Bytes::from(p),
+                    arrived: Instant::now(),
                 };
                 tx.try_send(input).unwrap();
                 seq = seq.wrapping_add(1);
@@ -810,13 +980,15 @@ mod tests {
         let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let disk = written.clone();
         let room = stream.len() / 2;
-        let err = record_video(&dir.join("camera"), VideoCodec::H264, rx, move |_| {
+        let refused = IntCounter::new("d", "d").unwrap();
+        let open = move |_: &Path| {
             Ok(FullDisk {
                 written: disk.clone(),
                 room,
             })
-        })
-        .unwrap_err();
+        };
+        let err = record_video(&dir.join("camera"), VideoCodec::H264, rx, open, &refused)
+            .unwrap_err();
         assert!(err.to_string().contains("No space left on device"), "{err}");
 
         // What reached the disk plays up to the last fragment that fitted.

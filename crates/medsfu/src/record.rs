@@ -87,6 +87,7 @@ pub async fn run(o: Options) -> Result<()> {
         active: IntGauge::new("tracks_active", "tracks being recorded")?,
         bytes: IntCounter::new("bytes_written", "bytes written")?,
         failures: IntCounter::new("failures", "recordings that failed")?,
+        refused: IntCounter::new("refused", "publisher input refused")?,
     };
     let mut roles: HashMap<String, String> = HashMap::new();
     let mut recordings: HashMap<String, Recording> = HashMap::new();
@@ -257,6 +258,7 @@ async fn record_track(
             marker: h.marker,
             timestamp: h.timestamp,
             payload: r.packet.payload.clone(),
+            arrived: std::time::Instant::now(),
         };
         // Backpressure, not loss: this process does nothing but record.
         if tx.send(input).await.is_err() {
