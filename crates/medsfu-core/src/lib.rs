@@ -12,6 +12,7 @@ mod error;
 mod ids;
 mod keyframe;
 mod munger;
+mod nack_limit;
 mod role;
 mod rtp;
 mod rtx_cache;
@@ -24,6 +25,6 @@ pub use medsfu_codec::Codec;
 pub use role::{MediaKind, Role, TrackSource};
 pub use rtp::{seq_is_newer, RtpHeader, RtpPacket, RtpParseError};
 pub use sfu::{
-    CoreConfig, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport, RoomEvent,
+    CoreConfig, CoreCounters, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport, RoomEvent,
     RtpOut, Sfu, TrackInfo,
 };

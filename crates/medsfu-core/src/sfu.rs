@@ -8,6 +8,7 @@ use medsfu_codec::Codec;
 
 use crate::keyframe::KeyframeRequester;
 use crate::munger::Munger;
+use crate::nack_limit::{Refused, RtxBudget, UpstreamNacks};
 use crate::rtp::{seq_is_newer, RtpHeader, RtpPacket};
 use crate::rtx_cache::RtxCache;
 use crate::{CoreError, DownTrackId, MediaKind, ParticipantId, Role, TrackId, TrackSource};
@@ -45,6 +46,34 @@ pub struct CoreConfig {
     pub replay_min_bitrate: u64,
     /// What a replay may send at once before pacing starts (bytes).
     pub replay_burst_bytes: u64,
+    /// A subscriber's retransmissions may cost this share (percent) of the bytes its
+    /// live stream carries; NACKs beyond it are refused (counted), not answered.
+    pub rtx_budget_percent: u32,
+    /// Retransmission bytes a subscriber may save up (and has when it joins).
+    pub rtx_burst_bytes: u64,
+    /// The same packet is re-sent to one subscriber, or asked of the publisher, at most
+    /// once in this interval however often it is reported lost.
+    pub nack_repeat_interval: Duration,
+}
+
+/// How far behind the newest packet a lost one is still asked of the publisher (a
+/// browser keeps about a second of packets for retransmission).
+const UPSTREAM_NACK_WINDOW: u16 = 1024;
+
+/// What the core refused or limited since it started (read by the shell for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    /// Packets re-sent from the cache in answer to NACKs.
+    pub rtx_sent: u64,
+    /// NACKed packets not re-sent: sent to that subscriber a moment ago.
+    pub rtx_refused_repeat: u64,
+    /// NACKed packets not re-sent: the subscriber's retransmission budget was spent.
+    pub rtx_refused_budget: u64,
+    /// Packets asked again of publishers.
+    pub nack_upstream_sent: u64,
+    /// Packets subscribers reported lost that were not asked of the publisher (asked a
+    /// moment ago, outside the window it could still send, or the track's allowance spent).
+    pub nack_upstream_refused: u64,
 }
 
 impl Default for CoreConfig {
@@ -63,6 +92,9 @@ impl Default for CoreConfig {
             replay_pace_factor: 4,
             replay_min_bitrate: 4_000_000,
             replay_burst_bytes: 16 * 1200,
+            rtx_budget_percent: 50,
+            rtx_burst_bytes: 256 * 1024,
+            nack_repeat_interval: Duration::from_millis(100),
         }
     }
 }
@@ -316,6 +348,8 @@ struct UpTrack {
     gop: Option<Gop>,
     /// The newest sequence number received on the current SSRC, and its timestamp.
     newest: Option<(u16, u32)>,
+    /// What subscribers' NACKs may still ask of the publisher.
+    nacks_up: UpstreamNacks,
 }
 
 /// The current group of pictures of a video track, as far as the cache holds it.
@@ -338,6 +372,8 @@ struct DownTrack {
     /// A late joiner's paced replay of the cached group of pictures, while it runs: live
     /// packets are not forwarded to it until the replay has caught up with them.
     replay: Option<Replay>,
+    /// What this subscriber's NACKs may still cost.
+    rtx: RtxBudget,
 }
 
 /// Progress of one down track's paced replay.
@@ -371,6 +407,7 @@ pub struct Sfu {
     replaying: Vec<DownTrackId>,
     /// When the earliest running replay may send next (kept, not searched per packet).
     next_replay_at: Option<Instant>,
+    counters: CoreCounters,
     out: VecDeque<Output>,
 }
 
@@ -395,6 +432,7 @@ impl Sfu {
             next_speaker_eval: None,
             replaying: Vec::new(),
             next_replay_at: None,
+            counters: CoreCounters::default(),
             out: VecDeque::with_capacity(1024),
         }
     }
@@ -402,6 +440,11 @@ impl Sfu {
     /// The configuration in force.
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// What the core refused or limited since it started.
+    pub fn counters(&self) -> CoreCounters {
+        self.counters
     }
 
     fn id(&mut self) -> u64 {
@@ -775,6 +818,7 @@ impl Sfu {
                     loud_at: None,
                     gop: None,
                     newest: None,
+                    nacks_up: UpstreamNacks::new(),
                 },
             );
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -892,6 +936,7 @@ impl Sfu {
                 initial,
                 stats: DownTrackStats::default(),
                 replay: None,
+                rtx: RtxBudget::new(self.cfg.rtx_burst_bytes),
             });
         }
         if let Some(p) = self.participants.get_mut(&subscriber) {
@@ -1164,6 +1209,7 @@ impl Sfu {
             up.ssrc = Some(h.ssrc);
         }
         up.cache.insert(h, &packet.payload, now);
+        up.nacks_up.earn();
         if new_stream
             || up
                 .newest
@@ -1196,6 +1242,7 @@ impl Sfu {
             }
         }
         let mut waiting = false;
+        let (rtx_percent, rtx_burst) = (self.cfg.rtx_budget_percent, self.cfg.rtx_burst_bytes);
         for d in &mut up.downs {
             let Some(m) = d.munger.as_mut() else {
                 continue;
@@ -1228,6 +1275,7 @@ impl Sfu {
             if let Some(header) = m.rewrite(&h, now) {
                 d.stats.packets += 1;
                 d.stats.payload_bytes += packet.payload.len() as u64;
+                d.rtx.earn(packet.payload.len(), rtx_percent, rtx_burst);
                 self.out.push_back(Output::Rtp(RtpOut {
                     down: d.id,
                     subscriber: d.subscriber,
@@ -1325,26 +1373,43 @@ impl Sfu {
     }
 
     /// A subscriber reported lost packets (NACK, in its own sequence numbers): answered from
-    /// the cache, and what the cache lacks is asked of the publisher.
+    /// the cache within the subscriber's retransmission budget, and what the cache lacks
+    /// is asked of the publisher, once across subscribers and within the track's allowance.
     pub fn handle_nack(
         &mut self,
         down: DownTrackId,
         lost: &[u16],
-        _now: Instant,
+        now: Instant,
     ) -> Result<(), CoreError> {
         let (track, up, i) = Self::find_down(&self.down_index, &mut self.tracks, down)?;
         let d = &mut up.downs[i];
         let Some(m) = d.munger.as_ref() else {
             return Ok(());
         };
+        let repeat = self.cfg.nack_repeat_interval;
+        let count = &mut self.counters;
         let mut missing = Vec::new();
-        for &seq_out in lost {
+        for (n, &seq_out) in lost.iter().enumerate() {
+            if d.rtx.spent() {
+                // Nothing more can be paid for: the rest of the list needs no look.
+                count.rtx_refused_budget += (lost.len() - n) as u64;
+                break;
+            }
             let Some((ssrc, seq_in)) = m.original_seq(seq_out) else {
                 continue;
             };
             match up.cache.get(ssrc, seq_in) {
-                Some(c) => {
-                    let (h, payload) = (&c.header, &c.payload);
+                Some(cached) => {
+                    if let Err(refused) = d.rtx.spend(seq_out, cached.payload.len(), now, repeat)
+                    {
+                        match refused {
+                            Refused::Repeat => count.rtx_refused_repeat += 1,
+                            Refused::Budget => count.rtx_refused_budget += 1,
+                        }
+                        continue;
+                    }
+                    count.rtx_sent += 1;
+                    let (h, payload) = (&cached.header, &cached.payload);
                     let mut header = *h;
                     header.sequence_number = seq_out;
                     header.timestamp = m.timestamp_for(h.timestamp);
@@ -1360,10 +1425,25 @@ impl Sfu {
                         payload: payload.clone(),
                         retransmission: true,
                         replay: false,
-                        received: c.received,
+                        received: cached.received,
                     }));
                 }
-                None => missing.push(seq_in),
+                None => {
+                    // Only a packet the publisher may still have (of its current stream,
+                    // not newer than the newest received, at most UPSTREAM_NACK_WINDOW
+                    // behind it) is asked for, and only once across subscribers.
+                    let recent = up.newest.is_some_and(|(newest, _)| {
+                        up.ssrc == Some(ssrc)
+                            && !seq_is_newer(seq_in, newest)
+                            && newest.wrapping_sub(seq_in) < UPSTREAM_NACK_WINDOW
+                    });
+                    if recent && up.nacks_up.ask(seq_in, now, repeat) {
+                        count.nack_upstream_sent += 1;
+                        missing.push(seq_in);
+                    } else {
+                        count.nack_upstream_refused += 1;
+                    }
+                }
             }
         }
         if let (false, Some(ssrc)) = (missing.is_empty(), up.ssrc) {

@@ -240,6 +240,8 @@ pub(crate) struct Engine {
     next_screenshot: u64,
     /// When the once-a-second housekeeping runs next.
     next_second: Option<Instant>,
+    /// The core's counters as last exported to metrics.
+    counters_seen: medsfu_core::CoreCounters,
     /// Rejected STUN messages not yet logged (one line per interval, not one per message).
     stun_rejected_unlogged: u64,
     /// When a rejected STUN message may be logged next.
@@ -251,6 +253,9 @@ const STUN_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10
 
 /// A peer's authenticated media or RTCP counts as a sign of life at most this often.
 const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most packets taken from one NACK (a video track's cache holds 1024 by default).
+const MAX_NACKED_AT_ONCE: usize = 1024;
 
 /// A connection with nothing authenticated from its peer for this long has failed (what
 /// webrtc-rs's ICE timeouts, 5 s + 25 s, did before they were switched off, see `peer`).
@@ -310,6 +315,7 @@ impl Engine {
             hidden: std::collections::HashSet::new(),
             next_screenshot: 1,
             next_second: None,
+            counters_seen: medsfu_core::CoreCounters::default(),
             stun_rejected_unlogged: 0,
             next_stun_log: None,
         }
@@ -717,7 +723,14 @@ impl Engine {
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 MediaStats::inc(&self.stats.nacks_received);
                 if let Some(d) = p.down_by_ssrc.get(&nack.media_ssrc) {
-                    let seqs = nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                    // More than a cache's worth in one NACK is a storm: the rest is not
+                    // even listed.
+                    let seqs = nack
+                        .nacks
+                        .iter()
+                        .flat_map(|n| n.packet_list())
+                        .take(MAX_NACKED_AT_ONCE)
+                        .collect();
                     nacks.push((*d, seqs));
                 }
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
@@ -1950,10 +1963,35 @@ impl Engine {
             return;
         }
         self.next_second = Some(now + std::time::Duration::from_secs(1));
+        self.export_core_counters();
         self.fail_silent_peers(now);
         if self.stun_rejected_unlogged > 0 && self.next_stun_log.is_none_or(|t| now >= t) {
             self.log_stun_rejected(now);
         }
+    }
+
+    /// Adds what the core counted since the last export to the metrics.
+    fn export_core_counters(&mut self) {
+        let (c, seen) = (self.sfu.counters(), self.counters_seen);
+        for (outcome, now, before) in [
+            ("resent", c.rtx_sent, seen.rtx_sent),
+            ("refused_repeat", c.rtx_refused_repeat, seen.rtx_refused_repeat),
+            ("refused_budget", c.rtx_refused_budget, seen.rtx_refused_budget),
+            ("asked_upstream", c.nack_upstream_sent, seen.nack_upstream_sent),
+            (
+                "not_asked_upstream",
+                c.nack_upstream_refused,
+                seen.nack_upstream_refused,
+            ),
+        ] {
+            if now > before {
+                self.stats
+                    .nacked
+                    .with_label_values(&[outcome])
+                    .inc_by(now - before);
+            }
+        }
+        self.counters_seen = c;
     }
 
     /// Treats connections with nothing authenticated from their peer for

@@ -283,6 +283,8 @@ pub struct MediaStats {
     pub socket_buffer: IntGaugeVec,
     /// NACKs received from subscribers.
     pub nacks_received: IntCounter,
+    /// What became of the packets subscribers' NACKs listed, by outcome.
+    pub nacked: IntCounterVec,
     /// Keyframe requests (PLI, FIR) received from subscribers.
     pub plis_received: IntCounter,
     /// Fraction lost reported by subscribers' receiver reports.
@@ -474,6 +476,30 @@ impl MediaStats {
                 )?;
                 registry.register(Box::new(h.clone()))?;
                 h
+            },
+            nacked: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "medsfu_media_nacked_packets_total",
+                        "Packets listed in subscribers' NACKs, by outcome: resent (from the \
+                         cache), refused_repeat (re-sent a moment ago), refused_budget (the \
+                         subscriber's retransmission budget spent), asked_upstream (asked of \
+                         the publisher), not_asked_upstream (asked already, too old, or the \
+                         track's allowance spent)",
+                    ),
+                    &["outcome"],
+                )?;
+                for o in [
+                    "resent",
+                    "refused_repeat",
+                    "refused_budget",
+                    "asked_upstream",
+                    "not_asked_upstream",
+                ] {
+                    v.with_label_values(&[o]);
+                }
+                registry.register(Box::new(v.clone()))?;
+                v
             },
             nacks_received: c(
                 "medsfu_media_nacks_received_total",

@@ -223,6 +223,13 @@ pub struct Core {
     pub replay_pace_factor: u32,
     /// The replay is never paced slower than this, in bits per second.
     pub replay_min_bitrate: u64,
+    /// A subscriber's retransmissions may cost this percentage of its live bytes.
+    pub rtx_budget_percent: u32,
+    /// Retransmission bytes a subscriber may save up (and has when it joins).
+    pub rtx_burst_bytes: u64,
+    /// One packet is re-sent to a subscriber, or asked of the publisher, at most once in
+    /// this interval.
+    pub nack_repeat_interval_ms: u64,
 }
 
 /// Log settings.
@@ -286,6 +293,9 @@ impl Default for Core {
             gop_replay: c.gop_replay,
             replay_pace_factor: c.replay_pace_factor,
             replay_min_bitrate: c.replay_min_bitrate,
+            rtx_budget_percent: c.rtx_budget_percent,
+            rtx_burst_bytes: c.rtx_burst_bytes,
+            nack_repeat_interval_ms: ms(c.nack_repeat_interval),
         }
     }
 }
@@ -312,6 +322,9 @@ impl Core {
             gop_replay: self.gop_replay,
             replay_pace_factor: self.replay_pace_factor,
             replay_min_bitrate: self.replay_min_bitrate,
+            rtx_budget_percent: self.rtx_budget_percent,
+            rtx_burst_bytes: self.rtx_burst_bytes,
+            nack_repeat_interval: Duration::from_millis(self.nack_repeat_interval_ms),
             ..medsfu_core::CoreConfig::default()
         }
     }
