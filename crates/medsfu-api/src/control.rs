@@ -173,6 +173,23 @@ fn role_of(s: &str) -> Role {
     s.parse().unwrap_or(Role::Consultant)
 }
 
+/// Longest text field of an audit row (bytes); longer ones are cut and marked.
+const MAX_AUDIT_FIELD: usize = 256;
+/// Longest detail of an audit row (bytes of JSON); a longer one is replaced by its size.
+const MAX_AUDIT_DETAIL: usize = 4096;
+
+/// `s` cut to [`MAX_AUDIT_FIELD`] bytes at a character boundary, marked with `…` when cut.
+fn capped(s: &str) -> String {
+    if s.len() <= MAX_AUDIT_FIELD {
+        return s.to_owned();
+    }
+    let mut end = MAX_AUDIT_FIELD - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Appends to the audit trail off the runtime's threads (the store blocks).
 pub(crate) async fn audit(
     log: Option<&Arc<dyn medsfu_audit::AuditStore>>,
@@ -186,14 +203,18 @@ pub(crate) async fn audit(
     let Some(log) = log.cloned() else {
         return;
     };
+    let mut detail = detail.to_string();
+    if detail.len() > MAX_AUDIT_DETAIL {
+        detail = json!({ "truncated_bytes": detail.len() }).to_string();
+    }
     let event = medsfu_audit::Event {
         at_unix_ms: unix_ms(SystemTime::now()),
-        actor: actor.to_owned(),
-        role: role.to_owned(),
-        action: action.to_owned(),
-        room: room.to_owned(),
-        source: source.to_owned(),
-        detail: detail.to_string(),
+        actor: capped(actor),
+        role: capped(role),
+        action: capped(action),
+        room: capped(room),
+        source: capped(source),
+        detail,
     };
     match tokio::task::spawn_blocking(move || log.append(event)).await {
         Ok(Ok(_)) => {}
@@ -626,5 +647,19 @@ async fn timer(control: std::sync::Weak<Control>, wake: Arc<Notify>) {
             }
             () = wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_fields_are_capped_at_a_character_boundary() {
+        assert_eq!(capped("alice"), "alice");
+        let long = "é".repeat(1000);
+        let c = capped(&long);
+        assert!(c.len() <= MAX_AUDIT_FIELD && c.ends_with('…'), "{}", c.len());
+        assert!(c.len() > MAX_AUDIT_FIELD - 8);
     }
 }

@@ -66,6 +66,30 @@ pub struct Origin(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<std::net::IpAddr>);
 
+/// Longest account name accepted at sign-in (as the schema says).
+const MAX_USER: usize = 64;
+/// Longest password accepted.
+const MAX_SECRET: usize = 1024;
+/// Longest PIN accepted.
+const MAX_PIN: usize = 8;
+/// Longest device token accepted.
+const MAX_DEVICE_TOKEN: usize = 128;
+/// Characters of a refused request's path kept in the audit trail.
+const MAX_AUDITED_PATH: usize = 200;
+
+/// Refuses a field longer than `max` bytes with 422 `bad_field` (before any work, and
+/// before anything reaches the audit trail).
+fn within(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_field",
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes one sign-in attempt of the peer's allowance, or refuses with 429 `rate_limited`
 /// (counted, not audited one by one: a flood must not fill the disk).
 fn admit_login(c: &Control, peer: Peer) -> Result<(), ApiError> {
@@ -131,16 +155,18 @@ impl FromRequestParts<AppState> for Caller {
             }),
             Err(e) => {
                 count_refusal(state, e.code);
-                crate::control::audit(
-                    state.inner.audit.as_ref(),
-                    "",
-                    "",
-                    "refused",
-                    "",
-                    &source,
-                    json!({ "refused": e.code, "path": parts.uri.path() }),
-                )
-                .await;
+                let peer = parts.extensions.get::<Peer>().and_then(|p| p.0);
+                let path: String = parts.uri.path().chars().take(MAX_AUDITED_PATH).collect();
+                state
+                    .audit_refusal(
+                        peer,
+                        "",
+                        "refused",
+                        &source,
+                        e.code,
+                        json!({ "refused": e.code, "path": path }),
+                    )
+                    .await;
                 Err(e)
             }
         }
@@ -513,7 +539,7 @@ impl Drop for InProgress<'_> {
 
 async fn login_with(
     state: &AppState,
-    source: &str,
+    (source, peer): (&str, Peer),
     user: String,
     secret: String,
     kind: SecretKind,
@@ -576,16 +602,9 @@ async fn login_with(
         Err(e) => {
             let mut detail = detail;
             detail["refused"] = json!(e.code());
-            crate::control::audit(
-                state.inner.audit.as_ref(),
-                &user,
-                "",
-                "login_failed",
-                "",
-                source,
-                detail,
-            )
-            .await;
+            state
+                .audit_refusal(peer.0, &user, "login_failed", source, e.code(), detail)
+                .await;
             Err(login_error(e))
         }
     }
@@ -608,9 +627,11 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     admit_login(control(&state)?, peer)?;
     let Body(b) = b?;
+    within("user", &b.user, MAX_USER)?;
+    within("password", &b.password, MAX_SECRET)?;
     login_with(
         &state,
-        &origin.0,
+        (&origin.0, peer),
         b.user,
         b.password,
         SecretKind::Password,
@@ -637,21 +658,24 @@ pub async fn login_crew(
     let c = control(&state)?;
     admit_login(c, peer)?;
     let Body(b) = b?;
+    within("device_token", &b.device_token, MAX_DEVICE_TOKEN)?;
+    within("user", &b.user, MAX_USER)?;
+    within("pin", &b.pin, MAX_PIN)?;
     let store = c.store();
     let token = b.device_token.clone();
     let device = blocking(move || store.device_by_token(&token)).await?;
     let Some(device) = device else {
         c.stats.logins.with_label_values(&["failed"]).inc();
-        crate::control::audit(
-            state.inner.audit.as_ref(),
-            &b.user,
-            "",
-            "login_failed",
-            "",
-            &origin.0,
-            json!({ "kind": "pin", "refused": "device_unknown" }),
-        )
-        .await;
+        state
+            .audit_refusal(
+                peer.0,
+                &b.user,
+                "login_failed",
+                &origin.0,
+                "device_unknown",
+                json!({ "kind": "pin", "refused": "device_unknown" }),
+            )
+            .await;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "device_unknown",
@@ -660,7 +684,7 @@ pub async fn login_crew(
     };
     login_with(
         &state,
-        &origin.0,
+        (&origin.0, peer),
         b.user,
         b.pin,
         SecretKind::Pin,

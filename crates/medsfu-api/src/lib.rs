@@ -9,6 +9,7 @@ pub mod control_api;
 mod ecg_snapshot;
 mod error;
 pub mod login_rate;
+pub mod refusal_log;
 mod signalling;
 pub mod telemetry;
 pub mod token;
@@ -49,6 +50,10 @@ struct Inner {
     recordings: Option<std::path::PathBuf>,
     /// The audit trail; none: nothing is audited (tests of other parts).
     audit: Option<Arc<dyn medsfu_audit::AuditStore>>,
+    /// Refusals of requests without a valid login, aggregated per source and code.
+    refusals: refusal_log::RefusalLog,
+    /// Whether the task writing ended refusal windows' summaries runs.
+    refusal_sweeper: std::sync::atomic::AtomicBool,
     /// Calls, rooms and membership; none: the control API answers 503.
     control: Option<Arc<Control>>,
 }
@@ -73,6 +78,8 @@ impl AppState {
                 stopping: tokio::sync::watch::Sender::new(false),
                 recordings: None,
                 audit: None,
+                refusals: refusal_log::RefusalLog::default(),
+                refusal_sweeper: std::sync::atomic::AtomicBool::new(false),
                 control: None,
             }),
         }
@@ -94,6 +101,53 @@ impl AppState {
             inner.control = Some(control);
         }
         self
+    }
+
+    /// Records the refusal (`code`) of a request without a valid login from `peer`: the
+    /// first few of each minute per source address and code in full, the rest counted into
+    /// one summary row per source, code and minute (`refused_aggregated`), so that a flood
+    /// of bad requests cannot fill the disk.
+    pub(crate) async fn audit_refusal(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        actor: &str,
+        action: &str,
+        source: &str,
+        code: &str,
+        detail: serde_json::Value,
+    ) {
+        if self.inner.audit.is_none() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let (verdict, ended) = self.inner.refusals.note(peer, code, now);
+        self.start_refusal_sweeper();
+        if let Some(s) = ended {
+            write_refusal_summary(self.inner.audit.as_ref(), s, now).await;
+        }
+        if verdict == refusal_log::Verdict::Write {
+            control::audit(self.inner.audit.as_ref(), actor, "", action, "", source, detail).await;
+        }
+    }
+
+    /// Starts (once) the task that writes the summaries of sources gone quiet.
+    fn start_refusal_sweeper(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.refusal_sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = std::time::Instant::now();
+                for s in inner.refusals.take_ended(now) {
+                    write_refusal_summary(inner.audit.as_ref(), s, now).await;
+                }
+            }
+        });
     }
 
     /// Records an access to patient data or a change in the audit trail.
@@ -203,6 +257,26 @@ pub fn valid_room(room: &str) -> bool {
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Writes the row summing up a source's refusals that were counted, not written.
+async fn write_refusal_summary(
+    log: Option<&Arc<dyn medsfu_audit::AuditStore>>,
+    s: refusal_log::Summary,
+    now: std::time::Instant,
+) {
+    let since = std::time::SystemTime::now() - now.saturating_duration_since(s.since);
+    let source = match s.source {
+        Some(ip) => format!("http from={ip}"),
+        None => "http from=(more sources than remembered)".to_owned(),
+    };
+    let detail = serde_json::json!({
+        "refused": s.code,
+        "count": s.counted,
+        "since_unix_ms": control::unix_ms(since),
+        "window_s": refusal_log::WINDOW.as_secs(),
+    });
+    control::audit(log, "", "", "refused_aggregated", "", &source, detail).await;
 }
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

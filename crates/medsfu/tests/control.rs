@@ -1179,3 +1179,87 @@ async fn sign_ins_from_one_address_are_rate_limited() {
         .await;
     assert_eq!((s, v["code"].as_str()), (429, Some("rate_limited")), "{v}");
 }
+
+/// Bytes of the audit trail's files (the database and its write-ahead log).
+fn audit_bytes(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data)
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit.db"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Issue 16 (high): refused requests without a valid login cannot fill the disk through the
+/// audit trail (50 sign-ins with a 1 MB user name added 48 MB): fields are capped, and per
+/// source and code only the first few refusals a minute get their own row, the rest are
+/// counted. Real accesses are still audited one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_cannot_fill_the_disk_through_the_audit_trail() {
+    let server = Server::start(&[("MEDSFU_CONTROL__LOGIN_ATTEMPTS_PER_MINUTE", "0")]);
+    user_add(&server.data.0, "root", "admin", PW);
+    let api = Api::new(&server);
+    let _ = api.login("root", PW).await;
+    let before = audit_bytes(&server.data.0);
+    let huge = "u".repeat(1_000_000);
+    for _ in 0..50 {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/api/login",
+                "",
+                Some(json!({ "user": huge, "password": "wrong" })),
+            )
+            .await;
+        assert_eq!((s, v["code"].as_str()), (422, Some("bad_field")), "{v}");
+    }
+    // Wrong passwords with a long (allowed) name, bad tokens, no token.
+    let long = "n".repeat(64);
+    for _ in 0..200 {
+        let (s, _) = api
+            .call(
+                "POST",
+                "/api/login",
+                "",
+                Some(json!({ "user": long, "password": "wrong" })),
+            )
+            .await;
+        assert_eq!(s, 401);
+    }
+    for i in 0..1000 {
+        let token = if i % 2 == 0 { "" } else { "not-a-token" };
+        let (s, _) = api.call("GET", "/api/rooms", token, None).await;
+        assert_eq!(s, 401);
+    }
+    let grown = audit_bytes(&server.data.0) - before;
+    eprintln!("1250 refused requests (50 with a 1 MB user name): audit files grew {grown} bytes");
+    assert!(grown < 256 * 1024, "the audit trail grew {grown} bytes");
+    // A real sign-in and a real access are audited in full, each.
+    let root = api.login("root", PW).await;
+    let (s, trail) = api
+        .call("GET", "/api/audit?limit=100000", &root, None)
+        .await;
+    assert_eq!(s, 200);
+    let trail = trail.as_array().expect("entries").clone();
+    let rows = |action: &str| trail.iter().filter(|e| e["action"] == action).count();
+    eprintln!(
+        "audit rows: {} login, {} login_failed, {} refused",
+        rows("login"),
+        rows("login_failed"),
+        rows("refused")
+    );
+    assert_eq!(rows("login"), 2, "both real sign-ins");
+    assert_eq!(rows("login_failed"), 5, "five in full, the rest counted");
+    assert!(rows("refused") <= 10, "five per code: {}", rows("refused"));
+    assert!(trail
+        .iter()
+        .all(|e| e.to_string().len() < 2048), "no row carries the huge name");
+    assert!(
+        server
+            .metric("medsfu_control_logins_total{result=\"failed\"}")
+            .await
+            >= 200.0,
+        "every refusal is still counted"
+    );
+}
