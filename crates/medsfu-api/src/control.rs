@@ -659,7 +659,11 @@ mod tests {
         assert_eq!(capped("alice"), "alice");
         let long = "é".repeat(1000);
         let c = capped(&long);
-        assert!(c.len() <= MAX_AUDIT_FIELD && c.ends_with('…'), "{}", c.len());
+        assert!(
+            c.len() <= MAX_AUDIT_FIELD && c.ends_with('…'),
+            "{}",
+            c.len()
+        );
         assert!(c.len() > MAX_AUDIT_FIELD - 8);
     }
 }

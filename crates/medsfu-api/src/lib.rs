@@ -126,7 +126,16 @@ impl AppState {
             write_refusal_summary(self.inner.audit.as_ref(), s, now).await;
         }
         if verdict == refusal_log::Verdict::Write {
-            control::audit(self.inner.audit.as_ref(), actor, "", action, "", source, detail).await;
+            control::audit(
+                self.inner.audit.as_ref(),
+                actor,
+                "",
+                action,
+                "",
+                source,
+                detail,
+            )
+            .await;
         }
     }
 

@@ -137,7 +137,10 @@ mod tests {
         let (v, s) = log.note(a, "token_missing", t0 + WINDOW);
         assert_eq!(v, Verdict::Write);
         let s = s.expect("summary");
-        assert_eq!((s.source, s.code.as_str(), s.counted), (a, "token_missing", 995));
+        assert_eq!(
+            (s.source, s.code.as_str(), s.counted),
+            (a, "token_missing", 995)
+        );
         // A source that went quiet is summed up by the sweep, and forgotten.
         for _ in 0..10 {
             log.note(b, "token_missing", t0 + Duration::from_secs(1));

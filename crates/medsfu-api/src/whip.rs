@@ -15,6 +15,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::control_api::{Origin, Peer};
 use crate::{ApiError, AppState, TokenError};
 
 /// Live WHIP/WHEP sessions by their URL id. Touched per HTTP request, never per packet.
@@ -32,6 +33,8 @@ struct Session {
     publisher: bool,
     /// The client's ICE ufrag from its offer: a PATCH with another one is an ICE restart.
     client_ufrag: Option<String>,
+    /// Set when the client ended the session with DELETE (for the audit trail).
+    deleted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sessions {
@@ -76,10 +79,13 @@ fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
 pub async fn create_whip(
     state: State<AppState>,
     room: Path<String>,
+    axum::Extension(origin): axum::Extension<Origin>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    create(state, room, headers, body, SessionKind::Whip, None).await
+    let from = (origin, peer);
+    create(state, room, from, headers, body, SessionKind::Whip, None).await
 }
 
 /// `POST /whep/{room}`: the room's tracks onto the offer's receive m-sections, or with
@@ -88,6 +94,8 @@ pub async fn create_whep(
     state: State<AppState>,
     room: Path<String>,
     RawQuery(query): RawQuery,
+    axum::Extension(origin): axum::Extension<Origin>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -110,12 +118,23 @@ pub async fn create_whep(
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_track", "track is T<n>")
             })?);
     }
-    create(state, room, headers, body, SessionKind::Whep, only).await
+    let from = (origin, peer);
+    create(state, room, from, headers, body, SessionKind::Whep, only).await
+}
+
+/// The room's track ids in a WHEP answer (`a=msid:<stream> <track>`), for the audit trail.
+fn answered_tracks(answer: &str) -> Vec<String> {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=msid:")?.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn create(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    (origin, peer): (Origin, Peer),
     headers: HeaderMap,
     body: Bytes,
     kind: SessionKind,
@@ -129,14 +148,36 @@ async fn create(
             crate::ROOM_RULE,
         ));
     }
-    let grant = s
-        .tokens
-        .verify_for_room(bearer(&headers)?, &room, SystemTime::now())?;
-    let grant = state.current_role(grant).await?;
+    let path = match kind {
+        SessionKind::Whip => "whip",
+        _ => "whep",
+    };
+    let granted = match bearer(&headers) {
+        Ok(t) => s
+            .tokens
+            .verify_for_room(t, &room, SystemTime::now())
+            .map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    let granted = match granted {
+        Ok(g) => state.current_role(g).await,
+        Err(e) => Err(e),
+    };
+    let grant = match granted {
+        Ok(g) => g,
+        Err(e) => {
+            let detail =
+                serde_json::json!({ "refused": e.code, "path": format!("/{path}/{room}") });
+            state
+                .audit_refusal(peer.0, "", "refused", &origin.0, e.code, detail)
+                .await;
+            return Err(e);
+        }
+    };
     let offer = sdp_body(&headers, &body)?;
     let client_ufrag = ice_ufrag(&offer).map(str::to_owned);
     // Reject bad SDP and forbidden media before the participant appears to anyone.
-    let sections = medsfu_webrtc::sdp::media_sections(&offer)
+    let sections = medsfu_webrtc::sdp::offered_sections(&offer)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string()))?;
     if kind == SessionKind::Whip {
         medsfu_webrtc::sdp::check_whip(grant.role, &sections)?;
@@ -159,6 +200,7 @@ async fn create(
         }
     };
     let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    let deleted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let etag = format!("\"{}\"", Alphanumeric.sample_string(&mut rand::rng(), 12));
     s.sessions.insert(
         id.clone(),
@@ -169,23 +211,61 @@ async fn create(
             etag: etag.clone(),
             publisher: kind == SessionKind::Whip,
             client_ufrag,
+            deleted: deleted.clone(),
         },
     );
-    // Forget the session when the server ends it (timeout, replaced by a reconnect).
+    // Who publishes or watches what, when and from where, like a signalling join.
+    let (action, end_action) = match kind {
+        SessionKind::Whip => ("whip_publish", "whip_end"),
+        _ => ("whep_subscribe", "whep_end"),
+    };
+    let media: Vec<&str> = sections
+        .iter()
+        .filter_map(|m| match m.kind? {
+            medsfu_core::MediaKind::Audio => Some("audio"),
+            medsfu_core::MediaKind::Video => Some("video"),
+        })
+        .collect();
+    let mut detail = serde_json::json!({
+        "participant": participant.to_string(),
+        "session": id,
+        "media": media,
+    });
+    if kind == SessionKind::Whep {
+        detail["tracks"] = serde_json::json!(answered_tracks(&answer));
+    }
+    state
+        .audit(
+            &grant.identity,
+            grant.role,
+            action,
+            &room,
+            &origin.0,
+            detail,
+        )
+        .await;
+    // Forget the session when the server ends it (DELETE, timeout, replaced by a
+    // reconnect), and say so in the audit trail.
     let st = state.clone();
     let sid = id.clone();
+    let (who, role, source) = (grant.identity.clone(), grant.role, origin.0.clone());
+    let room_name = room.clone();
     tokio::spawn(async move {
+        let mut reason = "closed";
         while let Some(ev) = rx.recv().await {
-            if let SessionEvent::Removed(_) = ev {
+            if let SessionEvent::Removed(r) = ev {
+                reason = r.as_str();
                 break;
             }
         }
+        if deleted.load(std::sync::atomic::Ordering::Acquire) {
+            reason = "deleted";
+        }
         st.inner.sessions.remove(&sid);
+        let detail = serde_json::json!({ "participant": participant.to_string(), "session": sid, "reason": reason });
+        st.audit(&who, role, end_action, &room_name, &source, detail)
+            .await;
     });
-    let path = match kind {
-        SessionKind::Whip => "whip",
-        _ => "whep",
-    };
     info!(%participant, kind = path, "WHIP/WHEP session created");
     Ok((
         StatusCode::CREATED,
@@ -291,6 +371,9 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = session_for(&state, &headers, &room, &id)?;
+    session
+        .deleted
+        .store(true, std::sync::atomic::Ordering::Release);
     state.inner.sessions.remove(&id);
     state.inner.media.leave(session.participant).await;
     Ok(StatusCode::OK.into_response())

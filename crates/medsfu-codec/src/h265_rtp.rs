@@ -405,7 +405,10 @@ pub(crate) mod tests {
         let slice = nal(1, true, 1200);
         let sent = fill_until_refused(|m| d.push(&slice, m), slice.len());
         // Each NAL unit is buffered with its 4-byte start code.
-        assert!(sent > MAX_ACCESS_UNIT / 1207 * 1203 - 2000 && sent <= MAX_ACCESS_UNIT, "{sent}");
+        assert!(
+            sent > MAX_ACCESS_UNIT / 1207 * 1203 - 2000 && sent <= MAX_ACCESS_UNIT,
+            "{sent}"
+        );
         assert!(d.assembly.au.capacity() <= 2 * MAX_ACCESS_UNIT);
         assert!(d.assembly.au.is_empty(), "what was buffered is dropped");
         // One endless fragmented NAL unit is refused the same way.
@@ -417,6 +420,9 @@ pub(crate) mod tests {
         assert!(sent > MAX_ACCESS_UNIT - 2000, "{sent}");
         assert!(d.assembly.fragment.is_none() && d.assembly.au.is_empty());
         // The next picture is rebuilt as usual.
-        assert_eq!(d.push(&slice, true).unwrap().map(|p| p.len()), Some(4 + slice.len()));
+        assert_eq!(
+            d.push(&slice, true).unwrap().map(|p| p.len()),
+            Some(4 + slice.len())
+        );
     }
 }

@@ -25,6 +25,6 @@ pub use medsfu_codec::Codec;
 pub use role::{MediaKind, Role, TrackSource};
 pub use rtp::{seq_is_newer, RtpHeader, RtpPacket, RtpParseError};
 pub use sfu::{
-    CoreConfig, CoreCounters, DownTrackStats, LeaveReason, Output, ParticipantInfo, ReceptionReport, RoomEvent,
-    RtpOut, Sfu, TrackInfo,
+    CoreConfig, CoreCounters, DownTrackStats, LeaveReason, Output, ParticipantInfo,
+    ReceptionReport, RoomEvent, RtpOut, Sfu, TrackInfo,
 };

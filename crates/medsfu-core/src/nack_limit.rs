@@ -37,9 +37,7 @@ struct Recent {
 impl Recent {
     fn ms(&mut self, now: Instant) -> u32 {
         let base = *self.base.get_or_insert(now);
-        u32::try_from(now.saturating_duration_since(base).as_millis())
-            .unwrap_or(u32::MAX - 1)
-            + 1
+        u32::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(u32::MAX - 1) + 1
     }
 
     /// Whether `seq` was handled less than `within` before `now`.

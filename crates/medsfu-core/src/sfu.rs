@@ -1400,8 +1400,7 @@ impl Sfu {
             };
             match up.cache.get(ssrc, seq_in) {
                 Some(cached) => {
-                    if let Err(refused) = d.rtx.spend(seq_out, cached.payload.len(), now, repeat)
-                    {
+                    if let Err(refused) = d.rtx.spend(seq_out, cached.payload.len(), now, repeat) {
                         match refused {
                             Refused::Repeat => count.rtx_refused_repeat += 1,
                             Refused::Budget => count.rtx_refused_budget += 1,

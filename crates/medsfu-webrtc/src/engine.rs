@@ -1635,7 +1635,7 @@ impl Engine {
             .ok_or(MediaError::UnknownSession)?;
         let role = session.role;
         // Refuse what the role may not publish before any negotiation happens.
-        let sections = media_sections(offer).map_err(sdp_err)?;
+        let sections = crate::sdp::offered_sections(offer).map_err(sdp_err)?;
         let mut all_sources = self
             .sessions
             .get(&participant)
@@ -1737,7 +1737,7 @@ impl Engine {
             .participant(participant)
             .map(|p| p.identity.clone())
             .unwrap_or_default();
-        let sections = media_sections(offer).map_err(sdp_err)?;
+        let sections = crate::sdp::offered_sections(offer).map_err(sdp_err)?;
         let desc = RTCSessionDescription::offer(accept_bundle_only(offer)).map_err(sdp_err)?;
         // One room track per receiving m-section of the same kind, in publication order,
         // in a codec the section lists: an H.265 track goes to a section without H.265 as
@@ -1975,9 +1975,21 @@ impl Engine {
         let (c, seen) = (self.sfu.counters(), self.counters_seen);
         for (outcome, now, before) in [
             ("resent", c.rtx_sent, seen.rtx_sent),
-            ("refused_repeat", c.rtx_refused_repeat, seen.rtx_refused_repeat),
-            ("refused_budget", c.rtx_refused_budget, seen.rtx_refused_budget),
-            ("asked_upstream", c.nack_upstream_sent, seen.nack_upstream_sent),
+            (
+                "refused_repeat",
+                c.rtx_refused_repeat,
+                seen.rtx_refused_repeat,
+            ),
+            (
+                "refused_budget",
+                c.rtx_refused_budget,
+                seen.rtx_refused_budget,
+            ),
+            (
+                "asked_upstream",
+                c.nack_upstream_sent,
+                seen.nack_upstream_sent,
+            ),
             (
                 "not_asked_upstream",
                 c.nack_upstream_refused,

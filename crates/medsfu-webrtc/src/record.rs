@@ -507,7 +507,10 @@ fn record_audio<W: Write>(
     }
     w.finish().map_err(|e| mux_err(&e))?;
     if jumps > 0 {
-        info!(jumps, "voice archive: publisher clock jumps not filled with silence");
+        info!(
+            jumps,
+            "voice archive: publisher clock jumps not filled with silence"
+        );
     }
     Ok(())
 }
@@ -723,10 +726,26 @@ mod tests {
         assert_eq!(silence_before(500, 960, 960), 0, "a late packet");
         // A clock that jumps further than time passed is followed only as far as time
         // passed (plus a second of jitter).
-        assert_eq!(silence_before(u64::from(u32::MAX), 0, 0), 0, "a broken clock");
-        assert_eq!(silence_before(s * 3600, s * 10, s * 10 + 1920), 2, "up to real time");
-        assert_eq!(silence_before(s * 3600, s * 11, s * 10), 0, "a second ahead already");
-        assert_eq!(silence_before(s * 11, s * 10, s * 10), 50, "a second of lead is jitter");
+        assert_eq!(
+            silence_before(u64::from(u32::MAX), 0, 0),
+            0,
+            "a broken clock"
+        );
+        assert_eq!(
+            silence_before(s * 3600, s * 10, s * 10 + 1920),
+            2,
+            "up to real time"
+        );
+        assert_eq!(
+            silence_before(s * 3600, s * 11, s * 10),
+            0,
+            "a second ahead already"
+        );
+        assert_eq!(
+            silence_before(s * 11, s * 10, s * 10),
+            50,
+            "a second of lead is jitter"
+        );
     }
 
     /// Runs packets `(rtp timestamp, arrival in ms)` through the voice archive; returns
@@ -771,8 +790,15 @@ mod tests {
             .map(|n| (n.wrapping_mul(48_000 * 600), u64::from(n) * 5))
             .collect();
         let (samples, bytes, refused) = archive(&jumps);
-        assert_eq!(samples, 200 * 960, "the packets' own 20 ms each, no silence");
-        assert!(bytes < 20_000, "{bytes} bytes on disk for 200 packets of 3 bytes");
+        assert_eq!(
+            samples,
+            200 * 960,
+            "the packets' own 20 ms each, no silence"
+        );
+        assert!(
+            bytes < 20_000,
+            "{bytes} bytes on disk for 200 packets of 3 bytes"
+        );
         assert!(refused >= 199, "each jump counted: {refused}");
         // After jumps the archive keeps real gaps: one second of packets, a real second
         // of nothing, one more second.
@@ -813,7 +839,10 @@ mod tests {
             let bound = (ms + 1000) * 48 + 960 * n;
             assert!(samples <= bound, "{samples} > {bound} for {packets:?}");
             // Silence frames are 3 bytes plus lacing; pages add 27 bytes a second.
-            assert!(bytes <= 2_000 + samples / 960 * 5 + n * 5, "{bytes} for {samples}");
+            assert!(
+                bytes <= 2_000 + samples / 960 * 5 + n * 5,
+                "{bytes} for {samples}"
+            );
         }
     }
 
@@ -987,8 +1016,8 @@ mod tests {
                 room,
             })
         };
-        let err = record_video(&dir.join("camera"), VideoCodec::H264, rx, open, &refused)
-            .unwrap_err();
+        let err =
+            record_video(&dir.join("camera"), VideoCodec::H264, rx, open, &refused).unwrap_err();
         assert!(err.to_string().contains("No space left on device"), "{err}");
 
         // What reached the disk plays up to the last fragment that fitted.

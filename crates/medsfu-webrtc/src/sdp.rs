@@ -67,6 +67,22 @@ pub enum SdpError {
     /// The description is larger than medsfu accepts.
     #[error("SDP larger than {0} bytes")]
     TooLarge(usize),
+    /// An offer with more m-sections than medsfu accepts.
+    #[error("more than {0} m-sections in one offer")]
+    TooManySections(usize),
+}
+
+/// Most m-sections in a client's offer (a browser publishing camera, screen and voice, or
+/// watching a busy room, needs far fewer); each costs a transceiver and its state.
+pub const MAX_OFFER_SECTIONS: usize = 32;
+
+/// [`media_sections`] of a client's offer, refused beyond [`MAX_OFFER_SECTIONS`].
+pub fn offered_sections(sdp: &str) -> Result<Vec<MediaSection>, SdpError> {
+    let sections = media_sections(sdp)?;
+    if sections.len() > MAX_OFFER_SECTIONS {
+        return Err(SdpError::TooManySections(MAX_OFFER_SECTIONS));
+    }
+    Ok(sections)
 }
 
 /// Largest SDP accepted (a browser offer with many m-lines is far below this).
@@ -388,5 +404,26 @@ a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].0.as_deref(), Some("0"));
         assert!(c[0].1.starts_with("candidate:1 1 udp"));
+    }
+
+    #[test]
+    fn an_offer_with_hundreds_of_sections_is_refused() {
+        let offer = |n: usize| {
+            let mut s = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
+            for i in 0..n {
+                s.push_str(&format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\n"));
+            }
+            s
+        };
+        assert_eq!(
+            offered_sections(&offer(MAX_OFFER_SECTIONS)).unwrap().len(),
+            32
+        );
+        assert_eq!(
+            offered_sections(&offer(500)).unwrap_err(),
+            SdpError::TooManySections(MAX_OFFER_SECTIONS)
+        );
+        // The server's own descriptions are not held to it.
+        assert_eq!(media_sections(&offer(500)).unwrap().len(), 500);
     }
 }

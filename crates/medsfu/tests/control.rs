@@ -1252,9 +1252,10 @@ async fn refused_requests_cannot_fill_the_disk_through_the_audit_trail() {
     assert_eq!(rows("login"), 2, "both real sign-ins");
     assert_eq!(rows("login_failed"), 5, "five in full, the rest counted");
     assert!(rows("refused") <= 10, "five per code: {}", rows("refused"));
-    assert!(trail
-        .iter()
-        .all(|e| e.to_string().len() < 2048), "no row carries the huge name");
+    assert!(
+        trail.iter().all(|e| e.to_string().len() < 2048),
+        "no row carries the huge name"
+    );
     assert!(
         server
             .metric("medsfu_control_logins_total{result=\"failed\"}")

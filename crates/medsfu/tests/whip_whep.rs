@@ -281,6 +281,60 @@ async fn a_whep_offer_with_bundle_only_sections_and_h265_fmtp_gets_every_track()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // Issue 16: who published and who watched what, when and from where, is in the audit
+    // trail like a signalling join, and so is the end of each session and a refused one.
+    assert_eq!(viewer.delete().await.expect("DELETE"), 200);
+    let refused = medsfu_client::whep(&server.http, "amb-8", "forged", &[CodecSpec::opus()]).await;
+    assert!(matches!(
+        refused,
+        Err(medsfu_client::ClientError::Refused { status: 401, .. })
+    ));
+    let db = rusqlite::Connection::open(server.data.0.join("audit.db")).expect("audit db");
+    let rows = |action: &str| -> Vec<(String, String, String, String)> {
+        let mut q = db
+            .prepare("SELECT actor, room, source, detail FROM audit WHERE action = ?1 ORDER BY seq")
+            .expect("query");
+        q.query_map([action], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .expect("rows")
+        .map(Result::unwrap)
+        .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows("whep_end").is_empty() {
+        assert!(Instant::now() < deadline, "no whep_end row");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = rows("whip_publish");
+    let who: Vec<&str> = published.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(who, ["ambulance-8", "crew-8"], "{published:?}");
+    assert!(published[0].3.contains("\"video\"") && published[1].3.contains("\"audio\""));
+    let watched = rows("whep_subscribe");
+    assert_eq!(watched.len(), 1, "{watched:?}");
+    let (actor, room, source, detail) = &watched[0];
+    assert_eq!((actor.as_str(), room.as_str()), ("dr-8", "amb-8"));
+    assert!(source.contains("from=127.0.0.1"), "{source}");
+    let detail: serde_json::Value = serde_json::from_str(detail).expect("json");
+    assert_eq!(
+        detail["tracks"].as_array().map(Vec::len),
+        Some(2),
+        "{detail}"
+    );
+    let ended = rows("whep_end");
+    assert_eq!(ended[0].0, "dr-8");
+    assert!(
+        ended[0].3.contains("\"reason\":\"deleted\""),
+        "{:?}",
+        ended[0]
+    );
+    let refusals = rows("refused");
+    assert!(
+        refusals.iter().any(|r| r.3.contains("/whep/amb-8")),
+        "{refusals:?}"
+    );
+    println!("audit: {published:?}\n{watched:?}\n{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1105,12 +1105,21 @@ fn a_nack_storm_costs_at_most_the_budget_and_never_storms_the_publisher() {
             assert!(asked_up.len() as u64 <= 64 + received / 4);
         }
         let c = sfu.counters();
-        assert!(c.rtx_refused_budget > 0 && c.rtx_refused_repeat > 0, "{c:?}");
-        assert!(c.nack_upstream_refused > 0 && c.nack_upstream_sent > 0, "{c:?}");
+        assert!(
+            c.rtx_refused_budget > 0 && c.rtx_refused_repeat > 0,
+            "{c:?}"
+        );
+        assert!(
+            c.nack_upstream_refused > 0 && c.nack_upstream_sent > 0,
+            "{c:?}"
+        );
         assert_eq!(c.nack_upstream_sent, asked_up.len() as u64);
         // Retransmissions per NACK byte: the review measured 73; here the bound holds
         // whatever was asked.
-        assert!(rtx / nack_bytes.max(1) < 20, "{rtx} bytes for {nack_bytes} of NACKs");
+        assert!(
+            rtx / nack_bytes.max(1) < 20,
+            "{rtx} bytes for {nack_bytes} of NACKs"
+        );
     }
 }
 
@@ -1134,7 +1143,8 @@ fn two_subscribers_missing_the_same_packet_ask_the_publisher_once() {
     );
     sfu.handle_nack(d, &[b_seq], now).unwrap();
     sfu.handle_nack(d2, &[c_seq], now).unwrap();
-    sfu.handle_nack(d, &[b_seq], now + Duration::from_millis(20)).unwrap();
+    sfu.handle_nack(d, &[b_seq], now + Duration::from_millis(20))
+        .unwrap();
     let asked: Vec<Output> = drain(&mut sfu)
         .into_iter()
         .filter(|o| matches!(o, Output::Nack { .. }))
@@ -1149,7 +1159,8 @@ fn two_subscribers_missing_the_same_packet_ask_the_publisher_once() {
         }]
     );
     // After the repeat interval it may be asked again (the first request may be lost).
-    sfu.handle_nack(d2, &[c_seq], now + Duration::from_millis(100)).unwrap();
+    sfu.handle_nack(d2, &[c_seq], now + Duration::from_millis(100))
+        .unwrap();
     assert_eq!(
         drain(&mut sfu)
             .iter()
