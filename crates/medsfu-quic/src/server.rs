@@ -864,7 +864,19 @@ async fn telemetry(
         let mut refused = None;
         loop {
             match Frame::decode(&buf) {
-                Ok((_, n)) => frames.push(buf.split_to(n).to_vec()),
+                Ok((frame, n)) => {
+                    if let Some(code) = medsfu_telemetry::hub::device_refusal(&frame) {
+                        ctx.hub.count_rejected(code);
+                        refused = Some((
+                            code.to_owned(),
+                            "devices write their own sources (below 2^31) and no chat or \
+                             snapshot requests: those are the server's, for participants"
+                                .to_owned(),
+                        ));
+                        break;
+                    }
+                    frames.push(buf.split_to(n).to_vec());
+                }
                 Err(FrameError::Incomplete(_)) => break,
                 Err(e) => {
                     ctx.hub.count_rejected(e.code());

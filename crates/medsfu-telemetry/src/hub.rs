@@ -61,6 +61,9 @@ pub enum HubError {
     /// The journal failed (disk full, unwritable, damaged) or the frame is invalid.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A participant's source has no sequence number left.
+    #[error("no sequence number left in this source")]
+    SequenceExhausted,
 }
 
 impl HubError {
@@ -69,6 +72,7 @@ impl HubError {
         match self {
             HubError::BadRoom => "bad_room",
             HubError::Journal(e) => e.code(),
+            HubError::SequenceExhausted => "sequence_exhausted",
         }
     }
 }
@@ -132,10 +136,29 @@ pub struct Hub {
     stats: HubStats,
 }
 
+/// Sources with this bit are the server's, numbering what participants write; devices
+/// use the others.
+pub const PARTICIPANT_SOURCES: u32 = 0x8000_0000;
+
 /// The frame source of a participant's chat messages: derived from the identity, with the
 /// top bit set so it never collides with a device's own (small) source numbers.
 pub fn chat_source(identity: &str) -> u32 {
-    crc32fast::hash(identity.as_bytes()) | 0x8000_0000
+    crc32fast::hash(identity.as_bytes()) | PARTICIPANT_SOURCES
+}
+
+/// Why a device may not write a frame (its stable code), if it may not: the server alone
+/// writes participants' sources and what participants say (chat, snapshot requests), so a
+/// vehicle can neither speak for a person nor take their numbering.
+pub fn device_refusal(frame: &Frame) -> Option<&'static str> {
+    if frame.source & PARTICIPANT_SOURCES != 0 {
+        return Some("reserved_source");
+    }
+    match frame.body {
+        crate::frame::Body::Chat { .. } | crate::frame::Body::SnapshotRequest { .. } => {
+            Some("participant_only")
+        }
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,6 +206,8 @@ impl Hub {
             "journal_corrupt",
             "sequence_conflict",
             "sequence_backwards",
+            "reserved_source",
+            "participant_only",
         ] {
             stats.rejected.with_label_values(&[r]);
         }
@@ -323,9 +348,10 @@ impl Hub {
         let _numbering = lock(&self.chat_lock);
         let sequence = {
             let mut g = lock(&r);
-            g.journal(self.segment_bytes)?
-                .highest(source)
-                .map_or(0, |h| h + 1)
+            match g.journal(self.segment_bytes)?.highest(source) {
+                None => 0,
+                Some(h) => h.checked_add(1).ok_or(HubError::SequenceExhausted)?,
+            }
         };
         let frame = Frame {
             source,
@@ -565,5 +591,46 @@ mod tests {
         let r = hub.append("r", vec![frame(1, 0)]);
         assert!(r.acks.is_empty());
         assert_eq!(r.error.map(|e| e.code()), Some("journal_io"));
+    }
+
+    #[test]
+    fn devices_may_not_write_what_participants_say() {
+        let f = |source, body| Frame {
+            source,
+            sequence: 0,
+            captured_at_us: 0,
+            body,
+        };
+        let chat = Body::Chat {
+            author: "dr-lead".into(),
+            text: "x".into(),
+        };
+        let status = Body::Status(VehicleStatus::Departed);
+        assert_eq!(device_refusal(&f(3, chat)), Some("participant_only"));
+        assert_eq!(
+            device_refusal(&f(chat_source("dr-lead"), status.clone())),
+            Some("reserved_source")
+        );
+        assert_eq!(device_refusal(&f(3, status)), None);
+    }
+
+    #[test]
+    fn a_source_without_numbers_left_refuses_chat_without_a_panic() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        // What a vehicle could do before devices were kept out of participants' sources.
+        let poisoned = Frame {
+            source: chat_source("dr-lead"),
+            sequence: u64::MAX,
+            captured_at_us: 0,
+            body: Body::Status(VehicleStatus::Departed),
+        };
+        assert!(hub
+            .append("r", vec![poisoned.encode().unwrap()])
+            .error
+            .is_none());
+        let e = hub.chat("r", "dr-lead", "hello", 1).unwrap_err();
+        assert_eq!(e.code(), "sequence_exhausted");
+        hub.chat("r", "crew", "others still chat", 2).expect("chat");
     }
 }

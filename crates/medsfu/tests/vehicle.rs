@@ -765,6 +765,51 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
         1.0,
     )
     .await;
+    // Issue 16: a vehicle cannot forge chat under a doctor's name, nor take a doctor's chat
+    // source (with the highest sequence number, it blocked their chat for good).
+    let forged = [
+        (
+            Frame {
+                source: 8,
+                sequence: 0,
+                captured_at_us: 1,
+                body: Body::Chat {
+                    author: "dr-lead".into(),
+                    text: "stop CPR".into(),
+                },
+            },
+            "participant_only",
+        ),
+        (
+            Frame {
+                source: medsfu_telemetry::hub::chat_source("dr-lead"),
+                sequence: u64::MAX,
+                captured_at_us: 1,
+                body: Body::Status(VehicleStatus::Done),
+            },
+            "reserved_source",
+        ),
+    ];
+    for (frame, code) in forged {
+        let (mut ts, mut tr) = c.conn.open_bi().await.expect("telemetry stream");
+        ts.write_all(b"T").await.expect("tag");
+        ts.write_all(&frame.encode().expect("encode"))
+            .await
+            .expect("frame");
+        let mut got = Vec::new();
+        while let Ok(Some(chunk)) = tr.read_chunk(1024, true).await {
+            got.extend_from_slice(&chunk.bytes);
+        }
+        let reply = String::from_utf8_lossy(&got);
+        assert!(reply.contains(&format!(r#""code":"{code}""#)), "{reply}");
+        assert!(!reply.contains("ack"), "nothing stored: {reply}");
+        wait_metric(
+            &server,
+            &format!("medsfu_telemetry_frames_rejected_total{{reason=\"{code}\"}}"),
+            1.0,
+        )
+        .await;
+    }
     let stored = reqwest::Client::new()
         .get(format!("{}/api/rooms/r2/telemetry", server.http))
         .bearer_auth(server.token("r2", "records", "consultant"))
