@@ -56,6 +56,8 @@ struct Inner {
     refusal_sweeper: std::sync::atomic::AtomicBool,
     /// Calls, rooms and membership; none: the control API answers 503.
     control: Option<Arc<Control>>,
+    /// Other origins whose pages may call the login and control API.
+    cors_origins: Vec<axum::http::HeaderValue>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
                 refusals: refusal_log::RefusalLog::default(),
                 refusal_sweeper: std::sync::atomic::AtomicBool::new(false),
                 control: None,
+                cors_origins: Vec::new(),
             }),
         }
     }
@@ -92,6 +95,23 @@ impl AppState {
             inner.audit = Some(audit);
         }
         self
+    }
+
+    /// The same state, letting pages of `origins` (`https://host[:port]`) call the login
+    /// and control API; an origin that is no valid header value is an error. Call before
+    /// the state is shared.
+    pub fn with_cors_origins(mut self, origins: &[String]) -> Result<AppState, String> {
+        let values = origins
+            .iter()
+            .map(|o| {
+                axum::http::HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|_| format!("http.cors_origins: {o:?} is not an origin"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.cors_origins = values;
+        }
+        Ok(self)
     }
 
     /// The same state, serving the control API from `control`. Call before the state is
@@ -325,29 +345,98 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// Security headers on every answer: the page may not be framed (clickjacking), runs only
+/// its own scripts and styles, talks only to its own origin, and never leaks its URL (which
+/// may carry a token) in a Referer.
+async fn security_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        axum::http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// The page's content security policy: its own scripts, styles and connections only
+/// (WebSocket signalling included), media from WebRTC streams, no frames, no plugins.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; \
+    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; \
+    object-src 'none'";
+
 /// The whole HTTP surface of medsfu.
 pub fn router(state: AppState) -> Router {
     use axum::http::{header, HeaderName, Method};
-    // WHIP/WHEP players often run on another origin; they need these headers.
-    let cors = CorsLayer::new()
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    let headers = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::IF_MATCH,
+    ];
+    // WHIP/WHEP players often run on another origin (RFC 9725 clients in a browser); they
+    // authenticate with a bearer token, never a cookie, so any origin may call them.
+    let media_cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_MATCH,
-        ])
+        .allow_methods(methods.clone())
+        .allow_headers(headers.clone())
         .expose_headers([
             header::LOCATION,
             header::ETAG,
             HeaderName::from_static("accept-patch"),
         ]);
+    // The login and control API answer other origins only when configured
+    // (`http.cors_origins`): by default only the server's own page may call them.
+    let api_cors = CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(
+            state.inner.cors_origins.iter().cloned(),
+        ))
+        .allow_methods(methods)
+        .allow_headers(headers);
+    let media = Router::new()
+        .route(
+            "/whip/{room}",
+            post(whip::create_whip).options(whip::options),
+        )
+        .route(
+            "/whep/{room}",
+            post(whip::create_whep).options(whip::options),
+        )
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
+        )
+        .layer(media_cors);
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
@@ -385,29 +474,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms/{room}/grants", post(control_api::grant))
         .route("/api/rooms/{room}/token", post(control_api::room_token))
         .route("/api/audit", get(control_api::read_audit))
-        .route(
-            "/whip/{room}",
-            post(whip::create_whip).options(whip::options),
-        )
-        .route(
-            "/whep/{room}",
-            post(whip::create_whep).options(whip::options),
-        )
-        .route(
-            "/whip/{room}/{session}",
-            axum::routing::patch(whip::patch)
-                .delete(whip::delete)
-                .options(whip::options),
-        )
-        .route(
-            "/whep/{room}/{session}",
-            axum::routing::patch(whip::patch)
-                .delete(whip::delete)
-                .options(whip::options),
-        )
+        .layer(api_cors)
+        .merge(media)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(cors)
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
 }

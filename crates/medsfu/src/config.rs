@@ -123,6 +123,9 @@ pub struct Http {
     pub listen: SocketAddr,
     /// Seconds SIGTERM waits for sessions and streams to close before the process exits.
     pub shutdown_grace_secs: u64,
+    /// Origins (`https://console.example`) of other pages allowed to call the login and
+    /// control API; empty: only medsfu's own page. WHIP/WHEP answer any origin.
+    pub cors_origins: Vec<String>,
 }
 
 /// WebRTC settings.
@@ -247,6 +250,7 @@ impl Default for Http {
         Http {
             listen: ([127, 0, 0, 1], 8080).into(),
             shutdown_grace_secs: 10,
+            cors_origins: Vec::new(),
         }
     }
 }

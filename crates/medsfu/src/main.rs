@@ -355,6 +355,10 @@ struct TokenArgs {
 }
 
 fn main() -> Result<()> {
+    // Everything medsfu writes is patient data or a secret (databases, the audit trail,
+    // journals, recordings, PDFs, exports, keys): readable by its own user only, whatever
+    // umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(a) => serve(a, false),
@@ -525,6 +529,27 @@ fn load(common: &Common, mut o: Overrides) -> Result<Config> {
     config::load(common.config.as_deref(), &o).context("configuration")
 }
 
+/// Makes the data directory private (an older install or a hand-made directory may be
+/// open to all); what is inside is created private by the umask.
+fn restrict_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "the data directory was readable by others; it is now private (0700); \
+             check the modes of files an older version left in it"
+        );
+    }
+    Ok(())
+}
+
 /// Reads the token secret, creating a random one on first use.
 fn token_key(cfg: &Config) -> Result<TokenKey> {
     let path = cfg.data.dir.join(&cfg.auth.secret_file);
@@ -661,6 +686,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
         cfg.webrtc.listen
     );
     let key = token_key(&cfg)?;
+    restrict_data_dir(&cfg.data.dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -838,7 +864,9 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
         }
         let mut state = AppState::new(media.clone(), key, registry, hub)
             .with_audit(audit)
-            .with_control(control);
+            .with_control(control)
+            .with_cors_origins(&cfg.http.cors_origins)
+            .map_err(anyhow::Error::msg)?;
         if cfg.recording.enabled {
             state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
         }

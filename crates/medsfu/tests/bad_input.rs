@@ -154,6 +154,34 @@ async fn whip_and_whep_refuse_bad_requests_with_reasons() {
         .expect("preflight");
     assert!(pre.status().is_success());
     assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    // Issue 16: the login and control API answer no other origin unless configured, and
+    // every answer forbids framing and carries the page's content security policy.
+    for path in ["/api/login", "/api/rooms"] {
+        let pre = reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", server.http))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .expect("preflight");
+        assert!(
+            !pre.headers().contains_key("access-control-allow-origin"),
+            "{path}: {:?}",
+            pre.headers()
+        );
+    }
+    let page = reqwest::get(format!("{}/", server.http))
+        .await
+        .expect("page");
+    let h = page.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let csp = h["content-security-policy"].to_str().expect("csp");
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
 
     let del = reqwest::Client::new()
         .delete(format!("{}/whip/r1/nosuchsession", server.http))
@@ -298,4 +326,34 @@ async fn garbage_on_the_media_port_is_counted_and_dropped() {
         .await
         .expect("healthz");
     assert_eq!(health.status().as_u16(), 200);
+}
+
+/// Issue 16: a configured console on another origin may call the login and control API;
+/// other origins still may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_configured_origins_may_call_the_control_api() {
+    let server = Server::start(&[(
+        "MEDSFU_HTTP__CORS_ORIGINS",
+        "[\"https://dispatch.example\"]",
+    )]);
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/login", server.http),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight("https://dispatch.example")
+        .await
+        .expect("preflight");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://dispatch.example"
+    );
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
 }

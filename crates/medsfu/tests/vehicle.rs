@@ -1940,6 +1940,14 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Issue 16: recordings, voice archive, journals, databases, the audit trail and the
+    // export are readable by medsfu's own user only.
+    let private = support::assert_private(&data.0);
+    let archive_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&archive).expect("archive").permissions(),
+    );
+    assert_eq!(archive_mode & 0o077, 0, "export is {archive_mode:o}");
+    println!("{private} files and directories in the data directory, all private");
     let mut bytes = std::fs::read(&archive).expect("archive");
     let at = bytes
         .windows(8)

@@ -967,3 +967,30 @@ pub async fn metric_reaches(server: &Server, name: &str, at_least: f64, within: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Asserts that nothing under `dir` (itself included) is open to group or others: patient
+/// data and secrets are created 0600 / 0700 (issue 16). Returns how many entries it saw.
+pub fn assert_private(dir: &std::path::Path) -> usize {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut seen = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(p) = todo.pop() {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("stderr-") && name.ends_with(".log") {
+            continue; // the test harness's copy of the server's output, not medsfu's
+        }
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        seen += 1;
+        if meta.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .expect("read dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    seen
+}
