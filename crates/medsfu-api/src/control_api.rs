@@ -562,9 +562,14 @@ async fn login_with(
     let policy = c.settings.login.clone();
     let name = user.clone();
     let now = crate::control::unix_ms(SystemTime::now());
-    let r = tokio::task::spawn_blocking(move || store.login(&name, &secret, kind, &policy, now))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // Lockouts are per (name, address): a stranger's guesses do not lock the doctor out.
+    let from = peer.0.map(|ip| ip.to_string()).unwrap_or_default();
+    let r =
+        tokio::task::spawn_blocking(move || store.login(&name, &secret, kind, &from, &policy, now))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
     let detail = json!({ "kind": kind.as_str(), "device": device });
     let result = match &r {
         Ok(_) => "ok",

@@ -67,12 +67,14 @@ pub trait Store: Send + Sync {
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
     /// Every account, by name.
     fn accounts(&self) -> Result<Vec<Account>, StoreError>;
-    /// Checks a secret; counts failures and locks the account per `policy`.
+    /// Checks a secret from `source` (the caller's address); counts failures and locks
+    /// that name for that source per `policy`, whether or not the account exists.
     fn login(
         &self,
         name: &str,
         secret: &str,
         kind: SecretKind,
+        source: &str,
         policy: &LoginPolicy,
         now_ms: i64,
     ) -> Result<Account, LoginError>;

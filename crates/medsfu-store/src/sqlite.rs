@@ -14,8 +14,9 @@ use crate::{
 
 /// The schema, one migration per version; only ever append.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE accounts (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE accounts (
             name TEXT PRIMARY KEY,
             role TEXT NOT NULL,
             secret_kind TEXT NOT NULL,
@@ -51,7 +52,21 @@ fn migrations() -> Migrations<'static> {
             left_ms INTEGER
         ) STRICT;
         CREATE INDEX memberships_room ON memberships(room);",
-    )])
+        ),
+        // Lockouts per (account name, source address): a stranger's wrong guesses lock
+        // only the stranger out, and an unknown name locks like a known one.
+        M::up(
+            "CREATE TABLE login_failures (
+                name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                failed INTEGER NOT NULL,
+                locked_until_ms INTEGER NOT NULL,
+                last_ms INTEGER NOT NULL,
+                PRIMARY KEY (name, source)
+            ) STRICT;
+            CREATE INDEX login_failures_last ON login_failures(last_ms);",
+        ),
+    ])
 }
 
 /// The SQLite store (one file; WAL, foreign keys on).
@@ -215,6 +230,8 @@ impl Store for SqliteStore {
             .check(secret)
             .map_err(StoreError::Invalid)?;
         let hash = hash_secret(secret)?;
+        self.db()
+            .execute("DELETE FROM login_failures WHERE name = ?1", params![name])?;
         let n = self.db().execute(
             "UPDATE accounts SET secret_hash = ?2, failed_attempts = 0, locked_until_ms = 0
              WHERE name = ?1",
@@ -232,6 +249,8 @@ impl Store for SqliteStore {
     }
 
     fn unlock(&self, name: &str) -> Result<(), StoreError> {
+        self.db()
+            .execute("DELETE FROM login_failures WHERE name = ?1", params![name])?;
         let n = self.db().execute(
             "UPDATE accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE name = ?1",
             params![name],
@@ -266,6 +285,7 @@ impl Store for SqliteStore {
         name: &str,
         secret: &str,
         kind: SecretKind,
+        source: &str,
         policy: &LoginPolicy,
         now_ms: i64,
     ) -> Result<Account, LoginError> {
@@ -273,55 +293,88 @@ impl Store for SqliteStore {
         let _turn = self.login_turns[stripe(name)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let row = {
+        let (row, locked_until) = {
             let db = self.db();
-            db.query_row(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?1"),
-                params![name],
-                account_row,
+            // Failures older than a lockout are forgotten (the table stays small).
+            db.execute(
+                "DELETE FROM login_failures WHERE last_ms < ?1 AND locked_until_ms <= ?2",
+                params![now_ms.saturating_sub(policy.lockout_ms), now_ms],
+            )
+            .map_err(StoreError::from)?;
+            let locked_until: i64 = db
+                .query_row(
+                    "SELECT locked_until_ms FROM login_failures WHERE name = ?1 AND source = ?2",
+                    params![name, source],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(StoreError::from)?
+                .unwrap_or(0);
+            let row = db
+                .query_row(
+                    &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?1"),
+                    params![name],
+                    account_row,
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            (row, locked_until)
+        };
+        // The same for known and unknown names: nothing tells whether an account exists.
+        if locked_until > now_ms {
+            return Err(LoginError::Locked {
+                until_ms: locked_until,
+            });
+        }
+        // The hash is checked outside the database lock: argon2 takes tens of milliseconds.
+        // An unknown name spends the time a real check takes, so that names cannot be
+        // probed by timing.
+        let right = match &row {
+            Some((_, stored_kind, hash)) => {
+                stored_kind == kind.as_str() && secret_matches(secret, hash)
+            }
+            None => {
+                let _ = secret_matches(secret, dummy_hash());
+                false
+            }
+        };
+        if let (true, Some((account, _, _))) = (right, row) {
+            self.db()
+                .execute(
+                    "DELETE FROM login_failures WHERE name = ?1 AND source = ?2",
+                    params![name, source],
+                )
+                .map_err(StoreError::from)?;
+            // Only who knows the secret learns that the account is disabled.
+            if account.disabled {
+                return Err(LoginError::Disabled);
+            }
+            return Ok(account);
+        }
+        let db = self.db();
+        let failed: u32 = db
+            .query_row(
+                "SELECT failed FROM login_failures WHERE name = ?1 AND source = ?2",
+                params![name, source],
+                |r| r.get(0),
             )
             .optional()
             .map_err(StoreError::from)?
-        };
-        let Some((account, stored_kind, hash)) = row else {
-            // Spend the time a real check takes, so that names cannot be probed by timing.
-            let _ = secret_matches(secret, dummy_hash());
-            return Err(LoginError::Wrong);
-        };
-        if account.disabled {
-            return Err(LoginError::Disabled);
-        }
-        if account.locked_until_ms > now_ms {
-            return Err(LoginError::Locked {
-                until_ms: account.locked_until_ms,
-            });
-        }
-        // The hash is checked outside the lock: argon2 takes tens of milliseconds.
-        if stored_kind == kind.as_str() && secret_matches(secret, &hash) {
-            self.db()
-                .execute(
-                    "UPDATE accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE name = ?1",
-                    params![name],
-                )
-                .map_err(StoreError::from)?;
-            return Ok(Account {
-                failed_attempts: 0,
-                locked_until_ms: 0,
-                ..account
-            });
-        }
-        let failed = account.failed_attempts.saturating_add(1);
-        let (failed, until) = if failed >= policy.max_failures {
+            .unwrap_or(0);
+        let failed = failed.saturating_add(1);
+        let (failed, until) = if failed >= policy.max_failures.max(1) {
             (0, now_ms + policy.lockout_ms)
         } else {
             (failed, 0)
         };
-        self.db()
-            .execute(
-                "UPDATE accounts SET failed_attempts = ?2, locked_until_ms = ?3 WHERE name = ?1",
-                params![name, failed, until],
-            )
-            .map_err(StoreError::from)?;
+        db.execute(
+            "INSERT INTO login_failures (name, source, failed, locked_until_ms, last_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name, source) DO UPDATE
+             SET failed = ?3, locked_until_ms = ?4, last_ms = ?5",
+            params![name, source, failed, until, now_ms],
+        )
+        .map_err(StoreError::from)?;
         if until > 0 {
             Err(LoginError::Locked { until_ms: until })
         } else {
@@ -555,28 +608,89 @@ mod tests {
         };
         let pin = SecretKind::Pin;
         assert!(matches!(
-            s.login("ana", "0000", pin, &p, 1000),
+            s.login("ana", "0000", pin, "10.0.0.1", &p, 1000),
             Err(LoginError::Wrong)
         ));
         assert!(matches!(
-            s.login("ana", "0001", pin, &p, 1001),
+            s.login("ana", "0001", pin, "10.0.0.1", &p, 1001),
             Err(LoginError::Wrong)
         ));
         assert!(matches!(
-            s.login("ana", "0002", pin, &p, 1002),
+            s.login("ana", "0002", pin, "10.0.0.1", &p, 1002),
             Err(LoginError::Locked { until_ms: 61_002 })
         ));
         // Even the right PIN is refused while locked.
         assert!(matches!(
-            s.login("ana", "4711", pin, &p, 30_000),
+            s.login("ana", "4711", pin, "10.0.0.1", &p, 30_000),
             Err(LoginError::Locked { .. })
         ));
-        let a = s.login("ana", "4711", pin, &p, 61_002).unwrap();
+        let a = s.login("ana", "4711", pin, "10.0.0.1", &p, 61_002).unwrap();
         assert_eq!((a.failed_attempts, a.locked_until_ms), (0, 0));
         // A good login resets the count: two more wrong ones do not lock.
-        let _ = s.login("ana", "1", pin, &p, 70_000);
-        let _ = s.login("ana", "2", pin, &p, 70_001);
-        assert!(s.login("ana", "4711", pin, &p, 70_002).is_ok());
+        let _ = s.login("ana", "1", pin, "10.0.0.1", &p, 70_000);
+        let _ = s.login("ana", "2", pin, "10.0.0.1", &p, 70_001);
+        assert!(s.login("ana", "4711", pin, "10.0.0.1", &p, 70_002).is_ok());
+    }
+
+    #[test]
+    fn a_strangers_guesses_lock_only_the_stranger_and_unknown_names_lock_alike() {
+        let s = store_with(AccountRole::Team, "4711");
+        let p = LoginPolicy {
+            max_failures: 3,
+            lockout_ms: 60_000,
+        };
+        let pin = SecretKind::Pin;
+        let guess = |name: &str, source: &str, at: i64| {
+            s.login(name, "0000", pin, source, &p, at)
+                .map(|_| ())
+                .unwrap_err()
+                .code()
+        };
+        // The same answers for ana (who exists) and for nobody (who does not).
+        for name in ["ana", "nobody"] {
+            let codes: Vec<&str> = (0..4).map(|i| guess(name, "203.0.113.9", i)).collect();
+            assert_eq!(
+                codes,
+                [
+                    "login_failed",
+                    "login_failed",
+                    "account_locked",
+                    "account_locked"
+                ],
+                "{name}"
+            );
+        }
+        // Ana at her own tablet is not locked out by the stranger.
+        assert!(s.login("ana", "4711", pin, "10.0.0.7", &p, 10).is_ok());
+        // The stranger still is, even with the right PIN, until the lockout ends...
+        assert_eq!(
+            s.login("ana", "4711", pin, "203.0.113.9", &p, 20)
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            "account_locked"
+        );
+        assert!(s
+            .login("ana", "4711", pin, "203.0.113.9", &p, 60_003)
+            .is_ok());
+        // ...or an operator unlocks the name.
+        for i in 0..3 {
+            guess("ana", "198.51.100.1", 70_000 + i);
+        }
+        s.unlock("ana").unwrap();
+        assert!(s
+            .login("ana", "4711", pin, "198.51.100.1", &p, 70_010)
+            .is_ok());
+        // Old failures are forgotten: the table does not grow with every name tried.
+        for i in 0..50 {
+            guess(&format!("probe{i}"), "203.0.113.10", 100_000);
+        }
+        let _ = guess("x", "203.0.113.10", 100_000 + 2 * 60_000);
+        let rows: i64 = s
+            .db()
+            .query_row("SELECT count(*) FROM login_failures", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "only the newest failure is remembered");
     }
 
     #[test]
@@ -590,7 +704,14 @@ mod tests {
             .map(|i| {
                 let (s, p) = (s.clone(), p.clone());
                 std::thread::spawn(move || {
-                    s.login("ana", &format!("{:04}", i), SecretKind::Pin, &p, 1000)
+                    s.login(
+                        "ana",
+                        &format!("{:04}", i),
+                        SecretKind::Pin,
+                        "10.0.0.1",
+                        &p,
+                        1000,
+                    )
                 })
             })
             .collect();
@@ -612,19 +733,40 @@ mod tests {
         let s = store_with(AccountRole::Consultant, "long password 1");
         let p = LoginPolicy::default();
         assert!(matches!(
-            s.login("bob", "long password 1", SecretKind::Password, &p, 0),
+            s.login(
+                "bob",
+                "long password 1",
+                SecretKind::Password,
+                "10.0.0.1",
+                &p,
+                0
+            ),
             Err(LoginError::Wrong)
         ));
         assert!(matches!(
-            s.login("ana", "long password 1", SecretKind::Pin, &p, 0),
+            s.login("ana", "long password 1", SecretKind::Pin, "10.0.0.1", &p, 0),
             Err(LoginError::Wrong)
         ));
         assert!(s
-            .login("ana", "long password 1", SecretKind::Password, &p, 0)
+            .login(
+                "ana",
+                "long password 1",
+                SecretKind::Password,
+                "10.0.0.1",
+                &p,
+                0
+            )
             .is_ok());
         s.set_disabled("ana", true).unwrap();
         assert!(matches!(
-            s.login("ana", "long password 1", SecretKind::Password, &p, 0),
+            s.login(
+                "ana",
+                "long password 1",
+                SecretKind::Password,
+                "10.0.0.1",
+                &p,
+                0
+            ),
             Err(LoginError::Disabled)
         ));
     }
@@ -653,7 +795,14 @@ mod tests {
         assert_eq!(s.account("ana").unwrap().unwrap().display_name, "Dr Ana");
         s.set_secret("ana", "9999").unwrap();
         assert!(s
-            .login("ana", "9999", SecretKind::Pin, &LoginPolicy::default(), 0)
+            .login(
+                "ana",
+                "9999",
+                SecretKind::Pin,
+                "10.0.0.1",
+                &LoginPolicy::default(),
+                0
+            )
             .is_ok());
     }
 
@@ -774,7 +923,7 @@ mod tests {
             .db()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, 2, "two migrations: the schema, then per-source lockouts");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1214,9 +1214,9 @@ async fn refused_requests_cannot_fill_the_disk_through_the_audit_trail() {
             .await;
         assert_eq!((s, v["code"].as_str()), (422, Some("bad_field")), "{v}");
     }
-    // Wrong passwords with a long (allowed) name, bad tokens, no token.
-    let long = "n".repeat(64);
-    for _ in 0..200 {
+    // Wrong passwords with long (allowed) names, bad tokens, no token.
+    for i in 0..200 {
+        let long = format!("{}{i:03}", "n".repeat(61));
         let (s, _) = api
             .call(
                 "POST",
@@ -1263,4 +1263,57 @@ async fn refused_requests_cannot_fill_the_disk_through_the_audit_trail() {
             >= 200.0,
         "every refusal is still counted"
     );
+}
+
+/// Issue 16 (medium): wrong guesses lock a name only for the address they came from, so a
+/// stranger cannot lock a doctor out; and an unknown name answers exactly like a known one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_guesses_lock_out_only_the_stranger_and_unknown_names_look_alike() {
+    let server = Server::start(&[]);
+    user_add(&server.data.0, "ana", "consultant", PW);
+    let api = Api::new(&server);
+    // The stranger: another loopback address.
+    let stranger = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let guess = |user: &str| {
+        stranger
+            .post(format!("{}/api/login", server.http))
+            .header("content-type", "application/json")
+            .body(json!({ "user": user, "password": "wrong guess" }).to_string())
+            .send()
+    };
+    for user in ["ana", "ghost"] {
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let r = guess(user).await.expect("login");
+            let status = r.status().as_u16();
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+            answers.push((status, v["code"].as_str().unwrap_or_default().to_owned()));
+        }
+        let want: Vec<(u16, String)> = [401, 401, 401, 401, 429, 429]
+            .iter()
+            .map(|s| {
+                let code = if *s == 401 {
+                    "login_failed"
+                } else {
+                    "account_locked"
+                };
+                (*s, code.to_owned())
+            })
+            .collect();
+        assert_eq!(answers, want, "{user}");
+    }
+    // Ana, from her own address, signs in as usual.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login",
+            "",
+            Some(json!({ "user": "ana", "password": PW })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
 }
