@@ -173,27 +173,11 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A login token stays good only while its account exists and is not disabled (an
-/// operator's `user disable` takes effect at the next request).
+/// A login token stays good only while its account exists, is not disabled and kept its
+/// secret (an operator's `user disable` or `user passwd` takes effect at the next request).
 async fn account_still_valid(state: &AppState, g: crate::Grant) -> Result<crate::Grant, ApiError> {
-    let Some(c) = &state.inner.control else {
-        return Ok(g);
-    };
-    let store = c.store();
-    let name = g.identity.clone();
-    match blocking(move || store.account(&name)).await? {
-        Some(a) if !a.disabled => Ok(g),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "account_disabled",
-            "account disabled",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "account_unknown",
-            "the token's account no longer exists",
-        )),
-    }
+    state.still_allowed(&g, true).await?;
+    Ok(g)
 }
 
 impl Caller {

@@ -213,12 +213,15 @@ impl AppState {
     /// The grant with the holder's current role. In rooms of the control API the role is
     /// the membership's now (the lead may have changed since the token was issued), and
     /// non-members and closed rooms are refused; other rooms (an operator's token) keep
-    /// the token's role.
+    /// the token's role. Tokens of disabled accounts or issued before a secret changed are
+    /// refused everywhere.
     pub(crate) async fn current_role(&self, mut g: Grant) -> Result<Grant, ApiError> {
         use axum::http::StatusCode;
         let Some(c) = &self.inner.control else {
             return Ok(g);
         };
+        // A disabled account's or a changed secret's tokens open nothing.
+        self.still_allowed(&g, false).await?;
         let Some(room) = c.read(|d| d.room(&g.room)).await else {
             return Ok(g);
         };
@@ -240,6 +243,49 @@ impl AppState {
                 let msg = format!("not a member of room {}", g.room);
                 Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", msg))
             }
+        }
+    }
+
+    /// Whether a token verified earlier still stands: not expired, and, with the control
+    /// API, its account (if `login` or if one exists by that name) not disabled, not
+    /// removed, and its secret not changed since the token was issued. Open sessions ask
+    /// this again while they run, so revocation does not wait for the next request.
+    pub(crate) async fn still_allowed(&self, g: &Grant, login: bool) -> Result<(), ApiError> {
+        use axum::http::StatusCode;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now >= g.expires_at {
+            return Err(TokenError::Expired.into());
+        }
+        let Some(c) = &self.inner.control else {
+            return Ok(());
+        };
+        let store = c.store();
+        let name = g.identity.clone();
+        match control::blocking(move || store.account(&name)).await? {
+            Some(a) if a.disabled => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                "account disabled",
+            )),
+            Some(a)
+                if i64::try_from(g.issued_at).unwrap_or(i64::MAX) < a.tokens_after_ms / 1000 =>
+            {
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_revoked",
+                    "the account's secret changed after this token was issued; sign in again",
+                ))
+            }
+            Some(_) => Ok(()),
+            None if login => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "account_unknown",
+                "the token's account no longer exists",
+            )),
+            // Identities without an account: vehicles, an operator's `medsfu token`.
+            None => Ok(()),
         }
     }
 

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::{AppState, Grant};
+use crate::{ApiError, AppState, Grant};
 
 /// Largest signalling message accepted; larger ones get an error and are ignored.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -24,6 +24,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// How often an open session checks that its token still stands (account not disabled,
+/// secret not changed); expiry ends it at the second.
+const RECHECK_EVERY: Duration = Duration::from_secs(3);
 const JOIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// A message from the client.
@@ -493,6 +496,8 @@ async fn joined_session(
             room: grant.room.clone(),
             identity: grant.identity.clone(),
             role: grant.role,
+            issued_at: grant.issued_at,
+            expires_at: grant.expires_at,
         };
         ended_by_server = run(&state, &mut socket, &mut events, &mut who, feed, last_seen).await;
     }
@@ -547,6 +552,30 @@ struct Who {
     room: String,
     identity: String,
     role: medsfu_core::Role,
+    /// The token's issue and expiry times (seconds since 1970): the session ends when the
+    /// token expires or is revoked.
+    issued_at: u64,
+    expires_at: u64,
+}
+
+impl Who {
+    fn grant(&self) -> Grant {
+        Grant {
+            identity: self.identity.clone(),
+            room: self.room.clone(),
+            role: self.role,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// Tells the client why its session ends (its token expired or was revoked) and closes.
+async fn end_for(socket: &mut WebSocket, e: &ApiError) {
+    let _ = send(socket, &error(e.code, e.message.clone(), None)).await;
+    let bye = json!({ "type": "left", "reason": e.code });
+    let _ = send(socket, &bye).await;
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 async fn next_telemetry(feed: &mut Option<Feed>) -> Option<Vec<Arc<Item>>> {
@@ -567,8 +596,20 @@ async fn run(
 ) -> bool {
     let me = who.me;
     let mut ping = tokio::time::interval(PING_EVERY);
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(who.expires_at);
+    let expiry = tokio::time::sleep(
+        expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    );
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
+            () = &mut expiry => {
+                end_for(socket, &ApiError::from(crate::TokenError::Expired)).await;
+                return false;
+            }
             () = state.stopping() => {
                 let bye = serde_json::json!({
                     "type": "server_shutdown",
@@ -631,6 +672,13 @@ async fn run(
                     }
                 }
             },
+            _ = recheck.tick() => {
+                // A disabled account or a changed secret ends the session within seconds.
+                if let Err(e) = state.still_allowed(&who.grant(), false).await {
+                    end_for(socket, &e).await;
+                    return false;
+                }
+            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > DEAD_AFTER {
                     return false;

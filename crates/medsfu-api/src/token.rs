@@ -42,6 +42,10 @@ pub struct Grant {
     pub room: String,
     /// Role.
     pub role: Role,
+    /// When the token was issued (seconds since 1970).
+    pub issued_at: u64,
+    /// When it expires (seconds since 1970).
+    pub expires_at: u64,
 }
 
 /// Why a token was refused (each is a 401 with this reason).
@@ -188,6 +192,8 @@ impl TokenKey {
                 identity: c.sub,
                 room: c.room,
                 role,
+                issued_at: c.iat,
+                expires_at: c.exp,
             },
             c.scope,
         ))

@@ -64,12 +64,8 @@ impl Lines {
     /// The next line without its newline; `None` at the end of the stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, String> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(i + 1).freeze();
-                return Ok(Some(line.slice(..i)));
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(format!("line longer than {MAX_LINE} bytes"));
+            if let Some(line) = crate::protocol::take_line(&mut self.buf)? {
+                return Ok(Some(line));
             }
             match self.recv.read_chunk(MAX_LINE, true).await {
                 Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),

@@ -196,6 +196,20 @@ pub fn to_line<T: Serialize>(m: &T) -> Vec<u8> {
     v
 }
 
+/// Takes the next complete line (without its newline) off the front of `buf`; `Ok(None)`
+/// until one is complete; an error once `buf` holds more than [`MAX_LINE`] bytes without
+/// a newline (the stream is then unusable).
+pub fn take_line(buf: &mut bytes::BytesMut) -> Result<Option<bytes::Bytes>, String> {
+    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+        let line = buf.split_to(i + 1).freeze();
+        return Ok(Some(line.slice(..i)));
+    }
+    if buf.len() > MAX_LINE {
+        return Err(format!("line longer than {MAX_LINE} bytes"));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

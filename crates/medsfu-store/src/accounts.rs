@@ -140,6 +140,8 @@ pub struct Account {
     pub locked_until_ms: i64,
     /// Disabled by an operator.
     pub disabled: bool,
+    /// Tokens issued before this time (ms since 1970) are void: its secret changed then.
+    pub tokens_after_ms: i64,
 }
 
 /// Lockout rules for wrong secrets.

@@ -57,8 +57,9 @@ impl StoreError {
 pub trait Store: Send + Sync {
     /// Creates an account; its secret is hashed here.
     fn add_account(&self, new: &NewAccount, now_ms: i64) -> Result<(), StoreError>;
-    /// Replaces an account's secret and lifts any lockout.
-    fn set_secret(&self, name: &str, secret: &str) -> Result<(), StoreError>;
+    /// Replaces an account's secret, lifts any lockout, and voids the tokens issued before
+    /// `now_ms`.
+    fn set_secret(&self, name: &str, secret: &str, now_ms: i64) -> Result<(), StoreError>;
     /// Disables or re-enables an account.
     fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError>;
     /// Lifts a lockout.

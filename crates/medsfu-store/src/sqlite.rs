@@ -64,7 +64,8 @@ fn migrations() -> Migrations<'static> {
                 last_ms INTEGER NOT NULL,
                 PRIMARY KEY (name, source)
             ) STRICT;
-            CREATE INDEX login_failures_last ON login_failures(last_ms);",
+            CREATE INDEX login_failures_last ON login_failures(last_ms);
+            ALTER TABLE accounts ADD COLUMN tokens_after_ms INTEGER NOT NULL DEFAULT 0;",
         ),
     ])
 }
@@ -138,6 +139,7 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Account, String, Stri
             failed_attempts: r.get(3)?,
             locked_until_ms: r.get(4)?,
             disabled: r.get(5)?,
+            tokens_after_ms: r.get(8)?,
         },
         r.get(6)?,
         r.get(7)?,
@@ -145,7 +147,7 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Account, String, Stri
 }
 
 const ACCOUNT_COLUMNS: &str = "name, role, display_name, failed_attempts, locked_until_ms, \
-     disabled, secret_kind, secret_hash";
+     disabled, secret_kind, secret_hash, tokens_after_ms";
 
 fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
     let status: String = r.get(3)?;
@@ -220,7 +222,7 @@ impl Store for SqliteStore {
         }
     }
 
-    fn set_secret(&self, name: &str, secret: &str) -> Result<(), StoreError> {
+    fn set_secret(&self, name: &str, secret: &str, now_ms: i64) -> Result<(), StoreError> {
         let account = self
             .account(name)?
             .ok_or_else(|| StoreError::NotFound(format!("account {name}")))?;
@@ -233,9 +235,9 @@ impl Store for SqliteStore {
         self.db()
             .execute("DELETE FROM login_failures WHERE name = ?1", params![name])?;
         let n = self.db().execute(
-            "UPDATE accounts SET secret_hash = ?2, failed_attempts = 0, locked_until_ms = 0
-             WHERE name = ?1",
-            params![name, hash],
+            "UPDATE accounts SET secret_hash = ?2, failed_attempts = 0, locked_until_ms = 0,
+             tokens_after_ms = ?3 WHERE name = ?1",
+            params![name, hash, now_ms],
         )?;
         changed(n, &format!("account {name}"))
     }
@@ -793,7 +795,8 @@ mod tests {
         assert_eq!(s.add_account(&weak, 0).unwrap_err().code(), "invalid");
         assert_eq!(s.accounts().unwrap().len(), 1);
         assert_eq!(s.account("ana").unwrap().unwrap().display_name, "Dr Ana");
-        s.set_secret("ana", "9999").unwrap();
+        s.set_secret("ana", "9999", 5_000).unwrap();
+        assert_eq!(s.account("ana").unwrap().unwrap().tokens_after_ms, 5_000);
         assert!(s
             .login(
                 "ana",

@@ -208,6 +208,55 @@ pub fn spawn(file: TrackFile, stats: RecordStats, failed: OnFailure) -> mpsc::Se
     tx
 }
 
+/// Runs `inputs` through the recorder of `codec` into memory, as a recorder thread would
+/// into a file: the recorded bytes (all parts, one after another) and how much input was
+/// refused. For fuzzing and tests of the whole pipeline; the server records with
+/// [`spawn`].
+pub fn record_in_memory(
+    codec: Codec,
+    inputs: Vec<RecInput>,
+) -> Result<(Vec<u8>, u64), RecordError> {
+    /// Every part's bytes in one shared buffer.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (tx, rx) = mpsc::channel(inputs.len().max(1));
+    for i in inputs {
+        // Capacity is the input's length: this cannot fail.
+        let _ = tx.try_send(i);
+    }
+    drop(tx);
+    let out = Shared::default();
+    let refused = IntCounter::new("refused", "refused").map_err(|e| RecordError::Mux {
+        path: PathBuf::new(),
+        reason: e.to_string(),
+    })?;
+    let open = |_: &Path| Ok(out.clone());
+    if let Some(video) = video_codec(codec) {
+        record_video(Path::new("memory"), video, rx, open, &refused)?;
+    } else {
+        let file = TrackFile {
+            base: PathBuf::from("memory"),
+            codec,
+            meta: serde_json::Value::Null,
+        };
+        record_audio(&file, rx, open, &refused)?;
+    }
+    let bytes = std::mem::take(&mut *out.0.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((bytes, refused.get()))
+}
+
 fn write_meta(file: &TrackFile) -> Result<(), RecordError> {
     let path = with_ext(&file.base, ".json");
     let io = |source| RecordError::Io {

@@ -150,7 +150,7 @@ pub fn user(cfg: &Config, action: UserAction) -> Result<()> {
                 .account(&name)?
                 .with_context(|| format!("no account {name}"))?;
             let secret = read_secret(what_secret(account.role))?;
-            store.set_secret(&name, &secret)?;
+            store.set_secret(&name, &secret, now_ms())?;
             println!("{} of {name} changed", what_secret(account.role));
             ("user_passwd", name)
         }

@@ -823,7 +823,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             let pw = password.clone();
             let made = tokio::task::spawn_blocking(move || {
                 if store.account("dr-demo")?.is_some() {
-                    store.set_secret("dr-demo", &pw)
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    store.set_secret("dr-demo", &pw, now)
                 } else {
                     store.add_account(
                         &medsfu_store::NewAccount {
