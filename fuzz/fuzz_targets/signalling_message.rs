@@ -2,8 +2,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = medsfu_api::parse_client_message(text);
-    }
-});
+fuzz_target!(|data: &[u8]| medsfu_fuzz::targets::signalling_message(data));

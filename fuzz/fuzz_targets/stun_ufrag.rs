@@ -2,9 +2,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = medsfu_webrtc::demux::classify(data);
-    if let Some(u) = medsfu_webrtc::demux::stun_server_ufrag(data) {
-        assert!(!u.is_empty() && !u.contains(':'));
-    }
-});
+fuzz_target!(|data: &[u8]| medsfu_fuzz::targets::stun_ufrag(data));

@@ -104,6 +104,9 @@ impl AppState {
         let values = origins
             .iter()
             .map(|o| {
+                if o.trim() == "*" {
+                    return Err("http.cors_origins: \"*\" is not allowed; list the origins".into());
+                }
                 axum::http::HeaderValue::from_str(o.trim_end_matches('/'))
                     .map_err(|_| format!("http.cors_origins: {o:?} is not an origin"))
             })
@@ -269,9 +272,7 @@ impl AppState {
                 "account_disabled",
                 "account disabled",
             )),
-            Some(a)
-                if i64::try_from(g.issued_at).unwrap_or(i64::MAX) < a.tokens_after_ms / 1000 =>
-            {
+            Some(a) if i64::try_from(g.issued_at_ms).unwrap_or(i64::MAX) < a.tokens_after_ms => {
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "token_revoked",

@@ -496,7 +496,7 @@ async fn joined_session(
             room: grant.room.clone(),
             identity: grant.identity.clone(),
             role: grant.role,
-            issued_at: grant.issued_at,
+            issued_at_ms: grant.issued_at_ms,
             expires_at: grant.expires_at,
         };
         ended_by_server = run(&state, &mut socket, &mut events, &mut who, feed, last_seen).await;
@@ -554,7 +554,7 @@ struct Who {
     role: medsfu_core::Role,
     /// The token's issue and expiry times (seconds since 1970): the session ends when the
     /// token expires or is revoked.
-    issued_at: u64,
+    issued_at_ms: u64,
     expires_at: u64,
 }
 
@@ -564,7 +564,7 @@ impl Who {
             identity: self.identity.clone(),
             room: self.room.clone(),
             role: self.role,
-            issued_at: self.issued_at,
+            issued_at_ms: self.issued_at_ms,
             expires_at: self.expires_at,
         }
     }
@@ -597,7 +597,9 @@ async fn run(
     let me = who.me;
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
-    let expires = std::time::UNIX_EPOCH + Duration::from_secs(who.expires_at);
+    let expires = std::time::UNIX_EPOCH
+        .checked_add(Duration::from_secs(who.expires_at))
+        .unwrap_or(std::time::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)));
     let expiry = tokio::time::sleep(
         expires
             .duration_since(std::time::SystemTime::now())
@@ -673,10 +675,16 @@ async fn run(
                 }
             },
             _ = recheck.tick() => {
-                // A disabled account or a changed secret ends the session within seconds.
+                // A disabled account or a changed secret ends the session within seconds; a
+                // store that fails for a moment does not.
                 if let Err(e) = state.still_allowed(&who.grant(), false).await {
-                    end_for(socket, &e).await;
-                    return false;
+                    if matches!(
+                        e.code,
+                        "account_disabled" | "token_revoked" | "account_unknown" | "token_expired"
+                    ) {
+                        end_for(socket, &e).await;
+                        return false;
+                    }
                 }
             }
             _ = ping.tick() => {

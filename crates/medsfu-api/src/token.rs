@@ -24,6 +24,10 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry (seconds since the Unix epoch).
     pub exp: u64,
+    /// Issued at, in milliseconds (revocation by a secret change is to the millisecond;
+    /// 0 in tokens from before it was added: then `iat` counts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub iat_ms: u64,
     /// What the token is for: empty for a room's media and signalling, [`API_SCOPE`] for
     /// the control API (then `room` is empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -42,8 +46,8 @@ pub struct Grant {
     pub room: String,
     /// Role.
     pub role: Role,
-    /// When the token was issued (seconds since 1970).
-    pub issued_at: u64,
+    /// When the token was issued (milliseconds since 1970).
+    pub issued_at_ms: u64,
     /// When it expires (seconds since 1970).
     pub expires_at: u64,
 }
@@ -103,6 +107,15 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl TokenKey {
     /// A key from secret bytes (at least 32 are recommended).
     pub fn new(secret: &[u8]) -> TokenKey {
@@ -129,6 +142,7 @@ impl TokenKey {
             role: role.as_str().to_owned(),
             iat,
             exp: iat + ttl.as_secs(),
+            iat_ms: unix_ms(now),
             scope: String::new(),
         };
         // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
@@ -145,6 +159,7 @@ impl TokenKey {
             role: role.as_str().to_owned(),
             iat,
             exp: iat + ttl.as_secs(),
+            iat_ms: unix_ms(now),
             scope: API_SCOPE.to_owned(),
         };
         // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
@@ -192,7 +207,11 @@ impl TokenKey {
                 identity: c.sub,
                 room: c.room,
                 role,
-                issued_at: c.iat,
+                issued_at_ms: if c.iat_ms > 0 {
+                    c.iat_ms
+                } else {
+                    c.iat.saturating_mul(1000)
+                },
                 expires_at: c.exp,
             },
             c.scope,

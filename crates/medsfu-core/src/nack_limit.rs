@@ -31,13 +31,13 @@ pub(crate) enum Refused {
 struct Recent {
     /// Times are kept as milliseconds after this (plus one: zero is an empty slot).
     base: Option<Instant>,
-    slots: Option<Box<[(u16, u32)]>>,
+    slots: Option<Box<[(u16, u64)]>>,
 }
 
 impl Recent {
-    fn ms(&mut self, now: Instant) -> u32 {
+    fn ms(&mut self, now: Instant) -> u64 {
         let base = *self.base.get_or_insert(now);
-        u32::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(u32::MAX - 1) + 1
+        u64::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
     /// Whether `seq` was handled less than `within` before `now`.
@@ -80,7 +80,7 @@ impl RtxBudget {
     /// `burst`.
     pub(crate) fn earn(&mut self, bytes: usize, percent: u32, burst: u64) {
         let earned = bytes as u64 * u64::from(percent) / 100;
-        self.tokens = (self.tokens + earned).min(burst);
+        self.tokens = self.tokens.saturating_add(earned).min(burst);
     }
 
     /// Whether packet `seq` of `bytes` may be re-sent now; if so it is paid for.

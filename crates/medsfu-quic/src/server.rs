@@ -343,10 +343,11 @@ fn read(path: &PathBuf) -> Result<String, ServerError> {
     })
 }
 
-/// The revocation lists' PEM texts. A list not written yet revokes nothing; it is picked
-/// up when it appears.
+/// The revocation lists' PEM texts. A configured list that is missing or unreadable is an
+/// error (fail closed): a revoked device must never get in because a file went away. At
+/// start the vehicle endpoint then does not start; on a reload the lists in force stay.
 fn read_crls(s: &VehicleSettings) -> Result<Vec<String>, ServerError> {
-    s.crls.iter().filter(|p| p.exists()).map(read).collect()
+    s.crls.iter().map(read).collect()
 }
 
 fn build_config(s: &VehicleSettings) -> Result<quinn::ServerConfig, ServerError> {

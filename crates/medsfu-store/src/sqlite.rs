@@ -244,7 +244,11 @@ impl Store for SqliteStore {
 
     fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
         let n = self.db().execute(
-            "UPDATE accounts SET disabled = ?2 WHERE name = ?1",
+            // Disabling voids the tokens handed out so far (re-enabling does not bring
+            // them back): SQLite's clock, the store takes no time of its own here.
+            "UPDATE accounts SET disabled = ?2, tokens_after_ms = CASE WHEN ?2
+             THEN CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)
+             ELSE tokens_after_ms END WHERE name = ?1",
             params![name, disabled],
         )?;
         changed(n, &format!("account {name}"))

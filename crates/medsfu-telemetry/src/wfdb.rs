@@ -123,7 +123,9 @@ pub fn parse_header(text: &str) -> Result<(String, f64, usize, Vec<Signal>), Wfd
         .get(3)
         .map_or(Ok(0), |s| s.parse())
         .map_err(|_| header_err(n, "bad sample count"))?;
-    let mut signals = Vec::with_capacity(nsig);
+    // Never trust the count for an allocation (fuzzing found a header asking for 8 TB):
+    // each signal needs a line of the header, so it cannot have more than it has lines.
+    let mut signals = Vec::with_capacity(nsig.min(text.lines().count()));
     for _ in 0..nsig {
         let (n, l) = lines
             .next()
@@ -184,11 +186,12 @@ fn decode(
     count: usize,
     file: &str,
 ) -> Result<Vec<Vec<i16>>, WfdbError> {
-    let mut out = vec![Vec::with_capacity(count); nsig];
-    let total = count * nsig;
+    // The header's counts are not trusted for allocations: no more samples than bytes.
+    let mut out = vec![Vec::with_capacity(count.min(data.len())); nsig];
+    let total = count.saturating_mul(nsig);
     match format {
         16 => {
-            if data.len() < total * 2 {
+            if data.len() < total.saturating_mul(2) {
                 return Err(WfdbError::Short(file.to_owned(), count));
             }
             for (i, b) in data.chunks_exact(2).take(total).enumerate() {
@@ -196,7 +199,7 @@ fn decode(
             }
         }
         212 => {
-            if data.len() < total.div_ceil(2) * 3 {
+            if data.len() < total.div_ceil(2).saturating_mul(3) {
                 return Err(WfdbError::Short(file.to_owned(), count));
             }
             let mut k = 0;
@@ -370,5 +373,12 @@ mod tests {
         ] {
             assert!(parse_header(h).is_err(), "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_header_claiming_billions_of_signals_is_an_error_not_an_allocation() {
+        // Found by fuzzing (telemetry_frame): the count sized an 8 TB allocation.
+        let text = "r 999999999999 250 99999999999\nr.dat 212 200 11 1024 0 0 0 MLII\n";
+        assert!(parse_header(text).is_err());
     }
 }

@@ -528,21 +528,28 @@ fn record_audio<W: Write>(
     let mut clock = Unwrap::default();
     let mut written: u64 = 0;
     let mut first: Option<Instant> = None;
-    // Taken off the publisher's clock after it jumped ahead of real time.
-    let mut skipped: u64 = 0;
+    // Taken off the publisher's clock after it jumped (ahead of real time, or back).
+    let mut skipped: i64 = 0;
     let mut jumps = 0u64;
     while let Some(i) = rx.blocking_recv() {
         let Some(samples) = opus_packet_samples(&i.payload) else {
             continue;
         };
-        let at = clock.next(i.timestamp).saturating_sub(skipped);
+        let raw = i64::try_from(clock.next(i.timestamp)).unwrap_or(i64::MAX);
+        let done = i64::try_from(written).unwrap_or(i64::MAX);
+        if raw.saturating_sub(skipped) + (AHEAD_SAMPLES as i64) < done {
+            // The clock came back after a jump, or jumped backwards: follow it from here,
+            // so that later real gaps are filled again.
+            skipped = raw.saturating_sub(done);
+        }
+        let at = u64::try_from(raw.saturating_sub(skipped)).unwrap_or(0);
         let elapsed = samples_48k(i.arrived - *first.get_or_insert(i.arrived));
         let fill = silence_before(at, written, elapsed);
         let filled_to = written + fill * SILENCE_SAMPLES;
         if at >= filled_to + SILENCE_SAMPLES {
             // The publisher's clock ran ahead of real time: the file follows real time,
             // and later gaps are measured from here.
-            skipped += at - filled_to;
+            skipped = skipped.saturating_add(i64::try_from(at - filled_to).unwrap_or(i64::MAX));
             jumps += 1;
             refused_input.inc();
         }
@@ -856,6 +863,14 @@ mod tests {
         p.extend((150..200u32).map(|n| (48_000 * 3600 + (n - 1) * 960, u64::from(n) * 20)));
         let (samples, _, _) = archive(&p);
         assert_eq!(samples, 200 * 960, "four seconds, as on the wall clock");
+        // One packet an hour ahead, then the clock goes on from before it: a real gap
+        // afterwards is still filled (the spike does not switch filling off).
+        let mut p: Vec<(u32, u64)> = (0..50u32).map(|n| (n * 960, u64::from(n) * 20)).collect();
+        p.push((48_000 * 3600, 1000));
+        p.extend((51..100u32).map(|n| (n * 960, u64::from(n) * 20)));
+        p.extend((150..200u32).map(|n| (n * 960, u64::from(n) * 20)));
+        let (samples, _, _) = archive(&p);
+        assert_eq!(samples, 200 * 960, "the gap after a spike is filled");
     }
 
     #[test]

@@ -93,14 +93,16 @@ pub fn run(dir: &Path, req: &Request<'_>) -> Result<Vec<PathBuf>> {
         ]);
         ca
     };
-    let mut devices: BTreeMap<String, u64> = read(&dir.join(DEVICES))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (n, s) = l.rsplit_once(' ')?;
-            Some((n.to_owned(), s.parse().ok()?))
-        })
-        .collect();
+    // Every serial ever issued to each device: re-issuing a device leaves its older
+    // certificates valid until they expire, so revoking it must revoke all of them.
+    let mut devices: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for l in read(&dir.join(DEVICES)).unwrap_or_default().lines() {
+        if let Some((n, s)) = l.rsplit_once(' ') {
+            if let Ok(s) = s.parse() {
+                devices.entry(n.to_owned()).or_default().push(s);
+            }
+        }
+    }
     let now = OffsetDateTime::now_utc();
     for d in req.devices {
         anyhow::ensure!(
@@ -119,7 +121,7 @@ pub fn run(dir: &Path, req: &Request<'_>) -> Result<Vec<PathBuf>> {
         write(&device_cert(dir, d), &issued.cert_pem, false)?;
         write(&device_key(dir, d), &issued.key_pem, true)?;
         written.extend([device_cert(dir, d), device_key(dir, d)]);
-        devices.insert(d.clone(), issued.serial);
+        devices.entry(d.clone()).or_default().push(issued.serial);
     }
     let mut revoked: Vec<u64> = read(&dir.join(REVOKED))
         .unwrap_or_default()
@@ -127,14 +129,19 @@ pub fn run(dir: &Path, req: &Request<'_>) -> Result<Vec<PathBuf>> {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     for r in req.revoke {
-        let serial = devices
+        let serials = devices
             .get(r)
             .with_context(|| format!("no certificate was issued to {r:?} here"))?;
-        if !revoked.contains(serial) {
-            revoked.push(*serial);
+        for serial in serials {
+            if !revoked.contains(serial) {
+                revoked.push(*serial);
+            }
         }
     }
-    let list: String = devices.iter().map(|(n, s)| format!("{n} {s}\n")).collect();
+    let list: String = devices
+        .iter()
+        .flat_map(|(n, serials)| serials.iter().map(move |s| format!("{n} {s}\n")))
+        .collect();
     write(&dir.join(DEVICES), &list, false)?;
     let rl: String = revoked.iter().map(|s| format!("{s}\n")).collect();
     write(&dir.join(REVOKED), &rl, false)?;

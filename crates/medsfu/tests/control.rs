@@ -756,6 +756,10 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
     let (s, v) = api.call("GET", "/api/rooms", &carol, None).await;
     assert_eq!((s, v["code"].as_str()), (403, Some("account_disabled")));
     medsfu_ok(&data, &["user", "enable", "carol"]);
+    // Enabling it again does not bring the old token back: carol signs in anew.
+    let (s, v) = api.call("GET", "/api/rooms", &carol, None).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("token_revoked")), "{v}");
+    let carol = api.login("carol", PW).await;
     // A dispatcher leaves a room (allowed), an admin closes one (allowed).
     let (s, v) = api.call("POST", "/api/calls", &crew, None).await;
     assert_eq!(s, 201);

@@ -834,7 +834,23 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
     );
 
     // Revoking amb-2 while the server runs and while amb-2 is connected: its open
-    // connection is closed, its next handshake fails; amb-1 is unaffected.
+    // connection is closed, its next handshake fails; amb-1 is unaffected. amb-2 was
+    // re-issued first: its older certificate is revoked too (issue 16: it still worked).
+    let (old_cert, old_key) = (rd("device-amb-2.pem"), rd("device-amb-2.key"));
+    certs(&server.data.0, &["--device", "amb-2"]);
+    assert_ne!(rd("device-amb-2.pem"), old_cert, "re-issued");
+    let old_ep = || {
+        client::endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            &rd("ca.pem"),
+            &old_cert,
+            &old_key,
+        )
+        .expect("endpoint")
+    };
+    client::connect(&old_ep(), quic, "localhost", Some("r4"), vec![])
+        .await
+        .expect("the older certificate works until amb-2 is revoked");
     let e2 = ep("amb-2");
     let c2 = client::connect(&e2, quic, "localhost", Some("r4"), vec![])
         .await
@@ -863,7 +879,33 @@ async fn bad_vehicle_input_is_counted_and_refused_and_revocation_needs_no_restar
         }
     }
     wait_metric(&server, "medsfu_vehicle_handshakes_refused_total", 1.0).await;
+    assert!(
+        matches!(
+            client::connect(&old_ep(), quic, "localhost", Some("r3"), vec![]).await,
+            Err(ClientError::Connection(_))
+        ),
+        "amb-2's older certificate is revoked with it"
+    );
     assert!(c.conn.close_reason().is_none(), "amb-1 still connected");
+
+    // A configured revocation list that is missing keeps the server from starting.
+    let (_, _, data) = server.terminate(Duration::from_secs(15)).await;
+    std::fs::remove_file(data.0.join("pki/ca.crl")).expect("remove the CRL");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medsfu"))
+        .args([
+            "serve",
+            "--vehicle-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--webrtc-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data.0)
+        .output()
+        .expect("medsfu serve");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its CRL: {said}");
+    assert!(said.contains("ca.crl"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
