@@ -685,6 +685,15 @@ fn ivf_header() -> [u8; 32] {
 mod tests {
     use super::*;
 
+    /// A voice-archive track file in `dir`.
+    fn voice_file(dir: &Path) -> TrackFile {
+        TrackFile {
+            base: dir.join("voice"),
+            codec: Codec::Opus,
+            meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
+        }
+    }
+
     fn test_stats() -> RecordStats {
         RecordStats {
             active: IntGauge::new("a", "a").unwrap(),
@@ -811,11 +820,7 @@ mod tests {
         let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("medsfu-jumps-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = TrackFile {
-            base: dir.join("voice"),
-            codec: Codec::Opus,
-            meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
-        };
+        let file = voice_file(&dir);
         let stats = test_stats();
         let (tx, rx) = mpsc::channel(packets.len() + 1);
         let t0 = Instant::now();
@@ -914,11 +919,7 @@ mod tests {
     fn an_archived_track_with_a_gap_lasts_as_long_as_the_call() {
         let dir = std::env::temp_dir().join(format!("medsfu-voice-gap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = TrackFile {
-            base: dir.join("voice"),
-            codec: Codec::Opus,
-            meta: serde_json::json!({ "publisher": "amb-1", "role": "vehicle" }),
-        };
+        let file = voice_file(&dir);
         let stats = test_stats();
         let (tx, rx) = mpsc::channel(1000);
         // One second (50 packets of 20 ms), two seconds of nothing, one more.
