@@ -107,6 +107,9 @@ impl AuditLog {
     /// Opens (or creates) the trail in the database file `path`.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         let db = rusqlite::Connection::open(path)?;
+        // The server and an operator's command (`medsfu user disable`) write the same trail:
+        // wait for the other writer instead of failing with "database is locked".
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
         // WAL: readers (verify, export) do not block the server's appends; FULL: an
         // entry is on disk before the action it records is answered.
         db.pragma_update(None, "journal_mode", "WAL")?;
