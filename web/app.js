@@ -13,12 +13,33 @@ const state = {
   // cameraGrant: the lead lent us the camera; granted: whom we (as lead) lent it to.
   cameraGrant: false, granted: new Set(),
   // The control API session (docs/control.md): a login token, kept for this tab only.
-  api: { token: sessionStorage.getItem('medsfu.api'), user: sessionStorage.getItem('medsfu.user') },
+  api: {
+    token: sessionStorage.getItem('medsfu.api'), user: sessionStorage.getItem('medsfu.user'),
+    role: sessionStorage.getItem('medsfu.role'),
+  },
+  // autoMic: join with the microphone on (calls taken or placed from the centre).
+  autoMic: false, muted: false, micLevel: 0, ended: null,
+  // Silences (ms) after which streams are marked stale; the server's `joined` says.
+  staleAfter: { media: 3000, vitals: 10000 },
+  // Received video tiles: track -> { div, note, label, lastFrame }; link-loss history for tests.
+  videoTiles: new Map(), link: { lostAt: null, events: [] },
 };
 window.medsfu = state; // read by the end-to-end tests
 
-function setConn(s) { const c = $('conn'); c.dataset.state = s; c.textContent = s; }
-function showError(msg) { state.errors.push(msg); $('error').textContent = msg; }
+const CONN_TEXT = {
+  idle: 'not signed in', ready: 'signed in', connecting: 'connecting…', joined: 'in the call',
+  connected: 'media connected', ended: 'call ended', closed: 'disconnected', failed: 'media failed',
+};
+function setConn(s) { const c = $('conn'); c.dataset.state = s; c.textContent = CONN_TEXT[s] || s; }
+// Errors go where the person is looking: the form they used, the centre, or the room.
+function errorSlot() {
+  if (!$('room-panel').hidden) return $('error');
+  if (!$('centre').hidden) return $('centre-error');
+  return $('login-error');
+}
+function showError(msg, slot) { state.errors.push(msg); (slot || errorSlot()).textContent = msg; }
+// m:ss of a duration in ms.
+function dur(ms) { const s = Math.max(0, Math.floor(ms / 1000)); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`; }
 function send(msg) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(msg)); }
 
 // The control API: JSON in and out; errors are { code, message }.
@@ -35,30 +56,46 @@ async function apiCall(method, path, body) {
 }
 
 function signOut() {
-  sessionStorage.removeItem('medsfu.api'); sessionStorage.removeItem('medsfu.user');
-  state.api = { token: null, user: null };
+  for (const k of ['api', 'user', 'role']) sessionStorage.removeItem(`medsfu.${k}`);
+  state.api = { token: null, user: null, role: null };
   if (state.callFeed) { state.callFeed.close(); state.callFeed = null; }
   state.calls.clear(); renderCalls();
-  $('login-form').hidden = false; $('centre').hidden = true; $('whoami').textContent = '';
+  $('login-form').hidden = false; $('crew-form').hidden = false; $('centre').hidden = true;
+  $('whoami').textContent = '';
+  if (!state.me) setConn('idle');
 }
 const seg = encodeURIComponent;
 
-async function login(user, password) {
-  const r = await fetch('/api/login', {
-    method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ user, password }),
-  });
-  const v = await r.json();
-  if (!r.ok) { showError(`${v.code}: ${v.message}`); return; }
+// Signs in (a password, or a crew PIN on a registered device); a refusal is shown under
+// the form that was used.
+async function login(path, body, slot) {
+  slot.textContent = '';
+  let r, v;
+  try {
+    r = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    v = await r.json().catch(() => null);
+  } catch (e) { showError(`sign-in failed: ${e.message || e}`, slot); return; }
+  if (!r.ok) {
+    const why = { login_failed: 'wrong user name or password', device_unknown: 'this device is not registered' };
+    showError(v ? `Sign-in refused: ${why[v.code] || v.message} (${v.code})` : `Sign-in failed: HTTP ${r.status}`, slot);
+    return;
+  }
   state.api = { token: v.token, user: v.user, role: v.role };
-  sessionStorage.setItem('medsfu.api', v.token); sessionStorage.setItem('medsfu.user', v.user);
+  for (const k of ['token', 'user', 'role']) sessionStorage.setItem(`medsfu.${k === 'token' ? 'api' : k}`, v[k]);
+  // A sign-in is a click: the ringer may play sound from now on.
+  try { state.audio = state.audio || new AudioContext(); } catch (e) { /* no sound */ }
   showCentre();
 }
 
 // The centre: incoming calls live (server-sent events) and the rooms one belongs to.
 function showCentre() {
-  $('login-form').hidden = true; $('centre').hidden = false;
-  $('whoami').textContent = state.api.user || '';
+  $('login-form').hidden = true; $('crew-form').hidden = true; $('centre').hidden = false;
+  $('whoami').textContent = state.api.user ? `${state.api.user}${state.api.role ? ` (${state.api.role})` : ''}` : '';
+  if (!state.me) setConn('ready');
+  // The crew places calls; the centre (consultants, dispatchers) takes them.
+  const crew = state.api.role === 'team';
+  $('crew-call').hidden = !crew; $('incoming').hidden = crew;
+  if (crew) { refreshRooms(); return; }
   const es = new EventSource(`/api/calls/events?access_token=${encodeURIComponent(state.api.token)}`);
   // Every (re)connection starts with the ringing calls: forget the old list then.
   es.onopen = () => { state.calls.clear(); renderCalls(); };
@@ -74,6 +111,8 @@ function showCentre() {
   refreshRooms();
 }
 
+// Each ringing call is a card: who calls, how long they have waited, Accept. While calls
+// ring the title says so and a tone sounds every two seconds.
 function renderCalls() {
   const ul = $('calls'); ul.textContent = '';
   if (!state.calls.size) {
@@ -81,13 +120,41 @@ function renderCalls() {
     li.textContent = 'no calls waiting'; ul.appendChild(li);
   }
   for (const c of state.calls.values()) {
+    if (!c.since) c.since = Number.isFinite(c.opened_at_ms) ? c.opened_at_ms : Date.now();
     const li = document.createElement('li'); li.className = 'call'; li.dataset.room = c.room;
-    li.textContent = `${c.vehicle || c.by} calls (${c.room}) `;
+    const who = document.createElement('span'); who.className = 'who';
+    who.textContent = c.vehicle ? `Ambulance ${c.vehicle}` : `Crew ${c.by}`;
+    const waiting = document.createElement('span'); waiting.className = 'waiting';
+    const room = document.createElement('span'); room.className = 'hint'; room.textContent = ` call ${c.room}`;
     const b = document.createElement('button'); b.textContent = 'Accept'; b.className = 'accept';
     b.onclick = () => accept(c.room);
-    li.appendChild(b); ul.appendChild(li);
+    li.append(who, waiting, room, b); ul.appendChild(li);
   }
+  updateWaiting();
 }
+function updateWaiting() {
+  for (const li of document.querySelectorAll('#calls li.call')) {
+    const c = state.calls.get(li.dataset.room);
+    if (c) li.querySelector('.waiting').textContent = `waiting ${dur(Date.now() - c.since)}`;
+  }
+  const n = state.calls.size;
+  document.title = n && !state.me ? `(${n}) incoming call - medsfu` : 'medsfu consultation';
+}
+function ring() {
+  if (!state.calls.size || state.me || !state.audio) return;
+  try {
+    const ctx = state.audio, t = ctx.currentTime;
+    if (ctx.state === 'suspended') ctx.resume();
+    for (const [f, at] of [[880, 0], [660, 0.25]]) {
+      const o = ctx.createOscillator(), g = ctx.createGain();
+      o.frequency.value = f; g.gain.setValueAtTime(0.2, t + at); g.gain.setValueAtTime(0, t + at + 0.2);
+      o.connect(g).connect(ctx.destination); o.start(t + at); o.stop(t + at + 0.2);
+    }
+    state.rings = (state.rings || 0) + 1;
+  } catch (e) { /* no sound on this device */ }
+}
+setInterval(updateWaiting, 1000);
+setInterval(ring, 2000);
 
 async function refreshRooms() {
   try {
@@ -108,12 +175,22 @@ async function refreshRooms() {
 async function accept(room) {
   try {
     const t = await apiCall('POST', `/api/calls/${seg(room)}/accept`);
-    join(room, t.token);
+    join(room, t.token, true);
   } catch (e) { showError(e.message); }
 }
 
-function join(room, token) {
-  state.room = room;
+// The crew's one button: open a call and wait in it, microphone on, for a doctor.
+async function callDoctor() {
+  try {
+    const r = await apiCall('POST', '/api/calls');
+    const t = await apiCall('POST', `/api/rooms/${seg(r.name)}/token`);
+    join(r.name, t.token, true);
+  } catch (e) { showError(`call: ${e.message}`); }
+}
+
+// Joins `room`; `mic`: with the microphone on (asked for once).
+function join(room, token, mic) {
+  state.room = room; state.autoMic = !!mic;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${proto}://${location.host}/ws`);
   state.ws = ws;
@@ -122,7 +199,8 @@ function join(room, token) {
   const codecs = ['audio', 'video'].flatMap((k) =>
     ((window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities(k)) || { codecs: [] }).codecs.map((c) => c.mimeType));
   ws.onopen = () => send({ type: 'join', token, codecs: [...new Set(codecs)] });
-  ws.onclose = () => { setConn('closed'); };
+  // A closed socket without a `left` is a lost connection: never leave the page looking live.
+  ws.onclose = () => { if (!state.ended) showEnded('connection_lost'); };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
   $('room-name').textContent = room;
 }
@@ -135,10 +213,15 @@ async function onMessage(m) {
       $('publish-cam').hidden = !m.may_publish.includes('camera');
       $('publish-mic').hidden = !m.may_publish.includes('microphone');
       window.medsfuTelemetryUi.reset(); // telemetry history is replayed after every join
+      if (m.stale_after_ms) state.staleAfter = m.stale_after_ms;
       addParticipant({ participant: m.participant, identity: m.identity + ' (you)', role: m.role });
-      setConn('joined');
-      for (const what of (new URLSearchParams(location.search).get('publish') || '').split(',')) {
-        if (what === 'camera' || what === 'microphone') await publish(what);
+      setConn('joined'); updateWaiting();
+      {
+        const want = (new URLSearchParams(location.search).get('publish') || '').split(',');
+        if (state.autoMic && !want.includes('microphone')) want.unshift('microphone');
+        for (const what of want) {
+          if ((what === 'camera' || what === 'microphone') && m.may_publish.includes(what)) await publish(what);
+        }
       }
       break;
     case 'participant_joined': addParticipant(m); break;
@@ -194,7 +277,7 @@ async function onMessage(m) {
       if (state.answerWaiter) { state.answerWaiter(); state.answerWaiter = null; }
       break;
     case 'telemetry': case 'telemetry_live': window.medsfuTelemetryUi.onMessage(m); break; // web/telemetry.js
-    case 'left': setConn('closed'); showError(`left: ${m.reason}`); break;
+    case 'left': showEnded(m.reason); break;
     default: break;
   }
 }
@@ -250,6 +333,8 @@ function renderParticipants() {
   const role = state.me && state.me.role;
   $('camera-controls').hidden = !((role === 'lead' || (role === 'consultant' && state.cameraGrant)) && vehicle());
   $('record').hidden = !(role === 'lead' || role === 'team');
+  // Ending the call is the control API's (the lead and the crew may): with a login session.
+  $('end-call').hidden = !(state.api.token && (role === 'lead' || role === 'team'));
   // Membership is managed through the control API: only with a login session.
   const manages = role === 'lead' && !!state.api.token;
   $('invite-form').hidden = !manages;
@@ -324,6 +409,7 @@ async function publishOne(source) {
     preferCodec(tr, track.kind);
     state.published.set(source, tr);
     if (source === 'camera') addTile('local-camera', stream, 'me (camera)', true);
+    if (source === 'microphone') micControls(stream, track);
     const offer = await state.pubPc.createOffer();
     await state.pubPc.setLocalDescription(offer);
     const sources = {};
@@ -342,7 +428,9 @@ async function onServerOffer(m) {
       const trackId = state.midToTrack.get(mid);
       const info = state.tracks.get(trackId) || {};
       const stream = new MediaStream([ev.track]);
-      if (ev.track.kind === 'video') addTile(trackId, stream, `${info.identity || '?'} (${info.source || 'video'})`);
+      // Names people read: "amb-1 · roof camera", not the rendition's internal identity.
+      const who = String(info.identity || '?').replace(/~h264$/, '');
+      if (ev.track.kind === 'video') addTile(trackId, stream, `${who} · ${String(info.source || 'video').replace(/_/g, ' ')}`);
       else { const a = new Audio(); a.srcObject = stream; a.autoplay = true; a.dataset.track = trackId; document.body.appendChild(a); }
       state.subscribedAt.set(trackId, performance.now());
     };
@@ -359,13 +447,124 @@ function addTile(id, stream, label, muted) {
   const div = document.createElement('div'); div.className = 'tile'; div.dataset.track = id;
   const v = document.createElement('video'); v.autoplay = true; v.playsInline = true; v.muted = true;
   v.srcObject = stream; div.appendChild(v);
-  if (!muted && v.requestVideoFrameCallback) {
-    v.requestVideoFrameCallback(() => { if (!state.firstFrameAt.has(id)) state.firstFrameAt.set(id, performance.now()); });
-  }
   const l = document.createElement('span'); l.className = 'label'; l.textContent = label; div.appendChild(l);
+  if (!muted) {
+    // Every decoded frame is noted: a picture silent for staleAfter.media is marked stale.
+    const note = document.createElement('span'); note.className = 'stale-note'; note.hidden = true; div.appendChild(note);
+    const info = state.tracks.get(id) || {};
+    const fromVehicle = [...state.participants.values()].some((p) => p.identity === info.identity && p.role === 'vehicle');
+    const t = { div, note, label, lastFrame: null, fromVehicle };
+    state.videoTiles.set(id, t);
+    const onFrame = () => {
+      t.lastFrame = performance.now();
+      if (!state.firstFrameAt.has(id)) state.firstFrameAt.set(id, t.lastFrame);
+      if (state.videoTiles.get(id) === t) v.requestVideoFrameCallback(onFrame);
+    };
+    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(onFrame);
+  }
   $('tiles').appendChild(div);
 }
-function removeTile(id) { document.querySelectorAll(`[data-track="${id}"]`).forEach((e) => e.remove()); }
+function removeTile(id) {
+  state.videoTiles.delete(id);
+  document.querySelectorAll(`[data-track="${id}"]`).forEach((e) => e.remove());
+}
+
+// ---- the microphone: mute button and level ----
+function micControls(stream, track) {
+  $('publish-mic').hidden = true; $('mute').hidden = false; $('mic-level').hidden = false;
+  try {
+    const ctx = state.audio || new AudioContext(); state.audio = ctx;
+    const an = ctx.createAnalyser(); an.fftSize = 512;
+    ctx.createMediaStreamSource(stream).connect(an);
+    const buf = new Float32Array(an.fftSize);
+    state.micMeter = setInterval(() => {
+      an.getFloatTimeDomainData(buf);
+      let sum = 0; for (const x of buf) sum += x * x;
+      state.micLevel = track.enabled ? Math.min(1, Math.sqrt(sum / buf.length) * 4) : 0;
+      $('mic-level').value = state.micLevel;
+    }, 100);
+  } catch (e) { /* no level meter here */ }
+}
+$('mute').onclick = () => {
+  const tr = state.published.get('microphone'), t = tr && tr.sender.track;
+  if (!t) return;
+  t.enabled = !t.enabled; state.muted = !t.enabled;
+  $('mute').setAttribute('aria-pressed', String(state.muted));
+  $('mute').textContent = state.muted ? 'Unmute' : 'Mute';
+  notice(state.muted ? 'your microphone is muted' : 'your microphone is on');
+};
+
+// ---- staleness: what has not been updated for a while is shown as such ----
+function checkStale() {
+  if (!state.me || state.ended) return;
+  const now = performance.now(), lim = state.staleAfter;
+  let videoAge = null;
+  for (const t of state.videoTiles.values()) {
+    const age = t.lastFrame === null ? null : now - t.lastFrame;
+    const stale = age !== null && age > lim.media;
+    t.div.classList.toggle('stale', stale); t.note.hidden = !stale;
+    if (stale) {
+      t.note.textContent = `no picture for ${dur(age)}`;
+      if (t.fromVehicle) videoAge = Math.max(videoAge || 0, age);
+    }
+  }
+  const tel = window.medsfuTelemetryUi.staleness(now, lim);
+  // The vehicle's link is lost when its telemetry stops (or, without telemetry, its video).
+  const lostFor = tel.frames ? (tel.lost ? tel.age : null) : videoAge;
+  const b = $('link-banner'), link = state.link;
+  if (lostFor !== null) {
+    if (link.lostAt === null) { link.lostAt = now - lostFor; link.events.push({ lost: Date.now() }); }
+    const what = [...(videoAge !== null ? ['video'] : []), ...tel.stale].join(', ');
+    b.dataset.state = 'lost'; b.hidden = false;
+    b.textContent = `Link lost ${dur(lostFor)}: ${what || 'data'} not updating` +
+      (tel.lastCaptured ? `, last data at ${tel.lastCaptured}` : '');
+  } else if (link.lostAt !== null) {
+    const was = now - link.lostAt;
+    link.lostAt = null; link.events.push({ back: Date.now(), after_ms: was });
+    b.dataset.state = 'back'; b.hidden = false; b.textContent = `Link back (lost for ${dur(was)})`;
+    clearTimeout(link.hideTimer);
+    link.hideTimer = setTimeout(() => { if (link.lostAt === null) b.hidden = true; }, 5000);
+  }
+}
+setInterval(checkStale, 250);
+
+// ---- the end of a call, for whatever reason: nothing left looking live ----
+const ENDED = {
+  room_closed: ['The call has ended', 'The call was ended for everyone; the room is closed.'],
+  left: ['You left the call', 'The call goes on for the others; you can join again from your rooms.'],
+  removed: ['You were taken out of the call', 'The lead removed you from this room.'],
+  replaced: ['This call continues elsewhere', 'You joined the same call from another page or device.'],
+  timeout: ['Connection lost', 'The server stopped hearing from this page.'],
+  connection_lost: ['Connection lost', 'The connection to the server closed. Join again to continue.'],
+  server_shutdown: ['Server restarting', 'The server is shutting down; join again in a moment.'],
+  token_expired: ['Your access expired', 'Sign in again to continue.'],
+};
+function showEnded(reason) {
+  if (state.ended) return;
+  state.ended = reason || 'closed';
+  for (const pc of [state.pubPc, state.subPc]) if (pc) pc.close();
+  for (const tr of state.published.values()) if (tr.sender.track) tr.sender.track.stop();
+  clearInterval(state.micMeter);
+  if (state.ws && state.ws.readyState <= 1) state.ws.close();
+  state.videoTiles.clear();
+  document.querySelectorAll('#tiles .tile, audio[data-track]').forEach((e) => e.remove());
+  for (const id of ['controls', 'camera-controls', 'invite-form', 'link-banner', 'rec-indicator']) $(id).hidden = true;
+  const [title, text] = ENDED[state.ended] || ['Disconnected', `The session ended (${state.ended}).`];
+  $('ended-title').textContent = title; $('ended-reason').textContent = text; $('ended').hidden = false;
+  setConn('ended');
+  window.medsfuTelemetryUi.end();
+}
+$('ended-back').onclick = () => { location.href = location.pathname; };
+$('end-call').onclick = async () => {
+  const b = $('end-call');
+  // Two clicks: ending a call for everyone must not happen by a slip.
+  if (b.dataset.confirm !== '1') {
+    b.dataset.confirm = '1'; b.textContent = 'Really end the call for everyone?';
+    setTimeout(() => { b.dataset.confirm = ''; b.textContent = 'End call'; }, 5000);
+    return;
+  }
+  try { await apiCall('DELETE', `/api/rooms/${seg(state.room)}`); } catch (e) { showError(`end call: ${e.message}`); }
+};
 
 // Frames decoded per received video track, for the tests and the curious.
 state.videoStats = async () => {
@@ -381,7 +580,16 @@ state.videoStats = async () => {
 };
 
 $('join-form').onsubmit = (e) => { e.preventDefault(); join($('room').value, $('token').value); };
-$('login-form').onsubmit = (e) => { e.preventDefault(); login($('login-user').value, $('login-password').value); };
+$('login-form').onsubmit = (e) => {
+  e.preventDefault();
+  login('/api/login', { user: $('login-user').value, password: $('login-password').value }, $('login-error'));
+};
+$('crew-form').onsubmit = (e) => {
+  e.preventDefault();
+  login('/api/login/crew', { user: $('crew-user').value, pin: $('crew-pin').value, device_token: $('crew-device').value }, $('crew-error'));
+};
+$('call-doctor').onclick = callDoctor;
+$('sign-out').onclick = signOut;
 if (state.api.token) showCentre();
 $('publish-mic').onclick = () => publish('microphone');
 $('publish-cam').onclick = () => publish('camera');

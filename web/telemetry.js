@@ -19,9 +19,12 @@
   // Read by the end-to-end tests; mutated in place, never replaced.
   const T = window.medsfuTelemetry = {};
   let ecg, vitals, gps, chat, statusInfo, flushTimer = null, loopRunning = false;
+  // Arrival (performance.now()) of the newest frame and the newest capture time seen.
+  let lastArrival = null, lastCapturedUs = null;
 
   function reset() {
-    Object.assign(T, { frames: 0, live: false, bySource: {}, vitals: {}, status: null, chats: 0, gpsFixes: 0, ecgSamplesDrawn: 0 });
+    Object.assign(T, { frames: 0, live: false, bySource: {}, vitals: {}, status: null, chats: 0, gpsFixes: 0, ecgSamplesDrawn: 0, lost: false, ended: false });
+    lastArrival = null; lastCapturedUs = null;
     ecg = { streams: new Map(), source: null, choice: null, controlsDirty: true, dirty: true };
     vitals = new Map(); // vital -> { value, unit, at }
     gps = { points: [], last: null, dirty: true };
@@ -39,8 +42,10 @@
   function onMessage(m) {
     if (m.type === 'telemetry_live') T.live = true;
     else if (m.type === 'telemetry' && Array.isArray(m.frames)) {
+      if (m.frames.length) lastArrival = performance.now();
       for (const f of m.frames) {
         if (!f || typeof f !== 'object') continue;
+        if (Number.isFinite(f.captured_at_us) && !(f.captured_at_us <= lastCapturedUs)) lastCapturedUs = f.captured_at_us;
         try { onFrame(f); } catch (e) { console.warn('telemetry frame', e); }
       }
     } else return;
@@ -56,7 +61,7 @@
       case 'vital':
         if (typeof f.vital === 'string' && typeof f.value === 'number') {
           T.vitals[f.vital] = f.value;
-          vitals.set(f.vital, { value: f.value, unit: f.unit, at: f.measured_at_us ?? f.captured_at_us });
+          vitals.set(f.vital, { value: f.value, unit: f.unit, at: f.measured_at_us ?? f.captured_at_us, got: performance.now() });
         }
         break;
       case 'gps': addFix(f); break;
@@ -193,8 +198,13 @@
       if (down && x >= prevX) ctx.lineTo(x, y); else ctx.moveTo(x, y);
       down = true; prevX = x;
     }
-    ctx.strokeStyle = '#3f6'; ctx.stroke();
-    if (down) { ctx.fillStyle = '#cfc'; ctx.fillRect(x - 1.5, y - 1.5, 3, 3); }
+    // A trace that stopped is grey, never a green line that looks live.
+    ctx.strokeStyle = ecg.stale ? '#777' : '#3f6'; ctx.stroke();
+    if (down && !ecg.stale) { ctx.fillStyle = '#cfc'; ctx.fillRect(x - 1.5, y - 1.5, 3, 3); }
+    if (ecg.stale) {
+      ctx.fillStyle = '#f66'; ctx.font = 'bold 14px system-ui, sans-serif';
+      ctx.fillText(ecg.stale === 'call ended' ? 'call ended' : `no ECG signal for ${ecg.stale}`, x0 + 40, y0 + 14);
+    }
     ctx.restore();
   }
 
@@ -232,7 +242,7 @@
     const lat = Number(f.lat), lon = Number(f.lon);
     if (!(Math.abs(lat) <= 90 && Math.abs(lon) <= 180)) return;
     T.gpsFixes++;
-    gps.last = f;
+    gps.last = f; gps.got = performance.now();
     gps.points.push(lat, lon);
     if (gps.points.length > 2 * MAX_GPS_POINTS) { // thin out the older half, keep the latest fix
       const p = gps.points, out = [];
@@ -293,8 +303,8 @@
   function flush() {
     flushTimer = null;
     const st = $('tele-state');
-    st.dataset.state = T.live ? 'live' : T.frames ? 'history' : 'idle';
-    st.textContent = T.live ? 'live' : T.frames ? 'replaying history' : 'no telemetry';
+    st.dataset.state = T.ended ? 'ended' : T.lost ? 'stale' : T.live ? 'live' : T.frames ? 'history' : 'idle';
+    st.textContent = { ended: 'call ended', stale: 'link lost', live: 'live', history: 'replaying history', idle: 'no telemetry' }[st.dataset.state];
 
     for (const row of document.querySelectorAll('#vitals tr[data-vital]')) {
       const cells = row.querySelectorAll('td');
@@ -348,6 +358,48 @@
     }
   }
 
+  // ---- staleness (called by app.js four times a second) ----
+
+  const ago = (ms) => (ms < 60000 ? `${Math.floor(ms / 1000)} s ago` : `${Math.floor(ms / 60000)} min ago`);
+  const clock = (ms) => { const s = Math.floor(ms / 1000); return `${Math.floor(s / 60)}:${pad(s % 60)}`; };
+
+  // Marks what has not been updated within `lim` ({ media, vitals } ms): the ECG trace, each
+  // vital, the position; says whether the link (any telemetry) is lost and for how long.
+  function staleness(now, lim) {
+    const out = { frames: T.frames, lost: false, age: null, stale: [], lastCaptured: lastCapturedUs === null ? null : hms(lastCapturedUs) };
+    if (T.ended || lastArrival === null) return out;
+    out.age = now - lastArrival;
+    out.lost = out.age > lim.media;
+    if (out.lost !== T.lost) { T.lost = out.lost; schedule(); }
+    const s = currentStream();
+    const ecgAge = s ? now - s.lastWrite : null;
+    const ecgStale = ecgAge !== null && ecgAge > lim.media ? clock(ecgAge) : false;
+    if (ecgStale !== ecg.stale) { ecg.stale = ecgStale; ecg.dirty = true; }
+    if (ecgStale) out.stale.push('ECG');
+    let vitalsStale = false;
+    for (const row of document.querySelectorAll('#vitals tr[data-vital]')) {
+      const keys = row.dataset.vital === 'nibp' ? ['nibp_systolic', 'nibp_diastolic', 'nibp_mean'] : [row.dataset.vital];
+      const got = Math.max(...keys.map((k) => (vitals.get(k) ? vitals.get(k).got : -Infinity)));
+      const age = Number.isFinite(got) ? now - got : null;
+      const stale = age !== null && (age > lim.vitals || out.lost);
+      row.classList.toggle('stale', stale);
+      row.querySelector('td.age').textContent = age === null ? '' : `received ${ago(age)}`;
+      vitalsStale = vitalsStale || stale;
+    }
+    if (vitalsStale) out.stale.push('vitals');
+    const gpsStale = gps.got !== undefined && (now - gps.got > lim.vitals || out.lost);
+    const gt = $('gps-text');
+    gt.classList.toggle('stale', gpsStale);
+    gt.dataset.age = gps.got === undefined ? '' : ago(now - gps.got);
+    if (gpsStale) out.stale.push('position');
+    return out;
+  }
+
+  // The call ended: nothing may look live any more.
+  function end() {
+    T.ended = true; T.live = false; ecg.stale = 'call ended'; ecg.dirty = true; schedule();
+  }
+
   $('ecg-lead').onchange = (e) => { ecg.choice = e.target.value; $('ecg').dataset.layout = ecg.choice === '12' ? '12' : '1'; ecg.dirty = true; };
   $('ecg-source').onchange = (e) => {
     const src = [...ecg.streams.keys()].find((k) => String(k) === e.target.value);
@@ -359,5 +411,5 @@
   }
 
   reset();
-  window.medsfuTelemetryUi = { onMessage, reset };
+  window.medsfuTelemetryUi = { onMessage, reset, staleness, end };
 })();

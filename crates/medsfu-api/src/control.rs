@@ -435,7 +435,7 @@ impl Control {
                     self.stats.calls.inc();
                     let _ = self.feed.send(json!({
                         "type": "call", "room": room, "vehicle": vehicle, "by": by,
-                        "state": "ringing",
+                        "state": "ringing", "opened_at_ms": now_ms,
                     }));
                     ("call_open", room.clone(), json!({ "vehicle": vehicle }))
                 }

@@ -732,12 +732,22 @@ pub async fn call_events(
     // Subscribe before reading the ringing calls, so that nothing falls between.
     let mut feed = ctl.subscribe_feed();
     let ringing = ctl.read(|d| d.ringing()).await;
+    // When each call was opened, from the store (the page shows how long it has waited).
+    let store = ctl.store();
+    let names: Vec<String> = ringing.iter().map(|r| r.name.clone()).collect();
+    let opened: Vec<Option<i64>> = blocking(move || {
+        Ok(names
+            .iter()
+            .map(|n| store.room(n).ok().flatten().map(|r| r.created_ms))
+            .collect())
+    })
+    .await?;
     let stopping = state.clone();
     let stream = async_stream(move |tx| async move {
-        for r in ringing {
+        for (r, opened_at_ms) in ringing.into_iter().zip(opened) {
             let ev = json!({
                 "type": "call", "room": r.name, "vehicle": r.vehicle, "by": r.opened_by,
-                "state": "ringing",
+                "state": "ringing", "opened_at_ms": opened_at_ms,
             });
             if tx.send(ev).await.is_err() {
                 return;

@@ -58,6 +58,8 @@ struct Inner {
     control: Option<Arc<Control>>,
     /// Other origins whose pages may call the login and control API.
     cors_origins: Vec<axum::http::HeaderValue>,
+    /// Silences (ms) after which the page marks media and vitals stale.
+    page_stale_ms: (u64, u64),
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
                 refusal_sweeper: std::sync::atomic::AtomicBool::new(false),
                 control: None,
                 cors_origins: Vec::new(),
+                page_stale_ms: (3000, 10_000),
             }),
         }
     }
@@ -115,6 +118,16 @@ impl AppState {
             inner.cors_origins = values;
         }
         Ok(self)
+    }
+
+    /// The same state, telling pages to mark video, the ECG and the link stale after
+    /// `media_ms` of silence and vitals and the position after `vitals_ms` (at least
+    /// 500 ms each). Call before the state is shared.
+    pub fn with_page_staleness(mut self, media_ms: u64, vitals_ms: u64) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.page_stale_ms = (media_ms.max(500), vitals_ms.max(500));
+        }
+        self
     }
 
     /// The same state, serving the control API from `control`. Call before the state is

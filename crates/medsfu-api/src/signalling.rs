@@ -466,6 +466,7 @@ async fn joined_session(
         "type": "joined", "id": join_id, "participant": me.to_string(),
         "identity": grant.identity, "role": grant.role.as_str(), "room": grant.room,
         "may_publish": may_publish,
+        "stale_after_ms": { "media": s.page_stale_ms.0, "vitals": s.page_stale_ms.1 },
     });
     let mut ended_by_server = false;
     if send(&mut socket, &hello).await {

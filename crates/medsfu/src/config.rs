@@ -126,6 +126,10 @@ pub struct Http {
     /// Origins (`https://console.example`) of other pages allowed to call the login and
     /// control API; empty: only medsfu's own page. WHIP/WHEP answer any origin.
     pub cors_origins: Vec<String>,
+    /// The page marks video, the ECG and the telemetry link stale after this silence, in ms.
+    pub page_stale_ms: u64,
+    /// The page marks vitals and the position stale after this silence, in ms.
+    pub page_stale_vitals_ms: u64,
 }
 
 /// WebRTC settings.
@@ -251,6 +255,8 @@ impl Default for Http {
             listen: ([127, 0, 0, 1], 8080).into(),
             shutdown_grace_secs: 10,
             cors_origins: Vec::new(),
+            page_stale_ms: 3000,
+            page_stale_vitals_ms: 10_000,
         }
     }
 }

@@ -869,7 +869,8 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             .with_audit(audit)
             .with_control(control)
             .with_cors_origins(&cfg.http.cors_origins)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            .with_page_staleness(cfg.http.page_stale_ms, cfg.http.page_stale_vitals_ms);
         if cfg.recording.enabled {
             state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
         }

@@ -336,3 +336,247 @@ async fn one_viewer_decodes_an_h264_and_a_vp8_camera_at_once() {
     let logs = server.logs();
     assert!(!logs.contains("panicked"), "server log: {logs}");
 }
+
+/// Audio received by a page: packets and total energy over every inbound audio stream.
+const AUDIO_IN: &str = "(async () => { if (!window.medsfu.subPc) return null;
+    const s = await window.medsfu.subPc.getStats(); let p = 0, e = 0;
+    s.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'audio') { p += r.packetsReceived || 0; e += r.totalAudioEnergy || 0; } });
+    return { p, e, t: performance.now() }; })()";
+
+/// Audio energy per second a page receives, over `over`.
+async fn energy_rate(b: &mut Browser, page: &Page, over: Duration) -> f64 {
+    let a = b.eval(page, AUDIO_IN).await;
+    tokio::time::sleep(over).await;
+    let z = b.eval(page, AUDIO_IN).await;
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().expect("stat");
+    (f(&z, "e") - f(&a, "e")) / ((f(&z, "t") - f(&a, "t")) / 1000.0)
+}
+
+/// Whether the element is shown (rendered, not hidden) and its text, or null.
+fn shown(id: &str) -> String {
+    format!("(() => {{ const e = document.getElementById('{id}'); return e && e.offsetParent !== null && e.textContent ? e.textContent : null; }})()")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crew_calls_from_the_page_the_doctor_answers_by_voice_and_ends_the_call() {
+    let _turn = CAMERAS.lock().await;
+    let server = Server::start(&[]);
+    let data = &server.data.0;
+    support::user_add(data, "dr-ana", "consultant", "correct horse battery");
+    support::user_add(data, "crew-7", "team", "4711");
+    support::user_add(data, "root", "admin", "correct horse battery");
+    let tablet = support::medsfu_ok(data, &["device", "add", "tablet-7", "--kind", "tablet"])
+        .trim()
+        .to_owned();
+    let mut b = Browser::launch().await;
+    let doc = b.open(&format!("{}/", server.http)).await;
+    assert_eq!(
+        b.eval(&doc, "document.getElementById('conn').textContent")
+            .await,
+        "not signed in"
+    );
+
+    // A wrong password is said under the form, where the doctor looks.
+    b.eval(
+        &doc,
+        "document.getElementById('login-user').value = 'dr-ana';
+         document.getElementById('login-password').value = 'wrong';
+         document.getElementById('login-form').requestSubmit(); true",
+    )
+    .await;
+    let said = b
+        .wait_for(
+            &doc,
+            &shown("login-error"),
+            Duration::from_secs(10),
+            "the sign-in refusal under the form",
+        )
+        .await;
+    assert!(
+        said.as_str().is_some_and(|s| s.contains("login_failed")),
+        "{said}"
+    );
+    b.eval(
+        &doc,
+        "document.getElementById('login-password').value = 'correct horse battery';
+         document.getElementById('login-form').requestSubmit(); true",
+    )
+    .await;
+    b.wait_for(
+        &doc,
+        "!document.getElementById('centre').hidden && document.getElementById('conn').textContent === 'signed in'
+         && document.getElementById('whoami').textContent.startsWith('dr-ana')
+         && document.getElementById('login-form').offsetParent === null",
+        Duration::from_secs(10),
+        "the centre, signed in",
+    )
+    .await;
+
+    // The crew signs in with its PIN on the registered tablet and presses the button.
+    let crew = b.open(&format!("{}/", server.http)).await;
+    b.eval(
+        &crew,
+        &format!(
+            "document.getElementById('crew-user').value = 'crew-7';
+             document.getElementById('crew-pin').value = '4711';
+             document.getElementById('crew-device').value = '{tablet}';
+             document.getElementById('crew-form').requestSubmit(); true"
+        ),
+    )
+    .await;
+    b.wait_for(
+        &crew,
+        &shown("call-doctor"),
+        Duration::from_secs(10),
+        "the crew's call button",
+    )
+    .await;
+    b.eval(
+        &crew,
+        "document.getElementById('call-doctor').click(); true",
+    )
+    .await;
+    b.wait_for(
+        &crew,
+        "window.medsfu.me && window.medsfu.me.role === 'team' && window.medsfu.published.has('microphone')
+         && !document.getElementById('mute').hidden",
+        Duration::from_secs(15),
+        "the crew in its call, microphone on",
+    )
+    .await;
+
+    // The call rings on the doctor's page: who calls, how long they have waited.
+    let card = b
+        .wait_for(
+            &doc,
+            "(() => { const li = document.querySelector('#calls li.call');
+               return li && /waiting \\d+:\\d\\d/.test(li.textContent) && document.title.includes('incoming call')
+                 ? li.textContent : null; })()",
+            Duration::from_secs(10),
+            "the ringing call card",
+        )
+        .await;
+    assert!(
+        card.as_str().is_some_and(|c| c.contains("crew-7")),
+        "{card}"
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    b.screenshot(&doc, &shots.join("incoming-call.png")).await;
+    b.eval(
+        &doc,
+        "document.querySelector('#calls li.call button.accept').click(); true",
+    )
+    .await;
+    b.wait_for(
+        &doc,
+        "window.medsfu.me && window.medsfu.me.role === 'lead' && window.medsfu.published.has('microphone')
+         && !document.getElementById('mute').hidden && !document.getElementById('end-call').hidden",
+        Duration::from_secs(15),
+        "the doctor in the call as lead, microphone on",
+    )
+    .await;
+
+    // Each hears the other (Chromium's fake microphone beeps).
+    let hears =
+        "(async () => { const a = await AUDIO_IN; return a && a.p > 50 && a.e > 0 ? a : null; })()"
+            .replace("AUDIO_IN", AUDIO_IN);
+    b.wait_for(
+        &crew,
+        &hears,
+        Duration::from_secs(20),
+        "the doctor's voice on the crew's page",
+    )
+    .await;
+    b.wait_for(
+        &doc,
+        &hears,
+        Duration::from_secs(20),
+        "the crew's voice on the doctor's page",
+    )
+    .await;
+    // The doctor mutes: the crew hears (nearly) nothing more.
+    let before = energy_rate(&mut b, &crew, Duration::from_secs(2)).await;
+    b.eval(&doc, "document.getElementById('mute').click(); true")
+        .await;
+    assert_eq!(
+        b.eval(
+            &doc,
+            "document.getElementById('mute').getAttribute('aria-pressed')"
+        )
+        .await,
+        "true"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // the jitter buffer drains
+    let muted = energy_rate(&mut b, &crew, Duration::from_secs(2)).await;
+    println!("doctor's voice at the crew: {before:.5} energy/s, muted {muted:.5}");
+    assert!(
+        before > 0.0 && muted < before / 10.0,
+        "mute: {before} -> {muted}"
+    );
+
+    // End call takes two clicks; every page then says the call ended, nothing looks live.
+    b.eval(&doc, "document.getElementById('end-call').click(); document.getElementById('end-call').textContent")
+        .await;
+    assert!(
+        b.wait_for(
+            &doc,
+            "window.medsfu.ended === null && document.getElementById('end-call').textContent.includes('Really')",
+            Duration::from_secs(2),
+            "the confirmation step",
+        )
+        .await
+            == true
+    );
+    b.eval(&doc, "document.getElementById('end-call').click(); true")
+        .await;
+    for (page, who) in [(&doc, "doctor"), (&crew, "crew")] {
+        b.wait_for(
+            page,
+            "window.medsfu.ended === 'room_closed' && document.getElementById('ended-title').textContent === 'The call has ended'
+             && document.getElementById('conn').dataset.state === 'ended' && document.querySelectorAll('#tiles .tile').length === 0
+             && document.getElementById('controls').hidden && document.getElementById('tele-state').dataset.state !== 'live'",
+            Duration::from_secs(10),
+            &format!("the ended call on the {who}'s page"),
+        )
+        .await;
+    }
+    b.screenshot(&doc, &shots.join("call-ended.png")).await;
+
+    // The room is closed in the control API, and the trail says who ended it.
+    let http = reqwest::Client::new();
+    let json = |r: reqwest::RequestBuilder| async move {
+        let text = r.send().await.expect("request").text().await.expect("body");
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")
+    };
+    let login = json(
+        http.post(format!("{}/api/login", server.http))
+            .header("content-type", "application/json")
+            .body(r#"{"user":"root","password":"correct horse battery"}"#),
+    )
+    .await;
+    let root = login["token"].as_str().expect("token");
+    let room = b.eval(&crew, "window.medsfu.room").await;
+    let room = room.as_str().expect("room");
+    let got = json(
+        http.get(format!("{}/api/rooms/{room}", server.http))
+            .bearer_auth(root),
+    )
+    .await;
+    assert_eq!(got["state"], "closed", "{got}");
+    let trail = json(
+        http.get(format!("{}/api/audit?limit=1000", server.http))
+            .bearer_auth(root),
+    )
+    .await;
+    assert!(
+        trail
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["action"] == "room_close"
+                && e["room"] == room
+                && e.to_string().contains("dr-ana")),
+        "no room_close by dr-ana for {room}"
+    );
+}

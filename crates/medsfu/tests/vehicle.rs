@@ -33,7 +33,7 @@ impl Vehicle {
             .arg(data)
             .args(["--server", &server.to_string(), "--device", "amb-1"])
             // A vehicle opening a call gets its room from the server.
-            .args(if extra.contains(&"--call") {
+            .args(if extra.contains(&"--call") || extra.contains(&"--room") {
                 &[][..]
             } else {
                 &["--room", "r1"][..]
@@ -2068,4 +2068,119 @@ async fn a_whep_viewer_without_h265_gets_the_h264_rendition_or_a_clear_406() {
         server.metric("medsfu_media_renditions_started_total").await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ambulance_link_is_shown_as_stale_within_seconds_and_its_return_is_said() {
+    let _turn = TRANSCODING.lock().await;
+    // Stale after 2 s of silence here (3 s by default), to show the setting reaches the page.
+    let server = vehicle_server(&[], &[("MEDSFU_HTTP__PAGE_STALE_MS", "2000")]);
+    support::user_add(
+        &server.data.0,
+        "dr-ana",
+        "consultant",
+        "correct horse battery",
+    );
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut b = support::Browser::launch().await;
+    let page = b.open(&format!("{}/", server.http)).await;
+    b.eval(
+        &page,
+        "document.getElementById('login-user').value = 'dr-ana';
+         document.getElementById('login-password').value = 'correct horse battery';
+         document.getElementById('login-form').requestSubmit(); true",
+    )
+    .await;
+    let vehicle = Vehicle::start(
+        &server.data.0,
+        quic,
+        &["--call", "--run-for", "120", "--vitals-every", "1"],
+    );
+    let accept = "document.querySelector('#calls li.call button.accept')";
+    b.wait_for(
+        &page,
+        &format!("{accept} !== null"),
+        Duration::from_secs(20),
+        "the call ringing on the page",
+    )
+    .await;
+    b.eval(&page, &format!("{accept}.click(); true")).await;
+    // Everything live: ECG drawn, heart rate, the roof camera playing, no banner.
+    b.wait_for(
+        &page,
+        "(async () => { const s = await window.medsfu.videoStats(); const T = window.medsfuTelemetry;
+           return window.medsfu.staleAfter.media === 2000 && T.live && T.ecgSamplesDrawn > 500 && T.vitals.heart_rate !== undefined
+             && Object.values(s).some((v) => v.framesDecoded >= 30) && document.getElementById('link-banner').hidden
+             && document.getElementById('tele-state').dataset.state === 'live'
+             && !document.querySelector('#vitals tr.stale') && !document.querySelector('.tile.stale'); })()",
+        Duration::from_secs(60),
+        "a live call with ECG, vitals and the roof camera",
+    )
+    .await;
+    let room = b.eval(&page, "window.medsfu.room").await;
+    let room = room.as_str().expect("room").to_owned();
+
+    // The ambulance's link drops (the process is killed, nothing says goodbye).
+    let killed = std::time::Instant::now();
+    drop(vehicle);
+    let banner = b
+        .wait_for(
+            &page,
+            "(() => { const b = document.getElementById('link-banner');
+               return !b.hidden && b.dataset.state === 'lost' && b.textContent.startsWith('Link lost') ? b.textContent : null; })()",
+            Duration::from_secs(10),
+            "the link-lost banner",
+        )
+        .await;
+    let after = killed.elapsed();
+    println!("link lost: banner {after:?} after the vehicle died: {banner}");
+    assert!(
+        after >= Duration::from_millis(1000) && after < Duration::from_secs(4),
+        "banner after {after:?} with a 2 s setting"
+    );
+    // Every stream says it is stale: the badge, the ECG, each vital, the picture.
+    let stale = b
+        .wait_for(
+            &page,
+            "(() => { const T = window.medsfuTelemetry;
+               const vitals = document.querySelectorAll('#vitals tr.stale').length;
+               const b = document.getElementById('link-banner').textContent;
+               return T.lost && document.getElementById('tele-state').textContent === 'link lost' && vitals >= 3
+                 && document.getElementById('gps-text').classList.contains('stale')
+                 && ['ECG', 'vitals', 'position'].every((w) => b.includes(w))
+                 && document.querySelector('.tile.stale .stale-note:not([hidden])') !== null ? b : null; })()",
+            Duration::from_secs(10),
+            "ECG, vitals, position and video marked stale",
+        )
+        .await;
+    assert!(
+        stale.as_str().is_some_and(|b| b.contains("last data at")),
+        "{stale}"
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    b.screenshot(&page, &shots.join("link-lost.png")).await;
+
+    // The ambulance comes back into its call: the page says so and how long it was away.
+    let _back = Vehicle::start(
+        &server.data.0,
+        quic,
+        &["--room", &room, "--run-for", "60", "--vitals-every", "1"],
+    );
+    let back = b
+        .wait_for(
+            &page,
+            "(() => { const b = document.getElementById('link-banner');
+               return !b.hidden && b.dataset.state === 'back' && !window.medsfuTelemetry.lost ? b.textContent : null; })()",
+            Duration::from_secs(30),
+            "the link-back banner",
+        )
+        .await;
+    assert!(
+        back.as_str()
+            .is_some_and(|b| b.starts_with("Link back (lost for 0:")),
+        "{back}"
+    );
+    let events = b.eval(&page, "window.medsfu.link.events.length").await;
+    assert_eq!(events, 2, "one loss, one return");
 }
