@@ -9,7 +9,9 @@ const state = {
   subscribedAt: new Map(), firstFrameAt: new Map(), errors: [], publishing: Promise.resolve(),
   answerWaiter: null, speaker: null, speakers: [],
   camera: { pan_deg: 0, zoom: 1, sector: 0 }, cameraStates: 0,
-  recording: false, screenshots: [], calls: new Map(), room: null,
+  recording: false, screenshots: [], calls: new Map(), room: null, token: null,
+  // The room's documents as last listed; documentsOpened: names opened in the viewer.
+  documents: [], documentsOpened: [],
   // cameraGrant: the lead lent us the camera; granted: whom we (as lead) lent it to.
   cameraGrant: false, granted: new Set(),
   // The control API session (docs/control.md): a login token, kept for this tab only.
@@ -190,7 +192,7 @@ async function callDoctor() {
 
 // Joins `room`; `mic`: with the microphone on (asked for once).
 function join(room, token, mic) {
-  state.room = room; state.autoMic = !!mic;
+  state.room = room; state.token = token; state.autoMic = !!mic;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${proto}://${location.host}/ws`);
   state.ws = ws;
@@ -215,7 +217,7 @@ async function onMessage(m) {
       window.medsfuTelemetryUi.reset(); // telemetry history is replayed after every join
       if (m.stale_after_ms) state.staleAfter = m.stale_after_ms;
       addParticipant({ participant: m.participant, identity: m.identity + ' (you)', role: m.role });
-      setConn('joined'); updateWaiting();
+      setConn('joined'); updateWaiting(); refreshDocuments();
       {
         const want = (new URLSearchParams(location.search).get('publish') || '').split(',');
         if (state.autoMic && !want.includes('microphone')) want.unshift('microphone');
@@ -242,12 +244,16 @@ async function onMessage(m) {
       renderParticipants();
       break;
     case 'recording':
+      if (state.recording && !m.active) refreshDocuments(); // the files are complete now
       state.recording = m.active; $('rec-indicator').hidden = !m.active;
       $('record').textContent = m.active ? 'Stop recording' : 'Start recording';
       break;
     case 'screenshot':
       state.screenshots.push(m);
-      if (m.file) notice(`screenshot stored: ${m.file}`); else showError(`screenshot: ${m.error}`);
+      if (m.file) { notice(`screenshot stored: ${m.file}`); refreshDocuments(); } else showError(`screenshot: ${m.error}`);
+      break;
+    case 'ecg_snapshot':
+      if (m.file) { notice(`ECG snapshot stored: ${m.file}`); refreshDocuments(); }
       break;
     case 'camera_state':
       state.camera = { pan_deg: m.pan_deg, zoom: m.zoom, sector: m.sector };
@@ -307,7 +313,8 @@ $('cam-pan').onchange = (e) => steer({ pan_deg: Number(e.target.value) });
 for (const b of document.querySelectorAll('#cam-sectors button')) {
   b.onclick = () => steer({ sector: Number(b.dataset.sector) });
 }
-// The server takes the screenshot from the roof camera's stream, at the current sector.
+// The server takes the screenshot from the roof camera's stream as it is: the vehicle has
+// already applied the sector (asking the server for it again would crop a ninth of a ninth).
 function roofTrack() {
   for (const t of state.tracks.values()) {
     if (t.source === 'roof_camera' && !t.identity.endsWith('~h264')) return t.track;
@@ -316,8 +323,66 @@ function roofTrack() {
 }
 $('cam-screenshot').onclick = () => {
   const t = roofTrack();
-  if (t) send({ type: 'screenshot', track: t, sector: state.camera.sector });
+  if (t) send({ type: 'screenshot', track: t });
 };
+$('ecg-snapshot').onclick = () => send({ type: 'ecg_snapshot', seconds: 10 });
+
+// The room's documents (screenshots, ECG snapshots, recordings), read with the room token.
+async function roomFetch(path) {
+  const r = await fetch(`/api/rooms/${seg(state.room)}/${path}`, { headers: { authorization: `Bearer ${state.token}` } });
+  if (!r.ok) {
+    let msg = `HTTP ${r.status}`;
+    try { const j = await r.json(); msg = j.message || j.error || msg; } catch (_) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return r;
+}
+function size(bytes) {
+  return bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : `${Math.max(1, Math.round(bytes / 1024))} KiB`;
+}
+const DOC_KIND = { screenshot: 'screenshot', ecg_snapshot: 'ECG snapshot', video: 'video', audio: 'audio', metadata: 'details' };
+async function refreshDocuments() {
+  if (!state.room || !state.token) return;
+  try {
+    state.documents = await (await roomFetch('documents')).json();
+  } catch (e) { showError(`documents: ${e.message}`); return; }
+  const ul = $('documents'); ul.textContent = '';
+  if (!state.documents.length) {
+    const li = document.createElement('li'); li.className = 'hint'; li.textContent = 'no documents yet'; ul.appendChild(li);
+  }
+  for (const d of state.documents) {
+    if (d.kind === 'metadata') continue;
+    const li = document.createElement('li'); li.dataset.name = d.name; li.dataset.kind = d.kind;
+    const b = document.createElement('button'); b.className = 'doc';
+    b.textContent = `${DOC_KIND[d.kind] || d.kind} ${new Date(d.modified_ms).toLocaleTimeString()}`;
+    b.title = d.name; b.onclick = () => openDocument(d);
+    const meta = document.createElement('span'); meta.className = 'meta'; meta.textContent = size(d.bytes);
+    li.append(b, meta); ul.appendChild(li);
+  }
+}
+// Opens a document: pictures, video and sound in the viewer, PDFs as a download (the page's
+// security policy keeps other documents out of it).
+async function openDocument(d) {
+  let blob;
+  try { blob = await (await roomFetch(`documents/${seg(d.name)}`)).blob(); } catch (e) { showError(`${d.name}: ${e.message}`); return; }
+  const url = URL.createObjectURL(blob);
+  state.documentsOpened.push(d.name);
+  if (d.kind === 'ecg_snapshot' || d.kind === 'metadata') {
+    const a = document.createElement('a'); a.href = url; a.download = d.name; a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    return;
+  }
+  for (const id of ['doc-img', 'doc-video', 'doc-audio']) {
+    const el = $(id); el.hidden = true;
+    if (el.src.startsWith('blob:')) URL.revokeObjectURL(el.src);
+    el.removeAttribute('src');
+  }
+  const el = $({ screenshot: 'doc-img', video: 'doc-video', audio: 'doc-audio' }[d.kind]);
+  el.src = url; el.hidden = false;
+  $('doc-title').textContent = `${DOC_KIND[d.kind]} · ${new Date(d.modified_ms).toLocaleString()}`;
+  $('doc-viewer').showModal();
+}
+$('doc-close').onclick = () => { for (const id of ['doc-video', 'doc-audio']) $(id).pause(); $('doc-viewer').close(); };
 $('record').onclick = () => send({ type: 'record', action: state.recording ? 'stop' : 'start' });
 $('invite-form').onsubmit = async (e) => {
   e.preventDefault();
@@ -333,6 +398,7 @@ function renderParticipants() {
   const role = state.me && state.me.role;
   $('camera-controls').hidden = !((role === 'lead' || (role === 'consultant' && state.cameraGrant)) && vehicle());
   $('record').hidden = !(role === 'lead' || role === 'team');
+  $('ecg-snapshot').hidden = !['team', 'lead', 'consultant', 'dispatcher'].includes(role);
   // Ending the call is the control API's (the lead and the crew may): with a login session.
   $('end-call').hidden = !(state.api.token && (role === 'lead' || role === 'team'));
   // Membership is managed through the control API: only with a login session.

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod control_api;
+mod documents;
 mod ecg_snapshot;
 mod error;
 pub mod login_rate;
@@ -507,6 +508,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(web::metrics))
         .route("/ws", get(signalling::upgrade))
         .route("/api/rooms/{room}/telemetry", get(telemetry::stream))
+        .route("/api/rooms/{room}/documents", get(documents::index))
+        .route("/api/rooms/{room}/documents/{name}", get(documents::fetch))
         .route("/api/openapi.json", get(control_api::openapi))
         .route("/api/login", post(control_api::login))
         .route("/api/login/crew", post(control_api::login_crew))

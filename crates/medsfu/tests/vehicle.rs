@@ -1315,6 +1315,7 @@ async fn a_vehicle_call_is_accepted_on_the_page_and_the_lead_steers_the_picture(
         "consultant",
         "correct horse battery",
     );
+    support::user_add(&server.data.0, "root", "admin", "correct horse battery");
     let quic = server.quic.expect("vehicle endpoint");
     let mut b = support::Browser::launch().await;
     // The centre signs in and waits for calls.
@@ -1510,6 +1511,19 @@ async fn a_vehicle_call_is_accepted_on_the_page_and_the_lead_steers_the_picture(
         )
         .await;
     assert!(shot.as_str().is_some_and(|f| f.ends_with(".png")), "{shot}");
+    // It shows what the doctor sees: the vehicle already sends sector 5 as its whole
+    // 1280x720 picture (the page once asked for the sector again: 426x240 of a ninth).
+    let png = std::fs::read(
+        server
+            .data
+            .0
+            .join("recordings")
+            .join(&room)
+            .join(shot.as_str().unwrap_or_default()),
+    )
+    .expect("the screenshot file");
+    let dim = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    assert_eq!((dim(16), dim(20)), (1280, 720), "screenshot size");
     // Recording: the page shows the red indicator, and so does the vehicle.
     b.eval(&page, "document.getElementById('record').click(); true")
         .await;
@@ -1521,6 +1535,124 @@ async fn a_vehicle_call_is_accepted_on_the_page_and_the_lead_steers_the_picture(
     )
     .await;
     vehicle.wait_line("red ON", Duration::from_secs(10)).await;
+    // The call's documents: an ECG snapshot asked from the page joins the screenshot in
+    // the room's list; the screenshot opens in the viewer at its full size, the PDF is one.
+    b.eval(
+        &page,
+        "document.getElementById('ecg-snapshot').click(); true",
+    )
+    .await;
+    let listed = b
+        .wait_for(
+            &page,
+            "(() => { const k = [...document.querySelectorAll('#documents li')].map((li) => li.dataset.kind);
+                      return k.includes('screenshot') && k.includes('ecg_snapshot') ? k : null; })()",
+            Duration::from_secs(20),
+            "the screenshot and the ECG snapshot in the documents list",
+        )
+        .await;
+    assert!(!listed.to_string().contains("metadata"), "{listed}");
+    b.eval(
+        &page,
+        "document.querySelector('#documents li[data-kind=\"screenshot\"] button').click(); true",
+    )
+    .await;
+    let width = b
+        .wait_for(
+            &page,
+            "(() => { const i = document.getElementById('doc-img');
+                      return document.getElementById('doc-viewer').open && !i.hidden && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null; })()",
+            Duration::from_secs(10),
+            "the screenshot in the viewer",
+        )
+        .await;
+    assert_eq!(
+        width,
+        serde_json::json!([1280, 720]),
+        "the screenshot as stored"
+    );
+    b.screenshot(
+        &page,
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/screenshots/document-viewer.png"),
+    )
+    .await;
+    b.eval(&page, "document.getElementById('doc-close').click(); true")
+        .await;
+    let pdf = b
+        .eval(
+            &page,
+            "(async () => { const d = window.medsfu.documents.find((d) => d.kind === 'ecg_snapshot');
+                 const r = await fetch(`/api/rooms/${window.medsfu.room}/documents/${d.name}`,
+                   { headers: { authorization: `Bearer ${window.medsfu.token}` } });
+                 const t = new TextDecoder().decode((await r.arrayBuffer()).slice(0, 5));
+                 return [r.status, r.headers.get('content-type'), t]; })()",
+        )
+        .await;
+    assert_eq!(
+        pdf,
+        serde_json::json!([200, "application/pdf", "%PDF-"]),
+        "the ECG snapshot document"
+    );
+    // Refusals: no token, another room's token, a name that is not a document.
+    let other = server.token("another-room", "dr-ana", "lead");
+    let refused = b
+        .eval(
+            &page,
+            &format!(
+                "(async () => {{ const room = window.medsfu.room, mine = window.medsfu.token;
+                   const get = async (path, token) => {{
+                     const r = await fetch(`/api/rooms/${{room}}/${{path}}`, token ? {{ headers: {{ authorization: `Bearer ${{token}}` }} }} : {{}});
+                     return [r.status, (await r.json()).error]; }};
+                   return [await get('documents', null), await get('documents', '{other}'),
+                           await get('documents/..%2Fmedsfu.db', mine), await get('documents/x.sh', mine),
+                           await get('documents/20000101T000000Z-none.png', mine)]; }})()"
+            ),
+        )
+        .await;
+    let codes: Vec<i64> = refused
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|r| r[0].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(codes[0], 401, "{refused}");
+    assert!(codes[1] == 401 || codes[1] == 403, "{refused}");
+    assert_eq!(&codes[2..], [400, 400, 404], "{refused}");
+    // Reading a document is an access to patient data: audited, with who and what.
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{}/api/login", server.http))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"root","password":"correct horse battery"}"#)
+        .send()
+        .await
+        .expect("login")
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).expect("login answer"))
+        .expect("login answer");
+    let trail: serde_json::Value = http
+        .get(format!("{}/api/audit?limit=1000", server.http))
+        .bearer_auth(login["token"].as_str().expect("token"))
+        .send()
+        .await
+        .expect("audit")
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).expect("audit entries"))
+        .expect("audit entries");
+    let reads: Vec<&serde_json::Value> = trail
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "document_read" && e["room"] == room.as_str())
+        .collect();
+    assert_eq!(reads.len(), 2, "the screenshot and the PDF read: {reads:?}");
+    assert!(
+        reads.iter().all(|e| e.to_string().contains("dr-ana")),
+        "{reads:?}"
+    );
     let img = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/screenshots/centre-accepted-call.png");
     b.screenshot(&page, &img).await;
