@@ -10,6 +10,7 @@ mod documents;
 mod ecg_snapshot;
 mod error;
 pub mod login_rate;
+pub mod process_metrics;
 pub mod refusal_log;
 mod signalling;
 pub mod telemetry;
@@ -78,7 +79,7 @@ impl AppState {
                 tokens,
                 sessions: whip::Sessions::default(),
                 disk: disk_gauges(&metrics),
-                metrics,
+                metrics: with_process_metrics(metrics),
                 hub,
                 stopping: tokio::sync::watch::Sender::new(false),
                 recordings: None,
@@ -315,6 +316,18 @@ impl AppState {
         let mut rx = self.inner.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }
+}
+
+/// The registry, with the process's own figures added (once: a second registration of
+/// the same names is refused and ignored).
+fn with_process_metrics(r: prometheus::Registry) -> prometheus::Registry {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if let Ok(c) = process_metrics::ProcessCollector::new(started) {
+        let _ = r.register(Box::new(c));
+    }
+    r
 }
 
 fn disk_gauges(r: &prometheus::Registry) -> Option<(prometheus::IntGauge, prometheus::IntGauge)> {

@@ -100,9 +100,53 @@ struct PerVehicle {
     link_down: IntGaugeVec,
     unacked: IntGaugeVec,
     video_bps: IntGaugeVec,
+    /// Connections per vehicle now: a vehicle reconnecting over its other SIM may hold a
+    /// new connection before the old one times out.
+    live: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl PerVehicle {
+    /// A connection of `vehicle` began its session: its series exist from now on (at
+    /// zero), so rates and alerts see the vehicle before its first loss or migration.
+    fn connected(&self, vehicle: &str) {
+        let v = [vehicle];
+        *self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(vehicle.to_owned())
+            .or_default() += 1;
+        self.link_down.with_label_values(&v).set(0);
+        for c in [&self.sent, &self.lost, &self.migrations] {
+            c.with_label_values(&v);
+        }
+    }
+
+    /// A connection of `vehicle` ended, its link `lost` or closed. Once the vehicle has no
+    /// connection left, the gauges of a live path go (a stale RTT or bitrate would read as
+    /// current); `link_down` stays at 1 for a lost link until the vehicle is back.
+    fn disconnected(&self, vehicle: &str, lost: bool) {
+        let v = [vehicle];
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let left = live.get_mut(vehicle).map_or(0, |n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left > 0 {
+            return;
+        }
+        live.remove(vehicle);
+        for g in [&self.unacked, &self.video_bps] {
+            let _ = g.remove_label_values(&v);
+        }
+        let _ = self.rtt.remove_label_values(&v);
+        if lost {
+            self.link_down.with_label_values(&v).set(1);
+        } else {
+            let _ = self.link_down.remove_label_values(&v);
+        }
+    }
+
     fn new(registry: &Registry) -> prometheus::Result<PerVehicle> {
         let o = |n: &str, h: &str| Opts::new(n, h);
         let l = &["vehicle"];
@@ -156,6 +200,7 @@ impl PerVehicle {
                 ),
                 l,
             )?,
+            live: Arc::default(),
         };
         registry.register(Box::new(p.rtt.clone()))?;
         registry.register(Box::new(p.sent.clone()))?;
@@ -673,12 +718,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     }
     info!(%participant, flows = states.len(), "vehicle joined");
     ctx.stats.connected.inc();
-    let down = ctx
-        .stats
-        .per_vehicle
-        .link_down
-        .with_label_values(&[&identity]);
-    down.set(0);
+    ctx.stats.per_vehicle.connected(&identity);
     tokio::spawn(tracing::Instrument::instrument(
         accept_telemetry(conn.clone(), ctx.clone(), room.clone()),
         tracing::Span::current(),
@@ -696,7 +736,13 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     .await;
     ctx.stats.connected.dec();
     // A closed connection is a vehicle that stopped; anything else is a link lost.
-    down.set(i64::from(reason == LeaveReason::Timeout));
+    let lost = reason == LeaveReason::Timeout;
+    if lost {
+        warn!(%participant, "vehicle link lost: no packet within the idle timeout");
+    } else {
+        info!(%participant, ?reason, "vehicle left");
+    }
+    ctx.stats.per_vehicle.disconnected(&identity, lost);
     ctx.media.disconnect(participant, reason).await;
 }
 

@@ -22,6 +22,14 @@ pub fn file_stamp(secs: i64) -> String {
     format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
+/// RFC 3339 in UTC to the microsecond, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, of `us`
+/// microseconds since 1970: for tables other programs read.
+pub fn rfc3339_us(us: i64) -> String {
+    let (y, m, d, h, mi, s) = civil(us.div_euclid(1_000_000));
+    let frac = us.rem_euclid(1_000_000);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:06}Z")
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC`: for people.
 pub fn readable(secs: i64) -> String {
     let (y, m, d, h, mi, s) = civil(secs);
@@ -38,5 +46,10 @@ mod tests {
         assert_eq!(readable(1_795_564_800), "2026-11-25 00:00:00 UTC");
         assert_eq!(file_stamp(951_825_599), "20000229T115959Z");
         assert_eq!(readable(-1), "1969-12-31 23:59:59 UTC");
+        assert_eq!(
+            rfc3339_us(1_795_564_800_000_042),
+            "2026-11-25T00:00:00.000042Z"
+        );
+        assert_eq!(rfc3339_us(-1), "1969-12-31T23:59:59.999999Z");
     }
 }

@@ -110,11 +110,23 @@ fn csv(v: &Value) -> String {
     }
 }
 
+/// One cell: a `*_at` column is the frame's `*_at_us` (microseconds since 1970) as
+/// RFC 3339 UTC, which spreadsheets and people read; empty when the frame has none.
+fn cell(r: &Value, column: &str) -> String {
+    if column.ends_with("_at") {
+        return r[format!("{column}_us")]
+            .as_i64()
+            .map(medsfu_record::utc::rfc3339_us)
+            .unwrap_or_default();
+    }
+    csv(&r[column])
+}
+
 fn csv_table(rows: &[Value], columns: &[&str]) -> Vec<u8> {
     let mut out = columns.join(",");
     out.push('\n');
     for r in rows {
-        let line: Vec<String> = columns.iter().map(|c| csv(&r[*c])).collect();
+        let line: Vec<String> = columns.iter().map(|c| cell(r, c)).collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }
@@ -152,12 +164,12 @@ pub fn collect(
         bail!("nothing recorded for room {room:?}");
     }
     files.push(("telemetry/frames.ndjson".to_owned(), ndjson));
-    let common = ["captured_at_us", "source", "seq"];
+    let common = ["captured_at", "source", "seq"];
     let tables: [(&str, &str, &[&str]); 3] = [
         (
             "vital",
             "telemetry/vitals.csv",
-            &["vital", "value", "unit", "measured_at_us"],
+            &["vital", "value", "unit", "measured_at"],
         ),
         (
             "gps",
@@ -197,14 +209,22 @@ pub fn manifest(room: &str, created_at: &str, files: &[(String, Vec<u8>)]) -> Ve
     serde_json::to_vec_pretty(&m).unwrap_or_default()
 }
 
-/// Writes the archive: every file, then the manifest.
-pub fn write(out: &Path, room: &str, created_at: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+/// Writes the archive: every file, then the manifest, each entry dated `mtime` (the
+/// export's time, seconds since 1970).
+pub fn write(
+    out: &Path,
+    room: &str,
+    created_at: &str,
+    mtime: u64,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
     let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut tar = tar::Builder::new(f);
     let mut add = |name: &str, data: &[u8]| -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_mtime(mtime);
         h.set_cksum();
         tar.append_data(&mut h, name, data)
             .with_context(|| format!("writing {name}"))
@@ -283,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn csv_times_are_rfc3339() {
+        let rows = [
+            json!({ "captured_at_us": 1_795_564_800_250_000i64, "source": 3 }),
+            json!({ "source": 4 }),
+        ];
+        let t = String::from_utf8(csv_table(&rows, &["captured_at", "source"])).expect("utf-8");
+        assert_eq!(t, "captured_at,source\n2026-11-25T00:00:00.250000Z,3\n,4\n");
+    }
+
+    #[test]
     fn an_archive_verifies_and_any_altered_missing_or_added_file_is_named() {
         let d = dir("verify");
         let files = vec![
@@ -290,8 +320,14 @@ mod tests {
             ("recordings/b.ogg".to_owned(), vec![7u8; 3000]),
         ];
         let good = d.join("good.tar");
-        write(&good, "r1", "20261125T000000Z", &files).expect("write");
+        write(&good, "r1", "20261125T000000Z", 1_795_564_800, &files).expect("write");
         assert_eq!(verify(&good).expect("verify"), Vec::<String>::new());
+        // Entries are dated with the export, not 1970.
+        let mut t = tar::Archive::new(std::fs::File::open(&good).expect("open"));
+        for e in t.entries().expect("entries") {
+            let e = e.expect("entry");
+            assert_eq!(e.header().mtime().expect("mtime"), 1_795_564_800);
+        }
 
         // One byte of a file's data changed in place.
         let mut bytes = std::fs::read(&good).expect("read");

@@ -51,7 +51,14 @@ use crate::config::{Config, Overrides};
 
 /// medsfu: selective forwarding unit for emergency-medicine teleconsultation.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "medsfu: selective forwarding unit for emergency-medicine teleconsultation",
+    long_about = "medsfu: selective forwarding unit for emergency-medicine teleconsultation.\n\n\
+                  `medsfu demo` runs the server with a simulated ambulance; `medsfu serve` runs it \
+                  for real. The other commands are the operator's tools: tokens, certificates, \
+                  accounts and devices, the audit trail, exports, a recorder and a vehicle simulator."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -496,7 +503,8 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("export-{room}-{stamp}.tar")));
-    export::write(&out, &room, &stamp, &files)?;
+    let mtime = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+    export::write(&out, &room, &stamp, mtime, &files)?;
     // An export is an access to everything recorded: it goes into the trail.
     let actor = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
@@ -651,8 +659,26 @@ fn vehicle_cmd(a: VehicleArgs) -> Result<()> {
     rt.block_on(vehicle::run(o))
 }
 
+/// The WebRTC library's own levels, unless the filter names them: every DTLS handshake
+/// with a browser warns of TLS 1.3 extensions it ignores (9 lines per peer connection),
+/// and every ICE and peer-connection state change is logged at info. medsfu logs what
+/// matters of a session itself.
+const WEBRTC_LIBRARY_LEVELS: &str = "rtc=warn,rtc_dtls=error";
+
+/// The tracing filter in effect for `configured`: the WebRTC library quieted unless the
+/// filter says something about it (`rtc…=…`).
+fn log_filter(configured: &str) -> String {
+    if configured.contains("rtc") {
+        configured.to_owned()
+    } else if configured.trim().is_empty() {
+        WEBRTC_LIBRARY_LEVELS.to_owned()
+    } else {
+        format!("{configured},{WEBRTC_LIBRARY_LEVELS}")
+    }
+}
+
 fn init_logging(cfg: &Config) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.filter)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&cfg.log.filter))
         .with_context(|| format!("log.filter {:?}", cfg.log.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -665,6 +691,18 @@ fn init_logging(cfg: &Config) -> Result<()> {
         other => anyhow::bail!("log.format must be text or json, not {other:?}"),
     }
     Ok(())
+}
+
+/// `s` quoted for a POSIX shell when it holds anything but plain path characters.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn serve(a: ServeArgs, demo: bool) -> Result<()> {
@@ -687,6 +725,20 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
     );
     let key = token_key(&cfg)?;
     restrict_data_dir(&cfg.data.dir)?;
+    // How to run another simulated ambulance against this server: same configuration
+    // file and data directory (its device certificates live there).
+    let mut second_ambulance =
+        String::from("cargo run -p medsfu -- vehicle --call --device ambulance-2");
+    if let Some(c) = &a.common.config {
+        second_ambulance.push_str(&format!(
+            " --config {}",
+            shell_word(&c.display().to_string())
+        ));
+    }
+    if cfg.data.dir != config::Data::default().dir {
+        let dir = cfg.data.dir.display().to_string();
+        second_ambulance.push_str(&format!(" --data-dir {}", shell_word(&dir)));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -842,7 +894,12 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             .await;
             if let Ok(Ok(())) = made {
                 println!("Teleconsultation centre: http://{http}/  sign in as dr-demo / {password}");
-                println!("  then ring it from a second simulated ambulance:  cargo run -p medsfu -- vehicle --call --device ambulance-2");
+                if quic_addr != Some(cfg.vehicle.listen) {
+                    if let Some(q) = quic_addr {
+                        second_ambulance.push_str(&format!(" --server {q}"));
+                    }
+                }
+                println!("  then ring it from a second simulated ambulance:  {second_ambulance}");
             }
             println!("Stop with Ctrl-C.");
         }
@@ -936,5 +993,31 @@ async fn shutdown() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webrtc_library_is_quieted_unless_the_filter_names_it() {
+        assert_eq!(log_filter("info"), "info,rtc=warn,rtc_dtls=error");
+        assert_eq!(log_filter(""), "rtc=warn,rtc_dtls=error");
+        assert_eq!(log_filter("info,rtc_ice=debug"), "info,rtc_ice=debug");
+        for f in ["info", "debug,medsfu_webrtc=trace", ""] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(log_filter(f)).is_ok(),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("/srv/medsfu/data"), "/srv/medsfu/data");
+        assert_eq!(shell_word("/tmp/my data"), "'/tmp/my data'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 }

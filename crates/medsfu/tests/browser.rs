@@ -579,4 +579,12 @@ async fn a_crew_calls_from_the_page_the_doctor_answers_by_voice_and_ends_the_cal
                 && e.to_string().contains("dr-ana")),
         "no room_close by dr-ana for {room}"
     );
+    // Two browsers' sessions, and no library chatter: each DTLS handshake with Chromium
+    // once logged 9 WARN lines about TLS extensions it ignores.
+    let log = server.logs();
+    assert!(log.contains("signalling session joined"), "the log is read");
+    assert!(
+        !log.contains("rtc_dtls") && !log.contains("rtc::peer_connection"),
+        "WebRTC library noise in the log"
+    );
 }

@@ -1897,12 +1897,19 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
     );
     assert!(generated.len() > 20, "{} frames", generated.len());
     assert_eq!(per_source(&delivered), per_source(&generated));
-    assert_eq!(
-        server
-            .metric("medsfu_vehicle_link_down{vehicle=\"amb-1\"}")
-            .await,
-        0.0,
-        "the vehicle stopped cleanly"
+    // It stopped cleanly: no link is down, its series are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .metric_opt("medsfu_vehicle_link_down{vehicle=\"amb-1\"}")
+        .await
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "link_down still exported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        server.logs().contains("vehicle left"),
+        "the clean stop is in the log"
     );
 }
 
@@ -2105,6 +2112,34 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
             "{want} not in the archive:\n{listing}"
         );
     }
+    // Tables carry RFC 3339 times; entries are dated with the export, not 1970.
+    let vitals = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("telemetry/vitals.csv")
+        .output()
+        .expect("tar -x");
+    let vitals = String::from_utf8_lossy(&vitals.stdout).into_owned();
+    assert!(
+        vitals.starts_with("captured_at,source,seq,vital,value,unit,measured_at\n"),
+        "{vitals}"
+    );
+    let row = vitals.lines().nth(1).expect("a vital sign row");
+    let year = time::OffsetDateTime::now_utc().year().to_string();
+    assert!(
+        row.starts_with(&year) && row.contains('T') && row.ends_with('Z'),
+        "{row}"
+    );
+    let verbose = Command::new("tar")
+        .args(["--utc", "-tvf"])
+        .arg(&archive)
+        .output()
+        .expect("tar -tv");
+    let verbose = String::from_utf8_lossy(&verbose.stdout).into_owned();
+    assert!(
+        verbose.lines().all(|l| l.contains(&format!(" {year}-"))),
+        "{verbose}"
+    );
     // The room's audit entries travel with it, chained hashes included.
     let trail = Command::new("tar")
         .arg("-xOf")
@@ -2206,7 +2241,14 @@ async fn a_whep_viewer_without_h265_gets_the_h264_rendition_or_a_clear_406() {
 async fn a_lost_ambulance_link_is_shown_as_stale_within_seconds_and_its_return_is_said() {
     let _turn = TRANSCODING.lock().await;
     // Stale after 2 s of silence here (3 s by default), to show the setting reaches the page.
-    let server = vehicle_server(&[], &[("MEDSFU_HTTP__PAGE_STALE_MS", "2000")]);
+    // The server gives a silent vehicle 4 s (30 s by default) before it calls the link lost.
+    let server = vehicle_server(
+        &[],
+        &[
+            ("MEDSFU_HTTP__PAGE_STALE_MS", "2000"),
+            ("MEDSFU_VEHICLE__IDLE_TIMEOUT_SECS", "4"),
+        ],
+    );
     support::user_add(
         &server.data.0,
         "dr-ana",
@@ -2292,6 +2334,40 @@ async fn a_lost_ambulance_link_is_shown_as_stale_within_seconds_and_its_return_i
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     b.screenshot(&page, &shots.join("link-lost.png")).await;
+    // The operator's side: the loss is logged, `link_down` is 1, and the gauges of the
+    // path that no longer exists are gone rather than frozen at their last value.
+    let v = "{vehicle=\"amb-1\"}";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server
+        .metric_opt(&format!("medsfu_vehicle_link_down{v}"))
+        .await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "link_down never became 1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for gone in [
+        "medsfu_vehicle_path_rtt_seconds",
+        "medsfu_vehicle_video_target_bps",
+        "medsfu_vehicle_outbox_unacked_frames",
+    ] {
+        assert_eq!(
+            server.metric_opt(&format!("{gone}{v}")).await,
+            None,
+            "{gone}"
+        );
+    }
+    assert!(
+        server
+            .metric_opt(&format!("medsfu_vehicle_migrations_total{v}"))
+            .await
+            == Some(0.0),
+        "the counters stay, from zero"
+    );
+    assert!(
+        server.logs().contains("vehicle link lost"),
+        "the loss is in the log"
+    );
 
     // The ambulance comes back into its call: the page says so and how long it was away.
     let _back = Vehicle::start(
@@ -2315,4 +2391,109 @@ async fn a_lost_ambulance_link_is_shown_as_stale_within_seconds_and_its_return_i
     );
     let events = b.eval(&page, "window.medsfu.link.events.length").await;
     assert_eq!(events, 2, "one loss, one return");
+    assert_eq!(
+        server
+            .metric_opt(&format!("medsfu_vehicle_link_down{v}"))
+            .await,
+        Some(0.0),
+        "the vehicle is back"
+    );
+}
+
+/// The README's first command: `medsfu demo` prints how to ring the centre from a second
+/// ambulance, and that command, run as printed, reaches this server's data directory and
+/// port (it once ignored a non-default data directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_a_working_command_for_a_second_ambulance() {
+    let data = TempDir::new("demo");
+    // From the checkout's root, as the README has it (the ECG is found at ../shared).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let spawn = |args: &[&str]| {
+        let mut child = Command::new(support::bin())
+            .current_dir(&root)
+            .args(args)
+            .env("MEDSFU_LOG__FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn medsfu");
+        let lines = support::lines_of(child.stdout.take().expect("stdout"), |l| l);
+        Vehicle {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    };
+    let dir = data.0.display().to_string();
+    let mut demo = spawn(&[
+        "demo",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--webrtc-listen",
+        "127.0.0.1:0",
+        "--vehicle-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+    ]);
+    let banner = demo
+        .wait_line("medsfu listening on", Duration::from_secs(60))
+        .await;
+    let http = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("address")
+        .trim_end_matches('/')
+        .to_owned();
+    let centre = demo
+        .wait_line("sign in as dr-demo / ", Duration::from_secs(20))
+        .await;
+    let password = centre.rsplit(' ').next().expect("password").to_owned();
+    let line = demo
+        .wait_line("second simulated ambulance:", Duration::from_secs(20))
+        .await;
+    let cmd = line
+        .split("ambulance:")
+        .nth(1)
+        .expect("a command")
+        .trim()
+        .to_owned();
+    assert!(cmd.contains(&format!("--data-dir {dir}")), "{cmd}");
+    assert!(cmd.contains("--server 127.0.0.1:"), "{cmd}");
+    let args: Vec<&str> = cmd
+        .strip_prefix("cargo run -p medsfu -- ")
+        .expect("a cargo command")
+        .split_whitespace()
+        .collect();
+    let mut second = spawn(&[&args[..], &["--no-media", "--run-for", "30"]].concat());
+    let opened = second
+        .wait_line("opened call", Duration::from_secs(20))
+        .await;
+    let room = opened.split_whitespace().last().expect("room").to_owned();
+    // The centre sees it ring.
+    let http_client = reqwest::Client::new();
+    let login = http_client
+        .post(format!("{http}/api/login"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "user": "dr-demo", "password": password }).to_string())
+        .send()
+        .await
+        .expect("login")
+        .text()
+        .await
+        .expect("login answer");
+    let login: serde_json::Value = serde_json::from_str(&login).expect("login JSON");
+    let calls = http_client
+        .get(format!("{http}/api/calls"))
+        .bearer_auth(login["token"].as_str().expect("token"))
+        .send()
+        .await
+        .expect("calls")
+        .text()
+        .await
+        .expect("calls answer");
+    assert!(
+        calls.contains(&room) && calls.contains("ambulance-2"),
+        "{room} from ambulance-2 not ringing: {calls}"
+    );
 }
