@@ -128,9 +128,12 @@ function renderCalls() {
     who.textContent = c.vehicle ? `Ambulance ${c.vehicle}` : `Crew ${c.by}`;
     const waiting = document.createElement('span'); waiting.className = 'waiting';
     const room = document.createElement('span'); room.className = 'hint'; room.textContent = ` call ${c.room}`;
+    const pos = document.createElement('div'); pos.className = 'position'; pos.textContent = where(c.position);
     const b = document.createElement('button'); b.textContent = 'Accept'; b.className = 'accept';
     b.onclick = () => accept(c.room);
-    li.append(who, waiting, room, b); ul.appendChild(li);
+    // Dispatchers watch calls ring; only consultants accept them.
+    if (state.api.role === 'dispatcher') li.append(who, waiting, room, pos); else li.append(who, waiting, room, b, pos);
+    ul.appendChild(li);
   }
   updateWaiting();
 }
@@ -138,6 +141,9 @@ function updateWaiting() {
   for (const li of document.querySelectorAll('#calls li.call')) {
     const c = state.calls.get(li.dataset.room);
     if (c) li.querySelector('.waiting').textContent = `waiting ${dur(Date.now() - c.since)}`;
+  }
+  for (const s of document.querySelectorAll('#my-rooms .since')) {
+    if (s.dataset.since) s.textContent = ` · ${dur(Date.now() - Number(s.dataset.since))}`;
   }
   const n = state.calls.size;
   document.title = n && !state.me ? `(${n}) incoming call - medsfu` : 'medsfu consultation';
@@ -158,21 +164,57 @@ function ring() {
 setInterval(updateWaiting, 1000);
 setInterval(ring, 2000);
 
-async function refreshRooms() {
-  try {
-    const rooms = await apiCall('GET', '/api/rooms');
-    const ul = $('my-rooms'); ul.textContent = '';
-    for (const r of rooms.filter((r) => r.state === 'active')) {
-      const li = document.createElement('li'); li.textContent = `${r.name} (lead ${r.lead || 'none'}) `;
-      const b = document.createElement('button'); b.textContent = 'Join';
-      b.onclick = async () => {
-        try { const t = await apiCall('POST', `/api/rooms/${seg(r.name)}/token`); join(r.name, t.token); }
-        catch (e) { showError(e.message); }
-      };
-      li.appendChild(b); ul.appendChild(li);
-    }
-  } catch (e) { showError(`rooms: ${e.message}`); }
+// A position as people read it: degrees to 5 places (about a metre) and its age.
+function where(p) {
+  if (!p) return 'position unknown';
+  const age = Date.now() - p.captured_at_us / 1000;
+  return `${p.lat.toFixed(5)}, ${p.lon.toFixed(5)} (${age < 60000 ? `${Math.max(0, Math.round(age / 1000))} s` : dur(age)} ago)`;
 }
+// Calls in progress: the rooms the caller is in, and for dispatchers every accepted call,
+// each with its vehicle, lead, duration and position. Members rejoin; a dispatcher joins
+// any of them without an invitation. Ringing calls' positions go onto their cards.
+async function refreshRooms() {
+  if (!state.api.token) return;
+  let rooms;
+  try { rooms = await apiCall('GET', '/api/rooms'); } catch (e) { showError(`calls: ${e.message}`); return; }
+  state.rooms = rooms;
+  for (const r of rooms) {
+    const c = state.calls.get(r.name);
+    if (c) c.position = r.position;
+  }
+  renderCalls();
+  const ul = $('my-rooms'); ul.textContent = '';
+  const active = rooms.filter((r) => r.state === 'active');
+  if (!active.length) {
+    const li = document.createElement('li'); li.className = 'hint'; li.textContent = 'no call in progress'; ul.appendChild(li);
+  }
+  for (const r of active) {
+    const mine = r.members.some((m) => m.name === state.api.user);
+    const li = document.createElement('li'); li.className = 'active-call'; li.dataset.room = r.name;
+    const who = document.createElement('span'); who.className = 'who';
+    who.textContent = r.vehicle ? `Ambulance ${r.vehicle}` : `Call ${r.name}`;
+    const info = document.createElement('span'); info.className = 'info';
+    info.textContent = ` · lead ${r.lead || 'none'} · ${r.members.length} in the call`;
+    const since = document.createElement('span'); since.className = 'since'; since.dataset.since = r.opened_at_ms || '';
+    const pos = document.createElement('span'); pos.className = 'position'; pos.textContent = ` · ${where(r.position)}`;
+    const room = document.createElement('span'); room.className = 'hint'; room.textContent = ` ${r.name} `;
+    const b = document.createElement('button');
+    b.textContent = mine ? 'Join' : 'Join as dispatcher'; b.className = mine ? 'rejoin' : 'join-uninvited';
+    b.onclick = async () => {
+      try {
+        if (!mine) await apiCall('POST', `/api/rooms/${seg(r.name)}/join`);
+        const t = await apiCall('POST', `/api/rooms/${seg(r.name)}/token`);
+        join(r.name, t.token, !mine);
+      } catch (e) { showError(e.message); }
+    };
+    // Only dispatchers may join uninvited; others see the calls they are in.
+    if (mine || state.api.role === 'dispatcher') li.append(who, info, since, pos, room, b); else li.append(who, info, since, pos, room);
+    ul.appendChild(li);
+  }
+  updateWaiting();
+}
+// While signed in and not in a call, positions and calls stay fresh.
+setInterval(() => { if (state.api.token && !state.me && state.api.role !== 'team') refreshRooms(); }, 10000);
 
 async function accept(room) {
   try {

@@ -381,6 +381,23 @@ pub struct RoomOut {
     lead: Option<String>,
     /// Current members.
     members: Vec<MemberOut>,
+    /// When the call was opened, ms since 1970 (in the room list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opened_at_ms: Option<i64>,
+    /// The vehicle's latest position (in the room list, for the centre's people).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<PositionOut>,
+}
+
+/// Where the vehicle of a call was last.
+#[derive(Serialize, ToSchema)]
+pub struct PositionOut {
+    /// Latitude, degrees (WGS 84).
+    lat: f64,
+    /// Longitude, degrees (WGS 84).
+    lon: f64,
+    /// When the fix was taken, µs since 1970.
+    captured_at_us: i64,
 }
 
 impl From<RoomView> for RoomOut {
@@ -401,6 +418,8 @@ impl From<RoomView> for RoomOut {
                     camera: m.camera,
                 })
                 .collect(),
+            opened_at_ms: None,
+            position: None,
         }
     }
 }
@@ -827,7 +846,8 @@ fn room_token_for(state: &AppState, room: &str, user: &str, role: Role) -> RoomT
     }
 }
 
-/// Rooms the caller may see (admins: all open rooms).
+/// Rooms the caller may see (admins: all open rooms; dispatchers: every call accepted or
+/// ringing), with when each was opened and, but for admins, the vehicle's last position.
 #[utoipa::path(get, path = "/api/rooms", tag = "rooms", security(("bearer" = [])),
     responses((status = 200, body = Vec<RoomOut>), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "account disabled")))]
@@ -837,7 +857,68 @@ pub async fn list_rooms(
 ) -> Result<Json<Vec<RoomOut>>, ApiError> {
     let ctl = control(&state)?;
     let rooms = ctl.read(|d| d.rooms_for(&c.who)).await;
-    Ok(Json(rooms.into_iter().map(RoomOut::from).collect()))
+    let store = ctl.store();
+    let names: Vec<String> = rooms.iter().map(|r| r.name.clone()).collect();
+    let opened: Vec<Option<i64>> = blocking(move || {
+        Ok(names
+            .iter()
+            .map(|n| store.room(n).ok().flatten().map(|r| r.created_ms))
+            .collect())
+    })
+    .await?;
+    // Positions are patient data: for the people who take and follow calls, not for
+    // the operators who run the server.
+    let positions = c.who.role != Role::Admin;
+    let out = rooms
+        .into_iter()
+        .zip(opened)
+        .map(|(r, opened_at_ms)| {
+            let position = positions
+                .then(|| state.inner.hub.last_position(&r.name))
+                .flatten()
+                .and_then(|p| {
+                    Some(PositionOut {
+                        lat: p.json["lat"].as_f64()?,
+                        lon: p.json["lon"].as_f64()?,
+                        captured_at_us: p.json["captured_at_us"].as_i64()?,
+                    })
+                });
+            RoomOut {
+                opened_at_ms,
+                position,
+                ..RoomOut::from(r)
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// A dispatcher joins an accepted call without an invitation (not one the lead removed
+/// them from); then `POST /api/rooms/{room}/token` opens its media.
+#[utoipa::path(post, path = "/api/rooms/{room}/join", tag = "rooms", security(("bearer" = [])),
+    params(("room" = String, Path, description = "room name", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
+    responses((status = 201, body = MemberOut), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 400, body = ErrorBody)))]
+pub async fn join_call(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    check_room_name(&state, &c, &room).await?;
+    let role = c
+        .act(&state, "join_call", &room, |d, who, _| {
+            d.join_call(&room, who)
+        })
+        .await?;
+    let out = MemberOut {
+        name: c.who.name.clone(),
+        role: role.as_str().to_owned(),
+        online: false,
+        camera: false,
+    };
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// Creates a room without a call (admins).
@@ -1158,9 +1239,9 @@ fn serde_urlencoded_audit(bytes: &[u8]) -> bool {
     info(title = "medsfu control API", description = "Calls, rooms, membership, the lead teleconsultant, room tokens and the audit trail. Errors are JSON {code, message} with stable codes."),
     paths(login, login_crew, open_call, list_calls, call_events, accept_call, list_rooms,
         create_room, get_room, close_room, invite, remove, leave, hand_over, grant,
-        room_token, read_audit),
+        room_token, read_audit, join_call),
     components(schemas(ErrorBody, LoginRequest, CrewLoginRequest, LoginResponse, MemberOut,
-        RoomOut, CreateRoomRequest, UserRequest, GrantRequest, RoomTokenResponse,
+        RoomOut, PositionOut, CreateRoomRequest, UserRequest, GrantRequest, RoomTokenResponse,
         AuditEntryOut)),
     modifiers(&BearerAuth),
 )]
@@ -1206,6 +1287,6 @@ mod tests {
         use utoipa::OpenApi as _;
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
-        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(14));
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(15));
     }
 }

@@ -546,6 +546,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(control_api::remove),
         )
         .route("/api/rooms/{room}/leave", post(control_api::leave))
+        .route("/api/rooms/{room}/join", post(control_api::join_call))
         .route("/api/rooms/{room}/lead", post(control_api::hand_over))
         .route("/api/rooms/{room}/grants", post(control_api::grant))
         .route("/api/rooms/{room}/token", post(control_api::room_token))

@@ -44,11 +44,13 @@ pub enum Action {
     EcgSnapshot,
     /// Read the audit trail.
     ReadAudit,
+    /// Join an accepted call without an invitation (the dispatch centre).
+    JoinCall,
 }
 
 impl Action {
     /// Every action, for tests that walk the whole matrix.
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::OpenCall,
         Action::WatchCalls,
         Action::AcceptCall,
@@ -68,6 +70,7 @@ impl Action {
         Action::Chat,
         Action::EcgSnapshot,
         Action::ReadAudit,
+        Action::JoinCall,
     ];
 
     /// Whether the action concerns one room (then the caller's role in that room counts,
@@ -81,6 +84,7 @@ impl Action {
                 | Action::CreateRoom
                 | Action::ListRooms
                 | Action::ReadAudit
+                | Action::JoinCall
         )
     }
 }
@@ -113,6 +117,9 @@ pub fn may(role: Role, action: Action) -> bool {
         ),
         A::EcgSnapshot => matches!(role, R::Team | R::Lead | R::Consultant | R::Dispatcher),
         A::ReadAudit => role == R::Admin,
+        // The dispatcher receives everything of every intervention (requirements' roles):
+        // the dispatch centre follows the calls it sent ambulances to.
+        A::JoinCall => role == R::Dispatcher,
     }
 }
 

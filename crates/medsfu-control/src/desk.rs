@@ -244,6 +244,8 @@ struct Room {
     members: Vec<Member>,
     /// When the lead's last connection closed (none while connected).
     lead_away_since: Option<Instant>,
+    /// Dispatchers the lead took out: they come back only when invited.
+    removed: std::collections::BTreeSet<String>,
 }
 
 impl Room {
@@ -346,6 +348,7 @@ impl Desk {
                 members,
                 // Nobody is connected after a restart: the lead's grace time starts now.
                 lead_away_since: has_lead.then_some(now),
+                removed: Default::default(),
             },
         );
     }
@@ -411,7 +414,8 @@ impl Desk {
     }
 
     /// Rooms not closed that `who` may see: all for admins, watchers see ringing calls
-    /// too, everyone else the rooms they belong to.
+    /// too, dispatchers every accepted call (they may join it), everyone else the rooms
+    /// they belong to.
     pub fn rooms_for(&self, who: &Principal) -> Vec<RoomView> {
         self.rooms
             .iter()
@@ -420,6 +424,7 @@ impl Desk {
                 who.role == Role::Admin
                     || r.member(&who.name).is_some()
                     || (r.state == RoomState::Ringing && may(who.role, Action::WatchCalls))
+                    || (r.state == RoomState::Active && may(who.role, Action::JoinCall))
             })
             .filter_map(|(n, _)| self.room(n))
             .collect()
@@ -521,6 +526,7 @@ impl Desk {
                 opened_by: by.name.clone(),
                 members: Vec::new(),
                 lead_away_since: None,
+                removed: Default::default(),
             },
         );
         self.out.push_back(Output::RoomOpened {
@@ -566,6 +572,7 @@ impl Desk {
                 opened_by: by.name.clone(),
                 members: Vec::new(),
                 lead_away_since: None,
+                removed: Default::default(),
             },
         );
         self.out.push_back(Output::RoomOpened {
@@ -604,6 +611,7 @@ impl Desk {
             ));
         }
         let first = target.role == Role::Consultant && r.lead().is_none();
+        r.removed.remove(&target.name);
         self.add(room, &target.name, target.role);
         if first {
             self.set_lead(room, None, &target.name, LeadChange::FirstConsultant, now);
@@ -663,8 +671,32 @@ impl Desk {
                 m.role.as_str()
             )));
         }
+        r.removed.insert(target.to_owned());
         self.drop_member(room, target, true, now);
         Ok(())
+    }
+
+    /// A dispatcher joins an accepted call without an invitation, as dispatcher; not
+    /// after the lead removed them from it (until invited again).
+    pub fn join_call(&mut self, room: &str, by: &Principal) -> Result<Role, ControlError> {
+        self.authorize(by, Action::JoinCall, None)?;
+        let r = self.open_room(room)?;
+        if r.member(&by.name).is_some() {
+            return Err(ControlError::AlreadyMember(by.name.clone()));
+        }
+        if r.state == RoomState::Ringing {
+            return Err(ControlError::BadTarget(
+                "the call has not been accepted yet".into(),
+            ));
+        }
+        if r.removed.contains(&by.name) {
+            return Err(ControlError::Forbidden {
+                role: by.role.as_str(),
+                action: "join a call the lead removed them from (the lead may invite again)",
+            });
+        }
+        self.add(room, &by.name, Role::Dispatcher);
+        Ok(Role::Dispatcher)
     }
 
     /// A member leaves; a leaving lead passes the role to the next consultant.
@@ -876,6 +908,7 @@ pub(crate) fn action_name(a: Action) -> &'static str {
         Action::Record => "record",
         Action::Screenshot => "take screenshots",
         Action::Chat => "chat",
+        Action::JoinCall => "join a call without an invitation",
         Action::EcgSnapshot => "ask for ECG snapshots",
         Action::ReadAudit => "read the audit trail",
     }
@@ -930,6 +963,72 @@ mod tests {
         d.accept("call-1", &ana, start()).unwrap();
         d.invite("call-1", &ana, &bob, start()).unwrap();
         (amb, ana, bob)
+    }
+
+    #[test]
+    fn a_dispatcher_sees_accepted_calls_joins_on_their_own_and_stays_out_once_removed() {
+        let mut d = Desk::new(Duration::from_secs(30));
+        let dis = p("dis", Role::Dispatcher);
+        let amb = p("amb-7", Role::Vehicle);
+        d.open_call("call-1", &amb).unwrap();
+        // Ringing: listed (the dispatcher watches calls) but not joinable yet.
+        assert_eq!(d.rooms_for(&dis).len(), 1);
+        assert_eq!(
+            d.join_call("call-1", &dis).unwrap_err().code(),
+            "bad_target"
+        );
+        let ana = p("ana", Role::Consultant);
+        d.accept("call-1", &ana, start()).unwrap();
+        let listed = d.rooms_for(&dis);
+        assert_eq!(
+            (listed.len(), listed[0].state),
+            (1, RoomState::Active),
+            "an accepted call the dispatcher is not in"
+        );
+        let _ = drain(&mut d);
+        assert_eq!(d.join_call("call-1", &dis).unwrap(), Role::Dispatcher);
+        assert_eq!(
+            drain(&mut d),
+            [Output::MemberAdded {
+                room: "call-1".into(),
+                member: "dis".into(),
+                role: Role::Dispatcher
+            }]
+        );
+        assert_eq!(
+            d.join_call("call-1", &dis).unwrap_err().code(),
+            "already_member"
+        );
+        // Nobody else joins uninvited.
+        for who in [
+            p("bob", Role::Consultant),
+            p("crew", Role::Team),
+            p("root", Role::Admin),
+        ] {
+            assert_eq!(
+                d.join_call("call-1", &who).unwrap_err().code(),
+                "forbidden",
+                "{who:?}"
+            );
+        }
+        // Removed by the lead: out until invited again.
+        d.remove("call-1", &ana, "dis", start()).unwrap();
+        assert_eq!(d.join_call("call-1", &dis).unwrap_err().code(), "forbidden");
+        d.invite("call-1", &ana, &dis, start()).unwrap();
+        d.leave("call-1", &dis, start()).unwrap();
+        assert_eq!(d.join_call("call-1", &dis).unwrap(), Role::Dispatcher);
+        assert_eq!(
+            d.join_call("nope", &dis).unwrap_err().code(),
+            "room_not_found"
+        );
+        d.close("call-1", &ana).unwrap();
+        assert_eq!(
+            d.join_call("call-1", &p("dis2", Role::Dispatcher))
+                .unwrap_err()
+                .code(),
+            "room_closed"
+        );
+        check_invariant(&d);
     }
 
     #[test]

@@ -94,6 +94,8 @@ struct Room {
     journal: Option<Journal>,
     dir: PathBuf,
     live: broadcast::Sender<Arc<Item>>,
+    /// The newest position by capture time stored since the server started.
+    last_gps: Option<Arc<Item>>,
 }
 
 impl Room {
@@ -239,6 +241,7 @@ impl Hub {
                     journal: None,
                     dir: self.dir.join(room),
                     live: broadcast::channel(LIVE_BUFFER).0,
+                    last_gps: None,
                 }))
             })
             .clone())
@@ -301,6 +304,12 @@ impl Hub {
         }
         for item in &fresh {
             seen.insert(item.source, item.sequence);
+            if item.json["kind"] == "gps" {
+                let at = |i: &Item| i.json["captured_at_us"].as_i64().unwrap_or(i64::MIN);
+                if r.last_gps.as_deref().is_none_or(|l| at(item) >= at(l)) {
+                    r.last_gps = Some(item.clone());
+                }
+            }
         }
         res.stored = fresh.len();
         self.stats.stored.inc_by(fresh.len() as u64);
@@ -380,6 +389,14 @@ impl Hub {
         f.write_all(b"ok")?;
         f.sync_all()?;
         std::fs::remove_file(&probe)
+    }
+
+    /// The room's latest position (its GPS frame's JSON view), if one arrived since the
+    /// server started; never opens a journal.
+    pub fn last_position(&self, room: &str) -> Option<Arc<Item>> {
+        let r = lock(&self.rooms).get(room)?.clone();
+        let g = lock(&r).last_gps.clone();
+        g
     }
 
     /// The highest durable sequence of `source` in `room`.
@@ -530,6 +547,46 @@ mod tests {
             got.extend(seqs(&feed.next().await.expect("live")));
         }
         assert_eq!(got, (0..8).map(|s| (1, s)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_last_position_is_the_newest_fix_by_capture_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        let fix = |sequence: u64, captured_at_us: i64, lat: f64| {
+            Frame {
+                source: 9,
+                sequence,
+                captured_at_us,
+                body: Body::Gps(crate::frame::Gps {
+                    lat,
+                    lon: 21.0,
+                    accuracy_m: 5.0,
+                    speed_mps: 0.0,
+                    heading_deg: 0.0,
+                }),
+            }
+            .encode()
+            .expect("encode")
+        };
+        assert!(hub.last_position("r").is_none());
+        let _ = hub.append(
+            "r",
+            vec![frame(1, 0), fix(0, 2_000, 52.2), fix(1, 1_000, 52.1)],
+        );
+        let p = hub.last_position("r").expect("a position");
+        assert_eq!(
+            (p.json["lat"].as_f64(), p.json["captured_at_us"].as_i64()),
+            (Some(52.2), Some(2_000))
+        );
+        let _ = hub.append("r", vec![fix(2, 3_000, 52.3)]);
+        assert_eq!(
+            hub.last_position("r").expect("newer").json["lat"].as_f64(),
+            Some(52.3)
+        );
+        // Asking never creates a room (nor its journal directory).
+        assert!(hub.last_position("other").is_none());
+        assert!(!dir.path().join("other").exists());
     }
 
     #[tokio::test]

@@ -2497,3 +2497,156 @@ async fn the_demo_prints_a_working_command_for_a_second_ambulance() {
         "{room} from ambulance-2 not ringing: {calls}"
     );
 }
+
+/// Issue 17, item 6: the dispatcher follows the calls in progress (vehicle, lead,
+/// duration, position) and joins one without an invitation, hearing and seeing all of
+/// it; once the lead takes them out they stay out until invited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_sees_calls_in_progress_with_positions_and_joins_one_uninvited() {
+    let _turn = TRANSCODING.lock().await;
+    let server = vehicle_server(&[], &[]);
+    let data = &server.data.0;
+    support::user_add(data, "dr-ana", "consultant", "correct horse battery");
+    support::user_add(data, "dis-1", "dispatcher", "correct horse battery");
+    let quic = server.quic.expect("vehicle endpoint");
+    let mut b = support::Browser::launch().await;
+    let page = b.open(&format!("{}/", server.http)).await;
+    b.eval(
+        &page,
+        "document.getElementById('login-user').value = 'dis-1';
+         document.getElementById('login-password').value = 'correct horse battery';
+         document.getElementById('login-form').requestSubmit(); true",
+    )
+    .await;
+    let mut vehicle = Vehicle::start(
+        data,
+        quic,
+        &["--call", "--run-for", "120", "--vitals-every", "1"],
+    );
+    let opened = vehicle
+        .wait_line("opened call", Duration::from_secs(20))
+        .await;
+    let room = opened.split_whitespace().last().expect("room").to_owned();
+    // The ringing call is on the dispatcher's page, without an Accept button.
+    let card = format!("document.querySelector('#calls li.call[data-room=\"{room}\"]')");
+    b.wait_for(
+        &page,
+        &format!("{card} !== null && {card}.querySelector('button.accept') === null"),
+        Duration::from_secs(20),
+        "the ringing call, watched",
+    )
+    .await;
+    // A doctor answers (from elsewhere).
+    let http = reqwest::Client::new();
+    let login = |user: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/api/login", server.http);
+        async move {
+            let t = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"user":"{user}","password":"correct horse battery"}}"#
+                ))
+                .send()
+                .await
+                .expect("login")
+                .text()
+                .await
+                .expect("login answer");
+            let v: serde_json::Value = serde_json::from_str(&t).expect("login JSON");
+            v["token"].as_str().expect("token").to_owned()
+        }
+    };
+    let ana = login("dr-ana").await;
+    let accepted = http
+        .post(format!("{}/api/calls/{room}/accept", server.http))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .expect("accept");
+    assert_eq!(accepted.status(), 200);
+    // The call in progress: its ambulance, lead, duration and where it is.
+    let item = format!("document.querySelector('#my-rooms li.active-call[data-room=\"{room}\"]')");
+    let shown = b
+        .wait_for(
+            &page,
+            &format!(
+                "(() => {{ const li = {item}; if (!li) return null; const t = li.textContent;
+                   return t.includes('Ambulance amb-1') && t.includes('lead dr-ana') && /\\d+\\.\\d{{5}}, -?\\d+\\.\\d{{5}}/.test(t)
+                     && /· \\d+:\\d\\d/.test(t) && li.querySelector('button.join-uninvited') ? t : null; }})()"
+            ),
+            Duration::from_secs(30),
+            "the call in progress with its lead, duration and position",
+        )
+        .await;
+    println!("dispatcher's list: {shown}");
+    b.screenshot(
+        &page,
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/screenshots/dispatcher-calls.png"),
+    )
+    .await;
+    // Join without an invitation: in the room as dispatcher, ECG and the roof camera live.
+    b.eval(
+        &page,
+        &format!("{item}.querySelector('button.join-uninvited').click(); true"),
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "(async () => { const s = await window.medsfu.videoStats(); const T = window.medsfuTelemetry;
+           return window.medsfu.me && window.medsfu.me.role === 'dispatcher' && T.ecgSamplesDrawn > 300
+             && Object.values(s).some((v) => v.framesDecoded >= 10); })()",
+        Duration::from_secs(60),
+        "the dispatcher in the call with ECG and video",
+    )
+    .await;
+    let members: serde_json::Value = serde_json::from_str(
+        &http
+            .get(format!("{}/api/rooms/{room}", server.http))
+            .bearer_auth(&ana)
+            .send()
+            .await
+            .expect("room")
+            .text()
+            .await
+            .expect("room answer"),
+    )
+    .expect("room JSON");
+    assert!(
+        members["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["name"] == "dis-1" && m["role"] == "dispatcher"),
+        "{members}"
+    );
+    // The lead takes the dispatcher out: their page says so, and a new join is refused.
+    let removed = http
+        .delete(format!("{}/api/rooms/{room}/members/dis-1", server.http))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(removed.status(), 204);
+    b.wait_for(
+        &page,
+        "window.medsfu.ended === 'removed' && !document.getElementById('ended').hidden",
+        Duration::from_secs(10),
+        "the removed state",
+    )
+    .await;
+    let again = b
+        .eval(
+            &page,
+            &format!(
+                "apiCall('POST', '/api/rooms/{room}/join').then(() => 'joined', (e) => e.message)"
+            ),
+        )
+        .await;
+    assert!(
+        again.as_str().is_some_and(|m| m.contains("removed")),
+        "{again}"
+    );
+}
