@@ -550,12 +550,32 @@ async function onServerOffer(m) {
   send({ type: 'answer', sdp: state.subPc.localDescription.sdp });
 }
 
+function toggleBig(div) {
+  const on = !div.classList.contains('big');
+  for (const t of document.querySelectorAll('.tile.big')) t.classList.remove('big');
+  div.classList.toggle('big', on);
+  if (on && div.requestFullscreen) div.requestFullscreen().catch(() => { /* not allowed: the page's width */ });
+  if (!on && document.fullscreenElement) document.exitFullscreen().catch(() => {});
+}
+document.addEventListener('fullscreenchange', () => {
+  if (!document.fullscreenElement) for (const t of document.querySelectorAll('.tile.big')) t.classList.remove('big');
+});
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') for (const t of document.querySelectorAll('.tile.big')) t.classList.remove('big');
+});
 function addTile(id, stream, label, muted) {
   removeTile(id);
   const div = document.createElement('div'); div.className = 'tile'; div.dataset.track = id;
   const v = document.createElement('video'); v.autoplay = true; v.playsInline = true; v.muted = true;
   v.srcObject = stream; div.appendChild(v);
   const l = document.createElement('span'); l.className = 'label'; l.textContent = label; div.appendChild(l);
+  // Enlarge: the tile fills the screen (the browser's full screen where it allows, else
+  // the page's width); a second click or Escape brings it back.
+  const big = document.createElement('button'); big.className = 'enlarge'; big.title = 'Full screen';
+  big.setAttribute('aria-label', `Full screen: ${label}`); big.textContent = '⛶';
+  big.onclick = () => toggleBig(div);
+  v.ondblclick = () => toggleBig(div);
+  div.appendChild(big);
   if (!muted) {
     // Every decoded frame is noted: a picture silent for staleAfter.media is marked stale.
     const note = document.createElement('span'); note.className = 'stale-note'; note.hidden = true; div.appendChild(note);

@@ -23,7 +23,7 @@
   let lastArrival = null, lastCapturedUs = null;
 
   function reset() {
-    Object.assign(T, { frames: 0, live: false, bySource: {}, vitals: {}, status: null, chats: 0, gpsFixes: 0, ecgSamplesDrawn: 0, lost: false, ended: false });
+    Object.assign(T, { frames: 0, live: false, bySource: {}, vitals: {}, status: null, chats: 0, gpsFixes: 0, gpsGridM: 0, ecgSamplesDrawn: 0, lost: false, ended: false });
     lastArrival = null; lastCapturedUs = null;
     ecg = { streams: new Map(), source: null, choice: null, controlsDirty: true, dirty: true };
     vitals = new Map(); // vital -> { value, unit, at }
@@ -267,6 +267,20 @@
     const m = 8, scale = Math.min((w - 2 * m) / spanX, (h - 2 * m) / spanY);
     const cx = (minLon + maxLon) / 2, cy = (minLat + maxLat) / 2;
     const X = (lon) => w / 2 + (lon - cx) * k * scale, Y = (lat) => h / 2 - (lat - cy) * scale;
+    // No map tiles reach a closed field network: a metric grid gives the scale instead
+    // (a degree of latitude is 111.32 km), with north up.
+    const pxPerM = scale / 111320;
+    const step = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
+      .find((s) => s * pxPerM >= 40) || 100000;
+    const stepPx = step * pxPerM;
+    ctx.beginPath();
+    for (let x = (w / 2) % stepPx; x < w; x += stepPx) { ctx.moveTo(x, 0); ctx.lineTo(x, h); }
+    for (let y = (h / 2) % stepPx; y < h; y += stepPx) { ctx.moveTo(0, y); ctx.lineTo(w, y); }
+    ctx.strokeStyle = 'rgba(120, 170, 120, .25)'; ctx.lineWidth = 1; ctx.stroke();
+    ctx.fillStyle = '#9b9'; ctx.font = '11px sans-serif';
+    ctx.fillText(`grid ${step >= 1000 ? `${step / 1000} km` : `${step} m`}`, 6, h - 6);
+    ctx.fillText('N ↑', w - 30, 14);
+    T.gpsGridM = step;
     ctx.beginPath();
     for (let i = 0; i < p.length; i += 2) {
       if (i === 0) ctx.moveTo(X(p[i + 1]), Y(p[i])); else ctx.lineTo(X(p[i + 1]), Y(p[i]));

@@ -1000,6 +1000,7 @@ impl Engine {
         }
         if let Some(tx) = self.transcode_inputs.get(&r.subscriber) {
             let input = crate::transcode::Input {
+                seq: r.header.sequence_number,
                 marker: r.header.marker,
                 payload: r.payload,
             };
@@ -1480,6 +1481,11 @@ impl Engine {
                 if self.sfu.handle_rtp(track, packet, now).is_err() {
                     MediaStats::inc(&self.stats.rtp_dropped.refused);
                 }
+            }
+            Command::KeyframeFor { down } => {
+                // Aggregated and throttled upstream like a subscriber's PLI; a track gone
+                // meanwhile needs nothing.
+                let _ = self.sfu.handle_keyframe_request(down, now);
             }
             Command::Rooms { reply } => {
                 let _ = reply.send((self.sfu.room_count(), self.sfu.participant_count()));
@@ -2076,9 +2082,9 @@ impl Engine {
             self.sfu.bind_down_track(down, rand::random(), 126, now)?;
             let track = self.sfu.publish(internal, info.source, Codec::H264, now)?;
             self.track_codecs.insert(track, h264.clone());
-            Ok::<TrackId, medsfu_core::CoreError>(track)
+            Ok::<(TrackId, medsfu_core::DownTrackId), medsfu_core::CoreError>((track, down))
         })();
-        let track = match started {
+        let (track, down) = match started {
             Ok(t) => t,
             Err(e) => {
                 let _ = self.sfu.leave(internal, now);
@@ -2088,6 +2094,7 @@ impl Engine {
         };
         let tx = crate::transcode::spawn(
             track,
+            down,
             self.commands.clone(),
             self.stats.transcode_latency.clone(),
             self.stats.transcoders_running.clone(),

@@ -669,6 +669,10 @@ pub(crate) enum Command {
         track: TrackId,
         packet: RtpPacket,
     },
+    /// A server worker (the H.264 transcoder) needs a keyframe on its down track.
+    KeyframeFor {
+        down: medsfu_core::DownTrackId,
+    },
     Leave {
         participant: ParticipantId,
         reason: LeaveReason,

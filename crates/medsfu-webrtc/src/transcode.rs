@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use medsfu_codec::h264_payload_nal_units as payload_nal_units;
 use medsfu_codec::h265_rtp::{annexb_nal_units, last_start_code, Depacketizer};
-use medsfu_core::{RtpHeader, RtpPacket, TrackId};
+use medsfu_core::{DownTrackId, RtpHeader, RtpPacket, TrackId};
 use prometheus::{Histogram, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -22,14 +22,92 @@ const MTU: usize = 1200;
 
 /// One RTP payload of the source track, as the core forwards it.
 pub(crate) struct Input {
+    /// Its sequence number on the transcoder's down track (continuous while nothing is
+    /// lost).
+    pub seq: u16,
     pub marker: bool,
     pub payload: Bytes,
 }
 
-/// Starts a worker that turns the H.265 payloads sent to it into RTP of `track` (H.264),
-/// fed back through `commands`. Dropping the returned sender stops it.
+/// How often the transcoder asks again for a keyframe while its decoder waits for one.
+const KEYFRAME_RETRY: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// What [`Feeder::push`] made of a payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// Nothing to decode yet.
+    Nothing,
+    /// A complete access unit for the decoder (Annex B).
+    Feed(Vec<u8>),
+    /// Nothing to decode, and the source should be asked for a keyframe: the decoder lost
+    /// its reference (a packet missing or damaged) and waits for the next IRAP picture.
+    AskKeyframe,
+}
+
+/// Feeds the decoder only what it can decode: complete access units from an IRAP
+/// picture on. Decoding pictures whose reference was lost paints grey garbage into every
+/// frame up to the next keyframe (seen as a grey picture with moving edges).
+#[derive(Default)]
+pub(crate) struct Feeder {
+    depack: Depacketizer,
+    next_seq: Option<u16>,
+    synced: bool,
+    asked: Option<Instant>,
+}
+
+impl Feeder {
+    pub(crate) fn push(&mut self, i: &Input, now: Instant) -> Fed {
+        if let Some(next) = self.next_seq {
+            let ahead = i.seq.wrapping_sub(next) as i16;
+            if ahead < 0 {
+                // A late retransmission of a packet whose access unit is gone already.
+                return Fed::Nothing;
+            }
+            if ahead > 0 {
+                self.depack.reset();
+                self.synced = false;
+            }
+        }
+        self.next_seq = Some(i.seq.wrapping_add(1));
+        match self.depack.push(&i.payload, i.marker) {
+            Ok(None) => Fed::Nothing,
+            Ok(Some(au)) => {
+                if !self.synced && medsfu_codec::h265_is_irap_access_unit(annexb_nal_units(&au)) {
+                    self.synced = true;
+                    self.asked = None;
+                }
+                if self.synced {
+                    Fed::Feed(au)
+                } else {
+                    self.ask(now)
+                }
+            }
+            Err(_) => {
+                self.depack.reset();
+                self.synced = false;
+                self.ask(now)
+            }
+        }
+    }
+
+    fn ask(&mut self, now: Instant) -> Fed {
+        if self
+            .asked
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_RETRY)
+        {
+            return Fed::Nothing;
+        }
+        self.asked = Some(now);
+        Fed::AskKeyframe
+    }
+}
+
+/// Starts a worker that turns the H.265 payloads sent to it (over its down track `down`
+/// of the source) into RTP of `track` (H.264), fed back through `commands`. Dropping the
+/// returned sender stops it.
 pub(crate) fn spawn(
     track: TrackId,
+    down: DownTrackId,
     commands: mpsc::Sender<Command>,
     latency: Histogram,
     running: IntGauge,
@@ -37,7 +115,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(1024);
     running.inc();
     tokio::spawn(async move {
-        if let Err(e) = run(track, rx, commands, latency).await {
+        if let Err(e) = run(track, down, rx, commands, latency).await {
             warn!(%track, error = %e, "H.264 transcoder stopped");
         }
         // Counted down only once ffmpeg has exited (run kills and reaps it).
@@ -106,6 +184,7 @@ fn last_aud(b: &[u8]) -> Option<usize> {
 
 async fn run(
     track: TrackId,
+    down: DownTrackId,
     mut rx: mpsc::Receiver<Input>,
     commands: mpsc::Sender<Command>,
     latency: Histogram,
@@ -121,13 +200,19 @@ async fn run(
         .ok_or_else(|| std::io::Error::other("no stdout"))?;
     info!(%track, "H.264 transcoder started");
     let (times_tx, mut times_rx) = mpsc::unbounded_channel::<Instant>();
+    let keyframes = commands.clone();
     let writer = async move {
-        let mut depack = Depacketizer::new();
+        let mut feeder = Feeder::default();
         while let Some(i) = rx.recv().await {
-            // A damaged access unit is skipped; the decoder recovers at the next keyframe.
-            if let Ok(Some(au)) = depack.push(&i.payload, i.marker) {
-                let _ = times_tx.send(Instant::now());
-                stdin.write_all(&au).await?;
+            match feeder.push(&i, Instant::now()) {
+                Fed::Nothing => {}
+                Fed::Feed(au) => {
+                    let _ = times_tx.send(Instant::now());
+                    stdin.write_all(&au).await?;
+                }
+                Fed::AskKeyframe => {
+                    let _ = keyframes.try_send(Command::KeyframeFor { down });
+                }
             }
         }
         // The last subscriber left: closing stdin ends ffmpeg.
@@ -200,6 +285,48 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn input(seq: u16, nal_type: u8) -> Input {
+        // One whole NAL unit per packet: header (type, layer 0, tid 1), first slice, data.
+        Input {
+            seq,
+            marker: true,
+            payload: Bytes::from(vec![nal_type << 1, 1, 0x80, 7, 7, 7]),
+        }
+    }
+
+    #[test]
+    fn the_decoder_gets_pictures_only_from_a_keyframe_on_and_after_a_loss_waits_for_the_next() {
+        const IDR: u8 = 19;
+        const TRAIL: u8 = 1;
+        let t0 = Instant::now();
+        let mut f = Feeder::default();
+        let fed = |f: &mut Feeder, seq, t, at| match f.push(&input(seq, t), at) {
+            Fed::Feed(_) => "feed",
+            Fed::Nothing => "-",
+            Fed::AskKeyframe => "ask",
+        };
+        // Joined mid-picture-group: inter pictures are held back, a keyframe asked once.
+        assert_eq!(fed(&mut f, 10, TRAIL, t0), "ask");
+        assert_eq!(fed(&mut f, 11, TRAIL, t0), "-");
+        assert_eq!(fed(&mut f, 12, IDR, t0), "feed");
+        assert_eq!(fed(&mut f, 13, TRAIL, t0), "feed");
+        // Packet 14 lost: 15 is not decodable, nor anything until the next keyframe.
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(fed(&mut f, 15, TRAIL, later), "ask");
+        assert_eq!(fed(&mut f, 16, TRAIL, later), "-");
+        // Still no keyframe a second later: asked again.
+        assert_eq!(fed(&mut f, 17, TRAIL, later + KEYFRAME_RETRY), "ask");
+        // The lost packet's late retransmission changes nothing.
+        assert_eq!(fed(&mut f, 14, TRAIL, later), "-");
+        assert_eq!(fed(&mut f, 18, IDR, later), "feed");
+        assert_eq!(fed(&mut f, 19, TRAIL, later), "feed");
+        // Sequence numbers wrap without a gap.
+        let mut f = Feeder::default();
+        assert_eq!(fed(&mut f, u16::MAX, IDR, t0), "feed");
+        assert_eq!(fed(&mut f, 0, TRAIL, t0), "feed");
+    }
 
     #[test]
     fn access_units_end_at_the_last_delimiter() {

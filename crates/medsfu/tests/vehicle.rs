@@ -2602,6 +2602,73 @@ async fn a_dispatcher_sees_calls_in_progress_with_positions_and_joins_one_uninvi
         "the dispatcher in the call with ECG and video",
     )
     .await;
+    // The first pictures are whole: the rendition starts decoding at a keyframe. (It once
+    // decoded the pictures after a lost one: grey, with only the moving edges drawn.)
+    let chroma_js = "(() => { const v = document.querySelector('#tiles .tile video');
+               const c = document.createElement('canvas'); c.width = 64; c.height = 36;
+               const x = c.getContext('2d'); x.drawImage(v, 0, 0, 64, 36);
+               const d = x.getImageData(0, 0, 64, 36).data; let s = 0;
+               for (let i = 0; i < d.length; i += 4) s += Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]);
+               return s / (d.length / 4); })()";
+    let chroma = b.eval(&page, chroma_js).await;
+    println!("first pictures' mean chroma: {chroma}");
+    assert!(
+        chroma.as_f64().is_some_and(|c| c > 60.0),
+        "a grey first picture (mean chroma {chroma}): decoded without its keyframe"
+    );
+    // The track is drawn on a metric grid (no map tiles in a closed network).
+    let grid = b
+        .wait_for(
+            &page,
+            "window.medsfuTelemetry.gpsFixes > 0 && window.medsfuTelemetry.gpsGridM > 0 ? window.medsfuTelemetry.gpsGridM : null",
+            Duration::from_secs(20),
+            "the position track on its grid",
+        )
+        .await;
+    assert!(
+        grid.as_f64()
+            .is_some_and(|m| (10.0..=100_000.0).contains(&m)),
+        "{grid}"
+    );
+    // A video tile goes full screen (or, where the browser refuses, the page's width).
+    let sizes = b
+        .eval(
+            &page,
+            "(async () => { const tile = document.querySelector('#tiles .tile');
+               const before = tile.getBoundingClientRect().width;
+               tile.querySelector('button.enlarge').click();
+               // The class applies at once; reading the size lays the page out again.
+               const after = tile.getBoundingClientRect().width;
+               return [before, after, tile.classList.contains('big'), document.getElementById('tiles').getBoundingClientRect().width]; })()",
+        )
+        .await;
+    let s: Vec<f64> = sizes
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(if v == true { 1.0 } else { 0.0 }))
+        .collect();
+    assert!(
+        s[2] == 1.0 && s[1] > s[0] && s[1] >= s[3] - 1.0,
+        "enlarged tile: {sizes}"
+    );
+    let chroma = b.eval(&page, chroma_js).await;
+    println!("enlarged picture's mean chroma: {chroma}");
+    assert!(
+        chroma.as_f64().is_some_and(|c| c > 60.0),
+        "a grey picture (mean chroma {chroma}): decoded without its reference"
+    );
+    b.screenshot(
+        &page,
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/screenshots/dispatcher-in-call.png"),
+    )
+    .await;
+    b.eval(
+        &page,
+        "document.querySelector('#tiles .tile button.enlarge').click(); true",
+    )
+    .await;
     let members: serde_json::Value = serde_json::from_str(
         &http
             .get(format!("{}/api/rooms/{room}", server.http))
