@@ -190,7 +190,8 @@ fn capped(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Appends to the audit trail off the runtime's threads (the store blocks).
+/// Appends to the audit trail off the runtime's threads (the store blocks); false when
+/// the trail could not be written (then accesses to patient data are refused).
 pub(crate) async fn audit(
     log: Option<&Arc<dyn medsfu_audit::AuditStore>>,
     actor: &str,
@@ -199,9 +200,9 @@ pub(crate) async fn audit(
     room: &str,
     source: &str,
     detail: Value,
-) {
+) -> bool {
     let Some(log) = log.cloned() else {
-        return;
+        return true;
     };
     let mut detail = detail.to_string();
     if detail.len() > MAX_AUDIT_DETAIL {
@@ -217,9 +218,15 @@ pub(crate) async fn audit(
         detail,
     };
     match tokio::task::spawn_blocking(move || log.append(event)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => error!(error = %e, action, "audit trail write failed"),
-        Err(e) => error!(error = %e, action, "audit trail write failed"),
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            error!(error = %e, action, "audit trail write failed");
+            false
+        }
+        Err(e) => {
+            error!(error = %e, action, "audit trail write failed");
+            false
+        }
     }
 }
 

@@ -589,7 +589,7 @@ async fn login_with(
                 .inner
                 .tokens
                 .issue_api(&account.name, role, SystemTime::now(), ttl);
-            crate::control::audit(
+            let audited = crate::control::audit(
                 state.inner.audit.as_ref(),
                 &account.name,
                 role.as_str(),
@@ -599,6 +599,13 @@ async fn login_with(
                 detail,
             )
             .await;
+            if !audited {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the audit trail cannot be written, so no sign-in is given: try again, or tell the operator",
+                ));
+            }
             Ok(Json(LoginResponse {
                 token,
                 expires_in_s: ttl.as_secs(),

@@ -199,7 +199,7 @@ pub async fn fetch(
             "http",
             serde_json::json!({ "document": name }),
         )
-        .await;
+        .await?;
     // Read in 64 KiB pieces: a recording may be large, memory stays flat.
     let body = futures_util::stream::unfold(Some(file), |f| async move {
         let mut f = f?;

@@ -197,7 +197,9 @@ impl AppState {
         });
     }
 
-    /// Records an access to patient data or a change in the audit trail.
+    /// Records an access to patient data or a change in the audit trail. An access the
+    /// trail cannot record is refused (fail closed): `503 audit_unavailable`.
+    #[must_use = "an access that was not audited must be refused"]
     pub(crate) async fn audit(
         &self,
         actor: &str,
@@ -206,8 +208,8 @@ impl AppState {
         room: &str,
         source: &str,
         detail: serde_json::Value,
-    ) {
-        control::audit(
+    ) -> Result<(), ApiError> {
+        let written = control::audit(
             self.inner.audit.as_ref(),
             actor,
             role.as_str(),
@@ -217,6 +219,15 @@ impl AppState {
             detail,
         )
         .await;
+        if written {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit trail cannot be written, so no access is given: try again, or tell the operator",
+            ))
+        }
     }
 
     /// The same state, storing ECG snapshot documents under `dir` (one subdirectory per

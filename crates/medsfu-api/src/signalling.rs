@@ -447,7 +447,7 @@ async fn joined_session(
     let me = joined.participant;
     let last_seen = Instant::now();
     info!(role = grant.role.as_str(), "signalling session joined");
-    state
+    if let Err(e) = state
         .audit(
             &grant.identity,
             grant.role,
@@ -456,7 +456,13 @@ async fn joined_session(
             &source,
             json!({ "participant": me.to_string() }),
         )
-        .await;
+        .await
+    {
+        // Not audited, not admitted.
+        let _ = send(&mut socket, &error(e.code, e.message.clone(), join_id)).await;
+        s.media.leave(me).await;
+        return;
+    }
     let may_publish: Vec<&str> = TrackSource::ALL
         .iter()
         .filter(|src| grant.role.may_publish(**src))
@@ -471,7 +477,7 @@ async fn joined_session(
     let mut ended_by_server = false;
     if send(&mut socket, &hello).await {
         let feed = if crate::telemetry::may_read(grant.role) {
-            state
+            if let Err(e) = state
                 .audit(
                     &grant.identity,
                     grant.role,
@@ -480,7 +486,12 @@ async fn joined_session(
                     &source,
                     json!({ "participant": me.to_string() }),
                 )
-                .await;
+                .await
+            {
+                let _ = send(&mut socket, &error(e.code, e.message.clone(), None)).await;
+                s.media.leave(me).await;
+                return;
+            }
             match replay(&state, &mut socket, &grant.room).await {
                 Ok(f) => f,
                 Err(()) => {
@@ -661,7 +672,9 @@ async fn run(
                     if let Some((action, detail)) = audited {
                         // Only what was done: refused requests change nothing.
                         if reply.as_ref().is_none_or(|r| r["type"] != "error") {
-                            state.audit(&who.identity, who.role, action, &who.room, &who.source, detail).await;
+                            // Done already (a camera move, a chat line): recorded when the
+                            // trail allows; a failure is logged by the trail's writer.
+                            let _ = state.audit(&who.identity, who.role, action, &who.room, &who.source, detail).await;
                         }
                     }
                     let leaving = reply.as_ref().is_some_and(|r| r["type"] == "left");

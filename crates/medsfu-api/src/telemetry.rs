@@ -84,7 +84,7 @@ pub async fn stream(
             "http",
             serde_json::json!({}),
         )
-        .await;
+        .await?;
     let mut feed = open_feed(&state, &room).await?;
     let history = ndjson(&feed.take_history());
     let live = futures_util::stream::unfold(feed, |mut feed| async move {

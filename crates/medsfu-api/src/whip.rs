@@ -234,7 +234,7 @@ async fn create(
     if kind == SessionKind::Whep {
         detail["tracks"] = serde_json::json!(answered_tracks(&answer));
     }
-    state
+    if let Err(e) = state
         .audit(
             &grant.identity,
             grant.role,
@@ -243,7 +243,13 @@ async fn create(
             &origin.0,
             detail,
         )
-        .await;
+        .await
+    {
+        // Not audited, not served: the session goes before any media flows.
+        s.sessions.remove(&id);
+        s.media.leave(participant).await;
+        return Err(e);
+    }
     // Forget the session when the server ends it (DELETE, timeout, replaced by a
     // reconnect), and say so in the audit trail.
     let st = state.clone();
@@ -263,7 +269,9 @@ async fn create(
         }
         st.inner.sessions.remove(&sid);
         let detail = serde_json::json!({ "participant": participant.to_string(), "session": sid, "reason": reason });
-        st.audit(&who, role, end_action, &room_name, &source, detail)
+        // The end of a session is recorded when the trail allows; nothing is left to refuse.
+        let _ = st
+            .audit(&who, role, end_action, &room_name, &source, detail)
             .await;
     });
     info!(%participant, kind = path, "WHIP/WHEP session created");

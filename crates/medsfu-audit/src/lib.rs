@@ -2,17 +2,45 @@
 //! to patient data (join, history replay, telemetry stream, recording, screenshot, ECG
 //! snapshot, export) and every change (recording, camera).
 //!
-//! Entries are append-only and hash-chained: each holds the SHA-256 of the previous
-//! entry's hash and its own fields, so [`AuditLog::verify`] finds any entry altered,
-//! removed, inserted or reordered after the fact. The store is embedded SQLite behind
-//! [`AuditStore`], so that a shared database can take its place for several nodes.
+//! Entries are append-only and hash-chained: each holds an HMAC-SHA-256, under a key kept
+//! outside the database, of the previous entry's hash and its own fields, so
+//! [`AuditLog::verify`] finds any entry altered, removed, inserted or reordered after the
+//! fact, and someone with the database alone cannot write a consistent new chain. The
+//! chain's head (its last number and hash, authenticated with the same key) is kept in a
+//! file beside the database, so that entries cut off the end are found too. The store is
+//! embedded SQLite behind [`AuditStore`], so that a shared database can take its place for
+//! several nodes.
 
 #![forbid(unsafe_code)]
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+/// The key of the chain's MACs: 32 random bytes kept outside the database.
+#[derive(Clone)]
+pub struct AuditKey([u8; 32]);
+
+impl AuditKey {
+    /// A key of these bytes.
+    pub fn new(bytes: [u8; 32]) -> AuditKey {
+        AuditKey(bytes)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes a key of any length: this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
 
 /// The hash "before" the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -24,13 +52,21 @@ pub enum AuditError {
     /// The database refused.
     #[error("audit database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The head anchor could not be written or read.
+    #[error("audit head anchor {path}: {source}")]
+    Anchor {
+        /// The anchor file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 impl AuditError {
     /// Stable code for the wire.
     pub fn code(&self) -> &'static str {
         match self {
-            AuditError::Db(_) => "audit_unavailable",
+            AuditError::Db(_) | AuditError::Anchor { .. } => "audit_unavailable",
         }
     }
 }
@@ -65,12 +101,31 @@ pub struct Entry {
     pub prev: String,
     /// This entry's hash.
     pub hash: String,
+    /// Whether the hash is keyed (an HMAC); entries of trails from before keys were
+    /// plain SHA-256, and may only come first.
+    pub keyed: bool,
 }
 
-/// The chain hash of an entry: SHA-256 over the previous hash and every field, each
-/// length-prefixed so that no two different entries encode alike.
+/// The unkeyed chain hash of trails written before keys: SHA-256 over the previous hash
+/// and every field, each length-prefixed so that no two different entries encode alike.
 pub fn chain_hash(prev: &str, seq: i64, e: &Event) -> String {
     let mut h = Sha256::new();
+    feed(&mut h, prev, seq, e);
+    hex(&h.finalize())
+}
+
+/// The keyed chain hash: HMAC-SHA-256 under `key` of what [`chain_hash`] hashes.
+pub fn keyed_chain_hash(key: &AuditKey, prev: &str, seq: i64, e: &Event) -> String {
+    let mut h = key.mac();
+    feed(&mut h, prev, seq, e);
+    hex(&h.finalize().into_bytes())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn feed(h: &mut impl sha2::digest::Update, prev: &str, seq: i64, e: &Event) {
     let seq = seq.to_string();
     let at = e.at_unix_ms.to_string();
     for field in [
@@ -84,10 +139,39 @@ pub fn chain_hash(prev: &str, seq: i64, e: &Event) -> String {
         &e.source,
         &e.detail,
     ] {
-        h.update((field.len() as u64).to_be_bytes());
+        h.update(&(field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The MAC of a head anchor: the chain's last number and hash.
+fn head_mac(key: &AuditKey, seq: i64, hash: &str) -> String {
+    let mut h = key.mac();
+    Mac::update(&mut h, b"medsfu audit head\0");
+    Mac::update(&mut h, seq.to_string().as_bytes());
+    Mac::update(&mut h, b"\0");
+    Mac::update(&mut h, hash.as_bytes());
+    hex(&h.finalize().into_bytes())
+}
+
+/// The chain's head as its anchor file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    seq: i64,
+    hash: String,
+    mac: String,
+}
+
+impl Head {
+    fn parse(text: &str) -> Option<Head> {
+        let mut w = text.split_whitespace();
+        let head = Head {
+            seq: w.next()?.parse().ok()?,
+            hash: w.next()?.to_owned(),
+            mac: w.next()?.to_owned(),
+        };
+        w.next().is_none().then_some(head)
+    }
 }
 
 /// Where entries are kept.
@@ -98,14 +182,25 @@ pub trait AuditStore: Send + Sync {
     fn entries(&self) -> Result<Vec<Entry>, AuditError>;
 }
 
-/// The audit trail in an embedded SQLite database.
+/// The audit trail in an embedded SQLite database, with its head anchor beside it.
 pub struct AuditLog {
     db: Mutex<rusqlite::Connection>,
+    key: AuditKey,
+    /// `<database>-head`: the chain's last number and hash, with their MAC.
+    head: PathBuf,
+}
+
+/// The head anchor file of the trail in `db`.
+pub fn head_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-head");
+    PathBuf::from(p)
 }
 
 impl AuditLog {
-    /// Opens (or creates) the trail in the database file `path`.
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+    /// Opens (or creates) the trail in the database file `path`, chaining new entries
+    /// under `key`.
+    pub fn open(path: &Path, key: AuditKey) -> Result<AuditLog, AuditError> {
         let db = rusqlite::Connection::open(path)?;
         // The server and an operator's command (`medsfu user disable`) write the same trail:
         // wait for the other writer instead of failing with "database is locked".
@@ -128,7 +223,56 @@ impl AuditLog {
                 hash TEXT NOT NULL
             );",
         )?;
-        Ok(AuditLog { db: Mutex::new(db) })
+        // Trails from before keys lack the column: their entries stay unkeyed.
+        let has_keyed: bool = db.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'keyed'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_keyed {
+            db.execute_batch("ALTER TABLE audit ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;")?;
+        }
+        Ok(AuditLog {
+            db: Mutex::new(db),
+            key,
+            head: head_path(path),
+        })
+    }
+
+    /// Whether the trail holds keyed entries (then only its key verifies it).
+    pub fn has_keyed_entries(&self) -> Result<bool, AuditError> {
+        Ok(self.db().query_row(
+            "SELECT EXISTS(SELECT 1 FROM audit WHERE keyed = 1)",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn write_head(&self, seq: i64, hash: &str) -> Result<(), AuditError> {
+        let err = |source| AuditError::Anchor {
+            path: self.head.clone(),
+            source,
+        };
+        let mut tmp = self.head.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let line = format!("{seq} {hash} {}\n", head_mac(&self.key, seq, hash));
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(line.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.head).map_err(err)?;
+        Ok(())
+    }
+
+    fn read_head(&self) -> Result<Option<String>, AuditError> {
+        match std::fs::read_to_string(&self.head) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AuditError::Anchor {
+                path: self.head.clone(),
+                source,
+            }),
+        }
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
@@ -136,20 +280,83 @@ impl AuditLog {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Walks the whole trail; returns what is wrong with it (empty: intact) and how many
-    /// entries it has.
+    /// Walks the whole trail and checks its end against the head anchor; returns what is
+    /// wrong with it (empty: intact) and how many entries it has.
     pub fn verify(&self) -> Result<(Vec<String>, usize), AuditError> {
         let entries = self.entries()?;
-        Ok((check(&entries), entries.len()))
+        let mut problems = check(&self.key, &entries);
+        problems.extend(check_head(
+            &self.key,
+            &entries,
+            self.read_head()?.as_deref(),
+        ));
+        Ok((problems, entries.len()))
     }
 }
 
+/// What is wrong with the end of the trail, given its head anchor's text (none: no anchor
+/// file). The anchor names the last entry written; at most one entry may follow it (a
+/// crash after the entry was stored and before the anchor was).
+fn check_head(key: &AuditKey, entries: &[Entry], anchor: Option<&str>) -> Vec<String> {
+    let keyed = entries.iter().any(|e| e.keyed);
+    let Some(text) = anchor else {
+        return if keyed {
+            vec![
+                "head anchor missing: the end of the trail cannot be checked (was it deleted?)"
+                    .to_owned(),
+            ]
+        } else {
+            Vec::new()
+        };
+    };
+    let Some(head) = Head::parse(text) else {
+        return vec!["head anchor unreadable".to_owned()];
+    };
+    if head_mac(key, head.seq, &head.hash) != head.mac {
+        return vec!["head anchor forged or written under another key".to_owned()];
+    }
+    let last = entries.last().map_or(0, |e| e.seq);
+    if head.seq > last {
+        return vec![format!(
+            "the trail ends at entry {last} but its head anchor records entry {}: {} entr{} removed from the end",
+            head.seq,
+            head.seq - last,
+            if head.seq - last == 1 { "y was" } else { "ies were" }
+        )];
+    }
+    let at = entries.iter().find(|e| e.seq == head.seq);
+    if head.seq > 0 && at.is_none_or(|e| e.hash != head.hash) {
+        return vec![format!(
+            "entry {}: not the entry the head anchor records (the end was rewritten)",
+            head.seq
+        )];
+    }
+    if last > head.seq + 1 {
+        return vec![format!(
+            "entries {}-{last} follow the head anchor's entry {}: added without the key",
+            head.seq + 2,
+            head.seq
+        )];
+    }
+    Vec::new()
+}
+
 /// Finds entries altered (hash does not match), removed or inserted (numbering or chain
-/// broken) or reordered (chain broken).
-pub fn check(entries: &[Entry]) -> Vec<String> {
+/// broken) or reordered (chain broken). Unkeyed entries (from before keys) may only come
+/// first.
+pub fn check(key: &AuditKey, entries: &[Entry]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut prev = GENESIS.to_owned();
+    let mut seen_keyed = false;
     for (i, e) in entries.iter().enumerate() {
+        if e.keyed {
+            seen_keyed = true;
+        } else if seen_keyed {
+            problems.push(format!(
+                "entry {}: unkeyed after keyed entries (written without the key)",
+                e.seq
+            ));
+        }
         let expected = i as i64 + 1;
         if e.seq != expected {
             problems.push(format!(
@@ -163,7 +370,12 @@ pub fn check(entries: &[Entry]) -> Vec<String> {
                 e.seq
             ));
         }
-        if chain_hash(&e.prev, e.seq, &e.event) != e.hash {
+        let hash = if e.keyed {
+            keyed_chain_hash(key, &e.prev, e.seq, &e.event)
+        } else {
+            chain_hash(&e.prev, e.seq, &e.event)
+        };
+        if hash != e.hash {
             problems.push(format!(
                 "entry {}: altered (its hash does not match)",
                 e.seq
@@ -177,7 +389,25 @@ pub fn check(entries: &[Entry]) -> Vec<String> {
 impl AuditStore for AuditLog {
     fn append(&self, event: Event) -> Result<Entry, AuditError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        // The server and an operator's command share the trail: one writer at a time from
+        // the entry to its anchor, so that the anchor never goes back.
+        let lock_path = {
+            let mut p = self.head.as_os_str().to_owned();
+            p.push(".lock");
+            PathBuf::from(p)
+        };
+        let lock_err = |source| AuditError::Anchor {
+            path: lock_path.clone(),
+            source,
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        lock.lock().map_err(lock_err)?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let last: Option<(i64, String)> = tx
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -190,10 +420,10 @@ impl AuditStore for AuditLog {
                 e => Err(e),
             })?;
         let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
-        let hash = chain_hash(&prev, seq, &event);
+        let hash = keyed_chain_hash(&self.key, &prev, seq, &event);
         tx.execute(
-            "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash, keyed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1)",
             rusqlite::params![
                 seq,
                 event.at_unix_ms,
@@ -208,11 +438,17 @@ impl AuditStore for AuditLog {
             ],
         )?;
         tx.commit()?;
+        // After the commit: a crash in between leaves the trail one entry past its anchor,
+        // which verify accepts (that entry's keyed hash still proves it); an anchor ahead
+        // of the trail always means entries were cut off.
+        self.write_head(seq, &hash)?;
+        drop(lock);
         Ok(Entry {
             seq,
             event,
             prev,
             hash,
+            keyed: true,
         })
     }
 
@@ -220,7 +456,7 @@ impl AuditStore for AuditLog {
         let db = self.db();
         // Stored order (rowid), not `seq`: a reordering must show as a broken chain.
         let mut st = db.prepare(
-            "SELECT seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash
+            "SELECT seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash, keyed
              FROM audit ORDER BY rowid",
         )?;
         let rows = st.query_map([], |r| {
@@ -237,6 +473,7 @@ impl AuditStore for AuditLog {
                 },
                 prev: r.get(8)?,
                 hash: r.get(9)?,
+                keyed: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -259,12 +496,144 @@ mod tests {
         }
     }
 
+    fn key() -> AuditKey {
+        AuditKey::new([7; 32])
+    }
+
     fn log(tag: &str) -> (AuditLog, std::path::PathBuf) {
         let p = std::env::temp_dir().join(format!("medsfu-audit-{}-{tag}.db", std::process::id()));
-        for ext in ["", "-wal", "-shm"] {
+        for ext in ["", "-wal", "-shm", "-head", "-head.lock"] {
             let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
         }
-        (AuditLog::open(&p).unwrap(), p)
+        (AuditLog::open(&p, key()).unwrap(), p)
+    }
+
+    #[test]
+    fn entries_cut_off_the_end_are_found_by_the_head_anchor() {
+        let (a, p) = log("truncate");
+        for i in 0..12 {
+            a.append(event(i)).unwrap();
+        }
+        assert_eq!(a.verify().unwrap(), (Vec::new(), 12));
+        // Deleting the last 10 entries leaves a consistent chain: only the anchor knows.
+        a.db()
+            .execute("DELETE FROM audit WHERE seq > 2", [])
+            .unwrap();
+        let (problems, n) = a.verify().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            problems,
+            vec!["the trail ends at entry 2 but its head anchor records entry 12: 10 entries were removed from the end".to_owned()]
+        );
+        // Removing the anchor too is said, not taken for a fresh trail.
+        std::fs::remove_file(head_path(&p)).unwrap();
+        assert_eq!(
+            a.verify().unwrap().0,
+            vec![
+                "head anchor missing: the end of the trail cannot be checked (was it deleted?)"
+                    .to_owned()
+            ]
+        );
+        // A rewritten anchor without the key is a forgery.
+        std::fs::write(
+            head_path(&p),
+            format!("2 {} {}\n", a.entries().unwrap()[1].hash, "0".repeat(64)),
+        )
+        .unwrap();
+        assert_eq!(
+            a.verify().unwrap().0,
+            vec!["head anchor forged or written under another key".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_chain_rewritten_without_the_key_does_not_verify() {
+        let (a, p) = log("rekey");
+        for i in 0..3 {
+            a.append(event(i)).unwrap();
+        }
+        // Someone with the database but not the key rewrites entry 2 and re-chains with
+        // plain SHA-256, or with a key of their own.
+        let all = a.entries().unwrap();
+        let mut forged = all[1].event.clone();
+        forged.actor = "nobody".into();
+        let h2 = keyed_chain_hash(&AuditKey::new([1; 32]), &all[0].hash, 2, &forged);
+        a.db()
+            .execute(
+                "UPDATE audit SET actor = 'nobody', hash = ?1 WHERE seq = 2",
+                [&h2],
+            )
+            .unwrap();
+        let problems = a.verify().unwrap().0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "entry 2: altered (its hash does not match)"),
+            "{problems:?}"
+        );
+        // The right key, reopened later, verifies what it wrote.
+        let (b, _) = log("rekey-2");
+        b.append(event(0)).unwrap();
+        drop(b);
+        let p2 = p.with_file_name(
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace("rekey", "rekey-2"),
+        );
+        assert_eq!(
+            AuditLog::open(&p2, key()).unwrap().verify().unwrap(),
+            (Vec::new(), 1)
+        );
+        assert!(!AuditLog::open(&p2, AuditKey::new([1; 32]))
+            .unwrap()
+            .verify()
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn a_trail_from_before_keys_goes_on_keyed_and_still_verifies() {
+        let (a, _) = log("legacy");
+        // Two entries as an older medsfu wrote them: plain SHA-256, no `keyed` flag.
+        let db = a.db();
+        let mut prev = GENESIS.to_owned();
+        for seq in 1..=2 {
+            let e = event(seq);
+            let h = chain_hash(&prev, seq, &e);
+            db.execute(
+                "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash, keyed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)",
+                rusqlite::params![seq, e.at_unix_ms, e.actor, e.role, e.action, e.room, e.source, e.detail, prev, h],
+            )
+            .unwrap();
+            prev = h;
+        }
+        drop(db);
+        assert!(!a.has_keyed_entries().unwrap());
+        assert_eq!(a.verify().unwrap(), (Vec::new(), 2));
+        a.append(event(3)).unwrap();
+        assert!(a.has_keyed_entries().unwrap());
+        assert_eq!(a.verify().unwrap(), (Vec::new(), 3));
+        // An unkeyed entry after keyed ones is a forgery.
+        let last = a.entries().unwrap().pop().unwrap();
+        let e = event(4);
+        let h = chain_hash(&last.hash, 4, &e);
+        a.db()
+            .execute(
+                "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash, keyed)
+                 VALUES (4, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+                rusqlite::params![e.at_unix_ms, e.actor, e.role, e.action, e.room, e.source, e.detail, last.hash, h],
+            )
+            .unwrap();
+        let problems = a.verify().unwrap().0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "entry 4: unkeyed after keyed entries (written without the key)"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -275,7 +644,7 @@ mod tests {
             assert_eq!(e.seq, i + 1);
         }
         drop(a);
-        let a = AuditLog::open(&p).unwrap();
+        let a = AuditLog::open(&p, key()).unwrap();
         a.append(event(5)).unwrap();
         assert_eq!(a.verify().unwrap(), (Vec::new(), 6));
         assert_eq!(a.entries().unwrap()[0].prev, GENESIS);
@@ -329,8 +698,8 @@ mod tests {
             .unwrap();
         for e in [&all[2], &all[1]] {
             db.execute(
-                "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO audit (seq, at_unix_ms, actor, role, action, room, source, detail, prev, hash, keyed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1)",
                 rusqlite::params![
                     e.seq + 100, e.event.at_unix_ms, e.event.actor, e.event.role, e.event.action,
                     e.event.room, e.event.source, e.event.detail, e.prev, e.hash
@@ -360,5 +729,9 @@ mod tests {
         );
         assert_ne!(chain_hash(GENESIS, 2, &e), h);
         assert_eq!(chain_hash(GENESIS, 1, &e), h);
+        let k = keyed_chain_hash(&key(), GENESIS, 1, &e);
+        assert_ne!(keyed_chain_hash(&key(), GENESIS, 1, &moved), k);
+        assert_ne!(keyed_chain_hash(&AuditKey::new([8; 32]), GENESIS, 1, &e), k);
+        assert_ne!(k, h);
     }
 }

@@ -134,8 +134,48 @@ struct DeviceArgs {
 fn open_audit(cfg: &Config) -> Result<medsfu_audit::AuditLog> {
     std::fs::create_dir_all(&cfg.data.dir)
         .with_context(|| format!("creating {}", cfg.data.dir.display()))?;
-    medsfu_audit::AuditLog::open(&audit_path(cfg))
+    medsfu_audit::AuditLog::open(&audit_path(cfg), audit_key(cfg, true)?)
         .with_context(|| format!("audit trail {}", audit_path(cfg).display()))
+}
+
+/// The audit trail's key, in its own file beside the database (`create`: made when
+/// missing, unless the trail is keyed already: a new key would not verify it).
+fn audit_key(cfg: &Config, create: bool) -> Result<medsfu_audit::AuditKey> {
+    let path = cfg.data.dir.join("audit.key");
+    if !path.exists() {
+        anyhow::ensure!(
+            create,
+            "no audit key at {}: the trail cannot be checked without it",
+            path.display()
+        );
+        let db = audit_path(cfg);
+        if db.exists() {
+            let probe = medsfu_audit::AuditLog::open(&db, medsfu_audit::AuditKey::new([0; 32]))?;
+            anyhow::ensure!(
+                !probe.has_keyed_entries()?,
+                "the audit trail {} is keyed but its key {} is missing: restore the key file",
+                db.display(),
+                path.display()
+            );
+        }
+        let key: [u8; 32] = rand::random();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, hex.as_bytes())?;
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = text.trim();
+    let mut key = [0u8; 32];
+    anyhow::ensure!(
+        text.len() == 64 && text.is_ascii(),
+        "{} is not 64 hex digits",
+        path.display()
+    );
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("{} is not 64 hex digits", path.display()))?;
+    }
+    Ok(medsfu_audit::AuditKey::new(key))
 }
 
 /// Records an operator's action at the shell in the audit trail.
@@ -201,7 +241,7 @@ fn audit_cmd(a: AuditArgs) -> Result<()> {
     if !path.exists() {
         anyhow::bail!("no audit trail at {}", path.display());
     }
-    let log = medsfu_audit::AuditLog::open(&path)?;
+    let log = medsfu_audit::AuditLog::open(&path, audit_key(&cfg, false)?)?;
     let (problems, n) = log.verify()?;
     if problems.is_empty() {
         println!("audit trail intact: {n} entries");
@@ -510,7 +550,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
     medsfu_audit::AuditStore::append(
-        &medsfu_audit::AuditLog::open(&audit_path(&cfg))?,
+        &open_audit(&cfg)?,
         medsfu_audit::Event {
             at_unix_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             actor,

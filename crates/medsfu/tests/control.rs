@@ -1362,3 +1362,91 @@ async fn open_sessions_end_when_their_token_expires_or_their_account_is_disabled
     let v = again.recv().await;
     assert_eq!(v["code"], "account_disabled", "{v}");
 }
+
+/// Issue 16: the audit trail fails closed (an access it cannot record is refused), its
+/// chain is keyed (a key file beside the database), and cutting entries off its end is
+/// found by `audit verify` (it once reported "intact").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accesses_the_trail_cannot_record_are_refused_and_a_cut_trail_is_found() {
+    let server = Server::start(&[]);
+    user_add(&server.data.0, "ana", "consultant", PW);
+    let api = Api::new(&server);
+    api.login("ana", PW).await;
+    let data = server.data.0.clone();
+    let key = std::fs::read_to_string(data.join("audit.key")).expect("audit key file");
+    assert_eq!(key.trim().len(), 64, "32 bytes in hex");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("audit.key"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the key is the server's own: {mode:o}");
+
+    // The trail cannot be written (its lock is in the way): nothing is given out.
+    let lock = data.join("audit.db-head.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).expect("block the trail");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/login",
+            "",
+            Some(json!({ "user": "ana", "password": PW })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{v}"
+    );
+    let room = server.token("r1", "dr-x", "lead");
+    let (s, v) = api
+        .call("GET", "/api/rooms/r1/telemetry", &room, None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{v}"
+    );
+    let mut ws = Ws::connect(&server).await;
+    ws.send(json!({ "type": "join", "token": room, "id": 1 }))
+        .await;
+    let e = ws.recv_type("error").await;
+    assert_eq!(e["code"], "audit_unavailable", "{e}");
+    // Back: accesses are given again.
+    std::fs::remove_dir(&lock).expect("unblock");
+    api.login("ana", PW).await;
+    let (ws, _) = join(&server, &room).await;
+    drop(ws);
+    // The server stops (nothing appends any more); its trail verifies, then the last
+    // entries are cut off with the database alone.
+    let kept = server.kill();
+    let data = kept.0.clone();
+    let verify = || {
+        std::process::Command::new(support::bin())
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("medsfu audit verify")
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.starts_with("audit trail intact"),
+        "{text}"
+    );
+    let n: i64 = text
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("entry count");
+    let db = rusqlite::Connection::open(data.join("audit.db")).expect("open the trail");
+    db.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    db.execute("DELETE FROM audit WHERE seq > ?1", [n - 3])
+        .expect("cut the end");
+    drop(db);
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("entries were removed from the end"), "{text}");
+}
