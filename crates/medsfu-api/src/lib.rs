@@ -62,6 +62,8 @@ struct Inner {
     cors_origins: Vec<axum::http::HeaderValue>,
     /// Silences (ms) after which the page marks media and vitals stale.
     page_stale_ms: (u64, u64),
+    /// Signalling requests refused because a session exceeded its allowance.
+    signalling_limited: prometheus::IntCounter,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
                 tokens,
                 sessions: whip::Sessions::default(),
                 disk: disk_gauges(&metrics),
+                signalling_limited: signalling_limited(&metrics),
                 metrics: with_process_metrics(metrics),
                 hub,
                 stopping: tokio::sync::watch::Sender::new(false),
@@ -339,6 +342,17 @@ fn with_process_metrics(r: prometheus::Registry) -> prometheus::Registry {
         let _ = r.register(Box::new(c));
     }
     r
+}
+
+fn signalling_limited(r: &prometheus::Registry) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(
+        "medsfu_signalling_rate_limited_total",
+        "Signalling requests refused because the session asked too often (chat, snapshots, recording, anything)",
+    )
+    .expect("a valid metric name");
+    // Registered once per registry; a second state over the same registry shares nothing.
+    let _ = r.register(Box::new(c.clone()));
+    c
 }
 
 fn disk_gauges(r: &prometheus::Registry) -> Option<(prometheus::IntGauge, prometheus::IntGauge)> {

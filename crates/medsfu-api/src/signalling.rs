@@ -275,22 +275,73 @@ async fn next(socket: &mut WebSocket, last_seen: &mut Instant) -> Incoming {
 /// message that would be sent back, as text.
 pub fn parse_client_message(text: &str) -> Result<&'static str, String> {
     match parse(text) {
-        Ok(m) => Ok(match m {
-            ClientMessage::Join { .. } => "join",
-            ClientMessage::Publish { .. } => "publish",
-            ClientMessage::Answer { .. } => "answer",
-            ClientMessage::Subscribe { .. } => "subscribe",
-            ClientMessage::Unsubscribe { .. } => "unsubscribe",
-            ClientMessage::Candidate { .. } => "candidate",
-            ClientMessage::Leave { .. } => "leave",
-            ClientMessage::Ping { .. } => "ping",
-            ClientMessage::Chat { .. } => "chat",
-            ClientMessage::Camera { .. } => "camera",
-            ClientMessage::Record { .. } => "record",
-            ClientMessage::Screenshot { .. } => "screenshot",
-            ClientMessage::EcgSnapshot { .. } => "ecg_snapshot",
-        }),
+        Ok(m) => Ok(kind(&m)),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A message's type as the wire names it.
+fn kind(m: &ClientMessage) -> &'static str {
+    match m {
+        ClientMessage::Join { .. } => "join",
+        ClientMessage::Publish { .. } => "publish",
+        ClientMessage::Answer { .. } => "answer",
+        ClientMessage::Subscribe { .. } => "subscribe",
+        ClientMessage::Unsubscribe { .. } => "unsubscribe",
+        ClientMessage::Candidate { .. } => "candidate",
+        ClientMessage::Leave { .. } => "leave",
+        ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Chat { .. } => "chat",
+        ClientMessage::Camera { .. } => "camera",
+        ClientMessage::Record { .. } => "record",
+        ClientMessage::Screenshot { .. } => "screenshot",
+        ClientMessage::EcgSnapshot { .. } => "ecg_snapshot",
+    }
+}
+
+/// What a session may ask, per kind of request: a token bucket each, as (burst, refill
+/// per second). Chat lines are journaled and sent to everyone; screenshots, ECG
+/// snapshots and recording switches decode video, read the room's whole history or start
+/// writers: a client must not make the server do that in a loop. Everything else
+/// (signalling proper: offers, answers, candidates, camera steps, pings) gets a generous
+/// allowance that only a broken or hostile client meets.
+const BUDGETS: [(f64, f64); 4] = [(200.0, 50.0), (10.0, 5.0), (5.0, 1.0), (5.0, 1.0)];
+
+fn budget_class(kind: &str) -> usize {
+    match kind {
+        "chat" => 1,
+        "ecg_snapshot" | "screenshot" => 2,
+        "record" => 3,
+        _ => 0,
+    }
+}
+
+/// A session's request allowance (see [`BUDGETS`]).
+#[derive(Debug)]
+pub(crate) struct RequestBudget {
+    buckets: [(f64, Instant); 4],
+}
+
+impl RequestBudget {
+    pub(crate) fn new(now: Instant) -> RequestBudget {
+        RequestBudget {
+            buckets: BUDGETS.map(|(burst, _)| (burst, now)),
+        }
+    }
+
+    /// Takes one request of `kind`; when the allowance is spent, how long until it is not.
+    pub(crate) fn take(&mut self, kind: &str, now: Instant) -> Result<(), Duration> {
+        let c = budget_class(kind);
+        let (burst, rate) = BUDGETS[c];
+        let (tokens, at) = &mut self.buckets[c];
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
+        }
     }
 }
 
@@ -607,6 +658,7 @@ async fn run(
     mut last_seen: Instant,
 ) -> bool {
     let me = who.me;
+    let mut budget = RequestBudget::new(Instant::now());
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     let expires = std::time::UNIX_EPOCH
@@ -659,7 +711,21 @@ async fn run(
                 Incoming::Closed => return false,
                 Incoming::Other => {}
                 Incoming::Text(text) => {
-                    let parsed = parse(&text);
+                    let mut parsed = parse(&text);
+                    if let Ok(m) = &parsed {
+                        if let Err(wait) = budget.take(kind(m), Instant::now()) {
+                            state.inner.signalling_limited.inc();
+                            let id = serde_json::from_str::<Value>(&text)
+                                .ok()
+                                .and_then(|v| v.get("id").cloned());
+                            let msg = format!(
+                                "too many {} requests: try again in {:.1} s",
+                                kind(m),
+                                wait.as_secs_f64()
+                            );
+                            parsed = Err(error("rate_limited", msg, id));
+                        }
+                    }
                     let audited = parsed.as_ref().ok().and_then(auditable);
                     let reply = match parsed {
                         Ok(ClientMessage::Chat { text, id }) => chat(state, who, text, id).await,
@@ -969,5 +1035,42 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
                 Err(e) => media_error(e, id),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_request_has_its_own_allowance() {
+        let t0 = Instant::now();
+        let mut b = RequestBudget::new(t0);
+        // Five ECG snapshots or screenshots at once, then one a second.
+        for _ in 0..5 {
+            assert_eq!(b.take("ecg_snapshot", t0), Ok(()));
+        }
+        let wait = b.take("screenshot", t0).expect_err("spent");
+        assert!((0.9..=1.0).contains(&wait.as_secs_f64()), "{wait:?}");
+        // Recording has its own: a lead who took screenshots may still start it.
+        assert_eq!(b.take("record", t0), Ok(()));
+        // Chat and signalling are not held back by it.
+        for _ in 0..10 {
+            assert_eq!(b.take("chat", t0), Ok(()));
+        }
+        assert!(b.take("chat", t0).is_err());
+        for _ in 0..200 {
+            assert_eq!(b.take("candidate", t0), Ok(()));
+        }
+        assert!(b.take("ping", t0).is_err());
+        // Time refills each at its own rate, never beyond its burst.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.take("screenshot", later), Ok(()));
+        assert!(b.take("screenshot", later).is_err());
+        let much_later = t0 + Duration::from_secs(3600);
+        for _ in 0..10 {
+            assert_eq!(b.take("chat", much_later), Ok(()));
+        }
+        assert!(b.take("chat", much_later).is_err(), "the burst is the cap");
     }
 }

@@ -246,6 +246,8 @@ pub(crate) struct Engine {
     stun_rejected_unlogged: u64,
     /// When a rejected STUN message may be logged next.
     next_stun_log: Option<Instant>,
+    /// Lines of the H.264 renditions' pictures.
+    rendition_height: u32,
 }
 
 /// How often rejected STUN messages are logged (with their count), at most.
@@ -290,6 +292,7 @@ impl Engine {
         recordings: Option<crate::RecordingSettings>,
         stats: Arc<MediaStats>,
         commands: mpsc::Sender<Command>,
+        rendition_height: u32,
     ) -> Engine {
         Engine {
             socket,
@@ -318,6 +321,7 @@ impl Engine {
             counters_seen: medsfu_core::CoreCounters::default(),
             stun_rejected_unlogged: 0,
             next_stun_log: None,
+            rendition_height,
         }
     }
 
@@ -1001,6 +1005,7 @@ impl Engine {
         if let Some(tx) = self.transcode_inputs.get(&r.subscriber) {
             let input = crate::transcode::Input {
                 seq: r.header.sequence_number,
+                arrived: now,
                 marker: r.header.marker,
                 payload: r.payload,
             };
@@ -2095,6 +2100,7 @@ impl Engine {
         let tx = crate::transcode::spawn(
             track,
             down,
+            self.rendition_height,
             self.commands.clone(),
             self.stats.transcode_latency.clone(),
             self.stats.transcoders_running.clone(),

@@ -15,7 +15,7 @@ mod peer;
 pub mod record;
 pub mod sdp;
 pub mod socket;
-mod transcode;
+pub mod transcode;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +48,8 @@ pub struct MediaConfig {
     pub core: CoreConfig,
     /// Recording on demand and the automatic voice archive; `None` records nothing.
     pub recordings: Option<RecordingSettings>,
+    /// Lines of the H.264 renditions of H.265 video (360 or 720; the width follows).
+    pub rendition_height: u32,
 }
 
 /// Where recordings are written and what is archived without being asked.
@@ -555,7 +557,7 @@ impl MediaStats {
                         "Time a picture spends in the H.265-to-H.264 transcoder",
                     )
                     .buckets(vec![
-                        0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+                        0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
                     ]),
                 )?;
                 registry.register(Box::new(h.clone()))?;
@@ -752,6 +754,7 @@ impl MediaServer {
             cfg.recordings,
             stats.clone(),
             tx.clone(),
+            cfg.rendition_height,
         );
         tokio::spawn(engine.run(rx));
         Ok(MediaHandle {

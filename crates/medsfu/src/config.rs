@@ -144,6 +144,8 @@ pub struct WebRtc {
     pub receive_buffer_bytes: usize,
     /// Send buffer asked of the kernel for the media socket (SO_SNDBUF), in bytes.
     pub send_buffer_bytes: usize,
+    /// Lines of the H.264 rendition made for browsers without H.265: 360 or 720.
+    pub rendition_height: u32,
 }
 
 /// Data settings.
@@ -268,6 +270,7 @@ impl Default for WebRtc {
             announce: None,
             receive_buffer_bytes: 4 << 20,
             send_buffer_bytes: 4 << 20,
+            rendition_height: 360,
         }
     }
 }

@@ -763,6 +763,11 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
          set webrtc.announce (MEDSFU_WEBRTC__ANNOUNCE) to the address clients reach",
         cfg.webrtc.listen
     );
+    anyhow::ensure!(
+        (144..=1080).contains(&cfg.webrtc.rendition_height) && cfg.webrtc.rendition_height % 2 == 0,
+        "webrtc.rendition_height {} is not an even number of lines from 144 to 1080 (360 or 720)",
+        cfg.webrtc.rendition_height
+    );
     let key = token_key(&cfg)?;
     restrict_data_dir(&cfg.data.dir)?;
     // How to run another simulated ambulance against this server: same configuration
@@ -791,6 +796,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 announce: cfg.webrtc.announce,
                 receive_buffer_bytes: cfg.webrtc.receive_buffer_bytes,
                 send_buffer_bytes: cfg.webrtc.send_buffer_bytes,
+                rendition_height: cfg.webrtc.rendition_height,
                 core: cfg.core.to_core(),
                 recordings: cfg.recording.enabled.then(|| medsfu_webrtc::RecordingSettings {
                     dir: cfg.data.dir.join(&cfg.recording.dir),

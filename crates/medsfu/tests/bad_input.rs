@@ -273,6 +273,53 @@ async fn bad_signalling_messages_get_errors_and_the_session_stays_usable() {
     assert!(!server.logs().contains("panicked"));
 }
 
+/// Issue 16: requests that make the server work (ECG snapshots read the whole history and
+/// write a PDF) have an allowance per session; beyond it the client is told when to try
+/// again, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_asking_too_often_is_told_to_wait_and_stays_usable() {
+    let server = Server::start(&[]);
+    let mut ws = Ws::connect(&server).await;
+    let ok = server.token("r2", "me", "lead");
+    ws.send(json!({ "type": "join", "token": ok, "id": 1 }))
+        .await;
+    ws.recv_type("joined").await;
+    for id in 10..17 {
+        ws.send(json!({ "type": "ecg_snapshot", "seconds": 10, "id": id }))
+            .await;
+    }
+    let mut codes = Vec::new();
+    for _ in 10..17 {
+        let e = ws.recv_type("error").await;
+        if e["code"] == "rate_limited" {
+            assert!(
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("try again in")),
+                "{e}"
+            );
+        }
+        codes.push((
+            e["id"].as_i64().unwrap_or(0),
+            e["code"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    codes.sort();
+    let limited: Vec<i64> = codes
+        .iter()
+        .filter(|(_, c)| c == "rate_limited")
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(limited, [15, 16], "five at once, then none: {codes:?}");
+    // Other requests are not held back.
+    ws.send(json!({ "type": "ping", "id": 20 })).await;
+    assert_eq!(ws.recv_type("pong").await["id"], 20);
+    assert_eq!(
+        server.metric("medsfu_signalling_rate_limited_total").await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_media_port_is_counted_and_dropped() {
     let server = Server::start(&[]);

@@ -2007,7 +2007,13 @@ async fn the_lead_records_the_room_all_voice_is_archived_and_a_kill_9_leaves_pla
     let voice = find_file(&dir, &["-voice-", "cabin_audio", ".ogg"]);
     let (stream, duration) = probe(&voice, "a:0");
     assert!(stream.starts_with("opus"), "{stream}");
-    assert!(duration >= recorded, "voice archive {duration} s");
+    // It began before the recording; on disk it is whole pages of a second, so the last
+    // second may still be in memory (which made this flaky when the vehicle joined less
+    // than a second before the recording started).
+    assert!(
+        duration + 1.0 >= recorded,
+        "voice archive {duration} s for {recorded:.2} s recorded"
+    );
 
     // The lead takes screenshots of the roof camera, whole and one sector; others may not.
     let track = meta["track"].as_str().expect("track id").to_owned();
@@ -2343,7 +2349,15 @@ async fn a_lost_ambulance_link_is_shown_as_stale_within_seconds_and_its_return_i
         .await
         != Some(1.0)
     {
-        assert!(Instant::now() < deadline, "link_down never became 1");
+        assert!(
+            Instant::now() < deadline,
+            "link_down never became 1: {:?}",
+            server
+                .logs()
+                .lines()
+                .filter(|l| l.contains("vehicle"))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for gone in [
@@ -2602,8 +2616,10 @@ async fn a_dispatcher_sees_calls_in_progress_with_positions_and_joins_one_uninvi
         "the dispatcher in the call with ECG and video",
     )
     .await;
-    // The first pictures are whole: the rendition starts decoding at a keyframe. (It once
-    // decoded the pictures after a lost one: grey, with only the moving edges drawn.)
+    // The first pictures are whole: the rendition starts decoding at a keyframe. (Its
+    // ffmpeg once threw the first keyframe away with what stream analysis read, and on a
+    // busy machine decoded the pictures after it without their reference: grey, with only
+    // the moving edges drawn, until the next keyframe.)
     let chroma_js = "(() => { const v = document.querySelector('#tiles .tile video');
                const c = document.createElement('canvas'); c.width = 64; c.height = 36;
                const x = c.getContext('2d'); x.drawImage(v, 0, 0, 64, 36);

@@ -312,13 +312,23 @@ impl Ws {
     }
 
     /// Skips messages until one of type `ty` arrives.
+    /// The next message of type `ty` (others are skipped), within 30 s: a session that
+    /// keeps sending other things (telemetry) must not make a test wait for ever.
     pub async fn recv_type(&mut self, ty: &str) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["type"] == ty {
-                return v;
+        let mut skipped = Vec::new();
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let v = self.recv().await;
+                if v["type"] == ty {
+                    return v;
+                }
+                if skipped.len() < 20 && v["type"] != "telemetry" {
+                    skipped.push(v);
+                }
             }
-        }
+        })
+        .await;
+        waited.unwrap_or_else(|_| panic!("no {ty:?} message within 30 s; skipped: {skipped:?}"))
     }
 }
 
