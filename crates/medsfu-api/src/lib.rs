@@ -161,7 +161,7 @@ impl AppState {
             return;
         }
         let now = std::time::Instant::now();
-        let (verdict, ended) = self.inner.refusals.note(peer, code, now);
+        let (verdict, ended) = self.inner.refusals.note(peer, actor, code, now);
         self.start_refusal_sweeper();
         if let Some(s) = ended {
             write_refusal_summary(self.inner.audit.as_ref(), s, now).await;
@@ -177,6 +177,15 @@ impl AppState {
                 detail,
             )
             .await;
+        }
+    }
+
+    /// Writes the summaries of every refusal counted so far (at shutdown, so that none is
+    /// lost with the process).
+    pub async fn flush_refusals(&self) {
+        let now = std::time::Instant::now();
+        for s in self.inner.refusals.take_all() {
+            write_refusal_summary(self.inner.audit.as_ref(), s, now).await;
         }
     }
 
@@ -395,12 +404,14 @@ async fn write_refusal_summary(
 ) {
     let since = std::time::SystemTime::now() - now.saturating_duration_since(s.since);
     let source = match s.source {
+        Some(std::net::IpAddr::V6(net)) => format!("http from={net}/64"),
         Some(ip) => format!("http from={ip}"),
         None => "http from=(more sources than remembered)".to_owned(),
     };
     let detail = serde_json::json!({
         "refused": s.code,
         "count": s.counted,
+        "accounts": s.accounts,
         "since_unix_ms": control::unix_ms(since),
         "window_s": refusal_log::WINDOW.as_secs(),
     });

@@ -9,6 +9,22 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The network a source address stands for: an IPv4 address itself, an IPv6 address its
+/// /64 (one subscriber's prefix: rotating through it must not buy fresh allowances).
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
+
 /// Addresses remembered at most; past it, those with a full allowance are forgotten first.
 const MAX_SOURCES: usize = 10_000;
 
@@ -40,6 +56,7 @@ impl LoginRate {
         if self.per_minute == 0 {
             return Ok(());
         }
+        let source = network(source);
         let capacity = f64::from(self.per_minute);
         let per_sec = capacity / 60.0;
         let refill = |b: &Bucket| {
@@ -97,6 +114,27 @@ mod tests {
             assert_eq!(rate.take(a, later), Ok(()));
         }
         assert!(rate.take(a, later).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_shares_one_allowance() {
+        let t0 = Instant::now();
+        let rate = LoginRate::new(3);
+        // Rotating through one /64 does not buy a fresh allowance.
+        for i in 0..3u16 {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, i, 0, 0, 1);
+            assert_eq!(rate.take(ip.into(), t0), Ok(()));
+        }
+        let rotated = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0xffff, 9, 9, 9);
+        assert!(rate.take(rotated.into(), t0).is_err());
+        // The neighbouring /64 is someone else.
+        let other = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1);
+        assert_eq!(rate.take(other.into(), t0), Ok(()));
+        // An IPv4 address written as IPv6 is the IPv4 address.
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let mapped: IpAddr = std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().into();
+        assert_eq!(network(mapped), v4);
+        assert_eq!(network(v4), v4);
     }
 
     #[test]

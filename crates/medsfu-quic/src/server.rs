@@ -774,11 +774,7 @@ async fn session(
                 Ok(d) => on_datagram(ctx, &mut flows, &d),
                 Err(e) => {
                     debug!(%participant, error = %e, "vehicle connection ended");
-                    return match e {
-                        quinn::ConnectionError::ApplicationClosed(_)
-                        | quinn::ConnectionError::LocallyClosed => LeaveReason::Left,
-                        _ => LeaveReason::Timeout,
-                    };
+                    return ended(&e);
                 }
             },
             l = lines.next(), if control_open => match l {
@@ -819,6 +815,11 @@ async fn session(
                 }
                 Ok(None) => control_open = false,
                 Err(e) => {
+                    // A connection that ended (an idle timeout ends the control stream
+                    // in the same instant as the datagrams) is not a stream violation.
+                    if let Some(closed) = conn.close_reason() {
+                        return ended(&closed);
+                    }
                     let m = ServerMessage::Error { code: "bad_stream".into(), message: e };
                     let _ = send_line(&mut send, &m).await;
                     conn.close(3u32.into(), b"control stream violation");
@@ -851,6 +852,16 @@ async fn session(
                 None => return LeaveReason::Left,
             },
         }
+    }
+}
+
+/// Why a vehicle whose connection ended left: it closed it, or its link was lost.
+fn ended(e: &quinn::ConnectionError) -> LeaveReason {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => {
+            LeaveReason::Left
+        }
+        _ => LeaveReason::Timeout,
     }
 }
 

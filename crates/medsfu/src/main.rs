@@ -978,6 +978,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
             state = state.with_recordings(cfg.data.dir.join(&cfg.recording.dir));
         }
         let app = medsfu_api::router(state.clone());
+        let flush = state.clone();
         let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
         let stopping = {
             let quic = quic.clone();
@@ -1006,6 +1007,8 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 }
             } => warn!("connections still open after the grace period; exiting"),
         }
+        // Refusals counted but not yet summed up go into the trail before it closes.
+        flush.flush_refusals().await;
         if let Some(q) = quic {
             q.close();
             // Let the close frames leave; every acknowledged frame is already on disk.

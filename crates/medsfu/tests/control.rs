@@ -1279,6 +1279,45 @@ async fn refused_requests_cannot_fill_the_disk_through_the_audit_trail() {
             >= 200.0,
         "every refusal is still counted"
     );
+    // The minute is not over, yet nothing counted is lost when the server stops: the
+    // summaries are written at shutdown, naming the first accounts tried.
+    let (status, _, data) = server.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    let db = rusqlite::Connection::open(data.0.join("audit.db")).expect("open the trail");
+    let mut q = db
+        .prepare("SELECT source, detail FROM audit WHERE action = 'refused_aggregated'")
+        .expect("query");
+    let rows: Vec<(String, serde_json::Value)> = q
+        .query_map([], |r| {
+            let d: String = r.get(1)?;
+            Ok((r.get(0)?, serde_json::from_str(&d).unwrap_or_default()))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    eprintln!("summaries: {rows:?}");
+    let failed = rows
+        .iter()
+        .find(|(_, d)| d["refused"] == "login_failed")
+        .expect("a summary of the failed sign-ins");
+    assert_eq!(failed.1["count"], 195, "{failed:?}");
+    assert_eq!(
+        failed.1["accounts"].as_array().map(Vec::len),
+        Some(5),
+        "the first five names tried: {failed:?}"
+    );
+    assert!(failed.0.contains("from=127.0.0.1"), "{failed:?}");
+    let counted: u64 = rows
+        .iter()
+        .filter(|(_, d)| d["refused"] != "login_failed")
+        .filter_map(|(_, d)| d["count"].as_u64())
+        .sum();
+    assert_eq!(counted + rows_refused_in_full(&trail), 1000, "{rows:?}");
+}
+
+/// Refusals without a valid token that got a row of their own.
+fn rows_refused_in_full(trail: &[serde_json::Value]) -> u64 {
+    trail.iter().filter(|e| e["action"] == "refused").count() as u64
 }
 
 /// Issue 16 (medium): wrong guesses lock a name only for the address they came from, so a
