@@ -108,6 +108,12 @@ function showCentre() {
   };
   for (const t of ['call', 'call_taken', 'call_closed']) es.addEventListener(t, onCall);
   es.addEventListener('resync', () => { es.close(); state.calls.clear(); showCentre(); });
+  // The server ended the feed: the sign-in was revoked (account disabled, secret changed,
+  // device revoked). Back to the sign-in form, saying why.
+  es.addEventListener('ended', (ev) => {
+    const m = JSON.parse(ev.data);
+    signOut(); showError(`signed out: ${String(m.reason || 'ended').replace(/_/g, ' ')}`);
+  });
   es.onerror = () => { if (es.readyState === 2) showError('incoming calls: connection lost'); };
   state.callFeed = es;
   refreshRooms();

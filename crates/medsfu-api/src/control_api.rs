@@ -124,6 +124,9 @@ pub struct Caller {
     pub who: Principal,
     /// Where from.
     pub source: String,
+    /// The login token's grant: open feeds ask whether it still stands, and room tokens
+    /// handed out carry its device on.
+    pub grant: crate::Grant,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -148,10 +151,11 @@ impl FromRequestParts<AppState> for Caller {
         match verified {
             Ok(g) => Ok(Caller {
                 who: Principal {
-                    name: g.identity,
+                    name: g.identity.clone(),
                     role: g.role,
                 },
                 source,
+                grant: g,
             }),
             Err(e) => {
                 count_refusal(state, e.code);
@@ -588,7 +592,7 @@ async fn login_with(
             let token = state
                 .inner
                 .tokens
-                .issue_api(&account.name, role, SystemTime::now(), ttl);
+                .issue_api_on(&account.name, role, device.as_deref(), SystemTime::now(), ttl);
             let audited = crate::control::audit(
                 state.inner.audit.as_ref(),
                 &account.name,
@@ -769,7 +773,10 @@ pub async fn call_events(
     })
     .await?;
     let stopping = state.clone();
+    let grant = c.grant;
     let stream = async_stream(move |tx| async move {
+        let revoked = stopping.revoked(grant);
+        tokio::pin!(revoked);
         for (r, opened_at_ms) in ringing.into_iter().zip(opened) {
             let ev = json!({
                 "type": "call", "room": r.name, "vehicle": r.vehicle, "by": r.opened_by,
@@ -782,6 +789,11 @@ pub async fn call_events(
         loop {
             tokio::select! {
                 () = stopping.stopping() => return,
+                // A revoked sign-in ends the feed, saying why.
+                e = &mut revoked => {
+                    let _ = tx.send(json!({ "type": "ended", "reason": e.code })).await;
+                    return;
+                }
                 // The client went away: stop at once, not at the next event.
                 () = tx.closed() => return,
                 ev = feed.recv() => match ev {
@@ -831,10 +843,10 @@ pub async fn accept_call(
         d.accept(&room, who, now)
     })
     .await?;
-    Ok(Json(room_token_for(&state, &room, &c.who.name, Role::Lead)))
+    Ok(Json(room_token_for(&state, &room, &c, Role::Lead)))
 }
 
-fn room_token_for(state: &AppState, room: &str, user: &str, role: Role) -> RoomTokenResponse {
+fn room_token_for(state: &AppState, room: &str, c: &Caller, role: Role) -> RoomTokenResponse {
     let ttl = state
         .inner
         .control
@@ -846,7 +858,7 @@ fn room_token_for(state: &AppState, room: &str, user: &str, role: Role) -> RoomT
         token: state
             .inner
             .tokens
-            .issue(room, user, role, SystemTime::now(), ttl),
+            .issue_on(room, &c.who.name, role, c.grant.device.as_deref(), SystemTime::now(), ttl),
         room: room.to_owned(),
         role: role.as_str().to_owned(),
         expires_in_s: ttl.as_secs(),
@@ -1156,7 +1168,7 @@ pub async fn room_token(
             d.authorize(who, Action::JoinMedia, Some(&room))
         })
         .await?;
-    Ok(Json(room_token_for(&state, &room, &c.who.name, role)))
+    Ok(Json(room_token_for(&state, &room, &c, role)))
 }
 
 /// The audit trail, newest last (admins).

@@ -302,6 +302,18 @@ impl AppState {
         let Some(c) = &self.inner.control else {
             return Ok(());
         };
+        if let Some(device) = &g.device {
+            let store = c.store();
+            let name = device.clone();
+            let d = control::blocking(move || store.device(&name)).await?;
+            if d.is_none_or(|d| d.revoked) {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "device_revoked",
+                    "the device this sign-in was made on was revoked",
+                ));
+            }
+        }
         let store = c.store();
         let name = g.identity.clone();
         match control::blocking(move || store.account(&name)).await? {
@@ -325,6 +337,29 @@ impl AppState {
             )),
             // Identities without an account: vehicles, an operator's `medsfu token`.
             None => Ok(()),
+        }
+    }
+
+    /// Resolves, with the reason, once `g` no longer stands (asked every few seconds): a
+    /// disabled account, a changed secret or a revoked device ends open sessions within
+    /// seconds; a store that fails for a moment does not.
+    pub(crate) async fn revoked(&self, g: Grant) -> ApiError {
+        let mut tick = tokio::time::interval(RECHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.still_allowed(&g, false).await {
+                if matches!(
+                    e.code,
+                    "account_disabled"
+                        | "token_revoked"
+                        | "account_unknown"
+                        | "token_expired"
+                        | "device_revoked"
+                ) {
+                    return e;
+                }
+            }
         }
     }
 
@@ -417,6 +452,9 @@ async fn write_refusal_summary(
     });
     control::audit(log, "", "", "refused_aggregated", "", &source, detail).await;
 }
+
+/// How often open sessions ask whether their token still stands.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 

@@ -26,7 +26,6 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
 /// How often an open session checks that its token still stands (account not disabled,
 /// secret not changed); expiry ends it at the second.
-const RECHECK_EVERY: Duration = Duration::from_secs(3);
 const JOIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// A message from the client.
@@ -561,6 +560,7 @@ async fn joined_session(
             role: grant.role,
             issued_at_ms: grant.issued_at_ms,
             expires_at: grant.expires_at,
+            device: grant.device.clone(),
         };
         ended_by_server = run(&state, &mut socket, &mut events, &mut who, feed, last_seen).await;
     }
@@ -619,6 +619,8 @@ struct Who {
     /// token expires or is revoked.
     issued_at_ms: u64,
     expires_at: u64,
+    /// The device a crew member signed in on: revoking it ends the session.
+    device: Option<String>,
 }
 
 impl Who {
@@ -629,6 +631,7 @@ impl Who {
             role: self.role,
             issued_at_ms: self.issued_at_ms,
             expires_at: self.expires_at,
+            device: self.device.clone(),
         }
     }
 }
@@ -660,7 +663,8 @@ async fn run(
     let me = who.me;
     let mut budget = RequestBudget::new(Instant::now());
     let mut ping = tokio::time::interval(PING_EVERY);
-    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    let revoked = state.revoked(who.grant());
+    tokio::pin!(revoked);
     let expires = std::time::UNIX_EPOCH
         .checked_add(Duration::from_secs(who.expires_at))
         .unwrap_or(std::time::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)));
@@ -754,18 +758,9 @@ async fn run(
                     }
                 }
             },
-            _ = recheck.tick() => {
-                // A disabled account or a changed secret ends the session within seconds; a
-                // store that fails for a moment does not.
-                if let Err(e) = state.still_allowed(&who.grant(), false).await {
-                    if matches!(
-                        e.code,
-                        "account_disabled" | "token_revoked" | "account_unknown" | "token_expired"
-                    ) {
-                        end_for(socket, &e).await;
-                        return false;
-                    }
-                }
+            e = &mut revoked => {
+                end_for(socket, &e).await;
+                return false;
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > DEAD_AFTER {

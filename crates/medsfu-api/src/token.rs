@@ -32,6 +32,10 @@ pub struct Claims {
     /// the control API (then `room` is empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The registered device a crew member signed in on (empty otherwise): revoking the
+    /// device ends what its tokens opened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dev: String,
 }
 
 /// The scope of control API tokens (a user's login session).
@@ -50,6 +54,8 @@ pub struct Grant {
     pub issued_at_ms: u64,
     /// When it expires (seconds since 1970).
     pub expires_at: u64,
+    /// The device a crew member signed in on, if any.
+    pub device: Option<String>,
 }
 
 /// Why a token was refused (each is a 401 with this reason).
@@ -134,6 +140,50 @@ impl TokenKey {
         now: SystemTime,
         ttl: Duration,
     ) -> String {
+        self.issue_on(room, identity, role, None, now, ttl)
+    }
+
+    /// Issues a room token for a holder signed in on `device` (a crew's tablet).
+    pub fn issue_on(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        device: Option<&str>,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> String {
+        self.sign(room, identity, role, device, "", now, ttl)
+    }
+
+    /// Issues a control API token (a login session) for an account or device.
+    pub fn issue_api(&self, identity: &str, role: Role, now: SystemTime, ttl: Duration) -> String {
+        self.issue_api_on(identity, role, None, now, ttl)
+    }
+
+    /// Issues a control API token for an account signed in on `device`.
+    pub fn issue_api_on(
+        &self,
+        identity: &str,
+        role: Role,
+        device: Option<&str>,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> String {
+        self.sign("", identity, role, device, API_SCOPE, now, ttl)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        device: Option<&str>,
+        scope: &str,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> String {
         let iat = unix(now);
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -143,24 +193,8 @@ impl TokenKey {
             iat,
             exp: iat + ttl.as_secs(),
             iat_ms: unix_ms(now),
-            scope: String::new(),
-        };
-        // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
-        encode(&Header::new(Algorithm::HS256), &claims, &self.enc).unwrap_or_default()
-    }
-
-    /// Issues a control API token (a login session) for an account or device.
-    pub fn issue_api(&self, identity: &str, role: Role, now: SystemTime, ttl: Duration) -> String {
-        let iat = unix(now);
-        let claims = Claims {
-            iss: ISSUER.to_owned(),
-            sub: identity.to_owned(),
-            room: String::new(),
-            role: role.as_str().to_owned(),
-            iat,
-            exp: iat + ttl.as_secs(),
-            iat_ms: unix_ms(now),
-            scope: API_SCOPE.to_owned(),
+            scope: scope.to_owned(),
+            dev: device.unwrap_or_default().to_owned(),
         };
         // Encoding HS256 with an HMAC key cannot fail for serialisable claims.
         encode(&Header::new(Algorithm::HS256), &claims, &self.enc).unwrap_or_default()
@@ -213,6 +247,7 @@ impl TokenKey {
                     c.iat.saturating_mul(1000)
                 },
                 expires_at: c.exp,
+                device: (!c.dev.is_empty()).then_some(c.dev),
             },
             c.scope,
         ))

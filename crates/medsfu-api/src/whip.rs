@@ -258,10 +258,24 @@ async fn create(
     let room_name = room.clone();
     tokio::spawn(async move {
         let mut reason = "closed";
-        while let Some(ev) = rx.recv().await {
-            if let SessionEvent::Removed(r) = ev {
-                reason = r.as_str();
-                break;
+        // A disabled account, changed secret or revoked device ends the media too.
+        let revoked = st.revoked(grant);
+        tokio::pin!(revoked);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(SessionEvent::Removed(r)) => {
+                        reason = r.as_str();
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                e = &mut revoked => {
+                    reason = e.code;
+                    st.inner.media.leave(participant).await;
+                    break;
+                }
             }
         }
         if deleted.load(std::sync::atomic::Ordering::Acquire) {
@@ -291,7 +305,8 @@ async fn create(
         .into_response())
 }
 
-fn session_for(
+/// The session `id` of `room`, if the request's token still stands and is its owner's.
+async fn session_for(
     state: &AppState,
     headers: &HeaderMap,
     room: &str,
@@ -301,6 +316,7 @@ fn session_for(
         .inner
         .tokens
         .verify_for_room(bearer(headers)?, room, SystemTime::now())?;
+    state.still_allowed(&grant, false).await?;
     let session = state
         .inner
         .sessions
@@ -326,7 +342,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let session = session_for(&state, &headers, &room, &id)?;
+    let session = session_for(&state, &headers, &room, &id).await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -378,7 +394,7 @@ pub async fn delete(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = session_for(&state, &headers, &room, &id)?;
+    let session = session_for(&state, &headers, &room, &id).await?;
     session
         .deleted
         .store(true, std::sync::atomic::Ordering::Release);

@@ -86,6 +86,8 @@ pub trait Store: Send + Sync {
     fn device_by_token(&self, token: &str) -> Result<Option<Device>, StoreError>;
     /// Revokes a device's token.
     fn revoke_device(&self, name: &str) -> Result<(), StoreError>;
+    /// A device by name (revoked ones too).
+    fn device(&self, name: &str) -> Result<Option<Device>, StoreError>;
     /// Every device, by name.
     fn devices(&self) -> Result<Vec<Device>, StoreError>;
 

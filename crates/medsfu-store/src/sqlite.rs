@@ -429,6 +429,18 @@ impl Store for SqliteStore {
         changed(n, &format!("device {name}"))
     }
 
+    fn device(&self, name: &str) -> Result<Option<Device>, StoreError> {
+        let db = self.db();
+        let d = db
+            .query_row(
+                "SELECT name, kind, revoked FROM devices WHERE name = ?1",
+                params![name],
+                device_row,
+            )
+            .optional()?;
+        Ok(d)
+    }
+
     fn devices(&self) -> Result<Vec<Device>, StoreError> {
         let db = self.db();
         let mut st = db.prepare("SELECT name, kind, revoked FROM devices ORDER BY name")?;

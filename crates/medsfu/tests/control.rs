@@ -1489,3 +1489,125 @@ async fn accesses_the_trail_cannot_record_are_refused_and_a_cut_trail_is_found()
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("entries were removed from the end"), "{text}");
 }
+
+/// Issue 16: revoking a crew's tablet ends what the crew signed in on it opened (the control
+/// API, the signalling session, a WHIP publication) within seconds, and a disabled account's
+/// call feed ends, saying why. Before, only account changes reached open sessions, and
+/// WHIP/WHEP sessions and the call feed ran on until they ended by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_device_ends_the_crews_sessions_and_a_disabled_account_loses_its_feed() {
+    let server = Server::start(&[]);
+    let data = server.data.0.clone();
+    user_add(&data, "crew1", "team", "4711");
+    user_add(&data, "crew2", "team", "1234");
+    user_add(&data, "ana", "consultant", PW);
+    user_add(&data, "root", "admin", PW);
+    let tablet = device_add(&data, "tablet-7");
+    let api = Api::new(&server);
+    let ana = api.login("ana", PW).await;
+    let root = api.login("root", PW).await;
+    let mut feed = Events::open(&server, &ana).await;
+    // Two crew members sign in on the same tablet: one publishes the cabin microphone
+    // (WHIP), the other follows the call's signalling.
+    let crew_login = |user: &str, pin: &str| {
+        json!({ "device_token": tablet, "user": user, "pin": pin })
+    };
+    let (s, v) = api
+        .call("POST", "/api/login/crew", "", Some(crew_login("crew1", "4711")))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let crew = v["token"].as_str().expect("token").to_owned();
+    let (s, call) = api.call("POST", "/api/calls", &crew, None).await;
+    assert_eq!(s, 201, "{call}");
+    let room = call["name"].as_str().expect("room").to_owned();
+    assert_eq!(feed.next().await["type"], "call");
+    let (s, v) = api
+        .call("POST", &format!("/api/calls/{room}/accept"), &ana, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/rooms/{room}/members"),
+            &ana,
+            Some(json!({ "user": "crew2" })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call("POST", "/api/login/crew", "", Some(crew_login("crew2", "1234")))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let crew2 = v["token"].as_str().expect("token").to_owned();
+    let room_token = api.room_token(&room, &crew2).await;
+    let (mut ws, _) = join(&server, &room_token).await;
+    let publisher_token = api.room_token(&room, &crew).await;
+    let mut whip = medsfu_client::whip(
+        &server.http,
+        &room,
+        &publisher_token,
+        medsfu_client::CodecSpec::opus(),
+    )
+    .await
+    .expect("WHIP from the tablet");
+    assert_eq!(whip.connected().await, medsfu_client::State::Connected);
+
+    medsfu_ok(&data, &["device", "revoke", "tablet-7"]);
+    let revoked_at = std::time::Instant::now();
+    let left = ws.recv_type("left").await;
+    println!(
+        "crew's signalling session ended {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert_eq!(left["reason"], "device_revoked", "{left}");
+    assert!(revoked_at.elapsed() < Duration::from_secs(8));
+    let (s, v) = api.call("GET", "/api/rooms", &crew, None).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("device_revoked")), "{v}");
+    let mut again = Ws::connect(&server).await;
+    again
+        .send(json!({ "type": "join", "token": room_token }))
+        .await;
+    let v = again.recv().await;
+    assert_eq!(v["code"], "device_revoked", "{v}");
+    // The publication ends on the server's side, in the audit trail with the reason; the
+    // revoked token can no longer touch it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, trail) = api
+            .call("GET", "/api/audit?limit=1000", &root, None)
+            .await;
+        assert_eq!(s, 200);
+        let ended = trail.as_array().expect("entries").iter().any(|e| {
+            let detail: Value = e["detail"]
+                .as_str()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or_default();
+            e["action"] == "whip_end" && detail["reason"] == "device_revoked"
+        });
+        if ended {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no whip_end for the revoked device: {:?}",
+            trail
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("whip")))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(whip.delete().await.expect("DELETE"), 401);
+
+    // Ana's call feed ends within seconds of `user disable`, with the reason.
+    medsfu_ok(&data, &["user", "disable", "ana"]);
+    let ended = loop {
+        let ev = feed.next().await;
+        if ev["type"] == "ended" {
+            break ev;
+        }
+    };
+    assert_eq!(ended["reason"], "account_disabled", "{ended}");
+}
