@@ -14,7 +14,8 @@ vehicles=${VEHICLES:-0}
 if [ "$vehicles" -gt 0 ]; then
   $bin/medsfu certs --data-dir "$dir" >/dev/null
 fi
-$bin/medsfu serve --data-dir "$dir" --http-listen 127.0.0.1:0 --webrtc-listen 127.0.0.1:0 \
+# The load's vehicles publish into one operator room ("load"), not into calls.
+MEDSFU_VEHICLE__OPEN_ROOMS=true $bin/medsfu serve --data-dir "$dir" --http-listen 127.0.0.1:0 --webrtc-listen 127.0.0.1:0 \
   --vehicle-listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
 pid=$!
 until grep -q "listening on" "$dir/out" 2>/dev/null; do

@@ -584,11 +584,17 @@ impl Control {
     }
 
     /// Whether a vehicle may publish into `room`: a room of the control API only to its
-    /// own vehicle while open; rooms it does not know (named by an operator's token) to
-    /// any certified device.
-    pub async fn vehicle_may_publish(&self, vehicle: &str, room: &str) -> Result<(), ControlError> {
+    /// own vehicle while open; rooms it does not know (named by an operator's token) only
+    /// with `open_rooms`.
+    pub async fn vehicle_may_publish(
+        &self,
+        vehicle: &str,
+        room: &str,
+        open_rooms: bool,
+    ) -> Result<(), ControlError> {
         match self.read(|d| d.room(room)).await {
-            None => Ok(()),
+            None if open_rooms => Ok(()),
+            None => Err(ControlError::UnknownRoom(room.to_owned())),
             Some(r) if r.state == RoomState::Closed => Err(ControlError::Closed(room.to_owned())),
             Some(r) if r.vehicle.as_deref() == Some(vehicle) => Ok(()),
             Some(_) => Err(ControlError::NotMember(room.to_owned())),

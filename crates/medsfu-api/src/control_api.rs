@@ -589,10 +589,13 @@ async fn login_with(
         Ok(account) => {
             let role = account_role(account.role);
             let ttl = c.settings.api_token_ttl;
-            let token = state
-                .inner
-                .tokens
-                .issue_api_on(&account.name, role, device.as_deref(), SystemTime::now(), ttl);
+            let token = state.inner.tokens.issue_api_on(
+                &account.name,
+                role,
+                device.as_deref(),
+                SystemTime::now(),
+                ttl,
+            );
             let audited = crate::control::audit(
                 state.inner.audit.as_ref(),
                 &account.name,
@@ -855,10 +858,14 @@ fn room_token_for(state: &AppState, room: &str, c: &Caller, role: Role) -> RoomT
             c.settings.api_token_ttl
         });
     RoomTokenResponse {
-        token: state
-            .inner
-            .tokens
-            .issue_on(room, &c.who.name, role, c.grant.device.as_deref(), SystemTime::now(), ttl),
+        token: state.inner.tokens.issue_on(
+            room,
+            &c.who.name,
+            role,
+            c.grant.device.as_deref(),
+            SystemTime::now(),
+            ttl,
+        ),
         room: room.to_owned(),
         role: role.as_str().to_owned(),
         expires_in_s: ttl.as_secs(),

@@ -54,6 +54,10 @@ impl From<MediaError> for ApiError {
         let status = match &e {
             MediaError::BadSdp(_) => StatusCode::BAD_REQUEST,
             MediaError::Core(c) if c.code().ends_with("_forbidden") => StatusCode::FORBIDDEN,
+            // The server's capacity, not the request, is the problem: try again later.
+            MediaError::Core(c) if matches!(c.code(), "too_many_rooms" | "room_full") => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             MediaError::Core(_) => StatusCode::UNPROCESSABLE_ENTITY,
             MediaError::UnknownSession => StatusCode::NOT_FOUND,
             MediaError::NoTracks => StatusCode::NOT_FOUND,

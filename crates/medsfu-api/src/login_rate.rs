@@ -132,7 +132,9 @@ mod tests {
         assert_eq!(rate.take(other.into(), t0), Ok(()));
         // An IPv4 address written as IPv6 is the IPv4 address.
         let v4: IpAddr = [192, 0, 2, 7].into();
-        let mapped: IpAddr = std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().into();
+        let mapped: IpAddr = std::net::Ipv4Addr::new(192, 0, 2, 7)
+            .to_ipv6_mapped()
+            .into();
         assert_eq!(network(mapped), v4);
         assert_eq!(network(v4), v4);
     }

@@ -123,10 +123,7 @@ impl RefusalLog {
     /// are not lost with the process).
     pub fn take_all(&self) -> Vec<Summary> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows
-            .drain()
-            .filter_map(|(k, w)| summary(k, w))
-            .collect()
+        windows.drain().filter_map(|(k, w)| summary(k, w)).collect()
     }
 }
 
@@ -200,7 +197,11 @@ mod tests {
             assert_eq!(log.note(a, n, "login_failed", t0).0, Verdict::Counted);
         }
         // An IPv6 source counts per /64.
-        let v6 = |last: u16| Some(IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)));
+        let v6 = |last: u16| {
+            Some(IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 1, 0, 0, 0, last,
+            )))
+        };
         for i in 0..(FULL_PER_WINDOW as u16 + 3) {
             log.note(v6(i), "", "token_missing", t0);
         }

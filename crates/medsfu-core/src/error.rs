@@ -42,6 +42,24 @@ pub enum CoreError {
     /// A participant cannot subscribe to its own track.
     #[error("cannot subscribe to one's own track")]
     OwnTrack,
+    /// The server holds as many rooms as it is configured for.
+    #[error("the server holds its maximum of {max} rooms")]
+    TooManyRooms {
+        /// The limit (`core.max_rooms`).
+        max: usize,
+    },
+    /// The room holds as many participants as it is configured for.
+    #[error("the room holds its maximum of {max} participants")]
+    RoomFull {
+        /// The limit (`core.max_participants_per_room`).
+        max: usize,
+    },
+    /// The participant publishes as many tracks as it may.
+    #[error("a participant publishes at most {max} tracks")]
+    TooManyTracks {
+        /// The limit (`core.max_tracks_per_participant`).
+        max: usize,
+    },
 }
 
 impl CoreError {
@@ -55,6 +73,9 @@ impl CoreError {
             CoreError::SubscribeForbidden { .. } => "subscribe_forbidden",
             CoreError::CodecMismatch { .. } => "codec_mismatch",
             CoreError::OwnTrack => "own_track",
+            CoreError::TooManyRooms { .. } => "too_many_rooms",
+            CoreError::RoomFull { .. } => "room_full",
+            CoreError::TooManyTracks { .. } => "too_many_tracks",
         }
     }
 }

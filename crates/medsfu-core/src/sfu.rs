@@ -54,6 +54,12 @@ pub struct CoreConfig {
     /// The same packet is re-sent to one subscriber, or asked of the publisher, at most
     /// once in this interval however often it is reported lost.
     pub nack_repeat_interval: Duration,
+    /// Rooms at most (a join that would open one more is refused).
+    pub max_rooms: usize,
+    /// Participants per room at most (the server's own are not counted).
+    pub max_participants_per_room: usize,
+    /// Tracks one participant may publish at once.
+    pub max_tracks_per_participant: usize,
 }
 
 /// How far behind the newest packet a lost one is still asked of the publisher (a
@@ -95,6 +101,9 @@ impl Default for CoreConfig {
             rtx_budget_percent: 50,
             rtx_burst_bytes: 256 * 1024,
             nack_repeat_interval: Duration::from_millis(100),
+            max_rooms: 1000,
+            max_participants_per_room: 64,
+            max_tracks_per_participant: 8,
         }
     }
 }
@@ -521,6 +530,34 @@ impl Sfu {
 
     // ----- membership ----------------------------------------------------------------------
 
+    /// Whether `identity` may join `room` within the limits: rooms at most `max_rooms`,
+    /// participants per room at most `max_participants_per_room` (a session of the same
+    /// identity, which the join would replace, and the server's own are not counted). Ask
+    /// before [`Sfu::join`] for peers; the server's own participants are not limited.
+    pub fn admit(&self, room: &str, identity: &str) -> Result<(), CoreError> {
+        match self.rooms.get(room) {
+            None if self.rooms.len() >= self.cfg.max_rooms => Err(CoreError::TooManyRooms {
+                max: self.cfg.max_rooms,
+            }),
+            None => Ok(()),
+            Some(r) => {
+                let counted = r
+                    .participants
+                    .iter()
+                    .filter_map(|p| self.participants.get(p))
+                    .filter(|p| !p.server && p.info.identity != identity)
+                    .count();
+                if counted >= self.cfg.max_participants_per_room {
+                    Err(CoreError::RoomFull {
+                        max: self.cfg.max_participants_per_room,
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Adds a participant to a room (creating the room) and returns its session id.
     ///
     /// An identity already in the room is replaced: the older session is removed and its
@@ -758,6 +795,11 @@ impl Sfu {
             return Err(CoreError::CodecMismatch {
                 codec: codec.mime(),
                 track_source: source,
+            });
+        }
+        if !p.server && p.published.len() >= self.cfg.max_tracks_per_participant {
+            return Err(CoreError::TooManyTracks {
+                max: self.cfg.max_tracks_per_participant,
             });
         }
         let room = p.room.clone();

@@ -648,6 +648,7 @@ impl Engine {
                 info!(%participant, %track, %source, codec = core_codec.mime(), "track published");
             }
             Err(e) => {
+                self.count_limit(&e);
                 self.tell(
                     participant,
                     SessionEvent::Error {
@@ -656,6 +657,17 @@ impl Engine {
                     },
                 );
             }
+        }
+    }
+
+    /// Counts a refusal by a configured limit (other refusals are counted where they are).
+    fn count_limit(&self, e: &medsfu_core::CoreError) {
+        use medsfu_core::CoreError as E;
+        if matches!(
+            e,
+            E::TooManyRooms { .. } | E::RoomFull { .. } | E::TooManyTracks { .. }
+        ) {
+            self.stats.limited.with_label_values(&[e.code()]).inc();
         }
     }
 
@@ -1334,6 +1346,11 @@ impl Engine {
                 // A recorder on signalling (`medsfu record`) learns of tracks there and
                 // takes each over its own WHEP session: nothing is sent to it here.
                 let auto_subscribe = kind == SessionKind::Signalling && role != Role::Recorder;
+                if let Err(e) = self.sfu.admit(&room, &identity) {
+                    self.count_limit(&e);
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
                 let participant = self.sfu.join(&room, &identity, role, auto_subscribe, now);
                 self.sessions.insert(
                     participant,
@@ -1352,7 +1369,7 @@ impl Engine {
                     },
                 );
                 // The joiner may have given up waiting.
-                let _ = reply.send(Joined { participant });
+                let _ = reply.send(Ok(Joined { participant }));
             }
             Command::Publish {
                 participant,
@@ -1608,7 +1625,10 @@ impl Engine {
             return Err(MediaError::UnknownSession);
         }
         let rtc_codec = table_codec(codec).ok_or(MediaError::NoCodec)?;
-        let track = self.sfu.publish(participant, source, codec, now)?;
+        let track = self
+            .sfu
+            .publish(participant, source, codec, now)
+            .inspect_err(|e| self.count_limit(e))?;
         self.track_codecs.insert(track, rtc_codec);
         info!(%participant, %track, %source, codec = codec.mime(), "vehicle track published");
         if source.kind() == MediaKind::Audio {

@@ -313,6 +313,8 @@ pub struct MediaStats {
     pub recording_failures: IntCounter,
     /// Publisher input the recorders refused as out of bounds.
     pub recording_refused: IntCounter,
+    /// Joins and publications refused by a limit, by limit.
+    pub limited: IntCounterVec,
 }
 
 /// One counter per media kind, resolved once so that counting takes no lock.
@@ -588,6 +590,21 @@ impl MediaStats {
                 "Publisher input a recorder refused: pictures over 8 MiB without an end, \
                  audio clock jumps past the time that really passed (not filled with silence)",
             )?,
+            limited: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "medsfu_media_limited_total",
+                        "Joins and publications refused by a configured limit: too_many_rooms, \
+                         room_full, too_many_tracks",
+                    ),
+                    &["limit"],
+                )?;
+                registry.register(Box::new(v.clone()))?;
+                for l in ["too_many_rooms", "room_full", "too_many_tracks"] {
+                    v.with_label_values(&[l]);
+                }
+                v
+            },
             transcoders_running: {
                 let g = IntGauge::new(
                     "medsfu_media_transcoders_running",
@@ -629,7 +646,7 @@ pub(crate) enum Command {
         /// The client decodes H.265 (otherwise it gets H.264 renditions of H.265 tracks).
         decodes_h265: bool,
         events: mpsc::UnboundedSender<SessionEvent>,
-        reply: oneshot::Sender<Joined>,
+        reply: oneshot::Sender<Result<Joined, MediaError>>,
     },
     Publish {
         participant: ParticipantId,
@@ -827,7 +844,7 @@ impl MediaHandle {
             events,
             reply,
         })
-        .await
+        .await?
     }
 
     /// Negotiates (or renegotiates) the participant's publishing connection; returns the

@@ -5,13 +5,19 @@ use std::sync::Arc;
 use medsfu_api::Control;
 use medsfu_quic::server::{CallAnswer, CallDesk};
 
-/// The control API as the vehicle endpoint sees it.
-pub struct VehicleCalls(pub Arc<Control>);
+/// The control API as the vehicle endpoint sees it; with `open_rooms`, vehicles may also
+/// publish into rooms the control API does not know.
+pub struct VehicleCalls {
+    /// The control API.
+    pub control: Arc<Control>,
+    /// Whether rooms unknown to the control API are open to vehicles.
+    pub open_rooms: bool,
+}
 
 impl CallDesk for VehicleCalls {
     fn open_call<'a>(&'a self, vehicle: &'a str) -> CallAnswer<'a, String> {
         Box::pin(async move {
-            self.0
+            self.control
                 .open_vehicle_call(vehicle)
                 .await
                 .map_err(|e| (e.code().to_owned(), e.to_string()))
@@ -20,8 +26,8 @@ impl CallDesk for VehicleCalls {
 
     fn may_publish<'a>(&'a self, vehicle: &'a str, room: &'a str) -> CallAnswer<'a, ()> {
         Box::pin(async move {
-            self.0
-                .vehicle_may_publish(vehicle, room)
+            self.control
+                .vehicle_may_publish(vehicle, room, self.open_rooms)
                 .await
                 .map_err(|e| (e.code().to_owned(), e.to_string()))
         })

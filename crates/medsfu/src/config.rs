@@ -54,6 +54,10 @@ pub struct Vehicle {
     pub idle_timeout_secs: u64,
     /// Control messages per second a vehicle may send before the rest are dropped.
     pub control_rate: u32,
+    /// Whether vehicles may publish into rooms the control API does not know (rooms named
+    /// by the operator, e.g. a fixed room for training or a load test); off, a vehicle
+    /// publishes only into its own call.
+    pub open_rooms: bool,
 }
 
 /// Recording settings.
@@ -102,6 +106,7 @@ impl Default for Vehicle {
             crl_reload_secs: 5,
             idle_timeout_secs: 30,
             control_rate: 20,
+            open_rooms: false,
         }
     }
 }
@@ -239,6 +244,12 @@ pub struct Core {
     /// One packet is re-sent to a subscriber, or asked of the publisher, at most once in
     /// this interval.
     pub nack_repeat_interval_ms: u64,
+    /// Rooms at most.
+    pub max_rooms: usize,
+    /// Participants per room at most.
+    pub max_participants_per_room: usize,
+    /// Tracks one participant may publish at once.
+    pub max_tracks_per_participant: usize,
 }
 
 /// Log settings.
@@ -309,6 +320,9 @@ impl Default for Core {
             rtx_budget_percent: c.rtx_budget_percent,
             rtx_burst_bytes: c.rtx_burst_bytes,
             nack_repeat_interval_ms: ms(c.nack_repeat_interval),
+            max_rooms: c.max_rooms,
+            max_participants_per_room: c.max_participants_per_room,
+            max_tracks_per_participant: c.max_tracks_per_participant,
         }
     }
 }
@@ -338,6 +352,9 @@ impl Core {
             rtx_budget_percent: self.rtx_budget_percent,
             rtx_burst_bytes: self.rtx_burst_bytes,
             nack_repeat_interval: Duration::from_millis(self.nack_repeat_interval_ms),
+            max_rooms: self.max_rooms,
+            max_participants_per_room: self.max_participants_per_room,
+            max_tracks_per_participant: self.max_tracks_per_participant,
             ..medsfu_core::CoreConfig::default()
         }
     }

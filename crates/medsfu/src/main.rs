@@ -857,7 +857,10 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 },
                 media.clone(),
                 hub.clone(),
-                Some(Arc::new(calls::VehicleCalls(control.clone()))),
+                Some(Arc::new(calls::VehicleCalls {
+                    control: control.clone(),
+                    open_rooms: cfg.vehicle.open_rooms,
+                })),
                 &registry,
             )
             .with_context(|| format!("vehicle endpoint on {}", cfg.vehicle.listen))?;

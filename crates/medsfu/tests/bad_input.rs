@@ -404,3 +404,74 @@ async fn only_configured_origins_may_call_the_control_api() {
     let other = preflight("https://evil.example").await.expect("preflight");
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 }
+
+/// Issue 16: rooms, participants per room and tracks are limited (there was no limit on
+/// any of them); a refusal names the limit, is counted, and frees up when someone leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_and_participants_are_limited_with_clear_errors() {
+    let server = Server::start(&[
+        ("MEDSFU_CORE__MAX_ROOMS", "2"),
+        ("MEDSFU_CORE__MAX_PARTICIPANTS_PER_ROOM", "2"),
+    ]);
+    let join = |room: &str, who: &str| {
+        let token = server.token(room, who, "consultant");
+        let server = &server;
+        async move {
+            let mut ws = Ws::connect(server).await;
+            ws.send(json!({ "type": "join", "token": token, "id": 1 }))
+                .await;
+            let v = ws.recv().await;
+            (ws, v)
+        }
+    };
+    let (_a, v) = join("r1", "a").await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let (b, v) = join("r1", "b").await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let (_c, v) = join("r1", "c").await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("room_full")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maximum of 2")),
+        "{v}"
+    );
+    // A reconnect of someone inside replaces their session rather than adding one.
+    let (_a2, v) = join("r1", "a").await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let (_x, v) = join("r2", "x").await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let (_y, v) = join("r3", "y").await;
+    assert_eq!(v["code"], "too_many_rooms", "{v}");
+    // Over WHEP too, as 503 (capacity, not the request, is the problem).
+    let t = server.token("r4", "w", "consultant");
+    let (s, v, _) = post(&server, "/whep/r4", Some(&t), "application/sdp", OFFER).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("too_many_rooms")),
+        "{v}"
+    );
+    for (limit, n) in [("room_full", 1.0), ("too_many_rooms", 2.0)] {
+        let name = format!("medsfu_media_limited_total{{limit=\"{limit}\"}}");
+        assert_eq!(server.metric(&name).await, n, "{name}");
+    }
+    // Someone leaves: there is room again.
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_c, v) = join("r1", "c").await;
+        if v["type"] == "joined" {
+            break;
+        }
+        assert_eq!(v["code"], "room_full", "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never freed up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

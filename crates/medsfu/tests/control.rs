@@ -1509,11 +1509,15 @@ async fn revoking_a_device_ends_the_crews_sessions_and_a_disabled_account_loses_
     let mut feed = Events::open(&server, &ana).await;
     // Two crew members sign in on the same tablet: one publishes the cabin microphone
     // (WHIP), the other follows the call's signalling.
-    let crew_login = |user: &str, pin: &str| {
-        json!({ "device_token": tablet, "user": user, "pin": pin })
-    };
+    let crew_login =
+        |user: &str, pin: &str| json!({ "device_token": tablet, "user": user, "pin": pin });
     let (s, v) = api
-        .call("POST", "/api/login/crew", "", Some(crew_login("crew1", "4711")))
+        .call(
+            "POST",
+            "/api/login/crew",
+            "",
+            Some(crew_login("crew1", "4711")),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let crew = v["token"].as_str().expect("token").to_owned();
@@ -1535,7 +1539,12 @@ async fn revoking_a_device_ends_the_crews_sessions_and_a_disabled_account_loses_
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = api
-        .call("POST", "/api/login/crew", "", Some(crew_login("crew2", "1234")))
+        .call(
+            "POST",
+            "/api/login/crew",
+            "",
+            Some(crew_login("crew2", "1234")),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let crew2 = v["token"].as_str().expect("token").to_owned();
@@ -1562,7 +1571,11 @@ async fn revoking_a_device_ends_the_crews_sessions_and_a_disabled_account_loses_
     assert_eq!(left["reason"], "device_revoked", "{left}");
     assert!(revoked_at.elapsed() < Duration::from_secs(8));
     let (s, v) = api.call("GET", "/api/rooms", &crew, None).await;
-    assert_eq!((s, v["code"].as_str()), (401, Some("device_revoked")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (401, Some("device_revoked")),
+        "{v}"
+    );
     let mut again = Ws::connect(&server).await;
     again
         .send(json!({ "type": "join", "token": room_token }))
@@ -1573,9 +1586,7 @@ async fn revoking_a_device_ends_the_crews_sessions_and_a_disabled_account_loses_
     // revoked token can no longer touch it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (s, trail) = api
-            .call("GET", "/api/audit?limit=1000", &root, None)
-            .await;
+        let (s, trail) = api.call("GET", "/api/audit?limit=1000", &root, None).await;
         assert_eq!(s, 200);
         let ended = trail.as_array().expect("entries").iter().any(|e| {
             let detail: Value = e["detail"]

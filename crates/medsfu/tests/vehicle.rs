@@ -97,12 +97,18 @@ impl Drop for Vehicle {
     }
 }
 
+/// Lets vehicles publish into rooms the control API does not know: most tests here use an
+/// operator's room (r1) to exercise the media path without a call.
+const OPEN_ROOMS: (&str, &str) = ("MEDSFU_VEHICLE__OPEN_ROOMS", "true");
+
 fn vehicle_server(args: &[&str], env: &[(&str, &str)]) -> Server {
     let data = TempDir::new("veh");
     certs(&data.0, &["--device", "amb-1", "--device", "amb-2"]);
     let mut a = vec!["--vehicle-listen", "127.0.0.1:0"];
     a.extend_from_slice(args);
-    Server::start_in(data, &a, env)
+    let mut e = vec![OPEN_ROOMS];
+    e.extend_from_slice(env);
+    Server::start_in(data, &a, &e)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,7 +471,7 @@ async fn telemetry_survives_blackouts_address_changes_and_kill_9_of_server_and_v
     let quic_arg = format!("127.0.0.1:{port}");
     let data = TempDir::new("zeroloss");
     certs(&data.0, &["--device", "amb-1"]);
-    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[OPEN_ROOMS]);
     let quic = server.quic.expect("vehicle endpoint");
     let blackhole = Arc::new(AtomicBool::new(false));
     let front = relay(quic, blackhole.clone(), Arc::new(AtomicU64::new(0))).await;
@@ -542,7 +548,7 @@ async fn telemetry_survives_blackouts_address_changes_and_kill_9_of_server_and_v
         .await
         .expect("live stream ends with its server")
         .expect("live task");
-    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[OPEN_ROOMS]);
     // The vehicle reconnects to the new server, then is killed (-9) itself.
     vehicle
         .wait_line("connected to room r1", Duration::from_secs(20))
@@ -604,6 +610,62 @@ async fn wait_metric(server: &Server, name: &str, at_least: f64) -> f64 {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Issue 16: with the control API, a certified vehicle publishes only into its own call
+/// (it could name any room the control API did not know, and publish patient video there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_publishes_only_into_its_own_call() {
+    use medsfu_quic::client::{self, ClientError};
+    use medsfu_quic::protocol::FlowInfo;
+
+    let data = TempDir::new("veh");
+    certs(&data.0, &["--device", "amb-1", "--device", "amb-2"]);
+    let server = Server::start_in(data, &["--vehicle-listen", "127.0.0.1:0"], &[]);
+    let quic = server.quic.expect("vehicle endpoint");
+    let pki = server.data.0.join("pki");
+    let rd = |f: &str| std::fs::read_to_string(pki.join(f)).expect("pki file");
+    let ep = |dev: &str| {
+        client::endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            &rd("ca.pem"),
+            &rd(&format!("device-{dev}.pem")),
+            &rd(&format!("device-{dev}.key")),
+        )
+        .expect("endpoint")
+    };
+    let camera = || {
+        vec![FlowInfo {
+            flow: 0,
+            source: "roof_camera".into(),
+            codec: "video/H265".into(),
+        }]
+    };
+    let refused = |r: Result<client::Connected, ClientError>| match r {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(c) => panic!("expected a refusal, got a welcome into {}", c.room),
+    };
+    let (e1, e2) = (ep("amb-1"), ep("amb-2"));
+    assert_eq!(
+        refused(client::connect(&e2, quic, "localhost", Some("r1"), camera()).await),
+        "room_not_found"
+    );
+    // amb-1 opens its call; amb-2 may not publish into it; amb-1 may come back to it.
+    let call = client::connect(&e1, quic, "localhost", None, camera())
+        .await
+        .expect("a call opened");
+    let room = call.room.clone();
+    assert!(room.starts_with("call-"), "{room}");
+    assert_eq!(
+        refused(client::connect(&e2, quic, "localhost", Some(&room), camera()).await),
+        "not_a_member"
+    );
+    call.conn.close(0u32.into(), b"bye");
+    let back = client::connect(&e1, quic, "localhost", Some(&room), camera())
+        .await
+        .expect("back into its own call");
+    assert_eq!(back.room, room);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1815,7 +1877,7 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
     let quic_arg = format!("127.0.0.1:{port}");
     let data = TempDir::new("sigterm");
     certs(&data.0, &["--device", "amb-1"]);
-    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[OPEN_ROOMS]);
     let ready = reqwest::get(format!("{}/readyz", server.http))
         .await
         .expect("GET /readyz");
@@ -1882,7 +1944,7 @@ async fn sigterm_tells_sessions_closes_vehicles_exits_0_and_loses_no_telemetry()
 
     // Back on the same data and port: the vehicle returns, resends, finishes, and every
     // frame it generated is there once, in order.
-    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[]);
+    let server = Server::start_in(data, &["--vehicle-listen", &quic_arg], &[OPEN_ROOMS]);
     vehicle
         .wait_line("connected to room r1", Duration::from_secs(20))
         .await;

@@ -140,6 +140,61 @@ fn a_role_change_is_told_to_everyone_in_the_room_and_shown_to_late_joiners() {
 }
 
 #[test]
+fn rooms_participants_and_tracks_are_limited_and_the_limits_free_up() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig {
+        max_rooms: 2,
+        max_participants_per_room: 2,
+        max_tracks_per_participant: 2,
+        ..CoreConfig::default()
+    });
+    let a = sfu.join("r1", "a", Role::Team, false, now);
+    assert_eq!(sfu.admit("r1", "b"), Ok(()));
+    let _b = sfu.join("r1", "b", Role::Team, false, now);
+    assert_eq!(
+        sfu.admit("r1", "c"),
+        Err(CoreError::RoomFull { max: 2 }),
+        "a third person"
+    );
+    assert_eq!(
+        sfu.admit("r1", "a"),
+        Ok(()),
+        "a reconnect replaces, not adds"
+    );
+    // The server's own participants (a transcoder) are not counted.
+    let internal = sfu.join("r1", "transcoder", Role::Vehicle, false, now);
+    sfu.mark_server_worker(internal);
+    assert_eq!(sfu.admit("r1", "a"), Ok(()));
+    let _ = sfu.leave(internal, now);
+    let x = sfu.join("r2", "x", Role::Team, false, now);
+    assert_eq!(
+        sfu.admit("r3", "y").map_err(|e| e.code()),
+        Err("too_many_rooms")
+    );
+    assert_eq!(
+        sfu.admit("r2", "y"),
+        Ok(()),
+        "an existing room is not a new one"
+    );
+    // Tracks: two at once, and a third once one is gone.
+    let cam = sfu
+        .publish(a, TrackSource::Camera, Codec::H264, now)
+        .expect("camera");
+    let _mic = sfu
+        .publish(a, TrackSource::Microphone, Codec::Opus, now)
+        .expect("microphone");
+    assert_eq!(
+        sfu.publish(a, TrackSource::Camera, Codec::Vp8, now),
+        Err(CoreError::TooManyTracks { max: 2 })
+    );
+    sfu.unpublish(cam).expect("unpublish");
+    assert!(sfu.publish(a, TrackSource::Camera, Codec::Vp8, now).is_ok());
+    // A room that emptied is no longer counted.
+    let _ = sfu.leave(x, now);
+    assert_eq!(sfu.admit("r3", "y"), Ok(()));
+}
+
+#[test]
 fn roles_are_enforced_on_publish_and_subscribe() {
     let now = Instant::now();
     let mut sfu = Sfu::new(CoreConfig::default());
