@@ -435,10 +435,11 @@ pub fn hub_sequences(data: &[u8]) {
     }
     let history = |hub: &Hub| -> Vec<(u32, u64)> {
         let mut feed = hub.feed("room").expect("feed");
-        feed.take_history()
-            .iter()
-            .map(|i| (i.source, i.sequence))
-            .collect()
+        let mut all = Vec::new();
+        while let Some(items) = feed.history_chunk_blocking().expect("history") {
+            all.extend(items.iter().map(|i| (i.source, i.sequence)));
+        }
+        all
     };
     let first = history(&hub);
     let mut unique = first.clone();

@@ -19,6 +19,42 @@ pub struct Traces {
     pub leads: Vec<LeadTrace>,
 }
 
+/// The waveform frames of the last moments of a history read in pieces: what a snapshot of
+/// `seconds` needs, and not the whole call.
+#[derive(Debug)]
+pub struct Recent {
+    keep_us: i64,
+    newest_us: i64,
+    items: Vec<Arc<Item>>,
+}
+
+impl Recent {
+    /// Keeps twice `seconds` and ten more (blocks arrive late and out of order).
+    pub fn new(seconds: f64) -> Recent {
+        Recent {
+            keep_us: ((2.0 * seconds + 10.0) * 1e6) as i64,
+            newest_us: i64::MIN,
+            items: Vec::new(),
+        }
+    }
+
+    /// Takes the next piece of history (oldest first).
+    pub fn add(&mut self, items: &[Arc<Item>]) {
+        let at = |i: &Item| i.json["captured_at_us"].as_i64().unwrap_or(i64::MIN);
+        for i in items.iter().filter(|i| i.json["kind"] == "waveform") {
+            self.newest_us = self.newest_us.max(at(i));
+            self.items.push(i.clone());
+        }
+        let from = self.newest_us.saturating_sub(self.keep_us);
+        self.items.retain(|i| at(i) >= from);
+    }
+
+    /// The waveform frames kept, oldest first.
+    pub fn items(&self) -> &[Arc<Item>] {
+        &self.items
+    }
+}
+
 /// The last `seconds` of the most recent waveform source among `items` (oldest first):
 /// the blocks of that source with the same leads and rate as its newest block.
 pub fn last_seconds(items: &[Arc<Item>], seconds: f64) -> Option<Traces> {
@@ -147,6 +183,27 @@ mod tests {
         .encode()
         .expect("encode");
         Arc::new(Item::from_bytes(bytes).expect("item"))
+    }
+
+    #[test]
+    fn a_history_read_in_pieces_keeps_only_the_last_moments_and_gives_the_same_snapshot() {
+        // An hour at 100 Hz in blocks of 10 samples (0.1 s), read in pieces of 500 blocks.
+        let all: Vec<Arc<Item>> = (0..36_000u64)
+            .map(|b| block(1, (b % 1000) * 10, 10, (b * 100_000) as i64))
+            .collect();
+        let mut recent = Recent::new(10.0);
+        let mut most = 0;
+        for piece in all.chunks(500) {
+            recent.add(piece);
+            most = most.max(recent.items().len());
+        }
+        // 30 s kept (twice 10, and 10 more) plus the piece just read.
+        assert!(most <= 300 + 500 + 1, "{most} blocks held");
+        let whole = last_seconds(&all[all.len() - 400..], 10.0).expect("traces");
+        let pieces = last_seconds(recent.items(), 10.0).expect("traces");
+        assert_eq!(pieces.span_us, whole.span_us);
+        assert_eq!(pieces.leads[0].mv, whole.leads[0].mv);
+        assert_eq!(pieces.leads[0].mv.len(), 1000);
     }
 
     #[test]

@@ -596,9 +596,23 @@ async fn replay(state: &AppState, socket: &mut WebSocket, room: &str) -> Result<
             };
         }
     };
-    for chunk in feed.take_history().chunks(TELEMETRY_BATCH) {
-        if !send(socket, &telemetry_json(chunk)).await {
-            return Err(());
+    loop {
+        let items = match feed.history_chunk().await {
+            Ok(Some(items)) => items,
+            Ok(None) => break,
+            Err(e) => {
+                let m = error(e.code(), format!("telemetry journal: {e}"), None);
+                return if send(socket, &m).await {
+                    Ok(None)
+                } else {
+                    Err(())
+                };
+            }
+        };
+        for chunk in items.chunks(TELEMETRY_BATCH) {
+            if !send(socket, &telemetry_json(chunk)).await {
+                return Err(());
+            }
         }
     }
     if !send(socket, &json!({ "type": "telemetry_live" })).await {
@@ -842,8 +856,15 @@ async fn ecg_snapshot(state: &AppState, who: &Who, seconds: u16, id: Option<Valu
         hub.post(&room, &author, body, now_us)
             .map_err(|e| (e.code(), e.to_string()))?;
         let mut feed = hub.feed(&room).map_err(|e| (e.code(), e.to_string()))?;
-        let items = feed.take_history();
-        let traces = crate::ecg_snapshot::last_seconds(&items, f64::from(seconds))
+        // The history in pieces, keeping only the waveforms of the last moments.
+        let mut recent = crate::ecg_snapshot::Recent::new(f64::from(seconds));
+        while let Some(items) = feed
+            .history_chunk_blocking()
+            .map_err(|e| (e.code(), e.to_string()))?
+        {
+            recent.add(&items);
+        }
+        let traces = crate::ecg_snapshot::last_seconds(recent.items(), f64::from(seconds))
             .ok_or(("no_ecg", "the room has no ECG yet".to_owned()))?;
         let pdf =
             crate::ecg_snapshot::document(&room, &author, now_us, f64::from(seconds), &traces)

@@ -85,35 +85,37 @@ pub async fn stream(
             serde_json::json!({}),
         )
         .await?;
-    let mut feed = open_feed(&state, &room).await?;
-    let history = ndjson(&feed.take_history());
-    let live = futures_util::stream::unfold(feed, |mut feed| async move {
+    // History first, read in pieces as the client takes them, then live frames.
+    let feed = open_feed(&state, &room).await?;
+    let frames = futures_util::stream::unfold(feed, |mut feed| async move {
         let batch = feed.next().await?;
         Some((Ok::<_, std::io::Error>(ndjson(&batch)), feed))
     });
     // A stopping server ends the stream (the client reconnects and replays from
-    // history), and so does the end of the holder's membership (removed, room closed).
+    // history), and so does the end of the holder's membership (removed, room closed)
+    // or of its sign-in (account disabled, secret changed, device revoked).
     let stopping = state.clone();
-    let revoked = state
+    let removed = state
         .inner
         .control
         .as_ref()
         .map(|c| c.revoked(&room, &grant.identity));
-    let live = futures_util::StreamExt::take_until(
-        live,
+    let signed_out = state.clone();
+    let body = futures_util::StreamExt::take_until(
+        frames,
         Box::pin(async move {
-            match revoked {
-                Some(r) => tokio::select! {
-                    () = stopping.stopping() => {}
-                    () = r => {}
-                },
-                None => stopping.stopping().await,
+            let removed = async move {
+                match removed {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stopping.stopping() => {}
+                () = removed => {}
+                _ = signed_out.revoked(grant) => {}
             }
         }),
-    );
-    let body = futures_util::StreamExt::chain(
-        futures_util::stream::once(async move { Ok(history) }),
-        live,
     );
     Ok((
         [

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::frame::{Frame, FrameError};
-use crate::journal::{Appended, Journal, JournalError};
+use crate::journal::{Appended, Cursor, Journal, JournalError};
 use crate::json::to_json;
 
 /// Frames buffered per room for live feeds before a slow feed re-reads the journal.
@@ -64,6 +64,9 @@ pub enum HubError {
     /// A participant's source has no sequence number left.
     #[error("no sequence number left in this source")]
     SequenceExhausted,
+    /// The thread reading history stopped (the server is stopping).
+    #[error("the history reader stopped")]
+    ReaderStopped,
 }
 
 impl HubError {
@@ -73,6 +76,7 @@ impl HubError {
             HubError::BadRoom => "bad_room",
             HubError::Journal(e) => e.code(),
             HubError::SequenceExhausted => "sequence_exhausted",
+            HubError::ReaderStopped => "stopping",
         }
     }
 }
@@ -406,26 +410,38 @@ impl Hub {
         Ok(r.journal(self.segment_bytes)?.highest(source))
     }
 
-    /// A feed of the room's telemetry: everything stored so far, then live frames
-    /// (blocking: reads the journal).
+    /// A feed of the room's telemetry: everything stored so far ([`Feed::history_chunk`]),
+    /// then live frames ([`Feed::next`]) (blocking: opens the journal).
     pub fn feed(&self, room: &str) -> Result<Feed, HubError> {
         let r = self.room(room)?;
-        let (history, live) = {
+        let live = {
             let mut g = lock(&r);
-            let history = g.journal(self.segment_bytes)?.read_all()?;
-            (history, g.live.subscribe())
+            // Opened (and recovered) now, so that reading history finds it ready.
+            g.journal(self.segment_bytes)?;
+            g.live.subscribe()
         };
-        let mut feed = Feed {
+        Ok(Feed {
             room: r,
             live,
             last: HashMap::new(),
             segment_bytes: self.segment_bytes,
-            pending_history: None,
-        };
-        let history = feed.admit(history);
-        feed.pending_history = Some(history);
-        Ok(feed)
+            cursor: Some(Cursor::default()),
+        })
     }
+}
+
+/// Journal bytes read at a time when a feed reads history: what one reader holds.
+pub const HISTORY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Reads the next piece of a room's journal.
+fn read_chunk(
+    room: &Mutex<Room>,
+    segment_bytes: u64,
+    at: Cursor,
+) -> Result<(Vec<Vec<u8>>, Cursor), HubError> {
+    let mut g = lock(room);
+    Ok(g.journal(segment_bytes)?
+        .read_chunk(at, HISTORY_CHUNK_BYTES)?)
 }
 
 /// One participant's view of a room's telemetry.
@@ -434,10 +450,50 @@ pub struct Feed {
     live: broadcast::Receiver<Arc<Item>>,
     last: HashMap<u32, u64>,
     segment_bytes: u64,
-    pending_history: Option<Vec<Arc<Item>>>,
+    /// Where reading the journal continues while history (or a catch-up) is pending.
+    cursor: Option<Cursor>,
 }
 
 impl Feed {
+    /// The next piece of the room's stored history (frames from about
+    /// [`HISTORY_CHUNK_BYTES`] of journal, none already delivered), oldest first; `None`
+    /// once all of it was delivered. Reads on a blocking worker thread.
+    pub async fn history_chunk(&mut self) -> Result<Option<Vec<Arc<Item>>>, HubError> {
+        while let Some(at) = self.cursor {
+            let (room, seg) = (self.room.clone(), self.segment_bytes);
+            let (frames, next) = tokio::task::spawn_blocking(move || read_chunk(&room, seg, at))
+                .await
+                .map_err(|_| HubError::ReaderStopped)??;
+            if let Some(items) = self.absorb(frames, next) {
+                return Ok(Some(items));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Like [`Feed::history_chunk`], on the calling thread (which may block).
+    pub fn history_chunk_blocking(&mut self) -> Result<Option<Vec<Arc<Item>>>, HubError> {
+        while let Some(at) = self.cursor {
+            let (frames, next) = read_chunk(&self.room, self.segment_bytes, at)?;
+            if let Some(items) = self.absorb(frames, next) {
+                return Ok(Some(items));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a piece read from the journal: the items not yet delivered, `None` when
+    /// there is nothing new in it (at the end, the reading stops).
+    fn absorb(&mut self, frames: Vec<Vec<u8>>, next: Cursor) -> Option<Vec<Arc<Item>>> {
+        if frames.is_empty() {
+            self.cursor = None;
+            return None;
+        }
+        self.cursor = Some(next);
+        let items = self.admit(frames);
+        (!items.is_empty()).then_some(items)
+    }
+
     /// Items not yet delivered, in journal order (drops what was already delivered).
     fn admit(&mut self, frames: Vec<Vec<u8>>) -> Vec<Arc<Item>> {
         let mut out = Vec::new();
@@ -461,17 +517,29 @@ impl Feed {
         }
     }
 
-    /// The room's history at the time the feed was made (once).
-    pub fn take_history(&mut self) -> Vec<Arc<Item>> {
-        self.pending_history.take().unwrap_or_default()
+    /// The whole remaining history at once (tests; readers take it in pieces).
+    #[cfg(test)]
+    fn take_history(&mut self) -> Vec<Arc<Item>> {
+        let mut all = Vec::new();
+        while let Some(items) = self.history_chunk_blocking().expect("history") {
+            all.extend(items);
+        }
+        all
     }
 
     /// The next live frames, waiting for at least one; `None` when the hub is gone.
     ///
-    /// A feed that fell more than the live buffer behind catches up from the journal
-    /// (blocking read), so even a slow reader loses nothing.
+    /// A feed that fell more than the live buffer behind catches up from the journal, in
+    /// pieces, so even a slow reader loses nothing and holds little.
     pub async fn next(&mut self) -> Option<Vec<Arc<Item>>> {
         loop {
+            if self.cursor.is_some() {
+                match self.history_chunk().await {
+                    Ok(Some(items)) => return Some(items),
+                    Ok(None) => continue,
+                    Err(_) => return None,
+                }
+            }
             match self.live.recv().await {
                 Ok(item) => {
                     let mut out = Vec::new();
@@ -488,19 +556,9 @@ impl Feed {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let room = self.room.clone();
-                    let seg = self.segment_bytes;
-                    let frames = tokio::task::spawn_blocking(move || {
-                        let mut g = lock(&room);
-                        g.journal(seg).and_then(|j| j.read_all())
-                    })
-                    .await
-                    .ok()?
-                    .ok()?;
-                    let out = self.admit(frames);
-                    if !out.is_empty() {
-                        return Some(out);
-                    }
+                    // Everything missed is in the journal: read it again from the start
+                    // (what was delivered is skipped).
+                    self.cursor = Some(Cursor::default());
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -547,6 +605,36 @@ mod tests {
             got.extend(seqs(&feed.next().await.expect("live")));
         }
         assert_eq!(got, (0..8).map(|s| (1, s)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_long_history_comes_in_bounded_pieces_then_live() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = hub(dir.path());
+        let n = 20_000u64;
+        let frames: Vec<Vec<u8>> = (0..n).map(|s| frame(1, s)).collect();
+        let journal_bytes: usize = frames.iter().map(Vec::len).sum();
+        assert!(journal_bytes > 2 * HISTORY_CHUNK_BYTES, "{journal_bytes}");
+        for batch in frames.chunks(500) {
+            assert!(hub.append("r", batch.to_vec()).error.is_none());
+        }
+        let mut feed = hub.feed("r").expect("feed");
+        let mut got = Vec::new();
+        let mut pieces = 0;
+        while let Some(items) = feed.history_chunk().await.expect("history") {
+            let bytes: usize = items.iter().map(|i| i.bytes.len()).sum();
+            assert!(
+                bytes <= HISTORY_CHUNK_BYTES + 300 * 1024,
+                "{bytes} bytes at once"
+            );
+            got.extend(seqs(&items));
+            pieces += 1;
+        }
+        assert!(pieces >= 2, "{pieces} pieces");
+        assert_eq!(got.len() as u64, n);
+        assert!(got.iter().zip(0..n).all(|(g, s)| *g == (1, s)));
+        let _ = hub.append("r", vec![frame(1, n)]);
+        assert_eq!(seqs(&feed.next().await.expect("live")), vec![(1, n)]);
     }
 
     #[test]

@@ -15,13 +15,23 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::frame::{Frame, FrameError};
 
 /// Record header: body length and CRC-32 of the body, both big-endian.
 const RECORD_HEADER: usize = 8;
+
+/// The largest record: a frame's header (well under 1 KiB) and largest body.
+const MAX_RECORD: usize = RECORD_HEADER + 1024 + crate::frame::MAX_BODY;
+
+/// Where a history read continues: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    segment: usize,
+    offset: u64,
+}
 
 /// Bytes of zeros written ahead of the records at a time.
 pub const PREALLOCATE: u64 = 1 << 20;
@@ -409,6 +419,44 @@ impl Journal {
         Ok(())
     }
 
+    /// The stored frames from `at` on, oldest first, about `max_bytes` of them (at least
+    /// one record's worth), and where the next read continues; none at the end. Reading
+    /// history this way keeps the memory of a reader bounded however long the call.
+    pub fn read_chunk(
+        &self,
+        mut at: Cursor,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, Cursor), JournalError> {
+        let want = max_bytes.max(MAX_RECORD) as u64;
+        while let Some(path) = self.segments.get(at.segment) {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(at.offset))?;
+                    f.take(want).read_to_end(&mut bytes)
+                })
+                .map_err(io("read", path))?;
+            let (records, used) = scan(&bytes);
+            if !records.is_empty() {
+                let frames = records
+                    .into_iter()
+                    .map(|(s, n)| bytes[s..s + n].to_vec())
+                    .collect();
+                at.offset += used as u64;
+                return Ok((frames, at));
+            }
+            if at.segment + 1 == self.segments.len() {
+                // The newest segment: later records are read by a later call.
+                break;
+            }
+            at = Cursor {
+                segment: at.segment + 1,
+                offset: 0,
+            };
+        }
+        Ok((Vec::new(), at))
+    }
+
     /// Every stored frame, oldest first (for history replay).
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>, JournalError> {
         let mut out = Vec::new();
@@ -456,6 +504,41 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    #[test]
+    fn history_reads_in_bounded_chunks_across_segments_and_picks_up_new_records() {
+        let d = Dir::new("chunks");
+        // Small segments: the history spans several.
+        let (mut j, _) = Journal::open(&d.0, 4096).unwrap();
+        for s in 0..300 {
+            j.append(&frame(1, s)).unwrap();
+        }
+        j.sync().unwrap();
+        assert!(j.segments.len() > 3, "{} segments", j.segments.len());
+        let all = j.read_all().unwrap();
+        let mut read = Vec::new();
+        let mut at = Cursor::default();
+        let mut chunks = 0;
+        loop {
+            let (frames, next) = j.read_chunk(at, 1).unwrap();
+            if frames.is_empty() {
+                assert_eq!(next, at, "the end stays where it is");
+                break;
+            }
+            let bytes: usize = frames.iter().map(Vec::len).sum();
+            assert!(bytes <= MAX_RECORD, "a chunk of {bytes} bytes");
+            read.extend(frames);
+            at = next;
+            chunks += 1;
+        }
+        assert_eq!(read, all);
+        assert!(chunks > 3, "{chunks} chunks");
+        // What is appended later is read from the same cursor on.
+        j.append(&frame(1, 300)).unwrap();
+        j.sync().unwrap();
+        let (frames, _) = j.read_chunk(at, 1 << 20).unwrap();
+        assert_eq!(frames, vec![frame(1, 300)]);
     }
 
     #[test]
