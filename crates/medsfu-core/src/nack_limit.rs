@@ -76,6 +76,16 @@ impl RtxBudget {
         }
     }
 
+    /// Lowers what may be re-sent now to at most `tokens` (what the identity had left).
+    pub(crate) fn limit_to(&mut self, tokens: u64) {
+        self.tokens = self.tokens.min(tokens);
+    }
+
+    /// Bytes that may be re-sent now.
+    pub(crate) fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
     /// A live packet of `bytes` went to the subscriber: it earns `percent` of them, up to
     /// `burst`.
     pub(crate) fn earn(&mut self, bytes: usize, percent: u32, burst: u64) {

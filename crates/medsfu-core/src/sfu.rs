@@ -66,6 +66,15 @@ pub struct CoreConfig {
 /// browser keeps about a second of packets for retransmission).
 const UPSTREAM_NACK_WINDOW: u16 = 1024;
 
+/// One identity gets the paced replay of a track's group of pictures at most once in this
+/// interval: subscribing again and again must not turn into replay after replay (it waits
+/// for a keyframe instead, whose requests are throttled per track).
+const REPLAY_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// Identities whose spent allowances a track remembers (beyond it, no more are noted:
+/// they start afresh, as before).
+const REMEMBERED_SUBSCRIBERS: usize = 256;
+
 /// What the core refused or limited since it started (read by the shell for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreCounters {
@@ -359,6 +368,34 @@ struct UpTrack {
     newest: Option<(u16, u32)>,
     /// What subscribers' NACKs may still ask of the publisher.
     nacks_up: UpstreamNacks,
+    /// What identities that stopped receiving this track had left of their allowances:
+    /// a new subscription (or session) of the same identity continues from there instead
+    /// of starting with a full retransmission budget and a fresh replay.
+    spent: HashMap<String, Spent>,
+}
+
+/// What one identity had left of its allowances on a track when its subscription ended.
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    rtx_tokens: u64,
+    replayed_at: Option<Instant>,
+}
+
+impl UpTrack {
+    /// Notes what an ending subscription had left of its allowances, for its identity's
+    /// next one.
+    fn remember(&mut self, d: &DownTrack) {
+        if self.spent.len() >= REMEMBERED_SUBSCRIBERS && !self.spent.contains_key(&d.identity) {
+            return;
+        }
+        self.spent.insert(
+            d.identity.clone(),
+            Spent {
+                rtx_tokens: d.rtx.tokens(),
+                replayed_at: d.replayed_at,
+            },
+        );
+    }
 }
 
 /// The current group of pictures of a video track, as far as the cache holds it.
@@ -383,6 +420,10 @@ struct DownTrack {
     replay: Option<Replay>,
     /// What this subscriber's NACKs may still cost.
     rtx: RtxBudget,
+    /// The subscriber's identity (its allowances outlive the subscription).
+    identity: String,
+    /// When this identity last got a replay of this track.
+    replayed_at: Option<Instant>,
 }
 
 /// Progress of one down track's paced replay.
@@ -730,7 +771,10 @@ impl Sfu {
         for (track, down) in p.subscribed {
             self.down_index.remove(&down);
             if let Some(up) = self.tracks.get_mut(&track) {
-                up.downs.retain(|d| d.id != down);
+                if let Some(i) = up.downs.iter().position(|d| d.id == down) {
+                    let d = up.downs.swap_remove(i);
+                    up.remember(&d);
+                }
             }
         }
         for t in p.published {
@@ -861,6 +905,7 @@ impl Sfu {
                     gop: None,
                     newest: None,
                     nacks_up: UpstreamNacks::new(),
+                    spent: HashMap::new(),
                 },
             );
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -967,10 +1012,16 @@ impl Sfu {
             return Ok(*d);
         }
         let info = up.info.clone();
+        let identity = p.info.identity.clone();
         let id = DownTrackId(self.id());
         let r = splitmix64(self.cfg.seed ^ id.0);
         let initial = ((r >> 16) as u16 & 0x7fff, (r >> 32) as u32);
         if let Some(up) = self.tracks.get_mut(&track) {
+            let mut rtx = RtxBudget::new(self.cfg.rtx_burst_bytes);
+            let spent = up.spent.remove(&identity);
+            if let Some(s) = spent {
+                rtx.limit_to(s.rtx_tokens);
+            }
             up.downs.push(DownTrack {
                 id,
                 subscriber,
@@ -978,7 +1029,9 @@ impl Sfu {
                 initial,
                 stats: DownTrackStats::default(),
                 replay: None,
-                rtx: RtxBudget::new(self.cfg.rtx_burst_bytes),
+                rtx,
+                identity,
+                replayed_at: spent.and_then(|s| s.replayed_at),
             });
         }
         if let Some(p) = self.participants.get_mut(&subscriber) {
@@ -1002,7 +1055,9 @@ impl Sfu {
         let mut subscriber = None;
         if let Some(up) = self.tracks.get_mut(&track) {
             if let Some(i) = up.downs.iter().position(|d| d.id == down) {
-                subscriber = Some(up.downs.swap_remove(i).subscriber);
+                let d = up.downs.swap_remove(i);
+                up.remember(&d);
+                subscriber = Some(d.subscriber);
             }
         }
         if let Some(s) = subscriber {
@@ -1032,7 +1087,10 @@ impl Sfu {
         d.munger = Some(Munger::new(ssrc, payload_type));
         // A rebind starts over: a replay of the old binding is moot.
         d.replay = None;
-        if up.info.codec.is_video() && !(self.cfg.gop_replay && self.replay_gop(track, down, now)) {
+        let may_replay = self.cfg.gop_replay
+            && d.replayed_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= REPLAY_AGAIN_AFTER);
+        if up.info.codec.is_video() && !(may_replay && self.replay_gop(track, down, now)) {
             self.request_keyframe(track, now);
         }
         Ok(())
@@ -1082,6 +1140,7 @@ impl Sfu {
             return false;
         };
         m.anchor(epoch, &first.header, clock, d.initial, now);
+        d.replayed_at = Some(now);
         d.replay = Some(Replay {
             ssrc,
             epoch,

@@ -1224,3 +1224,92 @@ fn two_subscribers_missing_the_same_packet_ask_the_publisher_once() {
         1
     );
 }
+
+#[test]
+fn subscribing_again_and_again_buys_no_fresh_retransmissions_or_replays() {
+    // A subscriber that leaves and joins again every half second, each time asking for
+    // every cached packet again: its retransmissions stay within one burst plus its share
+    // of the live bytes it received, and it gets a replay of the group of pictures at most
+    // once per REPLAY_AGAIN_AFTER. Before, each new session started with a full budget and
+    // a fresh replay: bytes out grew with the number of joins, not with the stream.
+    let cfg = CoreConfig::default();
+    let (burst, percent) = (cfg.rtx_burst_bytes, cfg.rtx_budget_percent);
+    let mut clock = Clock(Instant::now());
+    let mut sfu = Sfu::new(cfg);
+    let now = clock.advance(0);
+    let a = sfu.join("r", "amb", Role::Team, true, now);
+    let t = sfu
+        .publish(a, TrackSource::Camera, Codec::Vp8, now)
+        .expect("camera");
+    drain(&mut sfu);
+    let mut seq = 0u16;
+    let (mut live, mut rtx, mut replay_bytes, mut replays, mut joins) = (0u64, 0u64, 0u64, 0, 0);
+    let mut mallory: Option<(ParticipantId, DownTrackId)> = None;
+    let mut got: Vec<u16> = Vec::new();
+    let mut count = |out: &[Output], m: ParticipantId, started: bool, got: &mut Vec<u16>| {
+        let mut replayed = false;
+        for r in rtp_to(out, m) {
+            let n = r.payload.len() as u64;
+            got.push(r.header.sequence_number);
+            if r.retransmission {
+                rtx += n;
+            } else if r.replay {
+                replay_bytes += n;
+                replayed = true;
+            } else {
+                live += n;
+            }
+        }
+        if replayed && started {
+            replays += 1;
+        }
+    };
+    // 60 s at 30 pictures a second, a keyframe every 2 s.
+    for f in 0..1800u32 {
+        let now = clock.advance(33);
+        frame(
+            &mut sfu,
+            t,
+            &mut seq,
+            f * 3000,
+            if f % 60 == 0 { 60 } else { 4 },
+            f % 60 == 0,
+            now,
+        );
+        if let Some((m, _)) = mallory {
+            let out = drain(&mut sfu);
+            count(&out, m, false, &mut got);
+        }
+        if f % 15 == 7 {
+            // Report everything received lost, leave, join again, take the picture.
+            if let Some((m, down)) = mallory.take() {
+                let lost = std::mem::take(&mut got);
+                sfu.handle_nack(down, &lost, now).unwrap();
+                let out = drain(&mut sfu);
+                count(&out, m, false, &mut Vec::new());
+                sfu.leave(m, now).unwrap();
+            }
+            let m = sfu.join("r", "mallory", Role::Consultant, true, now);
+            joins += 1;
+            let down = added_down(&drain(&mut sfu), m).expect("subscribed");
+            sfu.bind_down_track(down, 0xBAD, 96, now).unwrap();
+            let out = drain(&mut sfu);
+            count(&out, m, true, &mut got);
+            mallory = Some((m, down));
+        }
+    }
+    let elapsed = 1800 * 33 / 1000;
+    println!(
+        "{joins} joins: live {live} B, replays {replays} ({replay_bytes} B), retransmissions {rtx} B"
+    );
+    assert!(joins >= 100, "{joins}");
+    assert!(
+        rtx <= burst + live * u64::from(percent) / 100,
+        "{rtx} bytes re-sent for {live} live over {joins} joins"
+    );
+    assert!(
+        replays <= elapsed / REPLAY_AGAIN_AFTER.as_secs() + 1,
+        "{replays} replays in {elapsed} s"
+    );
+    assert!(replays >= 2, "replays still happen: {replays}");
+}
