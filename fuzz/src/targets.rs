@@ -58,16 +58,22 @@ pub fn core_forwarding(data: &[u8]) {
     let Ok(track) = sfu.publish(p, TrackSource::Camera, Codec::Vp8, t0) else {
         return;
     };
-    let _s = sfu.join("f", "sub", Role::Lead, true, t0);
-    let downs: Vec<_> = std::iter::from_fn(|| sfu.poll_output())
-        .filter_map(|o| match o {
-            Output::SubscriptionAdded { down, .. } => Some(down),
-            _ => None,
-        })
-        .collect();
-    for d in &downs {
-        let _ = sfu.bind_down_track(*d, 1, 96, t0);
-    }
+    // The subscriber's session and down tracks; it may leave and join again, which must
+    // not buy it a fresh retransmission budget.
+    let session = |sfu: &mut Sfu, now: Instant| {
+        let s = sfu.join("f", "sub", Role::Lead, true, now);
+        let downs: Vec<_> = std::iter::from_fn(|| sfu.poll_output())
+            .filter_map(|o| match o {
+                Output::SubscriptionAdded { down, .. } => Some(down),
+                _ => None,
+            })
+            .collect();
+        for d in &downs {
+            let _ = sfu.bind_down_track(*d, 1, 96, now);
+        }
+        (s, downs)
+    };
+    let (mut sub, mut downs) = session(&mut sfu, t0);
     let mut now = t0;
     let (mut live, mut resent) = (0u64, 0u64);
     for chunk in data.chunks_exact(12) {
@@ -79,7 +85,7 @@ pub fn core_forwarding(data: &[u8]) {
             timestamp: u32::from_be_bytes([chunk[3], chunk[4], chunk[5], chunk[6]]),
             ssrc: u32::from(chunk[7] % 3),
         };
-        match chunk[8] % 4 {
+        match chunk[8] % 5 {
             0 | 1 => {
                 let payload = Bytes::copy_from_slice(&chunk[9..]);
                 let _ = sfu.handle_rtp(track, RtpPacket { header, payload }, now);
@@ -93,7 +99,11 @@ pub fn core_forwarding(data: &[u8]) {
                     let _ = sfu.handle_nack(*d, &lost, now);
                 }
             }
-            _ => sfu.handle_timeout(now),
+            3 => sfu.handle_timeout(now),
+            _ => {
+                let _ = sfu.leave(sub, now);
+                (sub, downs) = session(&mut sfu, now);
+            }
         }
         while let Some(o) = sfu.poll_output() {
             if let Output::Rtp(r) = o {

@@ -78,7 +78,9 @@ impl Depacketizer {
             return Err(DepacketizeError::OrphanFragment);
         }
         if self.frame.len() + payload.len() - at > MAX_ACCESS_UNIT {
-            self.reset();
+            // The megabytes an endless frame grew to are given back.
+            self.frame = Vec::new();
+            self.started = false;
             return Err(DepacketizeError::TooLarge);
         }
         self.frame.extend_from_slice(&payload[at..]);
@@ -162,7 +164,10 @@ mod tests {
         more.extend(std::iter::repeat_n(7u8, 1200));
         let sent = crate::h265_rtp::tests::fill_until_refused(|m| d.push(&more, m), 1200);
         assert!(sent > MAX_ACCESS_UNIT - 2500, "{sent}");
-        assert!(d.frame.is_empty() && !d.started);
+        assert!(
+            d.frame.capacity() == 0 && !d.started,
+            "dropped, memory given back"
+        );
         // A frame after a start without its end is an orphan until the next start.
         assert_eq!(d.push(&more, true), Err(DepacketizeError::OrphanFragment));
         assert_eq!(d.push(&start, true).unwrap().map(|f| f.len()), Some(1201));

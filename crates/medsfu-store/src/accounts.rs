@@ -134,10 +134,6 @@ pub struct Account {
     pub role: AccountRole,
     /// The name shown to others.
     pub display_name: String,
-    /// Wrong secrets since the last good one.
-    pub failed_attempts: u32,
-    /// Locked until this time (ms since 1970); 0: not locked.
-    pub locked_until_ms: i64,
     /// Disabled by an operator.
     pub disabled: bool,
     /// Tokens issued before this time (ms since 1970) are void: its secret changed then.

@@ -64,6 +64,9 @@ pub trait Store: Send + Sync {
     fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError>;
     /// Lifts a lockout.
     fn unlock(&self, name: &str) -> Result<(), StoreError>;
+    /// Names locked at `now_ms` (known or not), each with the number of source addresses
+    /// it is locked for.
+    fn locked(&self, now_ms: i64) -> Result<Vec<(String, u32)>, StoreError>;
     /// An account by name.
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
     /// Every account, by name.

@@ -136,18 +136,18 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Account, String, Stri
                 .parse()
                 .map_err(|e: String| rusqlite::Error::InvalidColumnName(e))?,
             display_name: r.get(2)?,
-            failed_attempts: r.get(3)?,
-            locked_until_ms: r.get(4)?,
-            disabled: r.get(5)?,
-            tokens_after_ms: r.get(8)?,
+            disabled: r.get(3)?,
+            tokens_after_ms: r.get(6)?,
         },
-        r.get(6)?,
-        r.get(7)?,
+        r.get(4)?,
+        r.get(5)?,
     ))
 }
 
-const ACCOUNT_COLUMNS: &str = "name, role, display_name, failed_attempts, locked_until_ms, \
-     disabled, secret_kind, secret_hash, tokens_after_ms";
+// The accounts table's own failed_attempts and locked_until_ms columns are no longer
+// used: lockouts are per (name, source) in login_failures.
+const ACCOUNT_COLUMNS: &str =
+    "name, role, display_name, disabled, secret_kind, secret_hash, tokens_after_ms";
 
 fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
     let status: String = r.get(3)?;
@@ -262,6 +262,16 @@ impl Store for SqliteStore {
             params![name],
         )?;
         changed(n, &format!("account {name}"))
+    }
+
+    fn locked(&self, now_ms: i64) -> Result<Vec<(String, u32)>, StoreError> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT name, COUNT(*) FROM login_failures WHERE locked_until_ms > ?1
+             GROUP BY name ORDER BY name",
+        )?;
+        let rows = st.query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
@@ -642,8 +652,9 @@ mod tests {
             s.login("ana", "4711", pin, "10.0.0.1", &p, 30_000),
             Err(LoginError::Locked { .. })
         ));
-        let a = s.login("ana", "4711", pin, "10.0.0.1", &p, 61_002).unwrap();
-        assert_eq!((a.failed_attempts, a.locked_until_ms), (0, 0));
+        assert_eq!(s.locked(30_000).unwrap(), vec![("ana".to_owned(), 1)]);
+        assert!(s.locked(61_002).unwrap().is_empty(), "the lockout ran out");
+        s.login("ana", "4711", pin, "10.0.0.1", &p, 61_002).unwrap();
         // A good login resets the count: two more wrong ones do not lock.
         let _ = s.login("ana", "1", pin, "10.0.0.1", &p, 70_000);
         let _ = s.login("ana", "2", pin, "10.0.0.1", &p, 70_001);

@@ -133,13 +133,17 @@ pub fn user(cfg: &Config, action: UserAction) -> Result<()> {
             ("user_add", name)
         }
         UserAction::List => {
+            let locked: std::collections::HashMap<String, u32> =
+                store.locked(now_ms())?.into_iter().collect();
             for a in store.accounts()? {
                 let mut state = String::new();
                 if a.disabled {
                     state.push_str(" disabled");
                 }
-                if a.locked_until_ms > now_ms() {
-                    state.push_str(" locked");
+                match locked.get(&a.name) {
+                    Some(1) => state.push_str(" locked (from one address)"),
+                    Some(n) => state.push_str(&format!(" locked (from {n} addresses)")),
+                    None => {}
                 }
                 println!("{}\t{}\t{}{state}", a.name, a.role, a.display_name);
             }

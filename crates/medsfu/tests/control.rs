@@ -243,7 +243,18 @@ async fn calls_roles_hand_over_removal_and_the_audit_trail_through_http_and_sign
         .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
         .await;
     assert_eq!(s, 429, "locked even for the right PIN");
+    // The operator sees the lockout (it once read columns nothing wrote any more).
+    let crew_line = |list: String| {
+        list.lines()
+            .find(|l| l.starts_with("crew1\t"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let line = crew_line(medsfu_ok(&data, &["user", "list"]));
+    assert!(line.ends_with("locked (from one address)"), "{line}");
     medsfu_ok(&data, &["user", "unlock", "crew1"]);
+    let line = crew_line(medsfu_ok(&data, &["user", "list"]));
+    assert!(!line.contains("locked"), "{line}");
     let (s, v) = api
         .call("POST", "/api/login/crew", "", Some(crew_login("4711")))
         .await;
