@@ -24,8 +24,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
-/// How often an open session checks that its token still stands (account not disabled,
-/// secret not changed); expiry ends it at the second.
+/// A frame the client does not take within this long ends the session: a client that
+/// stopped reading (its TCP window shut) must not hold the session, and the events
+/// queued for it, for good.
+const SEND_WITHIN: Duration = Duration::from_secs(10);
+/// A connection must send its join within this long.
 const JOIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// A message from the client.
@@ -223,10 +226,20 @@ fn event_json(ev: &SessionEvent) -> Value {
 }
 
 async fn send(socket: &mut WebSocket, v: &Value) -> bool {
-    socket
-        .send(Message::Text(Utf8Bytes::from(v.to_string())))
-        .await
-        .is_ok()
+    send_frame(
+        socket,
+        Message::Text(Utf8Bytes::from(v.to_string())),
+        SEND_WITHIN,
+    )
+    .await
+}
+
+/// Sends one frame; false when the connection failed or did not take it within `limit`.
+async fn send_frame(socket: &mut WebSocket, frame: Message, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, socket.send(frame)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Reads the next text message, answering oversize or binary frames with an error.
@@ -392,7 +405,7 @@ async fn session(state: AppState, mut socket: WebSocket, source: String) {
                     &error("join_timeout", "no join within 10 s", None),
                 )
                 .await;
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = send_frame(&mut socket, Message::Close(None), SEND_WITHIN).await;
                 return;
             }
         };
@@ -436,7 +449,7 @@ async fn session(state: AppState, mut socket: WebSocket, source: String) {
             }
         }
     };
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::channel(medsfu_webrtc::SESSION_EVENTS);
     let joined = match s
         .media
         .join_decoding(
@@ -452,7 +465,7 @@ async fn session(state: AppState, mut socket: WebSocket, source: String) {
         Ok(j) => j,
         Err(e) => {
             let _ = send(&mut socket, &error(e.code(), e.to_string(), join_id)).await;
-            let _ = socket.send(Message::Close(None)).await;
+            let _ = send_frame(&mut socket, Message::Close(None), SEND_WITHIN).await;
             return;
         }
     };
@@ -490,7 +503,7 @@ async fn joined_session(
     grant: Grant,
     join_id: Option<Value>,
     joined: Joined,
-    mut events: mpsc::UnboundedReceiver<SessionEvent>,
+    mut events: mpsc::Receiver<SessionEvent>,
     source: String,
 ) {
     let s = &state.inner;
@@ -565,7 +578,7 @@ async fn joined_session(
         ended_by_server = run(&state, &mut socket, &mut events, &mut who, feed, last_seen).await;
     }
     // A proper close frame, so clients see a normal closure rather than a dropped link.
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = send_frame(&mut socket, Message::Close(None), SEND_WITHIN).await;
     if !ended_by_server {
         s.media.leave(me).await;
     }
@@ -655,7 +668,7 @@ async fn end_for(socket: &mut WebSocket, e: &ApiError) {
     let _ = send(socket, &error(e.code, e.message.clone(), None)).await;
     let bye = json!({ "type": "left", "reason": e.code });
     let _ = send(socket, &bye).await;
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = send_frame(socket, Message::Close(None), SEND_WITHIN).await;
 }
 
 async fn next_telemetry(feed: &mut Option<Feed>) -> Option<Vec<Arc<Item>>> {
@@ -669,7 +682,7 @@ async fn next_telemetry(feed: &mut Option<Feed>) -> Option<Vec<Arc<Item>>> {
 async fn run(
     state: &AppState,
     socket: &mut WebSocket,
-    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+    events: &mut mpsc::Receiver<SessionEvent>,
     who: &mut Who,
     mut feed: Option<Feed>,
     mut last_seen: Instant,
@@ -700,7 +713,7 @@ async fn run(
                     "message": "the server is stopping; reconnect in a moment",
                 });
                 let _ = send(socket, &bye).await;
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = send_frame(socket, Message::Close(None), SEND_WITHIN).await;
                 return true;
             }
             batch = next_telemetry(&mut feed) => match batch {
@@ -780,7 +793,7 @@ async fn run(
                 if last_seen.elapsed() > DEAD_AFTER {
                     return false;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if !send_frame(socket, Message::Ping(Default::default()), SEND_WITHIN).await {
                     return false;
                 }
             }
@@ -1057,6 +1070,60 @@ async fn handle(state: &AppState, me: ParticipantId, msg: ClientMessage) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that stops reading shuts its TCP window; a send to it must give up (and
+    /// end the session) instead of waiting for good with the session's events piling up.
+    #[tokio::test]
+    async fn a_send_to_a_client_that_stopped_reading_gives_up() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| {
+                let done_tx = done_tx.clone();
+                async move {
+                    ws.on_upgrade(move |mut socket| async move {
+                        let frame = "x".repeat(64 * 1024);
+                        let mut sent = 0usize;
+                        // 64 GiB: far beyond any socket buffer; reaching it means the
+                        // stalled send was never noticed.
+                        while sent < 1_000_000 {
+                            let m = Message::Text(Utf8Bytes::from(frame.clone()));
+                            if !send_frame(&mut socket, m, Duration::from_millis(500)).await {
+                                break;
+                            }
+                            sent += 1;
+                        }
+                        // The mutex is only taken here, once per connection.
+                        if let Some(t) = done_tx.lock().expect("not poisoned").take() {
+                            let _ = t.send(sent);
+                        }
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (_client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+            .await
+            .expect("upgrade");
+        // The client never reads.
+        let sent = tokio::time::timeout(Duration::from_secs(60), done_rx)
+            .await
+            .expect("the stalled send ends within a minute")
+            .expect("the handler reports");
+        assert!(sent > 0, "the first frames fit in the buffers");
+        assert!(
+            sent < 1_000_000,
+            "sent {sent} frames: the stall was not noticed"
+        );
+    }
 
     #[test]
     fn each_kind_of_request_has_its_own_allowance() {

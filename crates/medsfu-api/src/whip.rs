@@ -182,7 +182,7 @@ async fn create(
     if kind == SessionKind::Whip {
         medsfu_webrtc::sdp::check_whip(grant.role, &sections)?;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(medsfu_webrtc::SESSION_EVENTS);
     let joined = s
         .media
         .join(&room, &grant.identity, grant.role, kind, tx)

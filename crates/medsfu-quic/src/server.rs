@@ -666,7 +666,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::channel(medsfu_webrtc::SESSION_EVENTS);
     let joined = match ctx
         .media
         .join(
@@ -757,7 +757,7 @@ async fn session(
     mut flows: HashMap<u64, FlowState>,
     mut lines: Lines,
     mut send: quinn::SendStream,
-    mut events: mpsc::UnboundedReceiver<SessionEvent>,
+    mut events: mpsc::Receiver<SessionEvent>,
 ) -> LeaveReason {
     let flow_of: HashMap<TrackId, u64> = flows.values().map(|f| (f.track, f.flow)).collect();
     let rate = f64::from(ctx.settings.control_rate.max(1));

@@ -1,5 +1,6 @@
 //! The media event loop: socket, peer connections and room core in one task.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ struct Session {
     decodes_h265: bool,
     role: Role,
     room: String,
-    events: mpsc::UnboundedSender<SessionEvent>,
+    events: mpsc::Sender<SessionEvent>,
     publisher: Option<PeerId>,
     subscriber: Option<PeerId>,
     /// Indicator state last told to a vehicle (green, red).
@@ -221,6 +222,9 @@ pub(crate) struct Engine {
     track_codecs: HashMap<TrackId, RTCRtpCodec>,
     scratch_events: Vec<RTCPeerConnectionEvent>,
     scratch_msgs: Vec<RTCMessage>,
+    /// Sessions whose event queue was full: their shells stopped taking events (a client
+    /// that stopped reading); they are ended after the current step.
+    overflowed: RefCell<Vec<ParticipantId>>,
     /// Subscriptions changed: vehicles' indicator lamps may have to change too.
     indicators_dirty: bool,
     /// Id of the next camera command.
@@ -308,6 +312,7 @@ impl Engine {
             track_codecs: HashMap::new(),
             scratch_events: Vec::new(),
             scratch_msgs: Vec::new(),
+            overflowed: RefCell::new(Vec::new()),
             indicators_dirty: false,
             next_camera_command: 1,
             commands,
@@ -354,6 +359,9 @@ impl Engine {
                     None => break,
                 },
                 () = sleep => self.on_timeout(Instant::now()),
+            }
+            if !self.overflowed.get_mut().is_empty() {
+                self.end_overflowed(Instant::now());
             }
         }
         info!("media server stopped");
@@ -1126,7 +1134,33 @@ impl Engine {
     fn tell(&self, participant: ParticipantId, event: SessionEvent) {
         if let Some(s) = self.sessions.get(&participant) {
             // A closed receiver means the session is going away; its removal follows.
-            let _ = s.events.send(event);
+            if let Err(mpsc::error::TrySendError::Full(_)) = s.events.try_send(event) {
+                self.overflowed.borrow_mut().push(participant);
+            }
+        }
+    }
+
+    /// Ends the sessions whose shells fell [`crate::SESSION_EVENTS`] events behind: what
+    /// they missed cannot be made good, and buffering more for them has no bound. Their
+    /// clients see the connection close and join again.
+    fn end_overflowed(&mut self, now: Instant) {
+        // Ending one tells the room, which may fill another's queue: loop until none.
+        loop {
+            let ended = std::mem::take(self.overflowed.get_mut());
+            if ended.is_empty() {
+                break;
+            }
+            for participant in ended {
+                if !self.sessions.contains_key(&participant) {
+                    continue;
+                }
+                MediaStats::inc(&self.stats.sessions_overflowed);
+                info!(%participant, "session ended: its client stopped taking events");
+                let _ = self.sfu.disconnect(participant, LeaveReason::Timeout, now);
+                self.end_session(participant, Some(LeaveReason::Timeout));
+                self.indicators_dirty = true;
+            }
+            self.drain_core(now);
         }
     }
 
@@ -1176,7 +1210,7 @@ impl Engine {
         };
         if let Some(reason) = reason {
             // The session may already have hung up.
-            let _ = s.events.send(SessionEvent::Removed(reason));
+            let _ = s.events.try_send(SessionEvent::Removed(reason));
         }
         for pid in [s.publisher, s.subscriber].into_iter().flatten() {
             self.close_peer(pid);
@@ -1442,7 +1476,11 @@ impl Engine {
                     if let Some(s) = self.sessions.get_mut(&pid) {
                         if s.camera_grant != camera {
                             s.camera_grant = camera;
-                            let _ = s.events.send(SessionEvent::CameraGrant { camera });
+                            if let Err(mpsc::error::TrySendError::Full(_)) =
+                                s.events.try_send(SessionEvent::CameraGrant { camera })
+                            {
+                                self.overflowed.get_mut().push(pid);
+                            }
                         }
                     }
                 }
@@ -2083,7 +2121,7 @@ impl Engine {
         let identity = format!("{}~h264", info.publisher_identity);
         let internal = self.sfu.join(&room, &identity, Role::Vehicle, false, now);
         // Nobody listens to a transcoder's session events.
-        let (events, _) = mpsc::unbounded_channel();
+        let (events, _) = mpsc::channel(1);
         self.sessions.insert(
             internal,
             Session {
@@ -2280,7 +2318,7 @@ impl Engine {
             .join(room, &identity, Role::Recorder, auto_subscribe, now);
         self.hidden.insert(internal);
         // Nobody listens to a recorder's session events.
-        let (events, _) = mpsc::unbounded_channel();
+        let (events, _) = mpsc::channel(1);
         self.sessions.insert(
             internal,
             Session {

@@ -154,6 +154,11 @@ pub enum SessionKind {
     Vehicle,
 }
 
+/// Events one session may have waiting for its shell. A shell this far behind (its client
+/// stopped reading) has its session ended: what it missed cannot be made good, and
+/// buffering more for it has no bound.
+pub const SESSION_EVENTS: usize = 1024;
+
 /// Something the media server tells one session.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -262,6 +267,8 @@ pub struct MediaStats {
     pub datagrams_out: IntCounter,
     /// Datagrams the socket refused to send.
     pub send_errors: IntCounter,
+    /// Sessions ended because their shell fell [`SESSION_EVENTS`] events behind.
+    pub sessions_overflowed: IntCounter,
     /// RTP packets received from publishers, by kind.
     pub rtp_in: ByKind,
     /// RTP payload bytes received from publishers, by kind.
@@ -410,6 +417,10 @@ impl MediaStats {
             send_errors: c(
                 "medsfu_media_send_errors_total",
                 "Datagrams the socket refused to send",
+            )?,
+            sessions_overflowed: c(
+                "medsfu_media_sessions_overflowed_total",
+                "Sessions ended because their client stopped taking events (queue full)",
             )?,
             rtp_in: ByKind::new(
                 registry,
@@ -645,7 +656,7 @@ pub(crate) enum Command {
         kind: SessionKind,
         /// The client decodes H.265 (otherwise it gets H.264 renditions of H.265 tracks).
         decodes_h265: bool,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
         reply: oneshot::Sender<Result<Joined, MediaError>>,
     },
     Publish {
@@ -818,7 +829,7 @@ impl MediaHandle {
         identity: &str,
         role: Role,
         kind: SessionKind,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
     ) -> Result<Joined, MediaError> {
         self.join_decoding(room, identity, role, kind, true, events)
             .await
@@ -833,7 +844,7 @@ impl MediaHandle {
         role: Role,
         kind: SessionKind,
         decodes_h265: bool,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
     ) -> Result<Joined, MediaError> {
         self.ask(|reply| Command::Join {
             room: room.to_owned(),
@@ -1078,5 +1089,85 @@ impl MediaHandle {
     /// Number of rooms and participants.
     pub async fn counts(&self) -> Result<(usize, usize), MediaError> {
         self.ask(|reply| Command::Rooms { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn server() -> MediaHandle {
+        let cfg = MediaConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            announce: None,
+            receive_buffer_bytes: 0,
+            send_buffer_bytes: 0,
+            core: CoreConfig::default(),
+            recordings: None,
+            rendition_height: 360,
+        };
+        MediaServer::start(cfg, &Registry::new())
+            .await
+            .expect("media server starts")
+    }
+
+    /// A session whose shell stopped taking events (its client stopped reading) is ended
+    /// when its queue is full, and the room is told, instead of the queue growing for good.
+    #[tokio::test]
+    async fn a_session_that_stops_taking_events_is_ended_and_the_room_told() {
+        let media = server().await;
+        // Held, never read: room for 4 events.
+        let (slow_tx, _slow_rx) = mpsc::channel(4);
+        let slow = media
+            .join(
+                "r",
+                "slow",
+                Role::Consultant,
+                SessionKind::Signalling,
+                slow_tx,
+            )
+            .await
+            .expect("joins");
+        let (tx, mut watcher) = mpsc::channel(SESSION_EVENTS);
+        media
+            .join("r", "watcher", Role::Lead, SessionKind::Signalling, tx)
+            .await
+            .expect("joins");
+        // Every newcomer is announced to the slow session too.
+        let mut others = Vec::new();
+        for i in 0..6 {
+            let (tx, rx) = mpsc::channel(SESSION_EVENTS);
+            others.push(rx);
+            media
+                .join(
+                    "r",
+                    &format!("p{i}"),
+                    Role::Team,
+                    SessionKind::Signalling,
+                    tx,
+                )
+                .await
+                .expect("joins");
+        }
+        let left = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(ev) = watcher.recv().await {
+                if let SessionEvent::Room(RoomEvent::ParticipantLeft {
+                    participant,
+                    reason,
+                }) = ev
+                {
+                    if participant == slow.participant {
+                        return Some(reason);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .expect("the slow session is ended within 10 s");
+        assert_eq!(left, Some(LeaveReason::Timeout));
+        assert_eq!(media.stats().sessions_overflowed.get(), 1);
+        // The others were not touched: each got every announcement and nothing else failed.
+        assert_eq!(media.counts().await.expect("answers"), (1, 7));
     }
 }
