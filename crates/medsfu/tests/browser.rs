@@ -522,10 +522,7 @@ async fn a_crew_calls_from_the_page_the_doctor_answers_by_voice_and_ends_the_cal
     tokio::time::sleep(Duration::from_millis(500)).await; // the jitter buffer drains
     let muted = energy_rate(&mut b, &crew, Duration::from_secs(2)).await;
     println!("doctor's voice at the crew: {before:.5} energy/s, muted {muted:.5}");
-    assert!(
-        muted < before / 10.0,
-        "mute: {before} -> {muted}"
-    );
+    assert!(muted < before / 10.0, "mute: {before} -> {muted}");
 
     // End call takes two clicks; every page then says the call ended, nothing looks live.
     b.eval(&doc, "document.getElementById('end-call').click(); document.getElementById('end-call').textContent")
