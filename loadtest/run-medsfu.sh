@@ -3,11 +3,17 @@
 # loopback, makes one token per subscriber, prints the JSON report.
 # Usage: loadtest/run-medsfu.sh [SUBSCRIBERS] [SECONDS] [KBPS]
 #        VEHICLES=V loadtest/run-medsfu.sh [SUBSCRIBERS_PER_VEHICLE] [SECONDS] [KBPS]
+#        BIN_DIR=DIR ... measures the medsfu and medsfu-loadtest binaries in DIR (say, copies
+#        built from an older commit) instead of building this checkout's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-50}; secs=${2:-10}; kbps=${3:-2000}
-cargo build --release --locked -p medsfu -p medsfu-loadtest >&2
-bin=target/release
+if [ -n "${BIN_DIR:-}" ]; then
+  bin=$BIN_DIR
+else
+  cargo build --release --locked -p medsfu -p medsfu-loadtest >&2
+  bin=target/release
+fi
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 vehicles=${VEHICLES:-0}
@@ -15,6 +21,8 @@ if [ "$vehicles" -gt 0 ]; then
   $bin/medsfu certs --data-dir "$dir" >/dev/null
 fi
 # The load's vehicles publish into one operator room ("load"), not into calls.
+# A room holds 64 participants by default: make room for the load's subscribers.
+MEDSFU_CORE__MAX_PARTICIPANTS_PER_ROOM=$((n + 8)) \
 MEDSFU_VEHICLE__OPEN_ROOMS=true $bin/medsfu serve --data-dir "$dir" --http-listen 127.0.0.1:0 --webrtc-listen 127.0.0.1:0 \
   --vehicle-listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
 pid=$!

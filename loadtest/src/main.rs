@@ -58,13 +58,147 @@ const FPS: u32 = 30;
 
 /// utime + stime of a process, in seconds (Linux /proc, USER_HZ = 100).
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a /proc `stat` file, in seconds.
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The raw cost of sending: CPU µs per datagram of this thread sending 1240-byte
+/// datagrams (an SRTP packet of 1200 bytes of payload) round-robin to `destinations`
+/// loopback sockets for about a second, with `medsfu_webrtc::transmit` (`sendmmsg`, 64 per
+/// call) and with one `send_to` per datagram. Another thread empties the receivers, as
+/// subscribers would. The ceiling the server's per-packet cost is compared with.
+async fn probe_send(destinations: usize) -> Result<serde_json::Value> {
+    use medsfu_webrtc::transmit::{send_all, Transmit};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SIZE: usize = 1240;
+    const RUN: Duration = Duration::from_secs(1);
+    let mut receivers = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..destinations.max(1) {
+        let r = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        r.set_nonblocking(true)?;
+        addrs.push(r.local_addr()?);
+        receivers.push(r);
+    }
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let drain = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !done.load(Ordering::Relaxed) {
+                for r in &receivers {
+                    while r.recv(&mut buf).is_ok() {}
+                }
+            }
+        })
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let thread_cpu = || stat_cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0);
+    let payload = [0x80u8; SIZE];
+    let mut report = serde_json::Map::new();
+    for batched in [true, false] {
+        let (mut n, mut failed, mut i) = (0u64, 0u64, 0usize);
+        let mut queue = Vec::with_capacity(medsfu_webrtc::transmit::BATCH);
+        let (t0, c0) = (Instant::now(), thread_cpu());
+        while t0.elapsed() < RUN {
+            for _ in 0..medsfu_webrtc::transmit::BATCH {
+                let to = addrs[i % addrs.len()];
+                i += 1;
+                if batched {
+                    queue.push(Transmit {
+                        to,
+                        data: bytes::BytesMut::from(&payload[..]),
+                    });
+                } else {
+                    match socket.try_send_to(&payload, to) {
+                        Ok(_) => n += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            if batched {
+                let sent = send_all(&socket, &mut queue);
+                n += sent.datagrams;
+                failed += sent.failed;
+            }
+        }
+        let cpu = thread_cpu() - c0;
+        let name = if batched { "sendmmsg" } else { "send_to" };
+        report.insert(
+            name.into(),
+            json!({
+                "us_per_datagram": if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 },
+                "datagrams": n,
+                "failed": failed,
+            }),
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = drain.join();
+    report.insert("destinations".into(), json!(destinations));
+    Ok(serde_json::Value::Object(report))
+}
+
+/// The server's `medsfu_media_forward_latency_seconds` histogram: (upper bound, count)
+/// per bucket, sum, count; `None` when the server is not medsfu or not reachable.
+async fn forward_latency(base: &str) -> Option<(Vec<(f64, f64)>, f64, f64)> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let (mut buckets, mut sum, mut count) = (Vec::new(), 0.0, 0.0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("medsfu_media_forward_latency_seconds") else {
+            continue;
+        };
+        let (name, value) = rest.rsplit_once(' ')?;
+        let value: f64 = value.parse().ok()?;
+        if let Some(le) = name.strip_prefix("_bucket{le=\"") {
+            let le = le.trim_end_matches("\"}");
+            buckets.push((le.parse().unwrap_or(f64::INFINITY), value));
+        } else if name == "_sum" {
+            sum = value;
+        } else if name == "_count" {
+            count = value;
+        }
+    }
+    (count > 0.0 || !buckets.is_empty()).then_some((buckets, sum, count))
+}
+
+/// The SFU-added latency of the copies sent between two readings of the histogram: their
+/// number, mean, and the bucket bounds under which half and 99 % of them fall.
+fn added_latency(
+    before: Option<(Vec<(f64, f64)>, f64, f64)>,
+    after: Option<(Vec<(f64, f64)>, f64, f64)>,
+) -> serde_json::Value {
+    let (Some((b0, s0, c0)), Some((b1, s1, c1))) = (before, after) else {
+        return serde_json::Value::Null;
+    };
+    let n = c1 - c0;
+    let within = |q: f64| {
+        b1.iter()
+            .zip(&b0)
+            .find(|((_, a), (_, b))| a - b >= q * n)
+            .map(|((le, _), _)| le * 1e6)
+    };
+    json!({
+        "copies": n,
+        "mean_us": if n > 0.0 { (s1 - s0) / n * 1e6 } else { 0.0 },
+        "p50_under_us": within(0.5),
+        "p99_under_us": within(0.99),
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -215,19 +349,22 @@ async fn main() -> Result<()> {
     // Synthetic H.265: every packet is a complete IDR-type NAL unit carrying its send time,
     // so any subscriber can start at any packet and measure latency.
     let start = Instant::now();
-    let total = Duration::from_secs(a.seconds + 3);
+    // Publishers run until the measuring window has ended, however long the subscribers
+    // took to join (50 of them take seconds): a fixed duration ended the stream mid-window.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
     let mut targets = Vec::new();
     for (room, publisher, tokens) in rooms {
         let payload = publisher.payload_limit();
         let pps = (a.kbps as usize * 1000 / 8 / payload).max(1);
         let per_frame = (pps / FPS as usize).max(1);
+        let stop = stop.clone();
         senders.push(tokio::spawn(async move {
             let mut seq = 0u16;
             let mut frame = 0u32;
             let mut sent = 0u64;
             let mut tick = tokio::time::interval(Duration::from_secs(1) / FPS);
-            while start.elapsed() < total {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
                 for i in 0..per_frame {
                     let mut p = vec![0u8; payload];
@@ -278,6 +415,7 @@ async fn main() -> Result<()> {
     for s in &mut subs {
         while s.received.try_recv().is_ok() {}
     }
+    let latency0 = forward_latency(&a.base).await;
     let cpu0 = a.pid.and_then(cpu_seconds);
     let window = Instant::now();
     let mut handles = Vec::new();
@@ -309,14 +447,21 @@ async fn main() -> Result<()> {
     let mut received = 0;
     let mut lost = 0;
     let mut lat = Vec::new();
+    // A subscriber that receives nothing shows no sequence gaps: count packets per
+    // subscriber, so a starved one shows as a low minimum instead of hiding in the total.
+    let mut per_subscriber = Vec::new();
     for h in handles {
         let (n, l, mut v, _s) = h.await?;
         received += n;
         lost += l;
+        per_subscriber.push(n);
         lat.append(&mut v);
     }
+    per_subscriber.sort_unstable();
     let elapsed = window.elapsed().as_secs_f64();
     let cpu1 = a.pid.and_then(cpu_seconds);
+    let latency1 = forward_latency(&a.base).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sent = 0;
     for h in senders {
         sent += h.await?.1;
@@ -335,12 +480,19 @@ async fn main() -> Result<()> {
         "received_packets": received,
         "received_packets_per_s": received as f64 / elapsed,
         "lost_packets": lost,
+        "received_per_subscriber": {
+            "min": per_subscriber.first().copied().unwrap_or(0),
+            "max": per_subscriber.last().copied().unwrap_or(0),
+            "silent": per_subscriber.iter().filter(|&&n| n == 0).count(),
+        },
         "loss_ratio": if received + lost > 0 { lost as f64 / (received + lost) as f64 } else { 0.0 },
         "latency_us": {
             "p50": percentile(&lat, 0.50), "p90": percentile(&lat, 0.90),
             "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0),
         },
         "server_cpu_us_per_forwarded_packet": cpu_us_per_packet,
+        "sfu_added_latency": added_latency(latency0, latency1),
+        "send_probe": probe_send(a.subscribers).await?,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

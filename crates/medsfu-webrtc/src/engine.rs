@@ -1,4 +1,6 @@
-//! The media event loop: socket, peer connections and room core in one task.
+//! The media engine: peer connections and the room core, stepped by the driver
+//! ([`crate::driver`]) with datagrams, commands and timeouts; it queues what it wants sent
+//! and never touches the socket itself.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -26,13 +28,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::demux::{check_stun, classify, stun_server_ufrag, DatagramKind, StunVerdict};
 use crate::peer::{self, Direction};
 use crate::sdp::{accept_bundle_only, check_publish, media_sections};
+use crate::transmit::Transmit;
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
 
 type PeerId = u64;
@@ -208,8 +210,14 @@ impl Peer {
 }
 
 pub(crate) struct Engine {
-    socket: UdpSocket,
     announce: SocketAddr,
+    /// Datagrams queued during the current step, for the driver to send after it.
+    outbox: Vec<Transmit>,
+    /// Arrival times of the live (`false`) and replayed (`true`) RTP copies in `outbox`,
+    /// timed once the driver has sent them (one clock read per step, not per copy).
+    unsent_copies: Vec<(Instant, bool)>,
+    /// Some peer connection may want a (re)offer: `send_offers` scans only when set.
+    offers_due: bool,
     sfu: Sfu,
     stats: Arc<MediaStats>,
     sessions: HashMap<ParticipantId, Session>,
@@ -290,7 +298,6 @@ fn sdp_err(e: impl std::fmt::Display) -> MediaError {
 
 impl Engine {
     pub fn new(
-        socket: UdpSocket,
         announce: SocketAddr,
         core: CoreConfig,
         recordings: Option<crate::RecordingSettings>,
@@ -299,8 +306,10 @@ impl Engine {
         rendition_height: u32,
     ) -> Engine {
         Engine {
-            socket,
             announce,
+            outbox: Vec::new(),
+            unsent_copies: Vec::new(),
+            offers_due: false,
             sfu: Sfu::new(core),
             stats,
             sessions: HashMap::new(),
@@ -330,7 +339,9 @@ impl Engine {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    /// When [`Engine::handle_timeout`] is due next, if anything waits on time.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let peer = self.timers.first().map(|(t, _)| *t);
         match (peer, self.sfu.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -338,33 +349,53 @@ impl Engine {
         }
     }
 
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
-        info!(addr = %self.announce, "media server listening");
-        loop {
-            let deadline = self.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, src)) => self.on_datagram(&buf[..n], src, Instant::now()),
-                    Err(e) => debug!(error = %e, "media socket receive error"),
-                },
-                c = commands.recv() => match c {
-                    Some(c) => self.on_command(c, Instant::now()),
-                    None => break,
-                },
-                () = sleep => self.on_timeout(Instant::now()),
-            }
-            if !self.overflowed.get_mut().is_empty() {
-                self.end_overflowed(Instant::now());
+    /// Takes one datagram received from `from` at `now`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.on_datagram(data, from, now);
+        self.end_step(now);
+    }
+
+    /// Carries out one command from a session shell or an API handler.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.on_command(cmd, now);
+        self.end_step(now);
+    }
+
+    /// Runs what was due at or before `now` (peer and room timers).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.on_timeout(now);
+        self.end_step(now);
+    }
+
+    /// The datagrams queued by the last steps, for the driver to send (and empty).
+    #[must_use]
+    pub fn poll_transmits(&mut self) -> &mut Vec<Transmit> {
+        &mut self.outbox
+    }
+
+    /// The driver sent (or dropped) everything queued, finishing at `now`: each forwarded
+    /// RTP copy in it is timed from its packet's arrival.
+    pub fn handle_sent(&mut self, now: Instant) {
+        for (received, replay) in self.unsent_copies.drain(..) {
+            let age = now.saturating_duration_since(received).as_secs_f64();
+            if replay {
+                self.stats.replay_lag.observe(age);
+            } else {
+                self.stats.forward_latency.observe(age);
             }
         }
-        info!("media server stopped");
+    }
+
+    /// Ends the sessions that overflowed during the step.
+    fn end_step(&mut self, now: Instant) {
+        if !self.overflowed.get_mut().is_empty() {
+            self.end_overflowed(now);
+        }
+    }
+
+    /// The address peers are told to send to.
+    pub fn announce(&self) -> SocketAddr {
+        self.announce
     }
 
     // ----- datagrams -----------------------------------------------------------------------
@@ -509,13 +540,10 @@ impl Engine {
             return;
         };
         while let Some(out) = p.pc.poll_write() {
-            match self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr)
-            {
-                Ok(_) => MediaStats::inc(&self.stats.datagrams_out),
-                Err(_) => MediaStats::inc(&self.stats.send_errors),
-            }
+            self.outbox.push(Transmit {
+                to: out.transport.peer_addr,
+                data: out.message,
+            });
         }
         let next = p.pc.poll_timeout();
         if next != p.deadline {
@@ -1075,14 +1103,9 @@ impl Engine {
         }
         self.flush(pid);
         if ok && !r.retransmission {
-            // From the packet's own arrival to its copy on the socket. A replayed packet is
-            // old by design: its age goes to its own histogram, not to the added latency.
-            let age = r.received.elapsed().as_secs_f64();
-            if r.replay {
-                self.stats.replay_lag.observe(age);
-            } else {
-                self.stats.forward_latency.observe(age);
-            }
+            // Timed from the packet's own arrival to its copy on the socket, once sent. A
+            // replayed packet is old by design: its age goes to its own histogram.
+            self.unsent_copies.push((r.received, r.replay));
         }
     }
 
@@ -1191,9 +1214,10 @@ impl Engine {
         // Closing queues a DTLS close_notify; send it, errors are moot now.
         let _ = p.pc.close();
         while let Some(out) = p.pc.poll_write() {
-            let _ = self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
+            self.outbox.push(Transmit {
+                to: out.transport.peer_addr,
+                data: out.message,
+            });
         }
         self.by_ufrag.remove(&p.ufrag);
         for a in &p.addrs {
@@ -1245,6 +1269,7 @@ impl Engine {
         let (sender, ssrc) = attach_track(&mut p.pc, track, &codec)?;
         p.add_sender(down, sender, ssrc, track, codec);
         p.needs_offer = true;
+        self.offers_due = true;
         Ok(())
     }
 
@@ -1264,6 +1289,7 @@ impl Engine {
             p.down_by_ssrc.remove(&s.ssrc);
             if renegotiate && p.pc.remove_track(s.sender).is_ok() {
                 p.needs_offer = true;
+                self.offers_due = true;
             }
         }
     }
@@ -1271,6 +1297,10 @@ impl Engine {
     /// Sends a (re)offer on every signalling subscriber connection whose tracks changed and
     /// that is not waiting for an answer already.
     fn send_offers(&mut self, now: Instant) {
+        // Runs after every packet: without this flag it would scan every peer each time.
+        if !std::mem::take(&mut self.offers_due) {
+            return;
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -1769,6 +1799,8 @@ impl Engine {
         p.remote_pwd = remote_pwd;
         p.answer_sections = sections;
         p.offer_pending = false;
+        // Changes made while the offer was out are offered now.
+        self.offers_due = true;
         let unsupported = self.bind_senders(pid, now);
         for t in unsupported {
             if self.sfu.track(t).is_some_and(|i| i.codec == Codec::H265)

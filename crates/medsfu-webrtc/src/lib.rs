@@ -3,19 +3,24 @@
 //! One tokio task ([`MediaServer`]) owns the media UDP socket, every peer connection
 //! (webrtc-rs `rtc`, sans-IO) and the room core ([`medsfu_core::Sfu`]). It reads a
 //! datagram, finds its peer (STUN username, then source address), hands it to that peer
-//! connection, gives the RTP that comes out to the core, and writes what the core decides.
-//! Signalling reaches it through [`MediaHandle`] commands; nothing else touches its state,
-//! so the per-packet path takes no lock.
+//! connection, gives the RTP that comes out to the core, and sends what the core decides,
+//! batched per step. Signalling reaches it through [`MediaHandle`] commands; nothing else
+//! touches its state, so the per-packet path takes no lock.
 
-#![forbid(unsafe_code)]
+// The one exception is `transmit`'s `sendmmsg` call, allowed there alone.
+#![deny(unsafe_code)]
 
 pub mod demux;
+mod driver;
 mod engine;
 mod peer;
 pub mod record;
 pub mod sdp;
+#[cfg(test)]
+mod simulation;
 pub mod socket;
 pub mod transcode;
+pub mod transmit;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -267,6 +272,8 @@ pub struct MediaStats {
     pub datagrams_out: IntCounter,
     /// Datagrams the socket refused to send.
     pub send_errors: IntCounter,
+    /// System calls that sent datagrams (`sendmmsg` batches on Linux).
+    pub send_calls: IntCounter,
     /// Sessions ended because their shell fell [`SESSION_EVENTS`] events behind.
     pub sessions_overflowed: IntCounter,
     /// RTP packets received from publishers, by kind.
@@ -416,7 +423,11 @@ impl MediaStats {
             )?,
             send_errors: c(
                 "medsfu_media_send_errors_total",
-                "Datagrams the socket refused to send",
+                "Datagrams the socket refused to send, or dropped because its send buffer was full",
+            )?,
+            send_calls: c(
+                "medsfu_media_send_calls_total",
+                "System calls that sent media datagrams (each sendmmsg carries up to 64)",
             )?,
             sessions_overflowed: c(
                 "medsfu_media_sessions_overflowed_total",
@@ -776,7 +787,6 @@ impl MediaServer {
         }
         let (tx, rx) = mpsc::channel(1024);
         let engine = engine::Engine::new(
-            socket,
             announce,
             cfg.core,
             cfg.recordings,
@@ -784,7 +794,7 @@ impl MediaServer {
             tx.clone(),
             cfg.rendition_height,
         );
-        tokio::spawn(engine.run(rx));
+        tokio::spawn(driver::run(socket, engine, rx, stats.clone()));
         Ok(MediaHandle {
             tx,
             stats,

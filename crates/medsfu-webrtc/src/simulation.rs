@@ -1,0 +1,464 @@
+//! Whole rooms through the media engine on a virtual clock: real peer connections (webrtc-rs
+//! `rtc`, with ICE, DTLS and SRTP) as clients, every datagram handed between them and the
+//! engine in memory. No socket, no runtime, no clock but the one the test turns.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use medsfu_core::{CoreConfig, LeaveReason, ParticipantId, Role};
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::Engine;
+use crate::{Command, MediaStats, SessionEvent, SessionKind};
+
+const SSRC: u32 = 0x5117_0001;
+
+/// The server's announced address: nothing is bound to it.
+fn server_addr() -> SocketAddr {
+    "10.0.0.1:3478".parse().expect("address")
+}
+
+fn h265() -> RTCRtpCodec {
+    let (params, _) = crate::peer::codec_table()
+        .into_iter()
+        .find(|(p, _)| p.rtp_codec.mime_type == "video/H265")
+        .expect("the server offers H.265");
+    params.rtp_codec
+}
+
+/// A client: a peer connection with its own (virtual) address.
+struct Client {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    connected: bool,
+    received: Vec<rtp::packet::Packet>,
+    /// The session's events (queue kept open, as a shell would).
+    _events: mpsc::Receiver<SessionEvent>,
+    participant: ParticipantId,
+}
+
+/// The engine, its clients and the clock.
+struct Net {
+    engine: Engine,
+    stats: Arc<MediaStats>,
+    clients: Vec<Client>,
+    now: Instant,
+    /// Datagrams sent by the engine, by destination.
+    sent_to: HashMap<SocketAddr, usize>,
+    /// Kept so that the engine's own command queue stays open.
+    _commands: mpsc::Receiver<Command>,
+}
+
+impl Net {
+    fn new() -> Net {
+        let stats = Arc::new(MediaStats::new(&prometheus::Registry::new()).expect("stats"));
+        let (tx, rx) = mpsc::channel(16);
+        let engine = Engine::new(
+            server_addr(),
+            CoreConfig::default(),
+            None,
+            stats.clone(),
+            tx,
+            720,
+        );
+        Net {
+            engine,
+            stats,
+            clients: Vec::new(),
+            // The one reading of the real clock: everything after is this plus turns.
+            now: Instant::now(),
+            sent_to: HashMap::new(),
+            _commands: rx,
+        }
+    }
+
+    /// Joins a WHIP publisher (`publish`) or WHEP subscriber of H.265 video to room "sim";
+    /// returns its index and, for a publisher, its sender.
+    fn join(&mut self, identity: &str, role: Role, publish: bool) -> (usize, RTCRtpSenderId) {
+        let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
+            .parse()
+            .expect("address");
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: h265(),
+                    payload_type: 98,
+                },
+                RtpCodecKind::Video,
+            )
+            .expect("codec");
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(configure_rtcp_reports(rtc::interceptor::Registry::new()))
+            .build(self.now)
+            .expect("peer connection");
+        crate::add_host_candidate(&mut pc, addr).expect("candidate");
+        let init = if publish {
+            RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec!["sim".into()],
+                send_encodings: vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(SSRC),
+                        ..Default::default()
+                    },
+                    codec: h265(),
+                    active: true,
+                    ..Default::default()
+                }],
+            }
+        } else {
+            RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }
+        };
+        let tid = pc
+            .add_transceiver_from_kind(RtpCodecKind::Video, Some(init))
+            .expect("transceiver");
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(self.now, offer).expect("local");
+        let sdp = pc.local_description().expect("offer set").sdp.clone();
+
+        let (events_tx, events) = mpsc::channel(crate::SESSION_EVENTS);
+        let (reply, mut joined) = oneshot::channel();
+        let kind = if publish {
+            SessionKind::Whip
+        } else {
+            SessionKind::Whep
+        };
+        self.engine.handle_command(
+            self.now,
+            Command::Join {
+                room: "sim".into(),
+                identity: identity.into(),
+                role,
+                kind,
+                decodes_h265: true,
+                events: events_tx,
+                reply,
+            },
+        );
+        let participant = joined
+            .try_recv()
+            .expect("answered at once")
+            .expect("joined")
+            .participant;
+        let (reply, mut answer) = oneshot::channel();
+        let cmd = if publish {
+            Command::Publish {
+                participant,
+                offer: sdp,
+                sources: HashMap::new(),
+                reply,
+            }
+        } else {
+            Command::WhepOffer {
+                participant,
+                offer: sdp,
+                only: None,
+                reply,
+            }
+        };
+        self.engine.handle_command(self.now, cmd);
+        let answer = answer
+            .try_recv()
+            .expect("answered at once")
+            .expect("an answer");
+        pc.set_remote_description(
+            self.now,
+            RTCSessionDescription::answer(answer).expect("answer"),
+        )
+        .expect("remote");
+        self.clients.push(Client {
+            pc,
+            addr,
+            connected: false,
+            received: Vec::new(),
+            _events: events,
+            participant,
+        });
+        (self.clients.len() - 1, RTCRtpSenderId::from(tid))
+    }
+
+    /// Hands datagrams both ways until none is in flight.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = 0;
+            for c in &mut self.clients {
+                while let Some(out) = c.pc.poll_write() {
+                    assert_eq!(out.transport.peer_addr, server_addr(), "clients talk to us");
+                    self.engine.handle_datagram(self.now, c.addr, &out.message);
+                    moved += 1;
+                }
+            }
+            let queue = self.engine.poll_transmits();
+            for t in queue.drain(..) {
+                moved += 1;
+                *self.sent_to.entry(t.to).or_default() += 1;
+                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.to) else {
+                    continue; // a client that left: its datagrams are lost
+                };
+                let _ = c.pc.handle_read(TaggedBytesMut {
+                    now: self.now,
+                    transport: TransportContext {
+                        local_addr: c.addr,
+                        peer_addr: server_addr(),
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: t.data,
+                });
+            }
+            // Sent "now": the virtual clock does not move while datagrams are in flight.
+            self.engine.handle_sent(self.now);
+            for c in &mut self.clients {
+                while let Some(e) = c.pc.poll_event() {
+                    if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = e {
+                        c.connected = s == RTCPeerConnectionState::Connected;
+                    }
+                }
+                while let Some(m) = c.pc.poll_read() {
+                    if let RTCMessage::RtpPacket(_, p) = m.message {
+                        c.received.push(p);
+                    }
+                }
+            }
+            if moved == 0 {
+                return;
+            }
+        }
+        panic!("datagrams kept flowing without the clock moving");
+    }
+
+    /// Moves the clock to the next timer of anyone, at most `step` ahead, and runs it.
+    fn tick(&mut self, step: Duration) {
+        let mut next = self.now + step;
+        if let Some(t) = self.engine.poll_timeout() {
+            next = next.min(t);
+        }
+        for c in &mut self.clients {
+            if let Some(t) = c.pc.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        self.now = next.max(self.now);
+        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.engine.handle_timeout(self.now);
+        }
+        for c in &mut self.clients {
+            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                let _ = c.pc.handle_timeout(self.now);
+            }
+        }
+        self.settle();
+    }
+
+    /// Turns the clock until `done` holds or `limit` of virtual time has passed.
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) -> bool {
+        let until = self.now + limit;
+        self.settle();
+        while !done(self) {
+            if self.now >= until {
+                return false;
+            }
+            self.tick(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Sends one RTP packet of H.265 (an IDR NAL unit, so any packet starts a picture).
+    fn publish(&mut self, publisher: usize, sender: RTCRtpSenderId, seq: u16) {
+        let mut payload = vec![0u8; 1000];
+        payload[0] = 19 << 1;
+        payload[1] = 1;
+        payload[2..4].copy_from_slice(&seq.to_be_bytes());
+        let pc = &mut self.clients[publisher].pc;
+        let pt = pc
+            .rtp_sender(sender)
+            .and_then(|mut s| {
+                s.get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+            })
+            .expect("negotiated");
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: true,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp: u32::from(seq) * 3000,
+                ssrc: SSRC,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        };
+        pc.rtp_sender(sender)
+            .expect("sender")
+            .write_rtp(self.now, packet)
+            .expect("write");
+        self.settle();
+    }
+}
+
+fn histogram_count(h: &prometheus::Histogram) -> (u64, f64) {
+    (h.get_sample_count(), h.get_sample_sum())
+}
+
+/// A publisher and two subscribers on one room: every packet published reaches both, in
+/// order and unchanged, each copy queued for the driver (never sent by the engine itself)
+/// and timed on the clock the driver passes in.
+#[test]
+fn a_room_runs_on_a_virtual_clock_and_every_copy_goes_through_the_outbox() {
+    let mut net = Net::new();
+    let (publisher, sender) = net.join("amb-1", Role::Vehicle, true);
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| n.clients[publisher].connected),
+        "the publisher connects (ICE, DTLS) on the virtual clock"
+    );
+    // The track opens at its first packet; subscribers then find it in the room.
+    let mut seq = 100u16;
+    net.publish(publisher, sender, seq);
+    let subscribers = [
+        net.join("dr-lead", Role::Lead, false).0,
+        net.join("dr-cardio", Role::Consultant, false).0,
+    ];
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| subscribers
+            .iter()
+            .all(|&s| n.clients[s].connected)),
+        "both subscribers connect"
+    );
+    let before = (
+        net.stats.rtp_forwarded.video.get(),
+        histogram_count(&net.stats.forward_latency),
+        net.stats.replay_lag.get_sample_count(),
+    );
+    let first = seq + 1;
+    for _ in 0..60 {
+        seq += 1;
+        net.publish(publisher, sender, seq);
+        net.tick(Duration::from_millis(33));
+    }
+    for &s in &subscribers {
+        let got: Vec<u16> = net.clients[s]
+            .received
+            .iter()
+            .map(|p| u16::from_be_bytes([p.payload[2], p.payload[3]]))
+            .filter(|&n| n >= first)
+            .collect();
+        assert_eq!(
+            got,
+            (first..=seq).collect::<Vec<_>>(),
+            "subscriber {s} got every packet in order"
+        );
+        let last = net.clients[s].received.last().expect("received");
+        assert_eq!(last.payload.len(), 1000, "payload unchanged");
+        assert_eq!(last.payload[0], 19 << 1);
+    }
+    // A subscriber's start may replay the cached keyframe: counted, and timed apart.
+    let replayed = net.stats.replay_lag.get_sample_count() - before.2;
+    let forwarded = net.stats.rtp_forwarded.video.get() - before.0 - replayed;
+    assert_eq!(forwarded, 2 * 60, "counted once per live copy");
+    let (count, sum) = histogram_count(&net.stats.forward_latency);
+    assert_eq!(count - before.1 .0, 2 * 60, "every live copy is timed");
+    assert_eq!(
+        sum, before.1 .1,
+        "no virtual time passes inside the engine: it reads no clock of its own"
+    );
+    // Everything the engine sent went to a client it knows.
+    let addrs: Vec<SocketAddr> = net.clients.iter().map(|c| c.addr).collect();
+    assert!(
+        net.sent_to.keys().all(|a| addrs.contains(a)),
+        "{:?}",
+        net.sent_to
+    );
+    assert!(net.sent_to[&addrs[subscribers[0]]] >= 60);
+}
+
+/// A subscriber that leaves is sent its DTLS close_notify through the outbox, and from then
+/// on nothing more; the other subscriber keeps receiving.
+#[test]
+fn a_leaving_subscriber_gets_its_close_and_then_nothing() {
+    let mut net = Net::new();
+    let (publisher, sender) = net.join("amb-1", Role::Vehicle, true);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.clients[publisher].connected));
+    net.publish(publisher, sender, 1);
+    let (a, _) = net.join("dr-lead", Role::Lead, false);
+    let (b, _) = net.join("dr-cardio", Role::Consultant, false);
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| n.clients[a].connected
+            && n.clients[b].connected)
+    );
+    let leaving = net.clients[b].addr;
+    let participant = net.clients[b].participant;
+    let before = net.sent_to.get(&leaving).copied().unwrap_or(0);
+    // Taken out of the delivery loop first, so what the engine queues for it is counted
+    // but not delivered.
+    let _gone = net.clients.remove(b);
+    net.engine.handle_command(
+        net.now,
+        Command::Leave {
+            participant,
+            reason: LeaveReason::Left,
+        },
+    );
+    net.settle();
+    let closed = net.sent_to.get(&leaving).copied().unwrap_or(0);
+    assert_eq!(closed, before + 1, "one DTLS close_notify");
+    for seq in 2..30 {
+        net.publish(publisher, sender, seq);
+        net.tick(Duration::from_millis(33));
+    }
+    assert_eq!(
+        net.sent_to.get(&leaving).copied().unwrap_or(0),
+        closed,
+        "nothing after the close"
+    );
+    let still = net.clients[a]
+        .received
+        .iter()
+        .filter(|p| u16::from_be_bytes([p.payload[2], p.payload[3]]) >= 2)
+        .count();
+    assert_eq!(still, 28, "the other subscriber receives on");
+}
+
+/// A datagram from nobody queues nothing and is counted.
+#[test]
+fn a_datagram_from_an_unknown_address_is_counted_and_answers_nothing() {
+    let mut net = Net::new();
+    let before = net.stats.datagrams_unknown.get();
+    let mut dtls_like = BytesMut::zeroed(40);
+    dtls_like[0] = 22;
+    net.engine
+        .handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &dtls_like);
+    net.engine
+        .handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &[0x80; 40]);
+    assert_eq!(net.stats.datagrams_unknown.get() - before, 2);
+    assert!(net.engine.poll_transmits().is_empty());
+}
