@@ -39,15 +39,18 @@ pub(crate) async fn run(
             },
             () = sleep => engine.handle_timeout(Instant::now()),
         }
-        let queue = engine.poll_transmits();
-        if queue.is_empty() {
-            continue;
+        // A step pauses every few datagrams for them to be sent, then goes on.
+        loop {
+            let queue = engine.poll_transmits();
+            if queue.is_empty() {
+                break;
+            }
+            let sent = transmit::send_all(&socket, queue);
+            stats.datagrams_out.inc_by(sent.datagrams);
+            stats.send_errors.inc_by(sent.failed);
+            stats.send_calls.inc_by(sent.calls);
+            engine.handle_sent(Instant::now());
         }
-        let sent = transmit::send_all(&socket, queue);
-        stats.datagrams_out.inc_by(sent.datagrams);
-        stats.send_errors.inc_by(sent.failed);
-        stats.send_calls.inc_by(sent.calls);
-        engine.handle_sent(Instant::now());
     }
     info!("media server stopped");
 }
