@@ -149,9 +149,17 @@ async fn probe_send(destinations: usize) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(report))
 }
 
-/// The server's `medsfu_media_forward_latency_seconds` histogram: (upper bound, count)
-/// per bucket, sum, count; `None` when the server is not medsfu or not reachable.
-async fn forward_latency(base: &str) -> Option<(Vec<(f64, f64)>, f64, f64)> {
+/// One reading of a Prometheus histogram.
+struct Histogram {
+    /// (upper bound, cumulative count) per bucket.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// The server's `medsfu_media_forward_latency_seconds` histogram; `None` when the server is
+/// not medsfu or not reachable.
+async fn forward_latency(base: &str) -> Option<Histogram> {
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .ok()?
@@ -174,28 +182,30 @@ async fn forward_latency(base: &str) -> Option<(Vec<(f64, f64)>, f64, f64)> {
             count = value;
         }
     }
-    (count > 0.0 || !buckets.is_empty()).then_some((buckets, sum, count))
+    (count > 0.0 || !buckets.is_empty()).then_some(Histogram {
+        buckets,
+        sum,
+        count,
+    })
 }
 
 /// The SFU-added latency of the copies sent between two readings of the histogram: their
 /// number, mean, and the bucket bounds under which half and 99 % of them fall.
-fn added_latency(
-    before: Option<(Vec<(f64, f64)>, f64, f64)>,
-    after: Option<(Vec<(f64, f64)>, f64, f64)>,
-) -> serde_json::Value {
-    let (Some((b0, s0, c0)), Some((b1, s1, c1))) = (before, after) else {
+fn added_latency(before: Option<Histogram>, after: Option<Histogram>) -> serde_json::Value {
+    let (Some(h0), Some(h1)) = (before, after) else {
         return serde_json::Value::Null;
     };
-    let n = c1 - c0;
+    let n = h1.count - h0.count;
     let within = |q: f64| {
-        b1.iter()
-            .zip(&b0)
+        h1.buckets
+            .iter()
+            .zip(&h0.buckets)
             .find(|((_, a), (_, b))| a - b >= q * n)
             .map(|((le, _), _)| le * 1e6)
     };
     json!({
         "copies": n,
-        "mean_us": if n > 0.0 { (s1 - s0) / n * 1e6 } else { 0.0 },
+        "mean_us": if n > 0.0 { (h1.sum - h0.sum) / n * 1e6 } else { 0.0 },
         "p50_under_us": within(0.5),
         "p99_under_us": within(0.99),
     })

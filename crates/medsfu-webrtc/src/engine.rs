@@ -211,7 +211,8 @@ impl Peer {
 
 pub(crate) struct Engine {
     announce: SocketAddr,
-    /// Datagrams queued during the current step, for the driver to send after it.
+    /// Datagrams queued during the current step, for the driver to send after it (or when
+    /// the step pauses, see [`FLUSH_AT`]).
     outbox: Vec<Transmit>,
     /// Arrival times of the live (`false`) and replayed (`true`) RTP copies in `outbox`,
     /// timed once the driver has sent them (one clock read per step, not per copy).
