@@ -323,16 +323,8 @@ pub async fn whip(
         .map_err(rtc_err)?;
     let location = negotiate(&mut pc, &format!("{base}/whip/{room}"), token, |sdp| sdp).await?;
     let sender = RTCRtpSenderId::from(tid);
-    let payload_type = pc
-        .rtp_sender(sender)
-        .and_then(|mut s| {
-            s.get_parameters()
-                .rtp_parameters
-                .codecs
-                .first()
-                .map(|c| c.payload_type)
-        })
-        .unwrap_or(codec.payload_type);
+    let payload_type =
+        medsfu_webrtc::sender_payload_type(&mut pc, sender).unwrap_or(codec.payload_type);
     Ok(spawn(
         pc,
         socket,

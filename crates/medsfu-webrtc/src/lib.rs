@@ -36,7 +36,7 @@ use medsfu_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-pub use peer::{add_host_candidate, codec_table, DeliverRtcp};
+pub use peer::{add_host_candidate, codec_table, sender_payload_type, DeliverRtcp};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]

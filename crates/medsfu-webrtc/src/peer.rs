@@ -23,6 +23,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 
 /// RFC 6464 client-to-mixer audio level, used to pick the active speaker.
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error as RtcError;
 
@@ -200,6 +201,17 @@ pub fn build(
         .build(now)?;
     add_host_candidate(&mut pc, candidate)?;
     Ok(pc)
+}
+
+/// The payload type a sender's negotiated codec goes out with, once negotiated.
+pub fn sender_payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<u8> {
+    pc.rtp_sender(sender).and_then(|mut s| {
+        s.get_parameters()
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+    })
 }
 
 /// Adds a UDP host candidate at `addr` (the one socket a peer connection uses).

@@ -376,16 +376,7 @@ impl Net {
         payload[1] = 1;
         payload[2..4].copy_from_slice(&seq.to_be_bytes());
         let pc = &mut self.clients[publisher].pc;
-        let pt = pc
-            .rtp_sender(sender)
-            .and_then(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.payload_type)
-            })
-            .expect("negotiated");
+        let pt = crate::sender_payload_type(pc, sender).expect("negotiated");
         let packet = rtp::packet::Packet {
             header: rtp::header::Header {
                 version: 2,
