@@ -27,6 +27,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -34,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::demux::{check_stun, classify, stun_server_ufrag, DatagramKind, StunVerdict};
 use crate::peer::{self, Direction};
 use crate::sdp::{accept_bundle_only, check_publish, media_sections};
+use crate::sender_report::SenderClock;
 use crate::transmit::Transmit;
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
 
@@ -105,6 +108,8 @@ struct Sender {
     video: bool,
     codec: RTCRtpCodec,
     bound: bool,
+    /// What its RTCP sender reports say (packets bypass webrtc-rs's report interceptor).
+    clock: SenderClock,
 }
 
 /// Whether a codec is video, without allocating.
@@ -170,6 +175,7 @@ impl Peer {
                 video: is_video(&codec),
                 codec,
                 bound: false,
+                clock: SenderClock::default(),
             },
         );
         self.down_by_ssrc.insert(ssrc, down);
@@ -263,6 +269,10 @@ pub(crate) struct Engine {
     next_stun_log: Option<Instant>,
     /// Lines of the H.264 renditions' pictures.
     rendition_height: u32,
+    /// A forwarded packet, marshalled before it is protected (reused: no allocation).
+    scratch_rtp: Vec<u8>,
+    /// Wall-clock time of one monotonic instant, read once, for sender reports' NTP times.
+    wall: Option<SystemInstant>,
 }
 
 /// How often rejected STUN messages are logged (with their count), at most.
@@ -347,6 +357,8 @@ impl Engine {
             stun_rejected_unlogged: 0,
             next_stun_log: None,
             rendition_height,
+            scratch_rtp: Vec::with_capacity(1500),
+            wall: None,
         }
     }
 
@@ -1111,37 +1123,78 @@ impl Engine {
             MediaStats::inc(&self.stats.rtp_dropped.no_subscriber);
             return;
         };
-        let Some(s) = p.senders.get(&r.down) else {
+        let Some(s) = p.senders.get_mut(&r.down) else {
             MediaStats::inc(&self.stats.rtp_dropped.no_subscriber);
             return;
         };
         let (video, bytes) = (s.video, r.payload.len() as u64);
-        let packet = rtp::packet::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                marker: r.header.marker,
-                payload_type: r.header.payload_type,
-                sequence_number: r.header.sequence_number,
-                timestamp: r.header.timestamp,
-                ssrc: r.header.ssrc,
-                ..Default::default()
-            },
-            payload: r.payload,
+        let header = rtp::header::Header {
+            version: 2,
+            marker: r.header.marker,
+            payload_type: r.header.payload_type,
+            sequence_number: r.header.sequence_number,
+            timestamp: r.header.timestamp,
+            ssrc: r.header.ssrc,
+            ..Default::default()
         };
-        let ok =
-            p.pc.rtp_sender(s.sender)
-                .is_some_and(|mut sender| sender.write_rtp(now, packet).is_ok());
-        if ok {
-            MediaStats::inc(self.stats.rtp_forwarded.of(video));
-            self.stats.rtp_forwarded_bytes.of(video).inc_by(bytes);
-        } else {
+        // Marshalled into a reused buffer and protected straight into the datagram: the
+        // one copy and one allocation per subscriber (webrtc-rs's write pipeline took five
+        // allocations and moved the packet through seven queues, docs/performance.md).
+        let buf = &mut self.scratch_rtp;
+        buf.clear();
+        buf.resize(header.marshal_size(), 0);
+        let protected = header.marshal_to(buf).map_err(|_| ()).and_then(|_| {
+            buf.extend_from_slice(&r.payload);
+            p.pc.protect_rtp(buf, &header).map_err(|_| ())
+        });
+        let Ok((to, data)) = protected else {
             MediaStats::inc(&self.stats.rtp_dropped.write_failed);
-        }
-        self.flush(pid);
-        if ok && !r.retransmission {
+            return;
+        };
+        s.clock.on_packet(
+            now,
+            header.sequence_number,
+            header.timestamp,
+            r.payload.len(),
+        );
+        self.outbox.push(Transmit { to, data });
+        MediaStats::inc(self.stats.rtp_forwarded.of(video));
+        self.stats.rtp_forwarded_bytes.of(video).inc_by(bytes);
+        if !r.retransmission {
             // Timed from the packet's own arrival to its copy on the socket, once sent. A
             // replayed packet is old by design: its age goes to its own histogram.
             self.unsent_copies.push((r.received, r.replay));
+        }
+    }
+
+    /// Sends each subscriber an RTCP sender report for every track that has carried
+    /// packets (once a second, as webrtc-rs's interceptor did).
+    fn send_sender_reports(&mut self, now: Instant) {
+        // One wall-clock reading for the engine's life: reports of all tracks and peers map
+        // to the same NTP clock, and a later clock step cannot skew audio against video.
+        let wall = *self.wall.get_or_insert_with(|| SystemInstant::now(now));
+        let mut peers = Vec::new();
+        for (pid, p) in &mut self.peers {
+            if !p.connected || p.senders.is_empty() {
+                continue;
+            }
+            let mut sent = false;
+            for s in p.senders.values() {
+                let Some(report) = s.clock.report(s.ssrc, s.codec.clock_rate, now, &wall) else {
+                    continue;
+                };
+                if let Some(mut sender) = p.pc.rtp_sender(s.sender) {
+                    // A failure here is the connection's own (closing) and shows elsewhere.
+                    let _ = sender.write_rtcp(now, vec![Box::new(report)]);
+                    sent = true;
+                }
+            }
+            if sent {
+                peers.push(*pid);
+            }
+        }
+        for pid in peers {
+            self.flush(pid);
         }
     }
 
@@ -2099,6 +2152,7 @@ impl Engine {
         self.next_second = Some(now + std::time::Duration::from_secs(1));
         self.export_core_counters();
         self.fail_silent_peers(now);
+        self.send_sender_reports(now);
         if self.stun_rejected_unlogged > 0 && self.next_stun_log.is_none_or(|t| now >= t) {
             self.log_stun_rejected(now);
         }

@@ -16,6 +16,7 @@ mod engine;
 mod peer;
 pub mod record;
 pub mod sdp;
+mod sender_report;
 #[cfg(test)]
 mod simulation;
 pub mod socket;

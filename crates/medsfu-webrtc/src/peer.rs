@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::ReceiverReportBuilder;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_twcc_receiver_only,
-};
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_HEVC, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
@@ -176,12 +175,15 @@ pub fn build(
     for (codec, kind) in codec_table() {
         media.register_codec(codec, kind)?;
     }
-    let registry =
-        configure_rtcp_reports(Registry::new()).with(Slot::from(14_000), DeliverRtcp::default());
-    // Transport-wide congestion feedback lets publishing browsers ramp their bitrate up;
-    // audio levels tell who speaks.
+    let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+    // Receiver reports tell a publisher what arrived; transport-wide congestion feedback
+    // lets publishing browsers ramp their bitrate up; audio levels tell who speaks. A
+    // subscriber's sender reports come from the engine, which protects forwarded packets
+    // outside the interceptors (`sender_report`).
     let registry = match direction {
         Direction::Publish => {
+            let registry =
+                registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
             media.register_header_extension(
                 RTCRtpHeaderExtensionCapability {
                     uri: AUDIO_LEVEL_URI.to_owned(),
