@@ -451,6 +451,10 @@ pub struct Sfu {
     tracks: HashMap<TrackId, UpTrack>,
     down_index: HashMap<DownTrackId, TrackId>,
     next_id: u64,
+    /// Ids go `next_id`, `next_id + id_step`, ...: see [`Sfu::with_id_space`].
+    id_step: u64,
+    /// Rooms open on the other servers of the process (counted against `max_rooms`).
+    rooms_elsewhere: usize,
     next_tick: Option<Instant>,
     next_speaker_eval: Option<Instant>,
     /// Down tracks with a replay running (few, and only for a moment after a join).
@@ -478,6 +482,8 @@ impl Sfu {
             tracks: HashMap::new(),
             down_index: HashMap::new(),
             next_id: 1,
+            id_step: 1,
+            rooms_elsewhere: 0,
             next_tick: None,
             next_speaker_eval: None,
             replaying: Vec::new(),
@@ -485,6 +491,22 @@ impl Sfu {
             counters: CoreCounters::default(),
             out: VecDeque::with_capacity(1024),
         }
+    }
+
+    /// An empty server handing out ids `first`, `first + step`, `first + 2 * step`...: one
+    /// of `step` servers in a process (one per core), whose ids never collide, so an id
+    /// alone says which server owns it (`(id - 1) % step` with `first` from 1 to `step`).
+    pub fn with_id_space(cfg: CoreConfig, first: u64, step: u64) -> Sfu {
+        let mut sfu = Sfu::new(cfg);
+        sfu.next_id = first.max(1);
+        sfu.id_step = step.max(1);
+        sfu
+    }
+
+    /// Tells how many rooms the other servers of the process have open: `max_rooms` is
+    /// for them all, and [`Sfu::admit`] counts them.
+    pub fn set_rooms_elsewhere(&mut self, rooms: usize) {
+        self.rooms_elsewhere = rooms;
     }
 
     /// The configuration in force.
@@ -499,7 +521,7 @@ impl Sfu {
 
     fn id(&mut self) -> u64 {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.id_step;
         id
     }
 
@@ -577,9 +599,11 @@ impl Sfu {
     /// before [`Sfu::join`] for peers; the server's own participants are not limited.
     pub fn admit(&self, room: &str, identity: &str) -> Result<(), CoreError> {
         match self.rooms.get(room) {
-            None if self.rooms.len() >= self.cfg.max_rooms => Err(CoreError::TooManyRooms {
-                max: self.cfg.max_rooms,
-            }),
+            None if self.rooms.len() + self.rooms_elsewhere >= self.cfg.max_rooms => {
+                Err(CoreError::TooManyRooms {
+                    max: self.cfg.max_rooms,
+                })
+            }
             None => Ok(()),
             Some(r) => {
                 let counted = r

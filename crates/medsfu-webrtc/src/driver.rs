@@ -1,25 +1,47 @@
-//! The media engine's IO: reads the UDP socket, the command queue and the clock, steps the
-//! engine with them, and sends what it queued in batches ([`crate::transmit`]).
+//! The media engine's IO: reads datagrams (from the UDP socket, or from the dispatcher when
+//! several workers share it), the command queue and the clock, steps the engine with them,
+//! and sends what it queued in batches ([`crate::transmit`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::engine::Engine;
+use crate::shard::{AddrChange, AddrTable, Shards};
 use crate::{transmit, Command, MediaStats};
 
-/// Runs `engine` on `socket` until every command sender is gone.
+/// Datagrams waiting for one worker; beyond, the dispatcher drops and counts them (a
+/// worker that far behind is better served by loss than by delay).
+pub(crate) const WORKER_DATAGRAMS: usize = 4096;
+
+/// Where a worker's datagrams come from.
+pub(crate) enum Ingress {
+    /// The worker reads the socket itself (the only worker).
+    Socket,
+    /// The dispatcher hands it the datagrams of its peers; it reports the addresses it
+    /// binds and unbinds back.
+    Dispatched {
+        datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
+        addrs: mpsc::UnboundedSender<(usize, AddrChange)>,
+        index: usize,
+    },
+}
+
+/// Runs `engine` until every command sender is gone, sending on `socket`.
 pub(crate) async fn run(
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
+    mut ingress: Ingress,
     stats: Arc<MediaStats>,
 ) {
     let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
-    info!(addr = %engine.announce(), "media server listening");
+    info!(addr = %engine.announce(), "media worker running");
     loop {
         let deadline = engine.poll_timeout();
         let sleep = async {
@@ -28,16 +50,37 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, src)) => engine.handle_datagram(Instant::now(), src, &buf[..n]),
-                Err(e) => debug!(error = %e, "media socket receive error"),
+        match &mut ingress {
+            Ingress::Socket => tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, src)) => engine.handle_datagram(Instant::now(), src, &buf[..n]),
+                    Err(e) => debug!(error = %e, "media socket receive error"),
+                },
+                c = commands.recv() => match c {
+                    Some(c) => engine.handle_command(Instant::now(), c),
+                    None => break,
+                },
+                () = sleep => engine.handle_timeout(Instant::now()),
             },
-            c = commands.recv() => match c {
-                Some(c) => engine.handle_command(Instant::now(), c),
-                None => break,
+            Ingress::Dispatched { datagrams, .. } => tokio::select! {
+                d = datagrams.recv() => match d {
+                    Some((src, data)) => engine.handle_datagram(Instant::now(), src, &data),
+                    None => break,
+                },
+                c = commands.recv() => match c {
+                    Some(c) => engine.handle_command(Instant::now(), c),
+                    None => break,
+                },
+                () = sleep => engine.handle_timeout(Instant::now()),
             },
-            () = sleep => engine.handle_timeout(Instant::now()),
+        }
+        // Addresses first: a peer's next datagram (DTLS after the STUN answer sent below)
+        // must find its worker already known to the dispatcher.
+        if let Ingress::Dispatched { addrs, index, .. } = &ingress {
+            for change in engine.take_addr_changes() {
+                // The dispatcher outlives its workers; a send fails only at shutdown.
+                let _ = addrs.send((*index, change));
+            }
         }
         // A step pauses every few datagrams for them to be sent, then goes on.
         loop {
@@ -52,5 +95,58 @@ pub(crate) async fn run(
             engine.handle_sent(Instant::now());
         }
     }
-    info!("media server stopped");
+    info!("media worker stopped");
+}
+
+/// Reads the shared socket and hands each datagram to the worker of its peer: STUN by the
+/// worker named in its username, everything else by the address a worker bound. Runs until
+/// every worker is gone.
+pub(crate) async fn dispatch(
+    socket: Arc<UdpSocket>,
+    workers: Vec<mpsc::Sender<(SocketAddr, Bytes)>>,
+    mut addrs: mpsc::UnboundedReceiver<(usize, AddrChange)>,
+    stats: Arc<MediaStats>,
+) {
+    let shards = Shards::new(workers.len());
+    let mut table = AddrTable::default();
+    let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "media socket receive error");
+                continue;
+            }
+        };
+        // Reports are applied before routing: they were sent before the answers that made
+        // peers send what arrives now.
+        while let Ok((w, change)) = addrs.try_recv() {
+            table.apply(w, change);
+        }
+        let data = &buf[..n];
+        let owner = match crate::demux::classify(data) {
+            crate::demux::DatagramKind::Stun => crate::demux::stun_server_ufrag(data)
+                .and_then(|u| shards.of_ufrag(u.as_bytes()))
+                .or_else(|| table.owner(&src)),
+            _ => table.owner(&src),
+        };
+        let Some(w) = owner else {
+            stats.datagrams_in.inc();
+            stats.datagrams_unknown.inc();
+            continue;
+        };
+        match workers[w].try_send((src, Bytes::copy_from_slice(data))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.datagrams_in.inc();
+                stats.dispatch_dropped.inc();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if workers.iter().all(mpsc::Sender::is_closed) {
+                    break;
+                }
+            }
+        }
+    }
+    info!("media dispatcher stopped");
 }

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -37,6 +38,7 @@ use crate::demux::{check_stun, classify, stun_server_ufrag, DatagramKind, StunVe
 use crate::peer::{self, Direction};
 use crate::sdp::{accept_bundle_only, check_publish, media_sections};
 use crate::sender_report::SenderClock;
+use crate::shard::{AddrChange, Shards};
 use crate::transmit::Transmit;
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
 
@@ -273,6 +275,40 @@ pub(crate) struct Engine {
     scratch_rtp: Vec<u8>,
     /// Wall-clock time of one monotonic instant, read once, for sender reports' NTP times.
     wall: Option<SystemInstant>,
+    /// Which media worker this engine is, of how many.
+    worker: Worker,
+    /// Peer addresses bound and unbound since the driver last asked (kept only when
+    /// there are several workers: the dispatcher routes datagrams by them).
+    addr_changes: Vec<AddrChange>,
+    /// `worker.index` as a metric label.
+    worker_label: String,
+    /// This engine's rooms as last added to `worker.rooms_open`.
+    rooms_counted: usize,
+    /// What this engine last added to the shared gauges: rooms, participants by role.
+    gauges_added: (i64, [i64; Role::ALL.len()]),
+}
+
+/// One media worker of a process's `count`: its index, and the rooms open on all of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Worker {
+    /// This worker's index (0 for the only one).
+    pub index: usize,
+    /// How many workers share the process.
+    pub count: usize,
+    /// Rooms open on all workers together (each adds its own changes).
+    pub rooms_open: Arc<AtomicUsize>,
+}
+
+#[cfg(test)]
+impl Worker {
+    /// The only worker of a process.
+    pub(crate) fn single() -> Worker {
+        Worker {
+            index: 0,
+            count: 1,
+            rooms_open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
 }
 
 /// How often rejected STUN messages are logged (with their count), at most.
@@ -324,6 +360,7 @@ impl Engine {
         stats: Arc<MediaStats>,
         commands: mpsc::Sender<Command>,
         rendition_height: u32,
+        worker: Worker,
     ) -> Engine {
         Engine {
             announce,
@@ -331,7 +368,7 @@ impl Engine {
             unsent_copies: Vec::new(),
             offers_due: false,
             core_pending: false,
-            sfu: Sfu::new(core),
+            sfu: Sfu::with_id_space(core, Shards::first_id(worker.index), worker.count as u64),
             stats,
             sessions: HashMap::new(),
             peers: HashMap::new(),
@@ -359,6 +396,11 @@ impl Engine {
             rendition_height,
             scratch_rtp: Vec::with_capacity(1500),
             wall: None,
+            worker_label: worker.index.to_string(),
+            worker,
+            addr_changes: Vec::new(),
+            rooms_counted: 0,
+            gauges_added: (0, [0; Role::ALL.len()]),
         }
     }
 
@@ -419,6 +461,32 @@ impl Engine {
         if !self.overflowed.get_mut().is_empty() {
             self.end_overflowed(now);
         }
+        if self.worker.count > 1 {
+            self.count_rooms();
+        }
+    }
+
+    /// Keeps the workers' shared count of open rooms up to date with this one's.
+    fn count_rooms(&mut self) {
+        let mine = self.sfu.room_count();
+        if mine != self.rooms_counted {
+            if mine > self.rooms_counted {
+                self.worker
+                    .rooms_open
+                    .fetch_add(mine - self.rooms_counted, Ordering::Relaxed);
+            } else {
+                self.worker
+                    .rooms_open
+                    .fetch_sub(self.rooms_counted - mine, Ordering::Relaxed);
+            }
+            self.rooms_counted = mine;
+        }
+    }
+
+    /// Peer addresses bound (authenticated) and unbound since the last call, for the
+    /// dispatcher of a process with several workers (always empty with one).
+    pub fn take_addr_changes(&mut self) -> std::vec::Drain<'_, AddrChange> {
+        self.addr_changes.drain(..)
     }
 
     /// The address peers are told to send to.
@@ -467,10 +535,16 @@ impl Engine {
                                     let old = p.addrs.remove(0);
                                     if self.by_addr.get(&old) == Some(&pid) {
                                         self.by_addr.remove(&old);
+                                        if self.worker.count > 1 {
+                                            self.addr_changes.push(AddrChange::Unbound(old));
+                                        }
                                     }
                                 }
                                 p.addrs.push(src);
                                 self.by_addr.insert(src, pid);
+                                if self.worker.count > 1 {
+                                    self.addr_changes.push(AddrChange::Bound(src));
+                                }
                             }
                             self.sfu.handle_activity(p.participant, now);
                         }
@@ -1206,18 +1280,31 @@ impl Engine {
     }
 
     /// Sets the room and participant gauges (on the core's timer, not per packet).
-    fn update_gauges(&self) {
-        self.stats.rooms.set(self.sfu.room_count() as i64);
-        let mut by_role: HashMap<Role, i64> = HashMap::new();
+    fn update_gauges(&mut self) {
+        // Workers share the gauges: each adds the change of its own figures.
+        let rooms = self.sfu.room_count() as i64;
+        self.stats.rooms.add(rooms - self.gauges_added.0);
+        self.stats
+            .worker_rooms
+            .with_label_values(&[self.worker_label.as_str()])
+            .set(rooms);
+        self.gauges_added.0 = rooms;
+        let mut by_role = [0i64; Role::ALL.len()];
         for s in self.sessions.values().filter(|s| !s.internal) {
-            *by_role.entry(s.role).or_default() += 1;
+            if let Some(i) = Role::ALL.iter().position(|r| *r == s.role) {
+                by_role[i] += 1;
+            }
         }
-        for role in Role::ALL {
-            self.stats
-                .participants
-                .with_label_values(&[role.as_str()])
-                .set(by_role.get(&role).copied().unwrap_or(0));
+        for (i, role) in Role::ALL.iter().enumerate() {
+            let change = by_role[i] - self.gauges_added.1[i];
+            if change != 0 {
+                self.stats
+                    .participants
+                    .with_label_values(&[role.as_str()])
+                    .add(change);
+            }
         }
+        self.gauges_added.1 = by_role;
     }
 
     fn write_feedback(
@@ -1284,7 +1371,7 @@ impl Engine {
         direction: Direction,
         now: Instant,
     ) -> Result<PeerId, MediaError> {
-        let (ufrag, pwd) = peer::ice_credentials();
+        let (ufrag, pwd) = peer::ice_credentials(Shards::ufrag_tag(self.worker.index));
         let pc = peer::build(direction, &ufrag, &pwd, self.announce, now).map_err(rtc_err)?;
         let pid = self.next_peer;
         self.next_peer += 1;
@@ -1310,7 +1397,12 @@ impl Engine {
         }
         self.by_ufrag.remove(&p.ufrag);
         for a in &p.addrs {
-            self.by_addr.remove(a);
+            if self.by_addr.get(a) == Some(&pid) {
+                self.by_addr.remove(a);
+                if self.worker.count > 1 {
+                    self.addr_changes.push(AddrChange::Unbound(*a));
+                }
+            }
         }
         if let Some(d) = p.deadline {
             self.timers.remove(&(d, pid));
@@ -1499,6 +1591,11 @@ impl Engine {
                 // A recorder on signalling (`medsfu record`) learns of tracks there and
                 // takes each over its own WHEP session: nothing is sent to it here.
                 let auto_subscribe = kind == SessionKind::Signalling && role != Role::Recorder;
+                if self.worker.count > 1 {
+                    let all = self.worker.rooms_open.load(Ordering::Relaxed);
+                    self.sfu
+                        .set_rooms_elsewhere(all.saturating_sub(self.rooms_counted));
+                }
                 if let Err(e) = self.sfu.admit(&room, &identity) {
                     self.count_limit(&e);
                     let _ = reply.send(Err(e.into()));

@@ -17,6 +17,7 @@ mod peer;
 pub mod record;
 pub mod sdp;
 mod sender_report;
+mod shard;
 #[cfg(test)]
 mod simulation;
 pub mod socket;
@@ -36,8 +37,10 @@ use medsfu_core::{
     RoomEvent, RtpPacket, TrackId, TrackSource,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::info;
 
 pub use peer::{add_host_candidate, codec_table, sender_payload_type, DeliverRtcp};
+pub use shard::{worker_of_room, MAX_WORKERS};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ pub struct MediaConfig {
     pub recordings: Option<RecordingSettings>,
     /// Lines of the H.264 renditions of H.265 video (360 or 720; the width follows).
     pub rendition_height: u32,
+    /// Media workers, each an engine with its share of the rooms (0: one per core).
+    pub workers: usize,
 }
 
 /// Where recordings are written and what is archived without being asked.
@@ -275,6 +280,12 @@ pub struct MediaStats {
     pub send_errors: IntCounter,
     /// System calls that sent datagrams (`sendmmsg` batches on Linux).
     pub send_calls: IntCounter,
+    /// Datagrams the dispatcher dropped because their worker's queue was full.
+    pub dispatch_dropped: IntCounter,
+    /// Media workers (engines, one per core by default) sharing the media socket.
+    pub workers: IntGauge,
+    /// Rooms open on each worker (label `worker`: its index).
+    pub worker_rooms: IntGaugeVec,
     /// Sessions ended because their shell fell [`SESSION_EVENTS`] events behind.
     pub sessions_overflowed: IntCounter,
     /// RTP packets received from publishers, by kind.
@@ -430,6 +441,29 @@ impl MediaStats {
                 "medsfu_media_send_calls_total",
                 "System calls that sent media datagrams (each sendmmsg carries up to 64)",
             )?,
+            dispatch_dropped: c(
+                "medsfu_media_dispatch_dropped_total",
+                "Datagrams dropped because their media worker's queue was full",
+            )?,
+            workers: {
+                let g = IntGauge::new(
+                    "medsfu_media_workers",
+                    "Media workers (one engine each) sharing the media socket",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            worker_rooms: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "medsfu_media_worker_rooms",
+                        "Rooms open on each media worker (label worker: its index)",
+                    ),
+                    &["worker"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             sessions_overflowed: c(
                 "medsfu_media_sessions_overflowed_total",
                 "Sessions ended because their client stopped taking events (queue full)",
@@ -757,20 +791,22 @@ pub(crate) enum Command {
     },
 }
 
-/// A cheap, cloneable handle to the media server task.
+/// A cheap, cloneable handle to the media server's workers.
 #[derive(Clone)]
 pub struct MediaHandle {
-    tx: mpsc::Sender<Command>,
+    /// Each worker's command queue, by worker index.
+    workers: Arc<[mpsc::Sender<Command>]>,
+    shards: shard::Shards,
     stats: Arc<MediaStats>,
     local_addr: SocketAddr,
 }
 
-/// The media server task.
+/// The media server: one socket, one engine per worker.
 pub struct MediaServer;
 
 impl MediaServer {
-    /// Binds the media socket and starts the server task on the current tokio runtime;
-    /// its counters are registered in `registry`.
+    /// Binds the media socket and starts the workers on the current tokio runtime; their
+    /// counters are registered in `registry`.
     pub async fn start(cfg: MediaConfig, registry: &Registry) -> std::io::Result<MediaHandle> {
         let (socket, granted) =
             socket::bind(cfg.listen, cfg.receive_buffer_bytes, cfg.send_buffer_bytes)?;
@@ -786,18 +822,64 @@ impl MediaServer {
         if let Some(drops) = socket::KernelDrops::new(&socket) {
             tokio::spawn(socket::watch_drops(drops, stats.socket_drops.clone()));
         }
-        let (tx, rx) = mpsc::channel(1024);
-        let engine = engine::Engine::new(
-            announce,
-            cfg.core,
-            cfg.recordings,
-            stats.clone(),
-            tx.clone(),
-            cfg.rendition_height,
-        );
-        tokio::spawn(driver::run(socket, engine, rx, stats.clone()));
+        let count = match cfg.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let shards = shard::Shards::new(count);
+        stats.workers.set(shards.count() as i64);
+        let socket = Arc::new(socket);
+        let rooms_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (addrs_tx, addrs_rx) = mpsc::unbounded_channel();
+        let mut workers = Vec::with_capacity(shards.count());
+        let mut datagram_queues = Vec::with_capacity(shards.count());
+        for index in 0..shards.count() {
+            let (tx, rx) = mpsc::channel(1024);
+            let engine = engine::Engine::new(
+                announce,
+                cfg.core.clone(),
+                cfg.recordings.clone(),
+                stats.clone(),
+                tx.clone(),
+                cfg.rendition_height,
+                engine::Worker {
+                    index,
+                    count: shards.count(),
+                    rooms_open: rooms_open.clone(),
+                },
+            );
+            let ingress = if shards.count() == 1 {
+                driver::Ingress::Socket
+            } else {
+                let (dtx, drx) = mpsc::channel(driver::WORKER_DATAGRAMS);
+                datagram_queues.push(dtx);
+                driver::Ingress::Dispatched {
+                    datagrams: drx,
+                    addrs: addrs_tx.clone(),
+                    index,
+                }
+            };
+            tokio::spawn(driver::run(
+                socket.clone(),
+                engine,
+                rx,
+                ingress,
+                stats.clone(),
+            ));
+            workers.push(tx);
+        }
+        if shards.count() > 1 {
+            tokio::spawn(driver::dispatch(
+                socket,
+                datagram_queues,
+                addrs_rx,
+                stats.clone(),
+            ));
+        }
+        info!(addr = %announce, workers = shards.count(), "media server listening");
         Ok(MediaHandle {
-            tx,
+            workers: workers.into(),
+            shards,
             stats,
             local_addr,
         })
@@ -815,10 +897,19 @@ impl MediaHandle {
         &self.stats
     }
 
+    /// The queue of the worker `command` is for (the first for a question to all: those
+    /// go through [`MediaHandle::ask_all`]).
+    fn queue(&self, command: &Command) -> &mpsc::Sender<Command> {
+        match self.shards.route(command) {
+            shard::Route::One(w) => &self.workers[w],
+            shard::Route::All => &self.workers[0],
+        }
+    }
+
     /// Sends a command that needs no answer. A stopped server has nobody left to act on,
     /// so a failed send is moot.
     async fn tell(&self, command: Command) {
-        let _ = self.tx.send(command).await;
+        let _ = self.queue(&command).send(command).await;
     }
 
     async fn ask<T>(
@@ -826,11 +917,30 @@ impl MediaHandle {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, MediaError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
+        let command = make(reply);
+        self.queue(&command)
+            .send(command)
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
+    }
+
+    /// Asks every worker the same question; their answers, in worker order.
+    async fn ask_all<T>(
+        &self,
+        make: impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<Vec<T>, MediaError> {
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for w in self.workers.iter() {
+            let (reply, rx) = oneshot::channel();
+            w.send(make(reply)).await.map_err(|_| MediaError::Stopped)?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.map_err(|_| MediaError::Stopped)?);
+        }
+        Ok(out)
     }
 
     /// Adds a participant to a room; room events and offers arrive on `events`.
@@ -1038,7 +1148,7 @@ impl MediaHandle {
     /// Hands one RTP packet of a vehicle track to the core without waiting; a packet the
     /// busy server cannot take is dropped and counted (media is late rather than queued).
     pub fn rtp(&self, track: TrackId, packet: RtpPacket) -> Result<(), MediaError> {
-        self.tx
+        self.workers[self.shards.of_id(track.0)]
             .try_send(Command::Rtp { track, packet })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
@@ -1080,7 +1190,7 @@ impl MediaHandle {
     /// files are finished; true if they all finished in time.
     pub async fn finish_recordings(&self, within: std::time::Duration) -> bool {
         if self
-            .ask(|reply| Command::StopRecorders { reply })
+            .ask_all(|reply| Command::StopRecorders { reply })
             .await
             .is_err()
         {
@@ -1099,7 +1209,10 @@ impl MediaHandle {
 
     /// Number of rooms and participants.
     pub async fn counts(&self) -> Result<(usize, usize), MediaError> {
-        self.ask(|reply| Command::Rooms { reply }).await
+        let all = self.ask_all(|reply| Command::Rooms { reply }).await?;
+        Ok(all
+            .into_iter()
+            .fold((0, 0), |(r, p), (rooms, people)| (r + rooms, p + people)))
     }
 }
 
@@ -1116,6 +1229,8 @@ mod tests {
             core: CoreConfig::default(),
             recordings: None,
             rendition_height: 360,
+            // Two workers and the dispatcher between them, whatever the machine.
+            workers: 2,
         };
         MediaServer::start(cfg, &Registry::new())
             .await

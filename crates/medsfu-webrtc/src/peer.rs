@@ -144,13 +144,14 @@ impl Interceptor for DeliverRtcp {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// A fresh ICE ufrag (also the demultiplexing key) and password.
-pub fn ice_credentials() -> (String, String) {
+/// A fresh ICE ufrag (also the demultiplexing key), starting with `tag` (the media
+/// worker's, see `shard`), and password.
+pub fn ice_credentials(tag: char) -> (String, String) {
     let mut rng = rand::rng();
-    (
-        Alphanumeric.sample_string(&mut rng, 16),
-        Alphanumeric.sample_string(&mut rng, 32),
-    )
+    let mut ufrag = String::with_capacity(16);
+    ufrag.push(tag);
+    ufrag.push_str(&Alphanumeric.sample_string(&mut rng, 15));
+    (ufrag, Alphanumeric.sample_string(&mut rng, 32))
 }
 
 /// Builds an ICE-lite peer connection whose only candidate is the shared media socket.

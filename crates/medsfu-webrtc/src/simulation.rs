@@ -135,6 +135,7 @@ impl Net {
             stats.clone(),
             tx,
             720,
+            crate::engine::Worker::single(),
         );
         Net {
             engine,

@@ -151,6 +151,8 @@ pub struct WebRtc {
     pub send_buffer_bytes: usize,
     /// Lines of the H.264 rendition made for browsers without H.265: 360 or 720.
     pub rendition_height: u32,
+    /// Media workers sharing the port, each with its share of the rooms (0: one per core).
+    pub workers: usize,
 }
 
 /// Data settings.
@@ -282,6 +284,7 @@ impl Default for WebRtc {
             receive_buffer_bytes: 4 << 20,
             send_buffer_bytes: 4 << 20,
             rendition_height: 360,
+            workers: 0,
         }
     }
 }

@@ -797,6 +797,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 receive_buffer_bytes: cfg.webrtc.receive_buffer_bytes,
                 send_buffer_bytes: cfg.webrtc.send_buffer_bytes,
                 rendition_height: cfg.webrtc.rendition_height,
+                workers: cfg.webrtc.workers,
                 core: cfg.core.to_core(),
                 recordings: cfg.recording.enabled.then(|| medsfu_webrtc::RecordingSettings {
                     dir: cfg.data.dir.join(&cfg.recording.dir),

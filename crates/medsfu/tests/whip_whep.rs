@@ -698,3 +698,83 @@ async fn a_separate_recorder_process_records_every_track_over_whep() {
         assert_eq!(body["code"], code, "{query}");
     }
 }
+
+/// With two media workers, rooms hosted on different workers each carry their media: a
+/// WHIP publisher and a WHEP subscriber per room, every packet arriving in order, through
+/// the one media port (the dispatcher hands each datagram to its peer's worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_two_media_workers_each_carry_their_media() {
+    let server = Server::start(&[("MEDSFU_WEBRTC__WORKERS", "2")]);
+    assert_eq!(server.metric("medsfu_media_workers").await, 2.0);
+    // Two rooms that hash to different workers.
+    let names: Vec<String> = (0..).map(|i| format!("amb-{i}")).take(20).collect();
+    let a = names
+        .iter()
+        .find(|r| medsfu_webrtc::worker_of_room(r, 2) == 0)
+        .expect("a room on worker 0");
+    let b = names
+        .iter()
+        .find(|r| medsfu_webrtc::worker_of_room(r, 2) == 1)
+        .expect("a room on worker 1");
+    let mut feeds = Vec::new();
+    let mut viewers = Vec::new();
+    for room in [a, b] {
+        let amb = server.token(room, "ambulance", "vehicle");
+        let doc = server.token(room, "dr-house", "consultant");
+        let mut publisher = whip(&server.http, room, &amb, CodecSpec::h265())
+            .await
+            .expect("WHIP");
+        assert_eq!(publisher.connected().await, State::Connected);
+        // IDR slices (any packet starts a picture), numbered in their first bytes.
+        feeds.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for n in 0..3000u32 {
+                tick.tick().await;
+                let mut payload = vec![0u8; 800];
+                payload[0] = 19 << 1;
+                payload[1] = 1;
+                payload[2..6].copy_from_slice(&n.to_be_bytes());
+                publisher.send(medsfu_client::packet(
+                    n as u16,
+                    n * 900,
+                    true,
+                    Bytes::from(payload),
+                ));
+            }
+        }));
+        let viewer = support::whep_once_published(&server.http, room, &doc).await;
+        viewers.push(viewer);
+    }
+    for (viewer, room) in viewers.iter_mut().zip([a, b]) {
+        assert_eq!(viewer.connected().await, State::Connected, "{room}");
+        let mut last: Option<u32> = None;
+        let mut got = 0;
+        while got < 100 {
+            let r = tokio::time::timeout(Duration::from_secs(10), viewer.received.recv())
+                .await
+                .unwrap_or_else(|_| panic!("media of {room} within 10 s"))
+                .expect("session open");
+            let p = &r.packet.payload;
+            let n = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+            if let Some(l) = last {
+                assert!(n > l, "{room}: packet {n} after {l}");
+            }
+            last = Some(n);
+            got += 1;
+        }
+    }
+    for w in ["0", "1"] {
+        let rooms = server
+            .metric(&format!("medsfu_media_worker_rooms{{worker=\"{w}\"}}"))
+            .await;
+        assert_eq!(rooms, 1.0, "worker {w} hosts one room");
+    }
+    assert_eq!(server.metric("medsfu_rooms").await, 2.0, "rooms of both");
+    assert_eq!(
+        server.metric("medsfu_media_dispatch_dropped_total").await,
+        0.0
+    );
+    for f in feeds {
+        f.abort();
+    }
+}

@@ -1313,3 +1313,39 @@ fn subscribing_again_and_again_buys_no_fresh_retransmissions_or_replays() {
     );
     assert!(replays >= 2, "replays still happen: {replays}");
 }
+
+/// Servers sharing a process hand out ids from disjoint spaces: every id (participant,
+/// track, down track) of server k of 3 is k + 1 modulo 3, so an id names its server.
+#[test]
+fn id_spaces_of_sharded_servers_do_not_collide() {
+    let now = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    for k in 0..3u64 {
+        let mut sfu = Sfu::with_id_space(CoreConfig::default(), k + 1, 3);
+        let (a, t, b, d) = room_with_video(&mut sfu, now);
+        for id in [a.0, t.0, b.0, d.0] {
+            assert_eq!((id - 1) % 3, k, "id {id} of server {k}");
+            assert!(seen.insert(id), "id {id} handed out twice");
+        }
+    }
+}
+
+/// `max_rooms` holds for all servers of a process: rooms open elsewhere count.
+#[test]
+fn rooms_open_on_other_servers_count_against_the_limit() {
+    let now = Instant::now();
+    let mut sfu = Sfu::new(CoreConfig {
+        max_rooms: 3,
+        ..CoreConfig::default()
+    });
+    let _ = sfu.join("a", "alice", Role::Team, true, now);
+    sfu.set_rooms_elsewhere(2);
+    assert!(matches!(
+        sfu.admit("b", "bob"),
+        Err(CoreError::TooManyRooms { max: 3 })
+    ));
+    // Joining an open room is not opening one.
+    assert!(sfu.admit("a", "bob").is_ok());
+    sfu.set_rooms_elsewhere(1);
+    assert!(sfu.admit("b", "bob").is_ok());
+}
