@@ -501,6 +501,11 @@ async fn main() -> Result<()> {
             "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0),
         },
         "server_cpu_us_per_forwarded_packet": cpu_us_per_packet,
+        // Above 100: the server used more than one core (its media workers run in parallel).
+        "server_cpu_percent": match (cpu0, cpu1) {
+            (Some(c0), Some(c1)) => Some((c1 - c0) * 100.0 / elapsed),
+            _ => None,
+        },
         "sfu_added_latency": added_latency(latency0, latency1),
         "send_probe": probe_send(a.subscribers).await?,
     });

@@ -13,15 +13,14 @@ use std::sync::Arc;
 
 use crate::{bearer, ApiError, AppState};
 
-/// Who may read a room's telemetry: every participant role but the recorder, which
-/// receives only the tracks it records.
+/// Who may read a room's telemetry (the roles table of `medsfu_core::access`).
 pub fn may_read(role: Role) -> bool {
-    role != Role::Recorder
+    medsfu_core::may(role, medsfu_core::Action::ReadTelemetry)
 }
 
 /// Who may write chat messages.
 pub fn may_chat(role: Role) -> bool {
-    medsfu_control::may(role, medsfu_control::Action::Chat)
+    medsfu_core::may(role, medsfu_core::Action::Chat)
 }
 
 /// Opens a feed of `room` (reads the journal on a blocking thread).

@@ -911,6 +911,7 @@ pub(crate) fn action_name(a: Action) -> &'static str {
         Action::JoinCall => "join a call without an invitation",
         Action::EcgSnapshot => "ask for ECG snapshots",
         Action::ReadAudit => "read the audit trail",
+        Action::ReadTelemetry => "read this room's telemetry",
     }
 }
 

@@ -11,10 +11,10 @@
 
 #![forbid(unsafe_code)]
 
-mod access;
 mod desk;
 
-pub use access::{may, Action};
 pub use desk::{
     ControlError, Desk, LeadChange, MemberView, Output, Principal, RoomState, RoomView,
 };
+/// The roles table lives in the room core, with the media rules of roles.
+pub use medsfu_core::{may, Action};

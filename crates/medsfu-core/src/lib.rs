@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod camera;
 mod error;
 mod ids;
@@ -18,6 +19,7 @@ mod rtp;
 mod rtx_cache;
 mod sfu;
 
+pub use access::{may, Action};
 pub use camera::{CameraCommand, CameraState};
 pub use error::CoreError;
 pub use ids::{DownTrackId, ParticipantId, TrackId};

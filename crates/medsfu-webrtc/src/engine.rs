@@ -14,6 +14,7 @@ use medsfu_core::{
     CameraCommand, Codec, CoreConfig, DownTrackId, LeaveReason, MediaKind, Output, ParticipantId,
     ReceptionReport, Role, RoomEvent, RtpHeader, RtpPacket, Sfu, TrackId, TrackSource,
 };
+use prometheus::local::LocalHistogram;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::RTCMessage;
@@ -31,6 +32,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -150,7 +152,7 @@ struct Peer {
     track_by_msid: HashMap<String, TrackId>,
     receiver_of: HashMap<TrackId, RTCRtpReceiverId>,
     // Subscribing side.
-    senders: HashMap<DownTrackId, Sender>,
+    senders: FxHashMap<DownTrackId, Sender>,
     down_by_ssrc: HashMap<u32, DownTrackId>,
     offer_pending: bool,
     needs_offer: bool,
@@ -208,7 +210,7 @@ impl Peer {
             audio_level_ext: HashMap::new(),
             track_by_msid: HashMap::new(),
             receiver_of: HashMap::new(),
-            senders: HashMap::new(),
+            senders: FxHashMap::default(),
             down_by_ssrc: HashMap::new(),
             offer_pending: false,
             needs_offer: false,
@@ -225,20 +227,27 @@ pub(crate) struct Engine {
     /// Arrival times of the live (`false`) and replayed (`true`) RTP copies in `outbox`,
     /// timed once the driver has sent them (one clock read per step, not per copy).
     unsent_copies: Vec<(Instant, bool)>,
+    /// Copies forwarded since the driver last sent, `[audio, video]` (packets, payload
+    /// bytes): added to the shared counters once per batch, not per copy (workers on
+    /// other cores count into the same ones).
+    forwarded_unsent: [(u64, u64); 2],
+    /// This engine's share of the latency histograms, merged into them once per batch.
+    forward_latency: LocalHistogram,
+    replay_lag: LocalHistogram,
     /// Some peer connection may want a (re)offer: `send_offers` scans only when set.
     offers_due: bool,
     /// The core has outputs left that wait until the driver sent the queued datagrams.
     core_pending: bool,
     sfu: Sfu,
     stats: Arc<MediaStats>,
-    sessions: HashMap<ParticipantId, Session>,
-    peers: HashMap<PeerId, Peer>,
+    sessions: FxHashMap<ParticipantId, Session>,
+    peers: FxHashMap<PeerId, Peer>,
     next_peer: PeerId,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     timers: BTreeSet<(Instant, PeerId)>,
     /// Codec each published track was negotiated with, offered to its subscribers as is.
-    track_codecs: HashMap<TrackId, RTCRtpCodec>,
+    track_codecs: FxHashMap<TrackId, RTCRtpCodec>,
     scratch_events: Vec<RTCPeerConnectionEvent>,
     scratch_msgs: Vec<RTCMessage>,
     /// Sessions whose event queue was full: their shells stopped taking events (a client
@@ -253,11 +262,11 @@ pub(crate) struct Engine {
     /// H.264 renditions, by H.265 source track.
     renditions: HashMap<TrackId, Rendition>,
     /// Where each transcoder participant's received packets go.
-    transcode_inputs: HashMap<ParticipantId, mpsc::Sender<crate::transcode::Input>>,
+    transcode_inputs: FxHashMap<ParticipantId, mpsc::Sender<crate::transcode::Input>>,
     /// Where recordings go; `None` records nothing.
     recordings: Option<crate::RecordingSettings>,
     /// Recorded down tracks and their workers.
-    record_inputs: HashMap<DownTrackId, RecordInput>,
+    record_inputs: FxHashMap<DownTrackId, RecordInput>,
     /// Recorder participants, kept out of the room's participant events.
     hidden: std::collections::HashSet<ParticipantId>,
     next_screenshot: u64,
@@ -366,17 +375,20 @@ impl Engine {
             announce,
             outbox: Vec::new(),
             unsent_copies: Vec::new(),
+            forwarded_unsent: [(0, 0); 2],
+            forward_latency: stats.forward_latency.local(),
+            replay_lag: stats.replay_lag.local(),
             offers_due: false,
             core_pending: false,
             sfu: Sfu::with_id_space(core, Shards::first_id(worker.index), worker.count as u64),
             stats,
-            sessions: HashMap::new(),
-            peers: HashMap::new(),
+            sessions: FxHashMap::default(),
+            peers: FxHashMap::default(),
             next_peer: 1,
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             timers: BTreeSet::new(),
-            track_codecs: HashMap::new(),
+            track_codecs: FxHashMap::default(),
             scratch_events: Vec::new(),
             scratch_msgs: Vec::new(),
             overflowed: RefCell::new(Vec::new()),
@@ -384,9 +396,9 @@ impl Engine {
             next_camera_command: 1,
             commands,
             renditions: HashMap::new(),
-            transcode_inputs: HashMap::new(),
+            transcode_inputs: FxHashMap::default(),
             recordings,
-            record_inputs: HashMap::new(),
+            record_inputs: FxHashMap::default(),
             hidden: std::collections::HashSet::new(),
             next_screenshot: 1,
             next_second: None,
@@ -445,11 +457,20 @@ impl Engine {
         for (received, replay) in self.unsent_copies.drain(..) {
             let age = now.saturating_duration_since(received).as_secs_f64();
             if replay {
-                self.stats.replay_lag.observe(age);
+                self.replay_lag.observe(age);
             } else {
-                self.stats.forward_latency.observe(age);
+                self.forward_latency.observe(age);
             }
         }
+        self.replay_lag.flush();
+        self.forward_latency.flush();
+        for (video, (packets, bytes)) in [false, true].into_iter().zip(self.forwarded_unsent) {
+            if packets > 0 {
+                self.stats.rtp_forwarded.of(video).inc_by(packets);
+                self.stats.rtp_forwarded_bytes.of(video).inc_by(bytes);
+            }
+        }
+        self.forwarded_unsent = [(0, 0); 2];
         if std::mem::take(&mut self.core_pending) {
             self.drain_core_yielding(now);
             self.end_step(now);
@@ -1232,8 +1253,9 @@ impl Engine {
             r.payload.len(),
         );
         self.outbox.push(Transmit { to, data });
-        MediaStats::inc(self.stats.rtp_forwarded.of(video));
-        self.stats.rtp_forwarded_bytes.of(video).inc_by(bytes);
+        let counted = &mut self.forwarded_unsent[usize::from(video)];
+        counted.0 += 1;
+        counted.1 += bytes;
         if !r.retransmission {
             // Timed from the packet's own arrival to its copy on the socket, once sent. A
             // replayed packet is old by design: its age goes to its own histogram.
@@ -1296,13 +1318,11 @@ impl Engine {
             }
         }
         for (i, role) in Role::ALL.iter().enumerate() {
-            let change = by_role[i] - self.gauges_added.1[i];
-            if change != 0 {
-                self.stats
-                    .participants
-                    .with_label_values(&[role.as_str()])
-                    .add(change);
-            }
+            // Added even when nothing changed: every role's series exists from the start.
+            self.stats
+                .participants
+                .with_label_values(&[role.as_str()])
+                .add(by_role[i] - self.gauges_added.1[i]);
         }
         self.gauges_added.1 = by_role;
     }
@@ -2417,7 +2437,7 @@ impl Engine {
             .sessions
             .get(&participant)
             .ok_or(MediaError::UnknownSession)?;
-        if !matches!(s.role, Role::Lead | Role::Team) {
+        if !medsfu_core::may(s.role, medsfu_core::Action::Record) {
             return Err(MediaError::RecordForbidden(s.role.as_str()));
         }
         if self.recordings.is_none() {

@@ -1,10 +1,13 @@
-//! Who may do what: the roles table of the requirements as one function.
+//! Who may do what: the roles table of the requirements as one function, with the media
+//! rules of [`Role`] (publish, receive, steer the camera) the only place roles are judged.
+//! The shells (control API, signalling, the media engine, the QUIC server) ask here.
 
-use medsfu_core::Role;
+use crate::Role;
 
 /// Something a user or device asks of the control API or signalling.
+// Not `non_exhaustive`: every crate that describes actions should fail to build when one
+// is added, rather than fall into a catch-all arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Action {
     /// Open a call from a vehicle (its agent or a crew tablet).
     OpenCall,
@@ -46,11 +49,13 @@ pub enum Action {
     ReadAudit,
     /// Join an accepted call without an invitation (the dispatch centre).
     JoinCall,
+    /// Read a room's telemetry (vital signs, ECG, positions, chat) and its history.
+    ReadTelemetry,
 }
 
 impl Action {
     /// Every action, for tests that walk the whole matrix.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Action::OpenCall,
         Action::WatchCalls,
         Action::AcceptCall,
@@ -71,6 +76,7 @@ impl Action {
         Action::EcgSnapshot,
         Action::ReadAudit,
         Action::JoinCall,
+        Action::ReadTelemetry,
     ];
 
     /// Whether the action concerns one room (then the caller's role in that room counts,
@@ -107,8 +113,10 @@ pub fn may(role: Role, action: Action) -> bool {
         A::Leave => !matches!(role, R::Admin | R::Recorder),
         A::HandOver | A::Grant => role == R::Lead,
         A::JoinMedia => role != R::Admin,
-        A::Camera | A::Screenshot => role == R::Lead,
+        A::Camera | A::Screenshot => role.may_control_camera(),
         A::Record => matches!(role, R::Lead | R::Team),
+        // The recorder receives only the tracks it records.
+        A::ReadTelemetry => role != R::Recorder,
         // Glasses talk and may send short texts; asking for documents is for people at
         // a screen.
         A::Chat => matches!(
@@ -154,5 +162,12 @@ mod tests {
             .collect();
         assert_eq!(open, [Role::Vehicle, Role::Team]);
         assert!(may(Role::Consultant, Action::AcceptCall) && !may(Role::Lead, Action::AcceptCall));
+        // Everyone in a room reads its telemetry but the recorder.
+        let readers = Role::ALL
+            .into_iter()
+            .filter(|r| may(*r, Action::ReadTelemetry))
+            .count();
+        assert_eq!(readers, Role::ALL.len() - 1);
+        assert!(!may(Role::Recorder, Action::ReadTelemetry));
     }
 }
