@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use medsfu_codec::h265_rtp::{access_units, annexb_nal_units};
-use medsfu_webrtc::transcode::Pipeline;
+use medsfu_media::transcode::Pipeline;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

@@ -207,14 +207,14 @@ pub fn sdp(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(s) = medsfu_webrtc::sdp::offered_sections(text) {
-        assert!(s.len() <= medsfu_webrtc::sdp::MAX_OFFER_SECTIONS);
+    if let Ok(s) = medsfu_media::sdp::offered_sections(text) {
+        assert!(s.len() <= medsfu_media::sdp::MAX_OFFER_SECTIONS);
     }
-    let fixed = medsfu_webrtc::sdp::accept_bundle_only(text);
+    let fixed = medsfu_media::sdp::accept_bundle_only(text);
     // The fix-up only ever changes a port 0 into 9.
     assert_eq!(fixed.len(), text.len());
-    let _ = medsfu_webrtc::sdp::sdpfrag_candidates(text);
-    let _ = medsfu_webrtc::sdp::ice_ufrag(text);
+    let _ = medsfu_media::sdp::sdpfrag_candidates(text);
+    let _ = medsfu_media::sdp::ice_ufrag(text);
 }
 
 /// Parsing of signalling messages from clients.
@@ -226,8 +226,8 @@ pub fn signalling_message(data: &[u8]) {
 
 /// The media port's demultiplexer on arbitrary datagrams.
 pub fn stun_ufrag(data: &[u8]) {
-    let _ = medsfu_webrtc::demux::classify(data);
-    if let Some(u) = medsfu_webrtc::demux::stun_server_ufrag(data) {
+    let _ = medsfu_media::demux::classify(data);
+    if let Some(u) = medsfu_media::demux::stun_server_ufrag(data) {
         assert!(!u.is_empty() && !u.contains(':'));
     }
 }
@@ -330,7 +330,7 @@ pub fn ogg_opus(data: &[u8]) {
 /// muxing) on packets a publisher made up, for each codec: never a panic, and the voice
 /// archive is never longer than the packets' time plus a second.
 pub fn recorder(data: &[u8]) {
-    use medsfu_webrtc::record::{record_in_memory, RecInput};
+    use medsfu_media::record::{record_in_memory, RecInput};
     let Some((&first, rest)) = data.split_first() else {
         return;
     };

@@ -74,11 +74,11 @@ fn stat_cpu_seconds(path: &str) -> Option<f64> {
 
 /// The raw cost of sending: CPU µs per datagram of this thread sending 1240-byte
 /// datagrams (an SRTP packet of 1200 bytes of payload) round-robin to `destinations`
-/// loopback sockets for about a second, with `medsfu_webrtc::transmit` (`sendmmsg`, 64 per
+/// loopback sockets for about a second, with `medsfu_media::transmit` (`sendmmsg`, 64 per
 /// call) and with one `send_to` per datagram. Another thread empties the receivers, as
 /// subscribers would. The ceiling the server's per-packet cost is compared with.
 async fn probe_send(destinations: usize) -> Result<serde_json::Value> {
-    use medsfu_webrtc::transmit::{send_all, Transmit};
+    use medsfu_media::transmit::{send_all, Transmit};
     use std::sync::atomic::{AtomicBool, Ordering};
     const SIZE: usize = 1240;
     const RUN: Duration = Duration::from_secs(1);
@@ -108,10 +108,10 @@ async fn probe_send(destinations: usize) -> Result<serde_json::Value> {
     let mut report = serde_json::Map::new();
     for batched in [true, false] {
         let (mut n, mut failed, mut i) = (0u64, 0u64, 0usize);
-        let mut queue = Vec::with_capacity(medsfu_webrtc::transmit::BATCH);
+        let mut queue = Vec::with_capacity(medsfu_media::transmit::BATCH);
         let (t0, c0) = (Instant::now(), thread_cpu());
         while t0.elapsed() < RUN {
-            for _ in 0..medsfu_webrtc::transmit::BATCH {
+            for _ in 0..medsfu_media::transmit::BATCH {
                 let to = addrs[i % addrs.len()];
                 i += 1;
                 if batched {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use medsfu_control::{ControlError, Desk, LeadChange, Output, Principal, RoomState};
 use medsfu_core::{LeaveReason, Role};
+use medsfu_media::MediaHandle;
 use medsfu_store::{RoomRecord, RoomStatus, Store, StoreError};
-use medsfu_webrtc::MediaHandle;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Mutex, Notify};
 use tracing::{error, info};

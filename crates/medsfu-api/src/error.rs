@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use medsfu_webrtc::MediaError;
+use medsfu_media::MediaError;
 
 use crate::TokenError;
 

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
+use medsfu_media::MediaHandle;
 use medsfu_telemetry::hub::Hub;
-use medsfu_webrtc::MediaHandle;
 use tower_http::cors::{Any, CorsLayer};
 
 pub use control::{Control, ControlSettings};

@@ -9,8 +9,8 @@ use axum::response::Response;
 use std::sync::Arc;
 
 use medsfu_core::{LeaveReason, ParticipantId, RoomEvent, TrackId, TrackSource};
+use medsfu_media::{Joined, MediaError, SessionEvent, SessionKind};
 use medsfu_telemetry::hub::{Feed, Item};
-use medsfu_webrtc::{Joined, MediaError, SessionEvent, SessionKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -449,7 +449,7 @@ async fn session(state: AppState, mut socket: WebSocket, source: String) {
             }
         }
     };
-    let (tx, events) = mpsc::channel(medsfu_webrtc::SESSION_EVENTS);
+    let (tx, events) = mpsc::channel(medsfu_media::SESSION_EVENTS);
     let joined = match s
         .media
         .join_decoding(

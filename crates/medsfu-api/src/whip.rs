@@ -9,8 +9,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use medsfu_core::ParticipantId;
-use medsfu_webrtc::sdp::{ice_ufrag, sdpfrag_candidates};
-use medsfu_webrtc::{SessionEvent, SessionKind};
+use medsfu_media::sdp::{ice_ufrag, sdpfrag_candidates};
+use medsfu_media::{SessionEvent, SessionKind};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -177,12 +177,12 @@ async fn create(
     let offer = sdp_body(&headers, &body)?;
     let client_ufrag = ice_ufrag(&offer).map(str::to_owned);
     // Reject bad SDP and forbidden media before the participant appears to anyone.
-    let sections = medsfu_webrtc::sdp::offered_sections(&offer)
+    let sections = medsfu_media::sdp::offered_sections(&offer)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string()))?;
     if kind == SessionKind::Whip {
-        medsfu_webrtc::sdp::check_whip(grant.role, &sections)?;
+        medsfu_media::sdp::check_whip(grant.role, &sections)?;
     }
-    let (tx, mut rx) = mpsc::channel(medsfu_webrtc::SESSION_EVENTS);
+    let (tx, mut rx) = mpsc::channel(medsfu_media::SESSION_EVENTS);
     let joined = s
         .media
         .join(&room, &grant.identity, grant.role, kind, tx)

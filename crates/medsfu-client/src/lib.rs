@@ -236,7 +236,7 @@ fn build_pc(
     // Keyframe requests from the server must reach the publisher's "encoder".
     let registry = configure_rtcp_reports(rtc::interceptor::Registry::new()).with(
         rtc::interceptor::Slot::from(14_000),
-        medsfu_webrtc::DeliverRtcp::default(),
+        medsfu_media::DeliverRtcp::default(),
     );
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -244,7 +244,7 @@ fn build_pc(
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(rtc_err)?;
-    medsfu_webrtc::add_host_candidate(&mut pc, local).map_err(rtc_err)?;
+    medsfu_media::add_host_candidate(&mut pc, local).map_err(rtc_err)?;
     Ok(pc)
 }
 
@@ -324,7 +324,7 @@ pub async fn whip(
     let location = negotiate(&mut pc, &format!("{base}/whip/{room}"), token, |sdp| sdp).await?;
     let sender = RTCRtpSenderId::from(tid);
     let payload_type =
-        medsfu_webrtc::sender_payload_type(&mut pc, sender).unwrap_or(codec.payload_type);
+        medsfu_media::sender_payload_type(&mut pc, sender).unwrap_or(codec.payload_type);
     Ok(spawn(
         pc,
         socket,

@@ -260,7 +260,7 @@ pub struct Core {
 pub struct Log {
     /// `text` or `json`.
     pub format: String,
-    /// A tracing filter such as `info` or `medsfu_webrtc=debug`.
+    /// A tracing filter such as `info` or `medsfu_media=debug`.
     pub filter: String,
 }
 

@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use medsfu_api::{AppState, TokenKey};
 use medsfu_core::Role;
+use medsfu_media::{MediaConfig, MediaServer};
 use medsfu_quic::server::VehicleSettings;
 use medsfu_telemetry::hub::Hub;
-use medsfu_webrtc::{MediaConfig, MediaServer};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -799,7 +799,7 @@ fn serve(a: ServeArgs, demo: bool) -> Result<()> {
                 rendition_height: cfg.webrtc.rendition_height,
                 workers: cfg.webrtc.workers,
                 core: cfg.core.to_core(),
-                recordings: cfg.recording.enabled.then(|| medsfu_webrtc::RecordingSettings {
+                recordings: cfg.recording.enabled.then(|| medsfu_media::RecordingSettings {
                     dir: cfg.data.dir.join(&cfg.recording.dir),
                     voice_archive: cfg.recording.voice_archive,
                 }),
@@ -1058,7 +1058,7 @@ mod tests {
         assert_eq!(log_filter("info"), "info,rtc=warn,rtc_dtls=error");
         assert_eq!(log_filter(""), "rtc=warn,rtc_dtls=error");
         assert_eq!(log_filter("info,rtc_ice=debug"), "info,rtc_ice=debug");
-        for f in ["info", "debug,medsfu_webrtc=trace", ""] {
+        for f in ["info", "debug,medsfu_media=trace", ""] {
             assert!(
                 tracing_subscriber::EnvFilter::try_new(log_filter(f)).is_ok(),
                 "{f}"

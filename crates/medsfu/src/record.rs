@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use medsfu_client::CodecSpec;
 use medsfu_codec::Codec;
-use medsfu_webrtc::record::{RecInput, RecordStats, TrackFile, TrackLabel};
+use medsfu_media::record::{RecInput, RecordStats, TrackFile, TrackLabel};
 use prometheus::{IntCounter, IntGauge};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -241,7 +241,7 @@ async fn record_track(
     };
     let path = file.base.display().to_string();
     info!(%track, file = %path, "recording track");
-    let tx = medsfu_webrtc::record::spawn(
+    let tx = medsfu_media::record::spawn(
         file,
         stats,
         Box::new(move |message| warn!(%message, "recording failed")),

@@ -710,11 +710,11 @@ async fn rooms_on_two_media_workers_each_carry_their_media() {
     let names: Vec<String> = (0..).map(|i| format!("amb-{i}")).take(20).collect();
     let a = names
         .iter()
-        .find(|r| medsfu_webrtc::worker_of_room(r, 2) == 0)
+        .find(|r| medsfu_media::worker_of_room(r, 2) == 0)
         .expect("a room on worker 0");
     let b = names
         .iter()
-        .find(|r| medsfu_webrtc::worker_of_room(r, 2) == 1)
+        .find(|r| medsfu_media::worker_of_room(r, 2) == 1)
         .expect("a room on worker 1");
     let mut feeds = Vec::new();
     let mut viewers = Vec::new();

@@ -1,11 +1,14 @@
-//! medsfu's WebRTC shell.
+//! medsfu's media engine.
 //!
-//! One tokio task ([`MediaServer`]) owns the media UDP socket, every peer connection
-//! (webrtc-rs `rtc`, sans-IO) and the room core ([`medsfu_core::Sfu`]). It reads a
-//! datagram, finds its peer (STUN username, then source address), hands it to that peer
-//! connection, gives the RTP that comes out to the core, and sends what the core decides,
-//! batched per step. Signalling reaches it through [`MediaHandle`] commands; nothing else
-//! touches its state, so the per-packet path takes no lock.
+//! [`MediaServer`] starts media workers (one per core by default), each with an engine that
+//! owns the peer connections (webrtc-rs `rtc`, sans-IO) and the room core
+//! ([`medsfu_core::Sfu`]) of the rooms whose names hash to it. A thin driver steps each
+//! engine: a datagram, a command or a timer in; datagrams to send out, batched with
+//! `sendmmsg`. With one worker the driver reads the UDP socket itself; with several, one
+//! dispatcher reads it and hands each datagram to its peer's worker (`shard`). Signalling
+//! and the QUIC vehicle server reach the engines through [`MediaHandle`] commands, routed
+//! by room or id; nothing else touches an engine's state, so the per-packet path takes no
+//! lock.
 
 // The one exception is `transmit`'s `sendmmsg` call, allowed there alone.
 #![deny(unsafe_code)]
