@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::engine::Engine;
-use crate::shard::{AddrChange, AddrTable, Shards};
+use crate::shard::{AddrChange, Dispatcher};
 use crate::{transmit, Command, MediaStats};
 
 /// Datagrams waiting for one worker; beyond, the dispatcher drops and counts them (a
@@ -107,8 +107,7 @@ pub(crate) async fn dispatch(
     mut addrs: mpsc::UnboundedReceiver<(usize, AddrChange)>,
     stats: Arc<MediaStats>,
 ) {
-    let shards = Shards::new(workers.len());
-    let mut table = AddrTable::default();
+    let mut dispatcher = Dispatcher::new(workers.len());
     let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
     loop {
         let (n, src) = match socket.recv_from(&mut buf).await {
@@ -121,16 +120,10 @@ pub(crate) async fn dispatch(
         // Reports are applied before routing: they were sent before the answers that made
         // peers send what arrives now.
         while let Ok((w, change)) = addrs.try_recv() {
-            table.apply(w, change);
+            dispatcher.apply(w, change);
         }
         let data = &buf[..n];
-        let owner = match crate::demux::classify(data) {
-            crate::demux::DatagramKind::Stun => crate::demux::stun_server_ufrag(data)
-                .and_then(|u| shards.of_ufrag(u.as_bytes()))
-                .or_else(|| table.owner(&src)),
-            _ => table.owner(&src),
-        };
-        let Some(w) = owner else {
+        let Some(w) = dispatcher.route(&src, data) else {
             stats.datagrams_in.inc();
             stats.datagrams_unknown.inc();
             continue;

@@ -308,18 +308,6 @@ pub(crate) struct Worker {
     pub rooms_open: Arc<AtomicUsize>,
 }
 
-#[cfg(test)]
-impl Worker {
-    /// The only worker of a process.
-    pub(crate) fn single() -> Worker {
-        Worker {
-            index: 0,
-            count: 1,
-            rooms_open: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
 /// How often rejected STUN messages are logged (with their count), at most.
 const STUN_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 

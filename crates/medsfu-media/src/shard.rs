@@ -109,6 +109,41 @@ impl Shards {
     }
 }
 
+/// The dispatcher's routing, without IO: which worker a received datagram is for.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    shards: Shards,
+    table: AddrTable,
+}
+
+impl Dispatcher {
+    /// Routing over `workers` workers, knowing no address yet.
+    pub(crate) fn new(workers: usize) -> Dispatcher {
+        Dispatcher {
+            shards: Shards::new(workers),
+            table: AddrTable::default(),
+        }
+    }
+
+    /// Applies worker `worker`'s report of an address bound or unbound.
+    pub(crate) fn apply(&mut self, worker: usize, change: AddrChange) {
+        self.table.apply(worker, change);
+    }
+
+    /// The worker for a datagram from `from`: STUN by the worker its username names (a
+    /// peer's first datagrams), anything else by the address a worker authenticated.
+    /// `None`: nobody's (counted as unknown by the caller).
+    #[must_use]
+    pub(crate) fn route(&self, from: &SocketAddr, data: &[u8]) -> Option<usize> {
+        match crate::demux::classify(data) {
+            crate::demux::DatagramKind::Stun => crate::demux::stun_server_ufrag(data)
+                .and_then(|u| self.shards.of_ufrag(u.as_bytes()))
+                .or_else(|| self.table.owner(from)),
+            _ => self.table.owner(from),
+        }
+    }
+}
+
 /// A change in which peer addresses a worker serves, reported to the dispatcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AddrChange {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Engine;
+use crate::shard::{Dispatcher, Route, Shards};
 use crate::{Command, MediaStats, SessionEvent, SessionKind};
 
 const SSRC: u32 = 0x5117_0001;
@@ -106,9 +108,12 @@ struct Client {
     participant: ParticipantId,
 }
 
-/// The engine, its clients and the clock.
+/// The engines (media workers), their clients and the clock.
 struct Net {
-    engine: Engine,
+    engines: Vec<Engine>,
+    /// Hands datagrams to engines as the driver's dispatcher does (with two or more).
+    dispatcher: Dispatcher,
+    shards: Shards,
     stats: Arc<MediaStats>,
     clients: Vec<Client>,
     now: Instant,
@@ -120,25 +125,41 @@ struct Net {
     /// Allocations made inside the engine's datagram steps and `handle_sent` (the whole
     /// server path of a packet: SRTP in, core, SRTP out per subscriber, outbox).
     engine_allocations: u64,
-    /// Kept so that the engine's own command queue stays open.
-    _commands: mpsc::Receiver<Command>,
+    /// Kept so that the engines' own command queues stay open.
+    _commands: Vec<mpsc::Receiver<Command>>,
 }
 
 impl Net {
     fn new() -> Net {
+        Net::with_workers(1)
+    }
+
+    /// `workers` engines sharing the (virtual) port, as `MediaServer` starts them.
+    fn with_workers(workers: usize) -> Net {
         let stats = Arc::new(MediaStats::new(&prometheus::Registry::new()).expect("stats"));
-        let (tx, rx) = mpsc::channel(16);
-        let engine = Engine::new(
-            server_addr(),
-            CoreConfig::default(),
-            None,
-            stats.clone(),
-            tx,
-            720,
-            crate::engine::Worker::single(),
-        );
+        let rooms_open = Arc::new(AtomicUsize::new(0));
+        let (mut engines, mut commands) = (Vec::new(), Vec::new());
+        for index in 0..workers {
+            let (tx, rx) = mpsc::channel(16);
+            engines.push(Engine::new(
+                server_addr(),
+                CoreConfig::default(),
+                None,
+                stats.clone(),
+                tx,
+                720,
+                crate::engine::Worker {
+                    index,
+                    count: workers,
+                    rooms_open: rooms_open.clone(),
+                },
+            ));
+            commands.push(rx);
+        }
         Net {
-            engine,
+            engines,
+            dispatcher: Dispatcher::new(workers),
+            shards: Shards::new(workers),
             stats,
             clients: Vec::new(),
             // The one reading of the real clock: everything after is this plus turns.
@@ -146,13 +167,43 @@ impl Net {
             sent_to: HashMap::new(),
             max_queue: 0,
             engine_allocations: 0,
-            _commands: rx,
+            _commands: commands,
+        }
+    }
+
+    /// Hands a command to the engine it is for, as `MediaHandle` does.
+    fn command(&mut self, cmd: Command) {
+        let w = match self.shards.route(&cmd) {
+            Route::One(w) => w,
+            Route::All => 0,
+        };
+        self.engines[w].handle_command(self.now, cmd);
+    }
+
+    /// Tells the dispatcher the addresses the engines bound or unbound (the drivers send
+    /// these before the datagrams of the same step).
+    fn report_addrs(&mut self) {
+        for (w, e) in self.engines.iter_mut().enumerate() {
+            for change in e.take_addr_changes() {
+                self.dispatcher.apply(w, change);
+            }
         }
     }
 
     /// Joins a WHIP publisher (`publish`) or WHEP subscriber of H.265 video to room "sim";
     /// returns its index and, for a publisher, its sender.
     fn join(&mut self, identity: &str, role: Role, publish: bool) -> (usize, RTCRtpSenderId) {
+        self.join_room("sim", identity, role, publish)
+    }
+
+    /// Like [`Net::join`], to `room`.
+    fn join_room(
+        &mut self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: bool,
+    ) -> (usize, RTCRtpSenderId) {
         let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
             .parse()
             .expect("address");
@@ -214,18 +265,15 @@ impl Net {
         } else {
             SessionKind::Whep
         };
-        self.engine.handle_command(
-            self.now,
-            Command::Join {
-                room: "sim".into(),
-                identity: identity.into(),
-                role,
-                kind,
-                decodes_h265: true,
-                events: events_tx,
-                reply,
-            },
-        );
+        self.command(Command::Join {
+            room: room.into(),
+            identity: identity.into(),
+            role,
+            kind,
+            decodes_h265: true,
+            events: events_tx,
+            reply,
+        });
         let participant = joined
             .try_recv()
             .expect("answered at once")
@@ -247,7 +295,7 @@ impl Net {
                 reply,
             }
         };
-        self.engine.handle_command(self.now, cmd);
+        self.command(cmd);
         let answer = answer
             .try_recv()
             .expect("answered at once")
@@ -275,34 +323,42 @@ impl Net {
     fn deliver(&mut self, datagram_step: bool) -> usize {
         let mut moved = 0;
         loop {
-            let queue = self.engine.poll_transmits();
-            if queue.is_empty() {
+            self.report_addrs();
+            let mut any = false;
+            for w in 0..self.engines.len() {
+                let queue = self.engines[w].poll_transmits();
+                if queue.is_empty() {
+                    continue;
+                }
+                any = true;
+                if datagram_step {
+                    self.max_queue = self.max_queue.max(queue.len());
+                }
+                for t in queue.drain(..) {
+                    moved += 1;
+                    *self.sent_to.entry(t.to).or_default() += 1;
+                    let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.to) else {
+                        continue; // a client that left: its datagrams are lost
+                    };
+                    let _ = c.pc.handle_read(TaggedBytesMut {
+                        now: self.now,
+                        transport: TransportContext {
+                            local_addr: c.addr,
+                            peer_addr: server_addr(),
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: t.data,
+                    });
+                }
+                // Sent "now": the virtual clock does not move while datagrams are in flight.
+                let a = counting::allocations();
+                self.engines[w].handle_sent(self.now);
+                self.engine_allocations += counting::allocations() - a;
+            }
+            if !any {
                 return moved;
             }
-            if datagram_step {
-                self.max_queue = self.max_queue.max(queue.len());
-            }
-            for t in queue.drain(..) {
-                moved += 1;
-                *self.sent_to.entry(t.to).or_default() += 1;
-                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.to) else {
-                    continue; // a client that left: its datagrams are lost
-                };
-                let _ = c.pc.handle_read(TaggedBytesMut {
-                    now: self.now,
-                    transport: TransportContext {
-                        local_addr: c.addr,
-                        peer_addr: server_addr(),
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: t.data,
-                });
-            }
-            // Sent "now": the virtual clock does not move while datagrams are in flight.
-            let a = counting::allocations();
-            self.engine.handle_sent(self.now);
-            self.engine_allocations += counting::allocations() - a;
         }
     }
 
@@ -319,8 +375,18 @@ impl Net {
                 }
                 let from = c.addr;
                 for data in outs.drain(..) {
+                    // One engine reads the port itself; several get it from the dispatcher.
+                    let w = if self.engines.len() == 1 {
+                        Some(0)
+                    } else {
+                        self.dispatcher.route(&from, &data)
+                    };
+                    let Some(w) = w else {
+                        self.stats.datagrams_unknown.inc();
+                        continue;
+                    };
                     let a = counting::allocations();
-                    self.engine.handle_datagram(self.now, from, &data);
+                    self.engines[w].handle_datagram(self.now, from, &data);
                     self.engine_allocations += counting::allocations() - a;
                     moved += 1 + self.deliver(true);
                 }
@@ -355,8 +421,10 @@ impl Net {
     /// Moves the clock to the next timer of anyone, at most `step` ahead, and runs it.
     fn tick(&mut self, step: Duration) {
         let mut next = self.now + step;
-        if let Some(t) = self.engine.poll_timeout() {
-            next = next.min(t);
+        for e in &self.engines {
+            if let Some(t) = e.poll_timeout() {
+                next = next.min(t);
+            }
         }
         for c in &mut self.clients {
             if let Some(t) = c.pc.poll_timeout() {
@@ -364,8 +432,10 @@ impl Net {
             }
         }
         self.now = next.max(self.now);
-        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.engine.handle_timeout(self.now);
+        for e in &mut self.engines {
+            if e.poll_timeout().is_some_and(|t| t <= self.now) {
+                e.handle_timeout(self.now);
+            }
         }
         for c in &mut self.clients {
             if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -390,10 +460,16 @@ impl Net {
 
     /// Sends one RTP packet of H.265 (an IDR NAL unit, so any packet starts a picture).
     fn publish(&mut self, publisher: usize, sender: RTCRtpSenderId, seq: u16) {
+        self.publish_tagged(publisher, sender, seq, 0);
+    }
+
+    /// Like [`Net::publish`], the payload's fifth byte `tag` (which room it came from).
+    fn publish_tagged(&mut self, publisher: usize, sender: RTCRtpSenderId, seq: u16, tag: u8) {
         let mut payload = vec![0u8; 1000];
         payload[0] = 19 << 1;
         payload[1] = 1;
         payload[2..4].copy_from_slice(&seq.to_be_bytes());
+        payload[4] = tag;
         let pc = &mut self.clients[publisher].pc;
         let pt = crate::sender_payload_type(pc, sender).expect("negotiated");
         let packet = rtp::packet::Packet {
@@ -576,13 +652,10 @@ fn a_leaving_subscriber_gets_its_close_and_then_nothing() {
     // Taken out of the delivery loop first, so what the engine queues for it is counted
     // but not delivered.
     let _gone = net.clients.remove(b);
-    net.engine.handle_command(
-        net.now,
-        Command::Leave {
-            participant,
-            reason: LeaveReason::Left,
-        },
-    );
+    net.command(Command::Leave {
+        participant,
+        reason: LeaveReason::Left,
+    });
     net.settle();
     let closed = net.sent_to.get(&leaving).copied().unwrap_or(0);
     assert_eq!(closed, before + 1, "one DTLS close_notify");
@@ -610,10 +683,81 @@ fn a_datagram_from_an_unknown_address_is_counted_and_answers_nothing() {
     let before = net.stats.datagrams_unknown.get();
     let mut dtls_like = BytesMut::zeroed(40);
     dtls_like[0] = 22;
-    net.engine
-        .handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &dtls_like);
-    net.engine
-        .handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &[0x80; 40]);
+    net.engines[0].handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &dtls_like);
+    net.engines[0].handle_datagram(net.now, "10.9.9.9:9".parse().expect("addr"), &[0x80; 40]);
     assert_eq!(net.stats.datagrams_unknown.get() - before, 2);
-    assert!(net.engine.poll_transmits().is_empty());
+    assert!(net.engines[0].poll_transmits().is_empty());
+}
+
+/// Two workers (engines) behind one port, as `MediaServer` runs them on two cores: rooms
+/// hashed to different workers each forward to their own subscribers, every datagram
+/// reaching its engine through the dispatcher (STUN by the ICE username's worker, the rest
+/// by the addresses the engines reported), nothing crossing between rooms.
+#[test]
+fn rooms_on_two_workers_each_forward_through_the_dispatcher() {
+    let mut net = Net::with_workers(2);
+    let names: Vec<String> = (0..40).map(|i| format!("call-{i}")).collect();
+    let rooms: Vec<&String> = (0..2)
+        .map(|w| {
+            names
+                .iter()
+                .find(|r| net.shards.of_room(r) == w)
+                .expect("a room on each worker")
+        })
+        .collect();
+    let mut publishers = Vec::new();
+    for room in &rooms {
+        let (p, sender) = net.join_room(room, "amb", Role::Vehicle, true);
+        assert!(net.run_until(Duration::from_secs(10), |n| n.clients[p].connected));
+        publishers.push((p, sender));
+    }
+    for (tag, &(p, sender)) in publishers.iter().enumerate() {
+        net.publish_tagged(p, sender, 1, tag as u8);
+    }
+    let mut viewers: Vec<(usize, u8)> = Vec::new();
+    for (tag, room) in rooms.iter().enumerate() {
+        for i in 0..3 {
+            let (v, _) = net.join_room(room, &format!("dr-{i}"), Role::Consultant, false);
+            viewers.push((v, tag as u8));
+        }
+    }
+    assert!(net.run_until(Duration::from_secs(10), |n| viewers
+        .iter()
+        .all(|&(v, _)| n.clients[v].connected)));
+    let unknown = net.stats.datagrams_unknown.get();
+    for seq in 2..=31u16 {
+        for (tag, &(p, sender)) in publishers.iter().enumerate() {
+            net.publish_tagged(p, sender, seq, tag as u8);
+        }
+        net.tick(Duration::from_millis(33));
+    }
+    for &(v, tag) in &viewers {
+        let got: Vec<(u16, u8)> = net.clients[v]
+            .received
+            .iter()
+            .map(|p| {
+                (
+                    u16::from_be_bytes([p.payload[2], p.payload[3]]),
+                    p.payload[4],
+                )
+            })
+            .filter(|&(n, _)| n >= 2)
+            .collect();
+        let want: Vec<(u16, u8)> = (2..=31).map(|n| (n, tag)).collect();
+        assert_eq!(
+            got, want,
+            "viewer {v} of room {tag}: its room's packets, in order"
+        );
+    }
+    assert_eq!(
+        net.stats.datagrams_unknown.get(),
+        unknown,
+        "the dispatcher found every datagram's engine"
+    );
+    // Each engine hosts its room, and the shared gauge adds both (set on the core's tick).
+    let hosted = |n: &Net| ["0", "1"].map(|w| n.stats.worker_rooms.with_label_values(&[w]).get());
+    assert!(
+        net.run_until(Duration::from_secs(3), |n| hosted(n) == [1, 1]
+            && n.stats.rooms.get() == 2)
+    );
 }
