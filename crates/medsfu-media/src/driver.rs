@@ -100,7 +100,9 @@ pub(crate) async fn run(
 
 /// Reads the shared socket and hands each datagram to the worker of its peer: STUN by the
 /// worker named in its username, everything else by the address a worker bound. Runs until
-/// every worker is gone.
+/// every worker is gone. The address reports come on an unbounded queue: each is a peer's
+/// authenticated check from a new address (at most a few per peer), drained before every
+/// datagram.
 pub(crate) async fn dispatch(
     socket: Arc<UdpSocket>,
     workers: Vec<mpsc::Sender<(SocketAddr, Bytes)>>,
@@ -109,13 +111,23 @@ pub(crate) async fn dispatch(
 ) {
     let mut dispatcher = Dispatcher::new(workers.len());
     let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
+    // Ends with the last worker (when the server is dropped), which releases the socket.
+    let all_closed = async {
+        for w in &workers {
+            w.closed().await;
+        }
+    };
+    tokio::pin!(all_closed);
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(error = %e, "media socket receive error");
-                continue;
-            }
+        let (n, src) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "media socket receive error");
+                    continue;
+                }
+            },
+            () = &mut all_closed => break,
         };
         // Reports are applied before routing: they were sent before the answers that made
         // peers send what arrives now.
@@ -134,11 +146,8 @@ pub(crate) async fn dispatch(
                 stats.datagrams_in.inc();
                 stats.dispatch_dropped.inc();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                if workers.iter().all(mpsc::Sender::is_closed) {
-                    break;
-                }
-            }
+            // That worker stopped: the server is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
     info!("media dispatcher stopped");
