@@ -331,6 +331,30 @@ async fn one_viewer_decodes_an_h264_and_a_vp8_camera_at_once() {
         codecs, "video/H264,video/VP8",
         "one connection, both codecs in use"
     );
+    // medsfu writes the RTCP sender reports of the tracks it forwards itself (its copies
+    // bypass webrtc-rs's interceptors): Chromium takes them as remote-outbound-rtp, what it
+    // lines a speaker's audio up with their video by. Packets counted by the report are at
+    // most those received (none lost on loopback) and at least a second's worth.
+    let reports = b
+        .wait_for(
+            &viewer,
+            "(async () => { const pc = window.medsfu.subPc || window.medsfu.pc; const s = await pc.getStats();
+               const got = {}; s.forEach(r => { if (r.type === 'inbound-rtp' && r.kind === 'video') got[r.ssrc] = r.packetsReceived; });
+               const out = []; s.forEach(r => { if (r.type === 'remote-outbound-rtp' && r.kind === 'video' && r.reportsSent > 0 && r.remoteTimestamp > 0)
+                 out.push({ sent: r.packetsSent, received: got[r.ssrc] }); });
+               return out.length === 2 ? out : null; })()",
+            Duration::from_secs(10),
+            "sender reports of both video tracks",
+        )
+        .await;
+    eprintln!("sender reports as Chromium sees them: {reports}");
+    for r in reports.as_array().expect("two") {
+        let (sent, received) = (r["sent"].as_u64(), r["received"].as_u64());
+        assert!(
+            sent.is_some_and(|s| s >= 10) && sent <= received,
+            "report {r}"
+        );
+    }
     let errors = b.eval(&viewer, "window.medsfu.errors.join('; ')").await;
     assert_eq!(errors, "", "no codec error on the viewer's page");
     let logs = server.logs();
