@@ -14,6 +14,7 @@ use tracing::{debug, info};
 use crate::engine::Engine;
 use crate::shard::{AddrChange, Dispatcher};
 use crate::{transmit, Command, MediaStats};
+use medsfu_core::{RtpPacket, TrackId};
 
 /// Datagrams waiting for one worker; beyond, the dispatcher drops and counts them (a
 /// worker that far behind is better served by loss than by delay).
@@ -32,11 +33,17 @@ pub(crate) enum Ingress {
     },
 }
 
+/// Vehicle RTP waiting for one worker; beyond, `MediaHandle::rtp` drops and counts it
+/// (`medsfu_media_rtp_dropped_total{reason="busy"}`). Its own queue, so that a vehicle's
+/// media never delays a control command behind it, nor the other way round.
+pub(crate) const WORKER_VEHICLE_RTP: usize = 4096;
+
 /// Runs `engine` until every command sender is gone, sending on `socket`.
 pub(crate) async fn run(
     socket: Arc<UdpSocket>,
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
+    mut vehicle_rtp: mpsc::Receiver<(TrackId, RtpPacket)>,
     mut ingress: Ingress,
     stats: Arc<MediaStats>,
 ) {
@@ -60,6 +67,9 @@ pub(crate) async fn run(
                     Some(c) => engine.handle_command(Instant::now(), c),
                     None => break,
                 },
+                Some((track, packet)) = vehicle_rtp.recv() => {
+                    engine.handle_vehicle_rtp(Instant::now(), track, packet);
+                }
                 () = sleep => engine.handle_timeout(Instant::now()),
             },
             Ingress::Dispatched { datagrams, .. } => tokio::select! {
@@ -71,6 +81,9 @@ pub(crate) async fn run(
                     Some(c) => engine.handle_command(Instant::now(), c),
                     None => break,
                 },
+                Some((track, packet)) = vehicle_rtp.recv() => {
+                    engine.handle_vehicle_rtp(Instant::now(), track, packet);
+                }
                 () = sleep => engine.handle_timeout(Instant::now()),
             },
         }

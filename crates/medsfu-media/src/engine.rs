@@ -426,6 +426,12 @@ impl Engine {
         self.end_step(now);
     }
 
+    /// Takes one RTP packet of a vehicle's track (from the QUIC server).
+    pub fn handle_vehicle_rtp(&mut self, now: Instant, track: TrackId, packet: RtpPacket) {
+        self.on_command(Command::Rtp { track, packet }, now);
+        self.end_step(now);
+    }
+
     /// Runs what was due at or before `now` (peer and room timers).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.on_timeout(now);

@@ -799,6 +799,8 @@ pub(crate) enum Command {
 pub struct MediaHandle {
     /// Each worker's command queue, by worker index.
     workers: Arc<[mpsc::Sender<Command>]>,
+    /// Each worker's queue of vehicle RTP, by worker index.
+    vehicle_rtp: Arc<[mpsc::Sender<(TrackId, RtpPacket)>]>,
     shards: shard::Shards,
     stats: Arc<MediaStats>,
     local_addr: SocketAddr,
@@ -835,6 +837,7 @@ impl MediaServer {
         let rooms_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (addrs_tx, addrs_rx) = mpsc::unbounded_channel();
         let mut workers = Vec::with_capacity(shards.count());
+        let mut vehicle_rtp = Vec::with_capacity(shards.count());
         let mut datagram_queues = Vec::with_capacity(shards.count());
         for index in 0..shards.count() {
             let (tx, rx) = mpsc::channel(1024);
@@ -862,14 +865,17 @@ impl MediaServer {
                     index,
                 }
             };
+            let (rtp_tx, rtp_rx) = mpsc::channel(driver::WORKER_VEHICLE_RTP);
             tokio::spawn(driver::run(
                 socket.clone(),
                 engine,
                 rx,
+                rtp_rx,
                 ingress,
                 stats.clone(),
             ));
             workers.push(tx);
+            vehicle_rtp.push(rtp_tx);
         }
         if shards.count() > 1 {
             tokio::spawn(driver::dispatch(
@@ -882,6 +888,7 @@ impl MediaServer {
         info!(addr = %announce, workers = shards.count(), "media server listening");
         Ok(MediaHandle {
             workers: workers.into(),
+            vehicle_rtp: vehicle_rtp.into(),
             shards,
             stats,
             local_addr,
@@ -1151,8 +1158,8 @@ impl MediaHandle {
     /// Hands one RTP packet of a vehicle track to the core without waiting; a packet the
     /// busy server cannot take is dropped and counted (media is late rather than queued).
     pub fn rtp(&self, track: TrackId, packet: RtpPacket) -> Result<(), MediaError> {
-        self.workers[self.shards.of_id(track.0)]
-            .try_send(Command::Rtp { track, packet })
+        self.vehicle_rtp[self.shards.of_id(track.0)]
+            .try_send((track, packet))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.stats.rtp_dropped.busy.inc();
