@@ -40,9 +40,10 @@ use crate::demux::{check_stun, classify, stun_server_ufrag, DatagramKind, StunVe
 use crate::peer::{self, Direction};
 use crate::sdp::{accept_bundle_only, check_publish, media_sections};
 use crate::sender_report::SenderClock;
-use crate::shard::{AddrChange, Shards};
+use crate::shard::AddrChange;
 use crate::transmit::Transmit;
 use crate::{Command, Joined, MediaError, MediaStats, SessionEvent, SessionKind};
+use medsfu_media_api::routing::Shards;
 
 type PeerId = u64;
 

@@ -30,8 +30,9 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Engine;
-use crate::shard::{Dispatcher, Route, Shards};
+use crate::shard::Dispatcher;
 use crate::{Command, MediaStats, SessionEvent, SessionKind};
+use medsfu_media_api::routing::{Route, Shards};
 
 const SSRC: u32 = 0x5117_0001;
 

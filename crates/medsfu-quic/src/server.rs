@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use medsfu_core::{Codec, LeaveReason, ParticipantId, Role, RtpPacket, TrackId, TrackSource};
-use medsfu_media::{MediaHandle, SessionEvent, SessionKind};
+use medsfu_media_api::{MediaHandle, SessionEvent, SessionKind};
 use medsfu_telemetry::frame::{Frame, FrameError};
 use medsfu_telemetry::hub::Hub;
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -666,7 +666,7 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let (events_tx, events) = mpsc::channel(medsfu_media::SESSION_EVENTS);
+    let (events_tx, events) = mpsc::channel(medsfu_media_api::SESSION_EVENTS);
     let joined = match ctx
         .media
         .join(
