@@ -49,11 +49,21 @@ pub(crate) async fn run(
 ) {
     let mut buf = vec![0u8; crate::socket::MAX_DATAGRAM];
     info!(addr = %engine.announce(), "media worker running");
+    // One timer, moved when the engine's deadline moves: not a new one per datagram.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = engine.poll_timeout();
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d.into());
+            }
+            armed = deadline;
+        }
         let sleep = async {
             match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
+                Some(_) => timer.as_mut().await,
                 None => std::future::pending().await,
             }
         };
