@@ -1402,6 +1402,15 @@ impl Engine {
         let Some(mut p) = self.peers.remove(&pid) else {
             return;
         };
+        if !p.connected {
+            // Tells a connection that never came up apart: did the peer's signed checks
+            // ever reach this worker (ICE), or did it stop after them (DTLS)?
+            info!(
+                participant = %p.participant,
+                checks_arrived = p.alive_at.is_some(),
+                "media connection closed before it was up"
+            );
+        }
         // Closing queues a DTLS close_notify; send it, errors are moot now.
         let _ = p.pc.close();
         while let Some(out) = p.pc.poll_write() {

@@ -270,6 +270,18 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server said last (the test's output is printed
+        // only when it fails), so that an intermittent failure in CI can be read.
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- server log, last {} lines ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
