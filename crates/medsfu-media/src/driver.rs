@@ -38,6 +38,35 @@ pub(crate) enum Ingress {
 /// media never delays a control command behind it, nor the other way round.
 pub(crate) const WORKER_VEHICLE_RTP: usize = 4096;
 
+/// A datagram for the worker, from wherever its ingress takes them.
+enum Received {
+    /// `buf[..n]`, read from the socket, from this address.
+    Socket(usize, SocketAddr),
+    /// Handed over by the dispatcher.
+    Queued(SocketAddr, Bytes),
+    /// A receive error (logged): nothing to handle.
+    Nothing,
+    /// The dispatcher is gone.
+    Closed,
+}
+
+/// The next datagram of `ingress`: read into `buf`, or taken from the dispatcher's queue.
+async fn receive(ingress: &mut Ingress, socket: &UdpSocket, buf: &mut [u8]) -> Received {
+    match ingress {
+        Ingress::Socket => match socket.recv_from(buf).await {
+            Ok((n, src)) => Received::Socket(n, src),
+            Err(e) => {
+                debug!(error = %e, "media socket receive error");
+                Received::Nothing
+            }
+        },
+        Ingress::Dispatched { datagrams, .. } => match datagrams.recv().await {
+            Some((src, data)) => Received::Queued(src, data),
+            None => Received::Closed,
+        },
+    }
+}
+
 /// Runs `engine` until every command sender is gone, sending on `socket`.
 pub(crate) async fn run(
     socket: Arc<UdpSocket>,
@@ -67,35 +96,21 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        match &mut ingress {
-            Ingress::Socket => tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, src)) => engine.handle_datagram(Instant::now(), src, &buf[..n]),
-                    Err(e) => debug!(error = %e, "media socket receive error"),
-                },
-                c = commands.recv() => match c {
-                    Some(c) => engine.handle_command(Instant::now(), c),
-                    None => break,
-                },
-                Some((track, packet)) = vehicle_rtp.recv() => {
-                    engine.handle_vehicle_rtp(Instant::now(), track, packet);
-                }
-                () = sleep => engine.handle_timeout(Instant::now()),
+        tokio::select! {
+            r = receive(&mut ingress, &socket, &mut buf) => match r {
+                Received::Socket(n, src) => engine.handle_datagram(Instant::now(), src, &buf[..n]),
+                Received::Queued(src, data) => engine.handle_datagram(Instant::now(), src, &data),
+                Received::Nothing => {}
+                Received::Closed => break,
             },
-            Ingress::Dispatched { datagrams, .. } => tokio::select! {
-                d = datagrams.recv() => match d {
-                    Some((src, data)) => engine.handle_datagram(Instant::now(), src, &data),
-                    None => break,
-                },
-                c = commands.recv() => match c {
-                    Some(c) => engine.handle_command(Instant::now(), c),
-                    None => break,
-                },
-                Some((track, packet)) = vehicle_rtp.recv() => {
-                    engine.handle_vehicle_rtp(Instant::now(), track, packet);
-                }
-                () = sleep => engine.handle_timeout(Instant::now()),
+            c = commands.recv() => match c {
+                Some(c) => engine.handle_command(Instant::now(), c),
+                None => break,
             },
+            Some((track, packet)) = vehicle_rtp.recv() => {
+                engine.handle_vehicle_rtp(Instant::now(), track, packet);
+            }
+            () = sleep => engine.handle_timeout(Instant::now()),
         }
         // Addresses first: a peer's next datagram (DTLS after the STUN answer sent below)
         // must find its worker already known to the dispatcher.
